@@ -1,0 +1,283 @@
+"""Small building blocks shared by the autoencoder and the U-Net.
+
+Kept deliberately tiny: normalization with a documented group rule, zero-initialization, an EMA,
+the sinusoidal timestep embedding, and attention softmax(QKᵀ/√d)·V (LDM Sec. 3.3) written out once by
+hand and once through PyTorch's fused kernel, plus a switch to record attention maps for visualization.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def num_groups(channels: int, max_groups: int = 32) -> int:
+    """Groups for GroupNorm: the reference's 32 where channels allow it, else the largest divisor ≤ 32
+    that leaves at least 4 channels per group (so 16 channels -> 4 groups, 8 -> 2, 3 -> 1).
+
+    The reference always uses 32 groups because its widths are ≥ 128; minildm's small widths need this rule.
+    """
+    if channels <= 0:
+        raise ValueError(f"channels must be positive, got {channels}")
+    for g in range(max(1, min(max_groups, channels // 4)), 0, -1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def group_norm(channels: int, eps: float = 1e-6) -> nn.GroupNorm:
+    """GroupNorm(num_groups(channels), channels) with the reference's eps = 1e-6, affine."""
+    return nn.GroupNorm(num_groups(channels), channels, eps=eps, affine=True)
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    """Zero every parameter of `module` and return it: a residual branch that starts as the identity."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (and a copy of its buffers).
+
+    shadow ← d·shadow + (1 − d)·θ with warm-up d_n = min(decay, (1 + n) / (10 + n)) as in the reference.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay, self.warmup, self.num_updates = decay, warmup, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def current_decay(self) -> float:
+        n = self.num_updates
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        d = self.current_decay()
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)   # shadow = d·shadow + (1−d)·θ
+            else:
+                self.shadow[k].copy_(v)
+        self.num_updates += 1
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict(self.shadow)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Normalization in fp32 (the U-Net's ResBlocks): under bf16/fp16 autocast the statistics are still fp32.
+# ----------------------------------------------------------------------------------------------------
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 and cast back to the input dtype (reference U-Net's GroupNorm32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def group_norm32(channels: int, eps: float = 1e-6) -> GroupNorm32:
+    """Like `group_norm(channels)` (same group rule, eps 1e-6) but always computed in fp32."""
+    return GroupNorm32(num_groups(channels), channels, eps=eps, affine=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Timestep embedding
+# ----------------------------------------------------------------------------------------------------
+
+
+def timestep_embedding(t: torch.Tensor | float | int, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal embedding of diffusion steps: [cos(t·ω_i), sin(t·ω_i)], ω_i = exp(−ln(10⁴)·i/half) (DDPM/LDM U-Net).
+
+    t: (B,) or a scalar (integer or continuous steps) -> (B, dim) float32; an odd `dim` gets a zero last column.
+    """
+    if dim < 2:
+        raise ValueError(f"timestep embedding dim must be >= 2, got {dim}")
+    t = torch.as_tensor(t).reshape(-1).float()                                  # (B,)
+    half = dim // 2
+    i = torch.arange(half, dtype=torch.float32, device=t.device)
+    omega = torch.exp(-math.log(max_period) * i / half)                          # ω_i = 10000^(−i/half)
+    angles = t[:, None] * omega[None, :]                                         # (B, half)
+    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)              # (B, 2·half)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))                                                 # (B, dim)
+    return emb
+
+
+# ----------------------------------------------------------------------------------------------------
+# Attention(Q, K, V) = softmax(QKᵀ/√d)·V   (LDM Sec. 3.3, Vaswani et al. 2017)
+# ----------------------------------------------------------------------------------------------------
+
+
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"attention expects q, k, v of shape (B, heads, N, d); got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)} (split heads with rearrange(x, 'b n (h d) -> b h n d', h=heads))"
+        )
+    if k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"attention shapes do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if mask is not None:
+        if mask.dtype != torch.bool or mask.shape != (k.shape[0], k.shape[2]):
+            raise ValueError(
+                f"key padding mask must be bool of shape (B, N_k) = {(k.shape[0], k.shape[2])} with True = real "
+                f"token; got dtype {mask.dtype}, shape {tuple(mask.shape)}"
+            )
+
+
+def attention_explicit(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(QKᵀ/√d)·V written out (LDM Sec. 3.3); returns (output (B,h,N_q,d), probabilities (B,h,N_q,N_k)).
+
+    mask: (B, N_k) bool, True = real key; masked keys get probability exactly 0. Every row needs one real key.
+    The softmax runs in float32 whatever the input dtype.
+    """
+    _check_qkv(q, k, v, mask)
+    d = q.shape[-1]
+    scores = torch.einsum("bhid,bhjd->bhij", q, k).float() * d**-0.5   # QKᵀ/√d: (B, h, N_q, N_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1)                                       # each row sums to 1 over keys
+    out = torch.einsum("bhij,bhjd->bhid", probs.to(v.dtype), v)         # (B, h, N_q, d)
+    return out, probs
+
+
+def attention_sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The same softmax(QKᵀ/√d)·V through torch's fused `scaled_dot_product_attention` (fast; no probabilities)."""
+    _check_qkv(q, k, v, mask)
+    attn_mask = None if mask is None else mask[:, None, None, :]        # (B, 1, 1, N_k), True = attend
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention with Q = W_Q·φ(z), K = W_K·τθ(y), V = W_V·τθ(y) (LDM Sec. 3.3, Eq. for cross-attention).
+
+    With `context=None` it is self-attention (K, V from x itself). q/k/v projections have no bias and the
+    scale is d_head^(−½), as in the reference. Normally runs the fused SDPA kernel; while an attention
+    recorder is attached (see `record_attention`) it runs `attention_explicit` and reports the probabilities.
+    """
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4, dim_head: int | None = None):
+        super().__init__()
+        if dim_head is None:
+            if query_dim % heads:
+                raise ValueError(
+                    f"query_dim={query_dim} is not divisible by heads={heads}; pick heads dividing it or pass dim_head"
+                )
+            dim_head = query_dim // heads
+        inner = heads * dim_head
+        self.heads, self.dim_head = heads, dim_head
+        self.context_dim = query_dim if context_dim is None else context_dim
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(self.context_dim, inner, bias=False)
+        self.to_v = nn.Linear(self.context_dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, query_dim)
+        self.recorder = None   # set only inside `record_attention`; None = fast path, nothing stored
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        hw: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """x (B, N_q, query_dim), context (B, N_k, context_dim) or None, mask (B, N_k) bool -> (B, N_q, query_dim).
+
+        `hw` is the query grid (h, w) with N_q = h·w; it is only passed on to an attention recorder.
+        """
+        kind = "self" if context is None else "cross"
+        ctx = x if context is None else context
+        if ctx.shape[-1] != self.context_dim:
+            raise ValueError(
+                f"{kind}-attention expects context of width {self.context_dim}, got {tuple(ctx.shape)}; "
+                f"the conditioning encoder's width must equal the model's context_dim"
+            )
+        h = self.heads
+        q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=h)      # (B, N_q, h·d) -> (B, h, N_q, d)
+        k = rearrange(self.to_k(ctx), "b n (h d) -> b h n d", h=h)    # (B, N_k, h·d) -> (B, h, N_k, d)
+        v = rearrange(self.to_v(ctx), "b n (h d) -> b h n d", h=h)
+        if self.recorder is None:
+            out = attention_sdpa(q, k, v, mask)
+        else:
+            out, probs = attention_explicit(q, k, v, mask)
+            self.recorder(kind, probs, hw)
+        out = rearrange(out, "b h n d -> b n (h d)")                   # (B, h, N_q, d) -> (B, N_q, h·d)
+        return self.to_out(out)                                        # (B, N_q, query_dim)
+
+
+class AttentionMaps(dict):
+    """Recorded attention probabilities: {layer name: (B, heads, N_q, N_k)} (or a list of those per call).
+
+    Names are module paths inside the recorded model, e.g. 'middle_block.1.blocks.0.cross_attn'.
+    `kind[name]` is "self" or "cross"; `spatial[name]` is the query grid (h, w) (N_q = h·w) or None for
+    token sequences (text encoder).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.kind: dict[str, str] = {}
+        self.spatial: dict[str, tuple[int, int] | None] = {}
+
+    def of_kind(self, kind: str) -> dict:
+        """Only the "self" or only the "cross" attention maps."""
+        if kind not in ("self", "cross"):
+            raise ValueError(f"kind must be 'self' or 'cross', got {kind!r}")
+        return {name: m for name, m in self.items() if self.kind[name] == kind}
+
+
+@contextmanager
+def record_attention(model: nn.Module, keep: str = "last") -> Iterator[AttentionMaps]:
+    """Record the attention probabilities of every `CrossAttention` in `model` while the block runs.
+
+        with record_attention(unet) as maps:
+            unet(z_t, t, **cond)
+        maps["middle_block.1.blocks.0.cross_attn"]   # (B, heads, N_q, N_k), rows sum to 1
+
+    keep="last" stores the latest call of each layer; keep="all" a list of every call (e.g. one per
+    sampling step). Maps are detached float32 tensors on the model's device. On exit every layer is put
+    back on the fast SDPA path and nothing more is stored.
+    """
+    if keep not in ("last", "all"):
+        raise ValueError(f"keep must be 'last' or 'all', got {keep!r}")
+    maps = AttentionMaps()
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, CrossAttention)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no CrossAttention layers to record")
+
+    def make_recorder(name: str):
+        def recorder(kind: str, probs: torch.Tensor, hw: tuple[int, int] | None) -> None:
+            probs = probs.detach().float()
+            maps.kind[name], maps.spatial[name] = kind, hw
+            if keep == "last":
+                maps[name] = probs
+            else:
+                maps.setdefault(name, []).append(probs)
+        return recorder
+
+    previous = [m.recorder for _, m in layers]
+    try:
+        for name, m in layers:
+            m.recorder = make_recorder(name)
+        yield maps
+    finally:
+        for (_, m), prev in zip(layers, previous):
+            m.recorder = prev

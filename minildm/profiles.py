@@ -1,0 +1,167 @@
+"""The three hardware presets every training entry point and notebook reads: `ci`, `cpu`, `gpu`.
+
+    ci   seconds per notebook: tiny models, a handful of steps; for tests and nbval.
+    cpu  a laptop CPU in minutes: small models that still learn Shapes well.
+    gpu  best results on one GPU.
+
+Select one with the MINILDM_PROFILE environment variable (default: `gpu` when CUDA is available,
+`cpu` otherwise) or pass a name to `get_profile`. Every size, step count and learning rate that a
+notebook might want to change lives here, not in the code that uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+PROFILE_ENV = "MINILDM_PROFILE"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The built-in Shapes dataset (see data.py)."""
+
+    resolution: int = 32          # square images, a multiple of 8
+    max_objects: int = 2          # scenes hold 1..max_objects objects
+    train_size: int = 50_000      # samples are rendered on the fly, so sizes cost no disk
+    val_size: int = 1_000
+    test_size: int = 1_000
+
+
+@dataclass(frozen=True)
+class AEConfig:
+    """Autoencoder (first stage) architecture and training; see autoencoder.py, losses.py, train_ae.py."""
+
+    kind: str = "kl"                       # "kl" (KL-regularized) or "vq" (vector-quantized)
+    # architecture
+    ch: int = 32                           # base width
+    ch_mult: tuple[int, ...] = (1, 2, 2)   # f = 2 ** (len(ch_mult) - 1)
+    num_res_blocks: int = 1                # per encoder level; the decoder uses num_res_blocks + 1
+    z_channels: int = 4
+    attn_resolutions: tuple[int, ...] = ()  # downsampling factors (1, 2, 4 ...), not pixel sizes
+    dropout: float = 0.0
+    n_embed: int = 256                     # VQ codebook size
+    beta: float = 0.25                     # VQ commitment weight (on ‖z − sg[e]‖², the VQ-VAE form)
+    # loss
+    lpips_net: str = "alex"                # "vgg" (paper), "alex", "squeeze"
+    perceptual_weight: float = 1.0
+    kl_weight: float = 1e-6
+    codebook_weight: float = 1.0
+    disc_start: int = 2_000                # GAN terms are zero and D is not trained before this step
+    disc_weight: float = 0.5
+    disc_loss: str = "hinge"               # "hinge" or "vanilla"
+    disc_ndf: int = 32
+    disc_layers: int = 3
+    # optimization
+    lr: float = 2e-4
+    batch_size: int = 32
+    steps: int = 4_000
+    val_every: int = 500                   # validate (PSNR) and checkpoint every this many steps
+    val_images: int = 256                  # validation-split images used for PSNR
+    ema_decay: float = 0.0                 # 0 disables the EMA copy
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("kl", "vq"):
+            raise ValueError(f"AEConfig.kind must be 'kl' or 'vq', got {self.kind!r}")
+        if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
+            raise ValueError(f"AEConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
+        if self.lpips_net not in ("vgg", "alex", "squeeze"):
+            raise ValueError(f"AEConfig.lpips_net must be 'vgg', 'alex' or 'squeeze', got {self.lpips_net!r}")
+        if self.disc_loss not in ("hinge", "vanilla"):
+            raise ValueError(f"AEConfig.disc_loss must be 'hinge' or 'vanilla', got {self.disc_loss!r}")
+        # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+
+    @property
+    def downsample_factor(self) -> int:
+        """f = H/h = 2^(len(ch_mult) − 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclass(frozen=True)
+class LDMConfig:
+    """Latent diffusion (second stage): U-Net, conditioning, schedule and training; see ldm.py, train_ldm.py."""
+
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = (1, 2)   # downsampling factors, not pixel sizes
+    num_heads: int = 4
+    context_dim: int = 64                             # width of τθ(y) tokens (text/layout encoders)
+    text_layers: int = 2                              # text encoder depth (heads = num_heads)
+    dropout: float = 0.0                              # U-Net ResBlock / feed-forward dropout
+    box_bins: int = 16                                # layout encoder: bins per box coordinate
+    timesteps: int = 1000
+    schedule: str = "scaled_linear"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction_type: str = "epsilon"
+    cond_drop_prob: float = 0.1
+    lr: float = 3e-4
+    batch_size: int = 64
+    steps: int = 6_000
+    ema_decay: float = 0.999
+    sample_steps: int = 50
+    guidance_scale: float = 3.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    data: DataConfig = field(default_factory=DataConfig)
+    ae: AEConfig = field(default_factory=AEConfig)
+    ldm: LDMConfig = field(default_factory=LDMConfig)
+
+    def replace(self, **sections) -> "Profile":
+        """A copy with some fields changed: `p.replace(ae={"steps": 10})`."""
+        changes = {}
+        for section, values in sections.items():
+            if section not in ("data", "ae", "ldm"):
+                raise ValueError(f"unknown profile section {section!r}; expected 'data', 'ae' or 'ldm'")
+            changes[section] = dataclasses.replace(getattr(self, section), **values)
+        return dataclasses.replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "ci": Profile(
+        name="ci",
+        data=DataConfig(resolution=32, train_size=512, val_size=64, test_size=64),
+        ae=AEConfig(ch=8, ch_mult=(1, 2, 2), z_channels=4, steps=20, batch_size=8, disc_start=10,
+                    val_every=10, disc_ndf=8, n_embed=32),
+        ldm=LDMConfig(model_channels=16, channel_mult=(1, 2), num_heads=2, context_dim=16, text_layers=1,
+                      steps=20, batch_size=8, sample_steps=5),
+    ),
+    "cpu": Profile(name="cpu"),
+    "gpu": Profile(
+        name="gpu",
+        data=DataConfig(resolution=32, train_size=200_000),
+        ae=AEConfig(ch=64, num_res_blocks=2, lpips_net="vgg", steps=20_000, batch_size=64, disc_ndf=64,
+                    disc_start=10_000),
+        ldm=LDMConfig(model_channels=128, channel_mult=(1, 2, 2), num_res_blocks=2, context_dim=128,
+                      text_layers=4, steps=50_000, batch_size=128, ema_decay=0.9999),
+    ),
+}
+
+
+def default_profile_name() -> str:
+    """$MINILDM_PROFILE if set, else `gpu` when CUDA is available, else `cpu`."""
+    name = os.environ.get(PROFILE_ENV)
+    if name:
+        return name.strip()
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """Look up a preset by name (default: `default_profile_name()`); unknown names are a clear error."""
+    name = default_profile_name() if name is None else name
+    if name not in PROFILES:
+        raise ValueError(
+            f"unknown profile {name!r}; choose one of {', '.join(sorted(PROFILES))} "
+            f"(via the ${PROFILE_ENV} environment variable or get_profile(name))"
+        )
+    return PROFILES[name]

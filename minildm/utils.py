@@ -1,0 +1,82 @@
+"""Small helpers every entry point shares: device choice and seeding."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+DEVICE_ENV = "MINILDM_DEVICE"
+_KNOWN_DEVICES = ("cpu", "cuda", "mps")
+
+
+def mps_available() -> bool:
+    """True when Apple's Metal backend is built into torch and usable."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def get_device(preference: str | torch.device | None = None) -> torch.device:
+    """Pick the device: an explicit `preference`, else $MINILDM_DEVICE, else CUDA, then MPS, then CPU.
+
+    `preference` may be "cpu", "cuda", "cuda:1", "mps" or "auto" (same as None).
+    Asking for a device that is not present is an error rather than a silent CPU fallback.
+    """
+    if isinstance(preference, torch.device):
+        preference = str(preference)
+    if preference is None or preference == "auto":
+        preference = os.environ.get(DEVICE_ENV) or "auto"
+    pref = preference.strip().lower()
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    kind = pref.split(":")[0]
+    if kind not in _KNOWN_DEVICES:
+        raise ValueError(
+            f"unknown device {preference!r}; expected one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' "
+            f"(set by argument or by ${DEVICE_ENV})"
+        )
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {preference!r} was requested but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+            f"use 'cpu' or unset ${DEVICE_ENV}"
+        )
+    if kind == "mps" and not mps_available():
+        raise RuntimeError(f"device 'mps' was requested but Apple MPS is not available; use 'cpu' or unset ${DEVICE_ENV}")
+    return torch.device(pref)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy (if installed) and torch (CPU and all GPUs); return a CPU generator with that seed.
+
+    On CPU this makes every minildm run bit-for-bit repeatable. On GPUs some kernels stay
+    non-deterministic unless `torch.use_deterministic_algorithms(True)` is also set.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy is a dependency, but seeding should not need it
+        pass
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the device does it natively (CUDA with bf16 support), else None (run in fp32)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those with requires_grad)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,136 @@
+"""Profiles, device choice, seeding, checkpoints and EMA: the plumbing everything else stands on."""
+
+import os
+import random
+
+import pytest
+import torch
+
+from minildm import checkpoint as ck
+from minildm.nn import EMA, num_groups
+from minildm.profiles import PROFILES, get_profile
+from minildm.utils import get_device, seed_everything
+
+
+def test_profiles_exist_and_scale_up():
+    assert set(PROFILES) == {"ci", "cpu", "gpu"}
+    ci, cpu, gpu = (PROFILES[n] for n in ("ci", "cpu", "gpu"))
+    assert ci.ae.steps < cpu.ae.steps <= gpu.ae.steps
+    assert ci.ldm.steps < cpu.ldm.steps <= gpu.ldm.steps
+    for p in PROFILES.values():
+        assert p.data.resolution % 8 == 0
+
+
+def test_profile_from_environment(monkeypatch):
+    monkeypatch.setenv("MINILDM_PROFILE", "cpu")
+    assert get_profile().name == "cpu"
+    monkeypatch.delenv("MINILDM_PROFILE")
+    assert get_profile().name == ("gpu" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setenv("MINILDM_PROFILE", "laptop")
+    with pytest.raises(ValueError, match="unknown profile 'laptop'.*ci, cpu, gpu"):
+        get_profile()
+
+
+def test_profile_replace():
+    p = get_profile("ci").replace(ae={"steps": 3})
+    assert p.ae.steps == 3 and p.ldm == get_profile("ci").ldm
+    with pytest.raises(ValueError, match="section"):
+        p.replace(model={"x": 1})
+
+
+def test_device_choice(monkeypatch):
+    assert get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("MINILDM_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        get_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            get_device("cuda")
+    monkeypatch.setenv("MINILDM_DEVICE", "auto")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert get_device().type == expected
+
+
+def test_seed_everything_repeats():
+    g = seed_everything(123)
+    a = (random.random(), torch.rand(3), torch.rand(2, generator=g))
+    g = seed_everything(123)
+    b = (random.random(), torch.rand(3), torch.rand(2, generator=g))
+    assert a[0] == b[0] and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    with pytest.raises(ValueError):
+        seed_everything(-1)
+
+
+def test_group_rule():
+    assert num_groups(128) == 32 and num_groups(256) == 32  # the reference's 32 at its widths
+    for c in (3, 8, 16, 24, 32, 48, 64, 96):
+        g = num_groups(c)
+        assert c % g == 0 and (c // g >= 4 or g == 1)
+
+
+def test_checkpoint_round_trip_and_atomic_write(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    model = torch.nn.Linear(3, 2)
+    ck.save_checkpoint({"kind": "toy", "config": get_profile("ci").ae, "state_dict": model.state_dict()}, path)
+    loaded = ck.load_checkpoint(path, kind="toy")
+    assert loaded["config"]["ch_mult"] == (1, 2, 2) or loaded["config"]["ch_mult"] == [1, 2, 2]
+    assert all(torch.equal(loaded["state_dict"][k], v) for k, v in model.state_dict().items())
+    before = path.read_bytes()
+
+    def broken_save(obj, f):
+        f.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ck.save_checkpoint({"kind": "toy", "state_dict": {}}, path)
+    assert path.read_bytes() == before  # the old checkpoint is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        ck.load_checkpoint(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not read"):
+        ck.load_checkpoint(bad)
+    ok = tmp_path / "ok.pt"
+    ck.save_checkpoint({"kind": "autoencoder", "config": {}, "state_dict": {}}, ok)
+    with pytest.raises(ValueError, match="expected 'ldm'"):
+        ck.load_checkpoint(ok, kind="ldm")
+
+
+def test_config_mismatch_lists_fields():
+    with pytest.raises(ValueError, match=r"ch: checkpoint=32 current=64"):
+        ck.check_config_matches({"ch": 32, "z": 4}, {"ch": 64, "z": 4})
+    ck.check_config_matches({"m": [1, 2]}, {"m": (1, 2)})  # lists and tuples are the same config
+
+
+def test_check_finite_names_the_step():
+    ck.check_finite(3, loss=torch.tensor(1.0))
+    with pytest.raises(ck.NonFiniteLossError, match=r"step 17: rec=nan"):
+        ck.check_finite(17, rec=torch.tensor(float("nan")), kl=0.5)
+
+
+def test_rng_state_round_trip():
+    state = ck.rng_state()
+    a = (torch.rand(4), random.random())
+    ck.set_rng_state(state)
+    assert torch.equal(torch.rand(4), a[0]) and random.random() == a[1]
+
+
+def test_ema_follows_the_formula():
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.9, warmup=True)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # n = 0: d = min(0.9, 1/10) = 0.1
+    assert torch.allclose(ema.shadow["weight"], 0.1 * w0 + 0.9 * (w0 + 1))
+    ema.update(model)  # n = 1: d = min(0.9, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.shadow["weight"], d * (0.1 * w0 + 0.9 * (w0 + 1)) + (1 - d) * (w0 + 1))
+    with pytest.raises(ValueError):
+        EMA(model, decay=1.0)
