@@ -87,25 +87,32 @@ class AEConfig:
 class LDMConfig:
     """Latent diffusion (second stage): U-Net, conditioning, schedule and training; see ldm.py, train_ldm.py."""
 
+    cond: str = "text"                                # "text", "class", "layout", "sr" or "none"
     model_channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = (1, 2)   # downsampling factors, not pixel sizes
     num_heads: int = 4
-    context_dim: int = 64                             # width of τθ(y) tokens (text/layout encoders)
-    text_layers: int = 2                              # text encoder depth (heads = num_heads)
-    dropout: float = 0.0                              # U-Net ResBlock / feed-forward dropout
-    box_bins: int = 16                                # layout encoder: bins per box coordinate
+    context_dim: int = 64                             # width of τθ(y) (text / layout tokens)
+    text_layers: int = 2
+    box_bins: int = 16                                # layout coordinates are quantized into this many bins
+    sr_factor: int = 4                                # super-resolution: low-res side = image side / sr_factor
+    dropout: float = 0.0
     timesteps: int = 1000
     schedule: str = "scaled_linear"
     beta_start: float = 0.0015
     beta_end: float = 0.0195
     prediction_type: str = "epsilon"
-    cond_drop_prob: float = 0.1
+    cond_drop_prob: float = 0.1                       # classifier-free guidance: train with y = ∅ this often
     lr: float = 3e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
     batch_size: int = 64
     steps: int = 6_000
     ema_decay: float = 0.999
+    cache_size: int = 20_000                          # training images encoded once into cached latents (0: off)
+    sample_every: int = 1_000                         # write a sample grid every this many steps (0: never)
+    checkpoint_every: int = 500
     sample_steps: int = 50
     guidance_scale: float = 3.0
 
@@ -134,7 +141,8 @@ PROFILES: dict[str, Profile] = {
         ae=AEConfig(ch=8, ch_mult=(1, 2, 2), z_channels=4, steps=20, batch_size=8, disc_start=10,
                     val_every=10, disc_ndf=8, n_embed=32),
         ldm=LDMConfig(model_channels=16, channel_mult=(1, 2), num_heads=2, context_dim=16, text_layers=1,
-                      steps=20, batch_size=8, sample_steps=5),
+                      steps=20, batch_size=8, sample_steps=5, cache_size=64, warmup_steps=5,
+                      sample_every=0, checkpoint_every=10),
     ),
     "cpu": Profile(name="cpu"),
     "gpu": Profile(

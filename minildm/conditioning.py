@@ -1,0 +1,304 @@
+"""Conditioning encoders τθ(y) of latent diffusion (LDM Sec. 3.3): class, text, layout, low-res image.
+
+Every encoder maps a raw condition to a dict of U-Net keyword arguments, so the LDM calls
+
+    cond = encoder(raw)              # {"y": …} or {"context": …, "context_mask": …} or {"concat": …}
+    eps_hat = unet(z_t, t, **cond)
+
+and every encoder knows its "unconditional" input for classifier-free guidance (Ho & Salimans 2021):
+`null_condition(batch_size)` gives raw inputs that mean "no condition" (null class, empty caption,
+empty layout), and `drop(raw, p, generator)` swaps each row for that null input with probability p
+(the ~10% conditioning dropout used while training; the LDM applies it).
+
+    ClassEmbedder  label            -> {"y"}                        (added to the time embedding)
+    TextEncoder    token ids        -> {"context", "context_mask"}  (cross-attention; trained with the U-Net)
+    LayoutEncoder  boxes + classes  -> {"context", "context_mask"}  (cross-attention, one token per object)
+    LowResConcat   low-res image    -> {"concat"}                   (concatenated to z_t; super-resolution)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .nn import CrossAttention
+
+
+def _batch_size(batch_size_or_like: int | torch.Tensor) -> int:
+    if torch.is_tensor(batch_size_or_like):
+        return batch_size_or_like.shape[0]
+    if isinstance(batch_size_or_like, int) and not isinstance(batch_size_or_like, bool) and batch_size_or_like >= 0:
+        return batch_size_or_like
+    raise TypeError(f"expected a batch size (int >= 0) or a tensor to copy it from, got {batch_size_or_like!r}")
+
+
+def _device(like: int | torch.Tensor, default: torch.device | None) -> torch.device | None:
+    return like.device if torch.is_tensor(like) else default
+
+
+def drop_rows(raw: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each row of `raw` by the same row of `null` with probability p (CFG conditioning dropout)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"drop probability must be in [0, 1], got {p}")
+    B = raw.shape[0]
+    gen_device = generator.device if generator is not None else raw.device
+    dropped = (torch.rand(B, generator=generator, device=gen_device) < p).to(raw.device)   # (B,) Bernoulli(p)
+    return torch.where(dropped.view(B, *[1] * (raw.dim() - 1)), null.to(raw.dtype), raw)
+
+
+class Conditioner(nn.Module):
+    """Common interface: forward(raw) -> U-Net kwargs; null_condition(B) -> raw null input; drop(raw, p, gen)."""
+
+    def null_condition(self, batch_size_or_like: int | torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def drop(self, raw: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Classifier-free guidance dropout: each row becomes `null_condition` with probability p."""
+        return drop_rows(raw, self.null_condition(raw), p, generator)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Class labels
+# ----------------------------------------------------------------------------------------------------
+
+
+class ClassEmbedder(Conditioner):
+    """Class labels -> {"y": ids} for the U-Net's class embedding; index `num_classes` is the null class.
+
+    The embedding table lives in the U-Net (`UNet(num_classes=K)` has K + 1 rows), so this encoder has no
+    parameters: it validates labels and maps the Shapes convention "label −1 = no single class" (scenes
+    with several objects) to the null class.
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.null_index = num_classes
+
+    def forward(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """labels (B,) in {−1, 0..K} (−1 and K = null) -> {"y": (B,) int64 in 0..K}."""
+        labels = torch.as_tensor(labels)
+        if labels.dim() != 1 or labels.dtype.is_floating_point:
+            raise ValueError(f"expected integer class labels of shape (B,), got {labels.dtype} {tuple(labels.shape)}")
+        labels = labels.long()
+        if labels.numel() and bool(((labels < -1) | (labels > self.num_classes)).any()):
+            raise ValueError(f"class labels must be in -1..{self.num_classes} (-1 and {self.num_classes} mean "
+                             f"'no class'), got min {int(labels.min())}, max {int(labels.max())}")
+        return {"y": torch.where(labels < 0, torch.full_like(labels, self.null_index), labels)}
+
+    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """(B,) labels all equal to the null class `num_classes`."""
+        B = _batch_size(batch_size_or_like)
+        return torch.full((B,), self.null_index, dtype=torch.int64, device=_device(batch_size_or_like, device))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Text: a small transformer over token ids, trained jointly with the U-Net (LDM Sec. 4.3.1)
+# ----------------------------------------------------------------------------------------------------
+
+
+class TextTransformerBlock(nn.Module):
+    """Pre-LN transformer block: x += Attn(LN(x)) over real tokens; x += MLP(LN(x)) with GELU, 4× width."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = CrossAttention(width, None, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask=mask)     # (B, L, D); padding keys are masked out
+        return x + self.mlp(self.norm2(x))
+
+
+class TextEncoder(Conditioner):
+    """τθ for captions: token + learned position embeddings → pre-LN transformer → LN (LDM Sec. 3.3, 4.3).
+
+    Bidirectional (no causal mask, like the reference's BERT-style text model); padding tokens are never
+    attended to, inside the encoder nor (via context_mask) by the U-Net. Outputs at padding positions are
+    computed but meaningless. Token ids follow the Shapes tokenizer: pad 0, bos 1, eos 2.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        width: int,
+        layers: int,
+        heads: int,
+        pad_id: int = 0,
+        bos_id: int = 1,
+        eos_id: int = 2,
+    ):
+        super().__init__()
+        self.vocab_size, self.context_length, self.width = vocab_size, context_length, width
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.token_emb = nn.Embedding(vocab_size, width)
+        self.pos_emb = nn.Parameter(torch.zeros(context_length, width))
+        nn.init.normal_(self.token_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb, std=0.01)
+        self.blocks = nn.ModuleList(TextTransformerBlock(width, heads) for _ in range(layers))
+        self.final_norm = nn.LayerNorm(width)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, width: int, layers: int, heads: int) -> "TextEncoder":
+        """Sizes and special ids from a `ShapesTokenizer` (vocab_size, context_length, pad/bos/eos ids)."""
+        return cls(tokenizer.vocab_size, tokenizer.context_length, width, layers, heads,
+                   pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+
+    @classmethod
+    def from_config(cls, cfg, tokenizer) -> "TextEncoder":
+        """width = cfg.context_dim, layers = cfg.text_layers, heads = cfg.num_heads (an `LDMConfig`)."""
+        return cls.from_tokenizer(tokenizer, cfg.context_dim, cfg.text_layers, cfg.num_heads)
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tokens (B, L) int64 -> {"context": (B, L, width), "context_mask": (B, L) bool, True = real token}."""
+        if tokens.dim() != 2 or tokens.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"expected token ids of shape (B, L) int64 (tokenizer.encode_batch), got "
+                             f"{tokens.dtype} {tuple(tokens.shape)}")
+        B, L = tokens.shape
+        if L > self.context_length:
+            raise ValueError(f"{L} tokens do not fit this encoder's context_length={self.context_length}")
+        if tokens.numel() and bool(((tokens < 0) | (tokens >= self.vocab_size)).any()):
+            raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}, got min {int(tokens.min())}, "
+                             f"max {int(tokens.max())}; was the encoder built for this tokenizer?")
+        mask = tokens != self.pad_id                                         # (B, L)
+        if B and not bool(mask.any(dim=1).all()):
+            raise ValueError("a caption row contains only padding; encode captions with the tokenizer, which "
+                             "always adds <bos>/<eos> (use null_condition for the empty caption)")
+        x = self.token_emb(tokens) + self.pos_emb[:L]                       # (B, L) -> (B, L, D)
+        for block in self.blocks:
+            x = block(x, mask)
+        return {"context": self.final_norm(x), "context_mask": mask}
+
+    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """Token ids of the empty caption "": [bos, eos, pad, …], shape (B, context_length) (or like's length)."""
+        B = _batch_size(batch_size_or_like)
+        L = batch_size_or_like.shape[1] if torch.is_tensor(batch_size_or_like) else self.context_length
+        null = torch.full((B, L), self.pad_id, dtype=torch.int64, device=_device(batch_size_or_like, device))
+        null[:, 0], null[:, 1] = self.bos_id, self.eos_id
+        return null
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout: one token per object (class + quantized box), for layout-to-image (LDM Sec. 4.3.2 / App. D.3)
+# ----------------------------------------------------------------------------------------------------
+
+
+class LayoutEncoder(Conditioner):
+    """τθ for layouts: token_k = E_class[c_k] + Σ_{j∈{x0,y0,x1,y1}} E_j[bin(coord_j)], then LayerNorm.
+
+    Coordinates in [0, 1] are quantized into `box_bins` bins (bin = ⌊coord·bins⌋, 1.0 goes to the last bin).
+    Padding objects (class −1) are masked out; a learned null/start token is always present, so the empty
+    layout (the CFG null condition) still gives one real key. The tokens carry no order (the set of
+    objects is what matters; cross-attention is permutation-invariant over keys). The reference
+    tokenizes layouts as a sequence for a transformer; minildm's sum-of-embeddings is a simpler choice.
+    """
+
+    def __init__(self, num_classes: int, max_objects: int, width: int, box_bins: int = 16):
+        super().__init__()
+        if box_bins < 2:
+            raise ValueError(f"box_bins must be >= 2, got {box_bins}")
+        self.num_classes, self.max_objects, self.width, self.box_bins = num_classes, max_objects, width, box_bins
+        self.class_emb = nn.Embedding(num_classes, width)
+        self.coord_emb = nn.ModuleList(nn.Embedding(box_bins, width) for _ in range(4))   # x0, y0, x1, y1
+        self.null_token = nn.Parameter(torch.zeros(width))
+        for emb in [self.class_emb, *self.coord_emb]:
+            nn.init.normal_(emb.weight, std=0.02)
+        nn.init.normal_(self.null_token, std=0.02)
+        self.norm = nn.LayerNorm(width)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, max_objects: int) -> "LayoutEncoder":
+        """width = cfg.context_dim, box_bins = cfg.box_bins (an `LDMConfig`)."""
+        return cls(num_classes, max_objects, cfg.context_dim, getattr(cfg, "box_bins", 16))
+
+    def quantize(self, coords: torch.Tensor) -> torch.Tensor:
+        """Box coordinates in [0, 1] -> bin indices in 0..box_bins−1."""
+        return (coords * self.box_bins).floor().long().clamp(0, self.box_bins - 1)
+
+    def forward(self, layout: torch.Tensor) -> dict[str, torch.Tensor]:
+        """layout (B, N, 5) rows [class, x0, y0, x1, y1] -> {"context": (B, 1+N, width), "context_mask": (B, 1+N)}."""
+        if layout.dim() != 3 or layout.shape[2] != 5 or layout.shape[1] > self.max_objects:
+            raise ValueError(f"expected a layout of shape (B, N<={self.max_objects}, 5) with rows "
+                             f"[class_id, x0, y0, x1, y1], got {tuple(layout.shape)}")
+        cls_id = layout[..., 0].round().long()                                       # (B, N)
+        real = cls_id >= 0                                                           # (B, N), class −1 = padding
+        boxes = layout[..., 1:].float()                                              # (B, N, 4)
+        if bool((cls_id >= self.num_classes).any() | (cls_id < -1).any()):
+            raise ValueError(f"layout class ids must be in 0..{self.num_classes - 1} (or -1 for padding), got "
+                             f"min {int(cls_id.min())}, max {int(cls_id.max())}")
+        if bool(((boxes < 0) | (boxes > 1)).any(dim=-1)[real].any()):
+            raise ValueError("layout box coordinates must lie in [0, 1] (fractions of the image side)")
+        bins = self.quantize(boxes)                                                  # (B, N, 4)
+        tok = self.class_emb(cls_id.clamp(min=0))                                    # (B, N, D)
+        for j, emb in enumerate(self.coord_emb):
+            tok = tok + emb(bins[..., j])                                            # + E_j[bin(coord_j)]
+        tok = tok * real[..., None]                                                  # padding rows carry nothing
+        B = layout.shape[0]
+        null = self.null_token.expand(B, 1, self.width)                              # (B, 1, D)
+        context = self.norm(torch.cat([null, tok], dim=1))                           # (B, 1+N, D)
+        mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=layout.device), real], dim=1)
+        return {"context": context, "context_mask": mask}
+
+    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """The empty layout: (B, max_objects, 5) filled with −1 (every object is padding)."""
+        B = _batch_size(batch_size_or_like)
+        N = batch_size_or_like.shape[1] if torch.is_tensor(batch_size_or_like) else self.max_objects
+        return torch.full((B, N, 5), -1.0, device=_device(batch_size_or_like, device))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Low-resolution image, concatenated to z_t (super-resolution, LDM Sec. 4.4)
+# ----------------------------------------------------------------------------------------------------
+
+
+class LowResConcat(Conditioner):
+    """τθ for super-resolution: the low-res image y is resized to the latent grid and concatenated to z_t.
+
+    `factor` = latent size / low-res size (1 when the low-res image already has the latent's size, as in
+    the paper's ×4 SR on an f = 4 autoencoder; 2 when it is half the latent's size, …). Resizing is
+    bilinear (align_corners=False) — smooth, no blocky artefacts the U-Net must undo; `mode="nearest"` is
+    the alternative. Passing `size=(h, w)` resizes to that latent grid instead. The null condition is an
+    all-zero image (mid-grey in [−1, 1]); SR models are usually sampled without guidance.
+    """
+
+    def __init__(self, factor: float = 1.0, channels: int = 3, mode: str = "bilinear"):
+        super().__init__()
+        if factor <= 0:
+            raise ValueError(f"factor (latent size / low-res size) must be positive, got {factor}")
+        if mode not in ("bilinear", "nearest"):
+            raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+        self.factor, self.channels, self.mode = factor, channels, mode
+
+    @staticmethod
+    def degrade(image: torch.Tensor, sr_factor: int) -> torch.Tensor:
+        """The SR training input: bicubic, antialiased ×1/sr_factor downsampling (the paper's degradation)."""
+        H, W = image.shape[-2:]
+        if H % sr_factor or W % sr_factor:
+            raise ValueError(f"image size {H}×{W} is not divisible by the super-resolution factor {sr_factor}")
+        low = F.interpolate(image, size=(H // sr_factor, W // sr_factor), mode="bicubic", antialias=True,
+                            align_corners=False)
+        return low.clamp(-1, 1)
+
+    def forward(self, low_res: torch.Tensor, size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """low_res (B, C, h', w') -> {"concat": (B, C, h, w)} with (h, w) = size or factor·(h', w')."""
+        if low_res.dim() != 4 or low_res.shape[1] != self.channels:
+            raise ValueError(f"expected a low-res image (B, {self.channels}, h, w), got {tuple(low_res.shape)}")
+        if size is None:
+            size = (round(low_res.shape[2] * self.factor), round(low_res.shape[3] * self.factor))
+        size = tuple(int(s) for s in size)
+        if tuple(low_res.shape[2:]) == size:
+            return {"concat": low_res}
+        kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
+        return {"concat": F.interpolate(low_res, size=size, mode=self.mode, **kwargs)}
+
+    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """An all-zero low-res image shaped like the given one (a tensor is required: the size is not fixed)."""
+        if not torch.is_tensor(batch_size_or_like):
+            raise TypeError("LowResConcat.null_condition needs an example low-res tensor to copy the shape from")
+        return torch.zeros_like(batch_size_or_like)

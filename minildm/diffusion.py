@@ -1,0 +1,298 @@
+"""The forward (noising) process of a diffusion model, its posterior, and the training loss.
+
+Latent diffusion (Rombach et al. 2022, Sec. 3.2) runs the DDPM of Ho et al. (2020) on autoencoder
+latents z instead of pixels; nothing in this file knows which one it is given, so we write x for both.
+
+    forward chain      q(x_t | x_{t-1}) = N(√(1−β_t)·x_{t−1}, β_t·I)            t = 0 … T−1
+    closed form        q(x_t | x_0)     = N(√ᾱ_t·x_0, (1−ᾱ_t)·I),   ᾱ_t = Π_{s≤t} (1−β_s)
+    posterior          q(x_{t−1} | x_t, x_0) = N(μ̃_t(x_t, x_0), β̃_t·I)        (DDPM Eq. 6–7)
+    objective          L_simple = E_{t, x_0, ε} ‖target − model(x_t, t, y)‖²      (LDM Eq. 1–2)
+
+Timesteps are 0-based as in the reference code: t = 0 is the first (least noisy) step and ᾱ_{−1} := 1
+means "clean data".
+
+Precision: the schedule tables (β, ᾱ, posterior coefficients, T numbers each) are computed and kept in
+float64 on the CPU. Each use gathers the entries for the batch's t and casts only the *result* to the
+input's dtype and device, so quantities like 1 − ᾱ_t near t = 0 or √(1 − ᾱ_{t−1} − σ²) never suffer
+float32 cancellation (and MPS, which has no float64, still works).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+SCHEDULES = ("linear", "scaled_linear", "cosine")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+# model_fn(x_t: (B, C, h, w), t: (B,) int64, cond) -> (B, C, h, w); cond is None, a tensor or a dict.
+ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------------
+# Noise schedules β_t
+# --------------------------------------------------------------------------------------------------
+def make_beta_schedule(
+    schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, cosine_s: float = 0.008
+) -> torch.Tensor:
+    """β_1 … β_T as a float64 tensor (DDPM Sec. 4 linear; LDM "scaled_linear"; Nichol & Dhariwal 2021 cosine).
+
+    Naming trap: the LDM reference code calls `scaled_linear` "linear" (it is linear in √β) and calls the
+    plain DDPM schedule "sqrt_linear". minildm follows diffusers' names, which say what they compute:
+        linear          β_t = linspace(β_start, β_end, T)                 pixel DDPM: 1e-4 → 0.02
+        scaled_linear   β_t = linspace(√β_start, √β_end, T)²              LDM: 0.0015 → 0.0195
+        cosine          ᾱ(t) = cos²(π/2 · (t/T + s)/(1 + s)),  β_t = 1 − ᾱ(t)/ᾱ(t−1) clipped at 0.999
+    (`beta_start`/`beta_end` are ignored by `cosine`.)
+    """
+    if not isinstance(timesteps, int) or isinstance(timesteps, bool) or timesteps < 1:
+        raise ValueError(f"timesteps must be a positive int (the paper uses T = 1000), got {timesteps!r}")
+    if schedule in ("linear", "scaled_linear") and not (0 < beta_start < beta_end < 1):
+        raise ValueError(
+            f"need 0 < beta_start < beta_end < 1, got beta_start={beta_start}, beta_end={beta_end} "
+            f"(LDM uses 0.0015 → 0.0195, pixel DDPM 1e-4 → 0.02)"
+        )
+    if schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+    elif schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
+    elif schedule == "cosine":
+        steps = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
+        f = torch.cos((steps + cosine_s) / (1 + cosine_s) * math.pi / 2) ** 2  # ᾱ(t) up to a constant
+        alpha_bar = f / f[0]
+        betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    else:
+        raise ValueError(
+            f"unknown noise schedule {schedule!r}; expected one of {SCHEDULES} "
+            f"(the LDM reference's 'linear' is minildm's 'scaled_linear')"
+        )
+    return betas
+
+
+def randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device | str,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """N(0, I) noise drawn on the generator's device (a CPU generator → CPU), then moved to `device`.
+
+    Drawing on the generator's device makes a seeded CPU generator give the same numbers on CPU, CUDA and MPS.
+    """
+    if generator is None:
+        return torch.randn(tuple(shape), device=device, dtype=dtype)
+    return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# The forward process and its posterior
+# --------------------------------------------------------------------------------------------------
+class GaussianDiffusion:
+    """Schedule tables plus the closed-form maps of a Gaussian diffusion (DDPM Sec. 2; LDM Sec. 3.2)."""
+
+    def __init__(
+        self,
+        schedule: str = "scaled_linear",
+        timesteps: int = 1000,
+        beta_start: float = 0.0015,
+        beta_end: float = 0.0195,
+        prediction_type: str = "epsilon",
+    ) -> None:
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES} "
+                f"(ε-, x0- or v-parameterization)"
+            )
+        self.schedule, self.prediction_type = schedule, prediction_type
+        self.beta_start, self.beta_end = beta_start, beta_end
+        self.num_timesteps = timesteps                                      # T
+
+        betas = make_beta_schedule(schedule, timesteps, beta_start, beta_end)  # float64, (T,)
+        alphas = 1.0 - betas                                                # α_t = 1 − β_t
+        alpha_bar = torch.cumprod(alphas, dim=0)                            # ᾱ_t = Π_{s≤t} α_s
+        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])  # ᾱ_{t−1}, ᾱ_{−1} = 1
+        self.betas, self.alphas = betas, alphas
+        self.alpha_bar, self.alpha_bar_prev = alpha_bar, alpha_bar_prev
+        self.sqrt_alpha_bar = alpha_bar.sqrt()                              # √ᾱ_t
+        self.one_minus_alpha_bar = 1.0 - alpha_bar                          # 1 − ᾱ_t
+        self.sqrt_one_minus_alpha_bar = self.one_minus_alpha_bar.sqrt()     # √(1−ᾱ_t)
+        # β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t); β̃_0 = 0, so its log is clipped at 1e-20
+        self.posterior_variance = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
+        self.posterior_log_variance_clipped = self.posterior_variance.clamp(min=1e-20).log()
+        # μ̃_t = β_t √ᾱ_{t−1} / (1 − ᾱ_t) · x_0  +  (1 − ᾱ_{t−1}) √α_t / (1 − ᾱ_t) · x_t
+        self.posterior_mean_coef1 = betas * alpha_bar_prev.sqrt() / (1.0 - alpha_bar)
+        self.posterior_mean_coef2 = (1.0 - alpha_bar_prev) * alphas.sqrt() / (1.0 - alpha_bar)
+        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "GaussianDiffusion":
+        """Build from anything with schedule/timesteps/beta_start/beta_end/prediction_type (e.g. LDMConfig)."""
+        return cls(cfg.schedule, cfg.timesteps, cfg.beta_start, cfg.beta_end, cfg.prediction_type)
+
+    def config(self) -> dict:
+        """The constructor arguments, for storing inside checkpoints."""
+        return dict(schedule=self.schedule, timesteps=self.num_timesteps, beta_start=self.beta_start,
+                    beta_end=self.beta_end, prediction_type=self.prediction_type)
+
+    def __repr__(self) -> str:
+        return "GaussianDiffusion(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
+
+    # ---- gathering per-sample coefficients -------------------------------------------------------
+    def check_timesteps(self, t: torch.Tensor | int, batch: int, device: torch.device | str) -> torch.Tensor:
+        """t as a (B,) int64 tensor on `device`; an int is broadcast; out-of-range values are an error.
+
+        Checking a GPU tensor's range costs one device sync; the samplers pass Python ints, which cost none.
+        """
+        T = self.num_timesteps
+        if isinstance(t, int) and not isinstance(t, bool):
+            if not 0 <= t < T:
+                raise ValueError(f"timestep must lie in [0, {T - 1}] (0-based, T = {T}), got {t}")
+            return torch.full((batch,), t, dtype=torch.long, device=device)
+        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError(f"t must be an int or an integer tensor of timesteps in [0, {T - 1}], got {t!r}; "
+                            f"use torch.randint(0, T, (B,))")
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must have shape ({batch},) (one timestep per batch element), got {tuple(t.shape)}")
+        if batch > 0:
+            t_min, t_max = int(t.min()), int(t.max())
+            if t_min < 0 or t_max >= T:
+                raise ValueError(f"timesteps must lie in [0, {T - 1}] (0-based, T = {T}), "
+                                 f"got values in [{t_min}, {t_max}]")
+        return t.to(device=device, dtype=torch.long)
+
+    def _table(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """table[t] for a *checked* t, reshaped to (B, 1, 1, …) and cast to like's dtype and device."""
+        key = (name, like.device, like.dtype)
+        if key not in self._cache:  # the float64 CPU table, cast once per (device, dtype)
+            self._cache[key] = getattr(self, name).to(device=like.device, dtype=like.dtype)
+        return self._cache[key][t].reshape(-1, *([1] * (like.ndim - 1)))
+
+    def coefficient(self, name: str, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        """A schedule table (e.g. "alpha_bar", "posterior_variance") at t, shaped (B, 1, 1, …) to broadcast."""
+        if not isinstance(getattr(self, name, None), torch.Tensor) or name.startswith("_"):
+            raise ValueError(f"unknown schedule table {name!r}; try 'alpha_bar', 'betas', 'sqrt_alpha_bar', "
+                             f"'sqrt_one_minus_alpha_bar' or 'posterior_variance'")
+        return self._table(name, self.check_timesteps(t, like.shape[0], like.device), like)
+
+    # ---- q(x_t | x_0) ------------------------------------------------------------------------------
+    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean √ᾱ_t·x_0 and variance (1−ᾱ_t) of q(x_t | x_0) (DDPM Eq. 4)."""
+        t = self.check_timesteps(t, x0.shape[0], x0.device)
+        mean = self._table("sqrt_alpha_bar", t, x0) * x0
+        var = self._table("one_minus_alpha_bar", t, x0).expand_as(x0)
+        return mean, var
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """Sample q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM Eq. 4; diffusers' `add_noise`)."""
+        _check_same_shape(x0=x0, noise=noise)
+        t = self.check_timesteps(t, x0.shape[0], x0.device)
+        return self._table("sqrt_alpha_bar", t, x0) * x0 + self._table("sqrt_one_minus_alpha_bar", t, x0) * noise
+
+    # ---- q(x_{t−1} | x_t, x_0) ---------------------------------------------------------------------
+    def posterior_mean_variance(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean μ̃_t, variance β̃_t and clipped log β̃_t of q(x_{t−1} | x_t, x_0) (DDPM Eq. 6–7)."""
+        _check_same_shape(x0=x0, x_t=x_t)
+        t = self.check_timesteps(t, x_t.shape[0], x_t.device)
+        # μ̃_t = β_t √ᾱ_{t−1}/(1−ᾱ_t)·x_0 + (1−ᾱ_{t−1}) √α_t/(1−ᾱ_t)·x_t
+        mean = self._table("posterior_mean_coef1", t, x_t) * x0 + self._table("posterior_mean_coef2", t, x_t) * x_t
+        var = self._table("posterior_variance", t, x_t).expand_as(x_t)                   # β̃_t
+        log_var = self._table("posterior_log_variance_clipped", t, x_t).expand_as(x_t)   # log max(β̃_t, 1e-20)
+        return mean, var, log_var
+
+    # ---- the three parameterizations -------------------------------------------------------------
+    def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
+        """x̂_0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t (DDPM Eq. 15)."""
+        _check_same_shape(x_t=x_t, eps=eps)
+        t = self.check_timesteps(t, x_t.shape[0], x_t.device)
+        return (x_t - self._table("sqrt_one_minus_alpha_bar", t, x_t) * eps) / self._table("sqrt_alpha_bar", t, x_t)
+
+    def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
+        """ε̂ = (x_t − √ᾱ_t·x̂_0) / √(1−ᾱ_t) (DDPM Eq. 4 solved for ε)."""
+        _check_same_shape(x_t=x_t, x0=x0)
+        t = self.check_timesteps(t, x_t.shape[0], x_t.device)
+        return (x_t - self._table("sqrt_alpha_bar", t, x_t) * x0) / self._table("sqrt_one_minus_alpha_bar", t, x_t)
+
+    def get_velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (Salimans & Ho 2022, progressive distillation, Sec. 4)."""
+        _check_same_shape(x0=x0, noise=noise)
+        t = self.check_timesteps(t, x0.shape[0], x0.device)
+        return self._table("sqrt_alpha_bar", t, x0) * noise - self._table("sqrt_one_minus_alpha_bar", t, x0) * x0
+
+    def predict_x0_and_eps(
+        self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂_0, ε̂) from the model output under this `prediction_type` (ε, x_0 or v)."""
+        _check_same_shape(x_t=x_t, model_output=model_output)
+        t = self.check_timesteps(t, x_t.shape[0], x_t.device)
+        a, b = self._table("sqrt_alpha_bar", t, x_t), self._table("sqrt_one_minus_alpha_bar", t, x_t)
+        if self.prediction_type == "epsilon":
+            eps = model_output
+            return (x_t - b * eps) / a, eps                  # x̂_0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t
+        if self.prediction_type == "sample":
+            x0 = model_output
+            return x0, (x_t - a * x0) / b                    # ε̂ = (x_t − √ᾱ_t·x̂_0) / √(1−ᾱ_t)
+        # x̂_0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂,   ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂
+        v = model_output
+        return a * x_t - b * v, b * x_t + a * v
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """What the network regresses on: ε (epsilon), x_0 (sample) or v (v_prediction)."""
+        _check_same_shape(x0=x0, noise=noise)
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return x0
+        return self.get_velocity(x0, noise, t)
+
+    def snr(self, t: torch.Tensor | int) -> torch.Tensor:
+        """Signal-to-noise ratio SNR(t) = ᾱ_t / (1 − ᾱ_t) (Kingma et al. 2021, Eq. 2), float64, shaped like t."""
+        t_flat = self.check_timesteps(torch.as_tensor(t).reshape(-1), torch.as_tensor(t).numel(), "cpu")
+        return (self.alpha_bar[t_flat] / self.one_minus_alpha_bar[t_flat]).reshape(torch.as_tensor(t).shape)
+
+    # ---- training ----------------------------------------------------------------------------------
+    def training_loss(
+        self,
+        model_fn: ModelFn,
+        x0: torch.Tensor,
+        cond: Any = None,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """L_simple = ‖target − model(x_t, t, y)‖², t ~ U{0 … T−1}, ε ~ N(0, I) (DDPM Eq. 14; LDM Eq. 2).
+
+        `reduction="mean"` gives the scalar loss; `"none"` the per-sample loss (B,) (mean over C, h, w),
+        handy for plotting the loss against t. t and ε are drawn with `generator` when not given.
+        """
+        if reduction not in ("mean", "none"):
+            raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+        batch = x0.shape[0]
+        if t is None:  # t ~ Uniform{0, …, T−1}: in range by construction, drawn on the generator's device
+            gen_device = generator.device if generator is not None else x0.device
+            t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gen_device).to(x0.device)
+        else:
+            t = self.check_timesteps(t, batch, x0.device)
+        if noise is None:
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)                   # ε ~ N(0, I)
+        _check_same_shape(x0=x0, noise=noise)
+        a, b = self._table("sqrt_alpha_bar", t, x0), self._table("sqrt_one_minus_alpha_bar", t, x0)
+        x_t = a * x0 + b * noise                                                       # x_t ~ q(x_t | x_0)
+        output = model_fn(x_t, t, cond)
+        # target: ε (epsilon) | x_0 (sample) | v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (v_prediction)
+        target = {"epsilon": noise, "sample": x0}.get(self.prediction_type)
+        if target is None:
+            target = a * noise - b * x0
+        if output.shape != target.shape:
+            raise ValueError(f"model output has shape {tuple(output.shape)} but the {self.prediction_type} target "
+                             f"has shape {tuple(target.shape)}; the U-Net must return as many channels as it gets")
+        loss = F.mse_loss(output.float(), target.float(), reduction="none")
+        return loss.mean() if reduction == "mean" else loss.flatten(1).mean(1)
+
+
+def _check_same_shape(**tensors: torch.Tensor) -> None:
+    shapes = {name: tuple(x.shape) for name, x in tensors.items()}
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"these tensors must have the same shape, got {shapes}")

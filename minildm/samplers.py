@@ -1,0 +1,397 @@
+"""Samplers: turn noise into latents with a trained denoiser (LDM Sec. 3.2 and 4; DDPM; DDIM).
+
+Every sampler has the same shape of signature (as in k-diffusion) and calls one per-step callback:
+
+    model_fn(x_t: (B, C, h, w), t: (B,) int64, cond) -> (B, C, h, w)      the network's raw output
+    callback(step: int, t: int, x_t: Tensor, pred_x0: Tensor) -> None     once per step, every sampler
+
+`cond` is None, a tensor, or a dict of batch-first tensors ({"context": (B, L, d), "context_mask": (B, L)},
+{"y": (B,)}, {"concat": (B, c, h, w)}, …); `uncond` has the same form and holds the "null" condition.
+
+Classifier-free guidance (Ho & Salimans 2022) with scale s runs the model once on a doubled batch
+[cond; uncond] and combines  out = out_uncond + s·(out_cond − out_uncond)  (s = 1: conditional only,
+s = 0: unconditional only; neither doubles the batch). We guide the *raw* model output. That is exactly
+guidance on ε̂ for all three parameterizations: at fixed (x_t, t), ε̂ is an affine function of the output
+(ε̂ = out; ε̂ = (x_t − √ᾱ·out)/√(1−ᾱ); ε̂ = √(1−ᾱ)·x_t + √ᾱ·out), and affine maps preserve the combination
+(1 − s)·out_uncond + s·out_cond because its weights sum to 1.
+
+Random numbers: noise is drawn with the given torch.Generator on the generator's device (a CPU generator
+draws on the CPU) and then moved to `device`, so a seed gives the same samples on every device. Stochastic
+samplers draw z only at steps whose noise scale is non-zero, so DDPM and DDIM(η = 1, all steps) consume
+the same random stream.
+
+x̂_0 is never clipped unless asked (`clip_x0=(lo, hi)`, for pixel-space models): latents are unbounded.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import GaussianDiffusion, ModelFn, randn
+
+Cond = Union[None, torch.Tensor, Mapping[str, Optional[torch.Tensor]]]
+Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+SPACINGS = ("trailing", "leading", "linspace")
+
+
+# --------------------------------------------------------------------------------------------------
+# Classifier-free guidance
+# --------------------------------------------------------------------------------------------------
+def _batch_size(cond: Cond) -> int | None:
+    if isinstance(cond, torch.Tensor):
+        return cond.shape[0]
+    if isinstance(cond, Mapping):
+        sizes = {v.shape[0] for v in cond.values() if isinstance(v, torch.Tensor)}
+        return sizes.pop() if len(sizes) == 1 else None
+    return None
+
+
+def _expand(value: torch.Tensor | None, batch: int, what: str) -> torch.Tensor | None:
+    """A batch-1 null condition is broadcast to the batch; any other mismatch is an error."""
+    if value is None or value.shape[0] == batch:
+        return value
+    if value.shape[0] == 1:
+        return value.expand(batch, *value.shape[1:])
+    raise ValueError(f"{what} has batch size {value.shape[0]} but the samples have batch size {batch}; "
+                     f"give one condition per sample (or a batch of 1 for the null condition)")
+
+
+def concat_cond(cond: Cond, uncond: Cond, batch: int) -> Cond:
+    """[cond; uncond] along dim 0 (per key for dicts), the doubled batch of classifier-free guidance."""
+    if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
+        return torch.cat([_expand(cond, batch, "cond"), _expand(uncond, batch, "uncond")])
+    if isinstance(cond, Mapping) and isinstance(uncond, Mapping):
+        if set(cond) != set(uncond):
+            raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
+        out = {}
+        for key in cond:
+            c, u = _expand(cond[key], batch, f"cond[{key!r}]"), _expand(uncond[key], batch, f"uncond[{key!r}]")
+            if (c is None) != (u is None):
+                raise ValueError(f"cond[{key!r}] and uncond[{key!r}] must both be tensors or both be None")
+            out[key] = None if c is None else torch.cat([c, u])
+        return out
+    raise TypeError(f"cond and uncond must both be tensors or both be dicts of tensors for guidance, got "
+                    f"{type(cond).__name__} and {type(uncond).__name__}")
+
+
+def _expand_cond(cond: Cond, batch: int, what: str) -> Cond:
+    if isinstance(cond, torch.Tensor):
+        return _expand(cond, batch, what)
+    if isinstance(cond, Mapping):
+        return {k: _expand(v, batch, f"{what}[{k!r}]") for k, v in cond.items()}
+    return cond
+
+
+def guided_model_output(
+    model_fn: ModelFn, x_t: torch.Tensor, t: int | torch.Tensor, cond: Cond = None, uncond: Cond = None,
+    guidance_scale: float = 1.0,
+) -> torch.Tensor:
+    """out = out_uncond + s·(out_cond − out_uncond) from one doubled batch (classifier-free guidance, Ho & Salimans)."""
+    batch = x_t.shape[0]
+    if isinstance(t, int):
+        t = torch.full((batch,), t, dtype=torch.long, device=x_t.device)
+    s = float(guidance_scale)
+    if not math.isfinite(s):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if s == 1.0:                                                   # conditional only
+        return model_fn(x_t, t, _expand_cond(cond, batch, "cond"))
+    if uncond is None:
+        raise ValueError(f"guidance_scale={s} needs `uncond`, the null condition (empty caption / null class) the "
+                         f"model was trained with; pass it, or use guidance_scale=1.0 for no guidance")
+    if s == 0.0:                                                   # unconditional only
+        return model_fn(x_t, t, _expand_cond(uncond, batch, "uncond"))
+    if cond is None:
+        raise ValueError(f"guidance_scale={s} needs a condition `cond` to guide towards; got cond=None")
+    out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_cond(cond, uncond, batch))  # (2B, C, h, w)
+    out_cond, out_uncond = out.chunk(2)
+    return out_uncond + s * (out_cond - out_uncond)
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared plumbing: device, initial noise, callback and intermediates
+# --------------------------------------------------------------------------------------------------
+def _resolve_device(device: torch.device | str | None, x: torch.Tensor | None, cond: Cond) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if x is not None:
+        return x.device
+    if isinstance(cond, torch.Tensor):
+        return cond.device
+    if isinstance(cond, Mapping):
+        for v in cond.values():
+            if isinstance(v, torch.Tensor):
+                return v.device
+    return torch.device("cpu")
+
+
+def _initial_noise(shape: Sequence[int] | None, x_T: torch.Tensor | None, generator: torch.Generator | None,
+                   device: torch.device) -> torch.Tensor:
+    if x_T is not None:
+        if shape is not None and tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}; pass one or make them agree")
+        return x_T.to(device)
+    if shape is None:
+        raise ValueError("give the sample `shape` (B, C, h, w) or a starting noise `x_T`")
+    return randn(tuple(shape), generator, device)                 # x_T ~ N(0, I)
+
+
+class _Trajectory:
+    """Calls the callback and, if asked, keeps x_t / x̂_0 / t of every step (detached, on the CPU)."""
+
+    def __init__(self, callback: Callback | None, keep: bool) -> None:
+        self.callback, self.keep = callback, keep
+        self.record: dict[str, list] = dict(x_t=[], pred_x0=[], timesteps=[])
+
+    def __call__(self, step: int, t: int, x_t: torch.Tensor, pred_x0: torch.Tensor) -> None:
+        if self.callback is not None:
+            self.callback(step, t, x_t, pred_x0)
+        if self.keep:
+            self.record["x_t"].append(x_t.detach().cpu())
+            self.record["pred_x0"].append(pred_x0.detach().cpu())
+            self.record["timesteps"].append(t)
+
+    def result(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict]:
+        return (x, self.record) if self.keep else x
+
+
+def _clip(x0: torch.Tensor, clip_x0: tuple[float, float] | None) -> torch.Tensor:
+    return x0 if clip_x0 is None else x0.clamp(*clip_x0)
+
+
+# --------------------------------------------------------------------------------------------------
+# DDPM: ancestral sampling with the posterior variance
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def ddpm_sample(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int] | None,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    device: torch.device | str | None = None,
+    clip_x0: tuple[float, float] | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """x_{t−1} = μ̃_t(x_t, x̂_0) + √β̃_t·z for t = T−1 … 0, no noise at the last step (DDPM Alg. 2, Eq. 7).
+
+    Returns x̂_0 (B, C, h, w), or (x̂_0, {"x_t", "pred_x0", "timesteps"}) with `return_intermediates`;
+    x_t[i] is the sampler's state at timesteps[i] and pred_x0[i] the x̂_0 predicted from it.
+    """
+    device = _resolve_device(device, x_T, cond)
+    x = _initial_noise(shape, x_T, generator, device)
+    trajectory = _Trajectory(callback, return_intermediates)
+    T = diffusion.num_timesteps
+    for step, t in enumerate(tqdm(range(T - 1, -1, -1), desc="DDPM", disable=not progress, mininterval=0.5)):
+        out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
+        x0_hat, _ = diffusion.predict_x0_and_eps(x, t, out)
+        x0_hat = _clip(x0_hat, clip_x0)
+        trajectory(step, t, x, x0_hat)
+        mean, _, _ = diffusion.posterior_mean_variance(x0_hat, x, t)  # q(x_{t−1} | x_t, x_0 = x̂_0)
+        if t > 0:
+            std = diffusion.coefficient("posterior_variance", t, x).sqrt()  # √β̃_t, (B, 1, 1, 1)
+            x = mean + std * randn(x.shape, generator, device, x.dtype)
+        else:
+            x = mean                                                    # μ̃_0 = x̂_0: no noise at the last step
+    return trajectory.result(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# DDIM: S of the T steps, η interpolates between deterministic (0) and DDPM-like (1)
+# --------------------------------------------------------------------------------------------------
+def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailing") -> list[int]:
+    """The S sampling timesteps, strictly decreasing, all in [0, T−1] (DDIM Sec. 4.2, "τ" sub-sequence).
+
+        trailing  t_i = ⌊T·(S−i)/S⌋ − 1         starts at T−1 for every S (default; Lin et al. 2024 show
+                                                 the sampler must start where the noise is pure)
+        leading   t_i = (S−1−i)·⌊T/S⌋           the classic choice; ends at 0 but starts well below T−1
+                                                 when S does not divide T (e.g. T=1000, S=3: 666, 333, 0)
+        linspace  t_i = T−1 − round(i·(T−1)/(S−1))   both ends, T−1 … 0
+    (The reference's range(0, T, T//S) + 1 is none of these: it never starts at T−1 and can return more
+    than S steps; minildm does not copy it.)
+
+    Why trailing by default: the sampler starts from x_T ~ N(0, I), which is only right at t = T−1;
+    leading feeds pure noise to a model told t = 900 (for S = 10), where it expects √ᾱ_900 ≈ 0.03 of
+    signal (0.12 with Stable Diffusion's betas). The price: trailing's last step jumps from t = T/S − 1
+    straight to x̂_0, so with very few steps deterministic DDIM under-disperses a little more (exact
+    Gaussian oracle, LDM betas, s = 0.3: std 0.158 vs 0.186 at S = 10; 0.248 vs 0.262 at S = 50).
+    """
+    T, S = num_train_timesteps, steps
+    if not isinstance(S, int) or isinstance(S, bool) or not 1 <= S <= T:
+        raise ValueError(f"steps must be an int in [1, {T}] (the number of training timesteps T), got {steps!r}")
+    if spacing == "trailing":
+        return [T * (S - i) // S - 1 for i in range(S)]
+    if spacing == "leading":
+        return [(S - 1 - i) * (T // S) for i in range(S)]
+    if spacing == "linspace":
+        if S == 1:
+            return [T - 1]
+        # round(i(T−1)/(S−1)) = ⌊(2i(T−1) + S−1) / (2(S−1))⌋, in exact integer arithmetic
+        return [T - 1 - (2 * i * (T - 1) + S - 1) // (2 * (S - 1)) for i in range(S)]
+    raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
+
+
+def ddim_coefficients(
+    diffusion: GaussianDiffusion, timesteps: Sequence[int], eta: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ᾱ_t, ᾱ_prev, σ) per step in float64, σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev) (DDIM Eq. 16).
+
+    ᾱ_prev is ᾱ of the *next entry of the list* (not t − T/S); after the last entry it is 1, the clean
+    data, so the last step returns x̂_0 (and σ = 0 there).
+    """
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+    ts = torch.as_tensor(list(timesteps), dtype=torch.long)
+    if ts.ndim != 1 or len(ts) == 0 or (ts[1:] >= ts[:-1]).any():
+        raise ValueError(f"timesteps must be a non-empty strictly decreasing list, got {list(timesteps)}")
+    alpha_bar = diffusion.alpha_bar[diffusion.check_timesteps(ts, len(ts), "cpu")]               # ᾱ_t
+    alpha_bar_prev = torch.cat([alpha_bar[1:], torch.ones(1, dtype=torch.float64)])              # ᾱ_prev
+    sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
+    bad = (1 - alpha_bar_prev - sigma**2) < 0                      # √(1 − ᾱ_prev − σ²) must be real
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"eta={eta} is too large: at step {i} (t={int(ts[i])}) σ² = {float(sigma[i] ** 2):.4g} "
+                         f"exceeds 1 − ᾱ_prev = {float(1 - alpha_bar_prev[i]):.4g}; use eta ≤ 1")
+    return alpha_bar, alpha_bar_prev, sigma
+
+
+def _ddim_loop(model_fn: ModelFn, diffusion: GaussianDiffusion, x: torch.Tensor, timesteps: list[int], cond: Cond,
+               uncond: Cond, guidance_scale: float, eta: float, generator: torch.Generator | None,
+               trajectory: _Trajectory, clip_x0: tuple[float, float] | None, progress: bool,
+               desc: str = "DDIM") -> torch.Tensor:
+    """The DDIM update over `timesteps`, shared by ddim_sample and img2img."""
+    alpha_bar, alpha_bar_prev, sigma = ddim_coefficients(diffusion, timesteps, eta)
+    for step, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, mininterval=0.5)):
+        out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
+        x0_hat, eps_hat = diffusion.predict_x0_and_eps(x, t, out)
+        if clip_x0 is not None:                                   # keep ε̂ consistent with the clipped x̂_0
+            x0_hat = _clip(x0_hat, clip_x0)
+            eps_hat = diffusion.predict_eps_from_x0(x, t, x0_hat)
+        trajectory(step, t, x, x0_hat)
+        a_prev, s = float(alpha_bar_prev[step]), float(sigma[step])    # float64 scalars
+        # x_prev = √ᾱ_prev·x̂_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z
+        x = math.sqrt(a_prev) * x0_hat + math.sqrt(1.0 - a_prev - s * s) * eps_hat
+        if s > 0:
+            x = x + s * randn(x.shape, generator, x.device, x.dtype)
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int] | None,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    eta: float = 0.0,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    device: torch.device | str | None = None,
+    clip_x0: tuple[float, float] | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """x_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z over S = `steps` timesteps (DDIM Eq. 12).
+
+    η = 0 is deterministic (what LDM samples with), η = 1 with all T steps is DDPM. The timesteps are
+    `ddim_timesteps(T, steps, spacing)`; the last step returns x̂_0 (ᾱ_prev = 1), see `ddim_coefficients`.
+    Returns like `ddpm_sample`.
+    """
+    device = _resolve_device(device, x_T, cond)
+    x = _initial_noise(shape, x_T, generator, device)
+    timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
+    trajectory = _Trajectory(callback, return_intermediates)
+    x = _ddim_loop(model_fn, diffusion, x, timesteps, cond, uncond, guidance_scale, eta, generator,
+                   trajectory, clip_x0, progress)
+    return trajectory.result(x)
+
+
+@torch.no_grad()
+def ddim_invert(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    steps: int = 50,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    spacing: str = "trailing",
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """Run deterministic DDIM backwards, x_0 → x_T, through the same timesteps (DDIM Sec. 4.3, Eq. 13).
+
+    Each step moves from ᾱ_cur (1 for the clean start) up to ᾱ_t of the next timestep t:
+        ε̂ = model(x_cur, t)  (the output read as if at t),  x̂_0 = (x_cur − √(1−ᾱ_cur)·ε̂)/√ᾱ_cur,
+        x_t = √ᾱ_t·x̂_0 + √(1−ᾱ_t)·ε̂.
+    Evaluating ε̂ at x_cur instead of the unknown x_t is the only approximation: with a model whose
+    ε̂ does not depend on x it is exact, in general its error shrinks with the step size. `ddim_sample`
+    with the same steps, spacing, cond and guidance, η = 0 and `x_T=` the result maps it back.
+    The callback gets (step, t, x_t, x̂_0) with x_t the latent *after* the step, now at timestep t.
+    """
+    timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)[::-1]        # increasing
+    trajectory = _Trajectory(callback, return_intermediates)
+    x, a_cur = x0, 1.0
+    for step, t in enumerate(tqdm(timesteps, desc="DDIM inversion", disable=not progress, mininterval=0.5)):
+        out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
+        _, eps_hat = diffusion.predict_x0_and_eps(x, t, out)
+        x0_hat = (x - math.sqrt(1.0 - a_cur) * eps_hat) / math.sqrt(a_cur)   # x̂_0 = (x_cur − √(1−ᾱ_cur)·ε̂)/√ᾱ_cur
+        a_cur = float(diffusion.alpha_bar[t])
+        x = math.sqrt(a_cur) * x0_hat + math.sqrt(1.0 - a_cur) * eps_hat      # x_t = √ᾱ_t·x̂_0 + √(1−ᾱ_t)·ε̂
+        trajectory(step, t, x, x0_hat)
+    return trajectory.result(x)
+
+
+@torch.no_grad()
+def img2img(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    strength: float = 0.75,
+    steps: int = 50,
+    eta: float = 0.0,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    clip_x0: tuple[float, float] | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """SDEdit (Meng et al. 2022): noise x_0 to the timestep picked by `strength`, then run DDIM from there.
+
+    Of the S = `steps` DDIM timesteps the last n = round(strength·S) are run, starting from
+    x_{t_start} = √ᾱ·x_0 + √(1−ᾱ)·ε at their first timestep. strength = 0 returns x_0 unchanged,
+    strength = 1 starts at t = T−1 (close to sampling from scratch).
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must lie in [0, 1] (0 = keep the input, 1 = start from pure noise), "
+                         f"got {strength!r}")
+    timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
+    n = int(round(strength * steps))
+    timesteps = timesteps[steps - n:]
+    trajectory = _Trajectory(callback, return_intermediates)
+    if n == 0:
+        return trajectory.result(x0.clone())
+    if noise is None:
+        noise = randn(x0.shape, generator, x0.device, x0.dtype)
+    x = diffusion.add_noise(x0, noise, timesteps[0])             # x_t ~ q(x_t | x_0)
+    x = _ddim_loop(model_fn, diffusion, x, timesteps, cond, uncond, guidance_scale, eta, generator,
+                   trajectory, clip_x0, progress, desc="img2img")
+    return trajectory.result(x)

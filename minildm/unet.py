@@ -1,0 +1,348 @@
+"""The denoising U-Net ε_θ(z_t, t, τ_θ(y)) of latent diffusion (LDM Sec. 3.2–3.3, App. E; after the reference).
+
+    z_t (B, c, h, w) ─ conv_in ─┬─ [ResBlock (+SpatialTransformer)] × n ─ Downsample ─ … ─┐
+                                │              skips ↓                                  middle: Res, ST, Res
+    ε̂  (B, c, h, w) ← conv_out ─┴─ [ResBlock(cat skip) (+SpatialTransformer)] × (n+1) ─ Upsample ─ … ─┘
+
+The step t enters every ResBlock through a sinusoidal embedding → MLP (4× width); a class label is added
+to that embedding; a context sequence τ_θ(y) (text or layout tokens) enters through cross-attention in
+each SpatialTransformer; image-like conditions (low-res images, maps) are concatenated to z_t as extra
+input channels. Every residual branch ends in a zero-initialized layer and so does the output conv, so at
+initialization the U-Net outputs exactly zero and each block starts as the identity.
+
+minildm's choice for class conditioning: the U-Net owns the class-embedding table with `num_classes + 1`
+rows; the last row (index `num_classes`) is the *null* class used for classifier-free guidance
+(conditioning.ClassEmbedder produces these indices).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .nn import CrossAttention, group_norm32, timestep_embedding, zero_module
+
+
+class ResBlock(nn.Module):
+    """h = conv(SiLU(GN(x))) + W·SiLU(emb); out = skip(x) + conv₀(dropout(SiLU(GN(h)))), conv₀ zero-initialized."""
+
+    def __init__(self, in_channels: int, emb_dim: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm32(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, out_channels)
+        self.norm2 = group_norm32(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))                      # (B, C_in, H, W) -> (B, C_out, H, W)
+        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]       # + projected (time + class) embedding
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))        # (B, C_out, H, W), zero at init
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """3×3 conv with stride 2 (symmetric padding, as in the reference U-Net): (B, C, H, W) -> (B, C, H/2, W/2)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2 then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class GEGLU(nn.Module):
+    """GEGLU(x) = (xW + b) ⊙ GELU(xV + c) (Shazeer 2020), the reference transformer's feed-forward gate."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, 2 * dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, gate = self.proj(x).chunk(2, dim=-1)                    # (B, N, D_in) -> 2 × (B, N, D_out)
+        return a * F.gelu(gate)
+
+
+class TransformerBlock(nn.Module):
+    """x += SelfAttn(LN(x)); x += CrossAttn(LN(x), τθ(y)); x += FF(LN(x)) with FF = GEGLU ×4 (LDM Sec. 3.3)."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None, dropout: float = 0.0, ff_mult: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.self_attn = CrossAttention(dim, None, heads)
+        # Without a context (unconditional / class / concat models) the block has no cross-attention at all.
+        self.norm2 = nn.LayerNorm(dim) if context_dim is not None else None
+        self.cross_attn = CrossAttention(dim, context_dim, heads) if context_dim is not None else None
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(GEGLU(dim, ff_mult * dim), nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        hw: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), hw=hw)                                   # (B, N, D)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.norm2(x), context, context_mask, hw=hw)       # queries: pixels, keys: tokens
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """GN → 1×1 proj_in → flatten pixels to tokens → transformer blocks → zero-init 1×1 proj_out, + residual."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int | None, depth: int = 1, dropout: float = 0.0):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"SpatialTransformer width {channels} is not divisible by num_heads={heads}")
+        self.norm = group_norm32(channels)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim, dropout) for _ in range(depth))
+        self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        _, _, h, w = x.shape
+        z = self.proj_in(self.norm(x))                                  # (B, C, h, w)
+        z = rearrange(z, "b c h w -> b (h w) c")                        # (B, C, h, w) -> (B, h·w, C)
+        for block in self.blocks:
+            z = block(z, context, context_mask, hw=(h, w))
+        z = rearrange(z, "b (h w) c -> b c h w", h=h, w=w)              # (B, h·w, C) -> (B, C, h, w)
+        return x + self.proj_out(z)                                     # zero at init: identity block
+
+
+class UNetStage(nn.ModuleList):
+    """A sequence of U-Net layers; each gets what it needs (ResBlock: emb, SpatialTransformer: context)."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, context_mask)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """ε_θ(z_t, t, y): the LDM denoising U-Net with ResBlocks and SpatialTransformers (LDM Sec. 3.3, App. E).
+
+    attention_resolutions are *downsampling factors* (1 = full latent resolution, 2 = after one Downsample,
+    …), not pixel sizes. The middle block always has attention. Conditioning, any combination:
+      num_classes     class label y ∈ {0..num_classes} (num_classes = null class), added to the time embedding;
+      context_dim     cross-attention on context (B, L, context_dim) with context_mask (B, L), True = real token;
+      concat_channels extra input channels concatenated to z_t (low-res image, segmentation map, …).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        model_channels: int,
+        channel_mult: tuple[int, ...] = (1, 2),
+        num_res_blocks: int = 1,
+        attention_resolutions: tuple[int, ...] = (1, 2),
+        num_heads: int = 4,
+        context_dim: int | None = None,
+        num_classes: int | None = None,
+        concat_channels: int = 0,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
+        factors = [2**i for i in range(len(channel_mult))]
+        bad = [r for r in attention_resolutions if r not in factors]
+        if bad:
+            raise ValueError(
+                f"attention_resolutions must be downsampling factors of this U-Net, i.e. a subset of {factors} "
+                f"(1 = full latent resolution), got {attention_resolutions}; they are not pixel sizes"
+            )
+        widths = [model_channels * m for m in channel_mult]
+        if any(c % num_heads for c in widths):
+            raise ValueError(f"every level width model_channels·channel_mult = {widths} must be divisible by "
+                             f"num_heads={num_heads}; change num_heads or model_channels")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.model_channels, self.channel_mult = model_channels, channel_mult
+        self.context_dim, self.num_classes, self.concat_channels = context_dim, num_classes, concat_channels
+        self.downsampling = 2 ** (len(channel_mult) - 1)   # latent h, w must be multiples of this
+
+        # Time (and class) embedding: sinusoid(t) -> Linear -> SiLU -> Linear, width 4·model_channels.
+        emb_dim = 4 * model_channels
+        self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.label_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes is not None else None
+
+        def attention(ch: int) -> SpatialTransformer:
+            return SpatialTransformer(ch, num_heads, context_dim, dropout=dropout)
+
+        # Down path. `skip_channels` remembers the width of every output that the up path concatenates.
+        ch = model_channels
+        self.input_blocks = nn.ModuleList([UNetStage([nn.Conv2d(in_channels + concat_channels, ch, 3, padding=1)])])
+        skip_channels, ds = [ch], 1
+        for level, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * model_channels, dropout)]
+                ch = mult * model_channels
+                if ds in attention_resolutions:
+                    layers.append(attention(ch))
+                self.input_blocks.append(UNetStage(layers))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                self.input_blocks.append(UNetStage([Downsample(ch)]))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = UNetStage([ResBlock(ch, emb_dim, ch, dropout), attention(ch), ResBlock(ch, emb_dim, ch, dropout)])
+
+        # Up path: num_res_blocks + 1 ResBlocks per level, each eating one skip connection.
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * model_channels, dropout)]
+                ch = mult * model_channels
+                if ds in attention_resolutions:
+                    layers.append(attention(ch))
+                if level != 0 and i == num_res_blocks:
+                    layers.append(Upsample(ch))
+                    ds //= 2
+                self.output_blocks.append(UNetStage(layers))
+
+        self.out = nn.Sequential(group_norm32(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)))
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg,
+        in_channels: int,
+        out_channels: int | None = None,
+        cross_attention: bool = False,
+        num_classes: int | None = None,
+        concat_channels: int = 0,
+    ) -> "UNet":
+        """Build from an `LDMConfig`; cross_attention=True uses cfg.context_dim as the context width."""
+        return cls(
+            in_channels=in_channels,
+            out_channels=in_channels if out_channels is None else out_channels,
+            model_channels=cfg.model_channels,
+            channel_mult=cfg.channel_mult,
+            num_res_blocks=cfg.num_res_blocks,
+            attention_resolutions=cfg.attention_resolutions,
+            num_heads=cfg.num_heads,
+            context_dim=cfg.context_dim if cross_attention else None,
+            num_classes=num_classes,
+            concat_channels=concat_channels,
+            dropout=getattr(cfg, "dropout", 0.0),
+        )
+
+    def _check_inputs(self, x, t, context, context_mask, y, concat) -> torch.Tensor:
+        """Validate the inputs with errors that say how to fix them; returns t as a (B,) tensor."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected latents of shape (B, {self.in_channels}, h, w), got {tuple(x.shape)}")
+        B, _, h, w = x.shape
+        m = self.downsampling
+        if h % m or w % m:
+            raise ValueError(
+                f"latent size {h}×{w} cannot be halved {len(self.channel_mult) - 1} times by this U-Net "
+                f"(channel_mult={self.channel_mult}); h and w must be multiples of {m}, e.g. "
+                f"{max(m, h // m * m)}×{max(m, w // m * m)} or {-(-h // m) * m}×{-(-w // m) * m}"
+            )
+        t = torch.as_tensor(t, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.shape != (B,):
+            raise ValueError(f"expected timesteps t of shape ({B},) or a scalar, got {tuple(t.shape)}")
+
+        if self.context_dim is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("this U-Net has no cross-attention (context_dim=None) but a context was given; "
+                                 "build it with context_dim=<encoder width> or drop the context")
+        else:
+            if context is None:
+                raise ValueError(f"this U-Net conditions on a context (context_dim={self.context_dim}); pass "
+                                 f"context (B, L, {self.context_dim}) — for 'unconditional' use the encoder's null_condition")
+            if context.dim() != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
+                raise ValueError(f"expected context of shape ({B}, L, {self.context_dim}), got {tuple(context.shape)}; "
+                                 f"the encoder width must equal the U-Net's context_dim")
+            if context_mask is not None:
+                if context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]:
+                    raise ValueError(f"expected context_mask bool of shape {tuple(context.shape[:2])} (True = real "
+                                     f"token), got {context_mask.dtype} {tuple(context_mask.shape)}")
+                if not bool(context_mask.any(dim=1).all()):
+                    raise ValueError("a context_mask row masks every token; keep at least one real token "
+                                     "(the text encoder's bos token or the layout encoder's null token)")
+
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError("this U-Net was built without num_classes but class labels y were given")
+        else:
+            if y is None:
+                raise ValueError(f"this U-Net is class-conditional; pass y (B,) in 0..{self.num_classes} "
+                                 f"({self.num_classes} = null class for unconditional)")
+            if y.shape != (B,) or y.dtype not in (torch.int32, torch.int64):
+                raise ValueError(f"expected integer class labels y of shape ({B},), got {y.dtype} {tuple(y.shape)}")
+            if bool((y < 0).any() | (y > self.num_classes).any()):
+                raise ValueError(f"class labels must lie in 0..{self.num_classes} ({self.num_classes} = null class), "
+                                 f"got min {int(y.min())}, max {int(y.max())}")
+
+        if self.concat_channels == 0:
+            if concat is not None:
+                raise ValueError("this U-Net has concat_channels=0 but a concat condition was given; "
+                                 "build it with concat_channels=<channels of the condition>")
+        elif concat is None or concat.shape != (B, self.concat_channels, h, w):
+            got = None if concat is None else tuple(concat.shape)
+            raise ValueError(f"expected concat condition of shape {(B, self.concat_channels, h, w)} (resized to the "
+                             f"latent grid), got {got}")
+        return t
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        concat: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ε̂ = ε_θ(z_t, t, τθ(y)): (B, c, h, w) -> (B, out_channels, h, w)."""
+        t = self._check_inputs(x, t, context, context_mask, y, concat)
+        emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))   # (B,) -> (B, 4·mc)
+        if self.label_emb is not None:
+            emb = emb + self.label_emb(y)                                              # + class embedding
+        if concat is not None:
+            x = torch.cat([x, concat.to(x.dtype)], dim=1)                              # (B, c + c_concat, h, w)
+
+        skips = []
+        h = x
+        for stage in self.input_blocks:                    # (B, c, h, w) -> … -> (B, mc·mult[-1], h/m, w/m)
+            h = stage(h, emb, context, context_mask)
+            skips.append(h)
+        h = self.middle_block(h, emb, context, context_mask)
+        for stage in self.output_blocks:                   # concat skip along channels, back up to (B, mc, h, w)
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
+        return self.out(h)                                 # (B, mc, h, w) -> (B, out_channels, h, w)
