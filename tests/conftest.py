@@ -9,6 +9,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import socket  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# One intra-op thread: the test models are tiny, and two OpenMP threads fighting over two (possibly
+# shared) cores made the suite 5-10x slower here. Results do not depend on the thread count.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
