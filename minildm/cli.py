@@ -1,5 +1,5 @@
-"""The `minildm` command: `minildm demo`, `minildm bench-data`, `minildm info`, and the training commands
-that the stage modules register (`train-ae`, `bench-ae`, ...)."""
+"""The `minildm` command: `demo`, `info`, `preview`, `bench-data`, and the commands the stage modules
+register (`train-ae`, `bench-ae`, `train-ldm`, `sample`, `bench-ldm`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import argparse
 import importlib
 import os
 import sys
-import time
-from pathlib import Path
 
 # Modules that add their own subcommands through `register_cli(subparsers)`.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES = ("minildm.train_ae", "minildm.train_ldm", "minildm.evaluation")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -54,14 +52,12 @@ def _cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    """The README's main job. For now: a captioned preview of the Shapes dataset."""
-    t0 = time.time()
-    args.n, args.ncols = 24, 8
-    out = Path(args.out)
-    args.out = out / "shapes_preview.png"
-    code = _cmd_preview(args)
-    print(f"demo finished in {time.time() - t0:.1f} s; outputs are in {out.resolve()}")
-    return code
+    """The README's main job: train both stages (or reuse checkpoints) and write samples + a filmstrip."""
+    from .demo import run_demo
+
+    run_demo(args.out, profile=args.profile, device=args.device, ae_minutes=args.ae_minutes,
+             ldm_minutes=args.ldm_minutes, seed=args.seed, download=not args.offline)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,9 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show the device and profile minildm would use")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="the end-to-end demo on the built-in Shapes data")
+    p = sub.add_parser("demo", help="train a small LDM on Shapes (or reuse it) and write samples + a filmstrip")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--profile", default=None, help="ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--ae-minutes", type=float, default=4.0, help="time cap for the autoencoder (default 4)")
+    p.add_argument("--ldm-minutes", type=float, default=8.0, help="time cap for the diffusion model (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offline", action="store_true", help="never download (LPIPS weights must be on disk)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("preview", help="render a captioned grid of Shapes samples")

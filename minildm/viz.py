@@ -53,3 +53,31 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def filmstrip(frames: Sequence[torch.Tensor], column_titles: Sequence[str], row_titles: Sequence[str] | None = None,
+              cell_inches: float = 1.2, title: str | None = None):
+    """Rows = samples, columns = denoising steps: frames[j] is a (B, 3, H, W) batch shown in column j."""
+    import matplotlib.pyplot as plt
+
+    if len(frames) != len(column_titles):
+        raise ValueError(f"{len(frames)} frames but {len(column_titles)} column titles")
+    cols = [to_display(f) for f in frames]
+    nrows, ncols = cols[0].shape[0], len(cols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_inches + (1.8 if row_titles else 0),
+                                                    nrows * cell_inches + 0.5), squeeze=False)
+    for i in range(nrows):
+        for j in range(ncols):
+            ax = axes[i, j]
+            ax.imshow(cols[j][i].numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(column_titles[j], fontsize=7)
+            if j == 0 and row_titles:
+                ax.set_ylabel("\n".join(__import__("textwrap").wrap(row_titles[i], 22)), fontsize=6.5,
+                              rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,419 @@
+"""Training the second stage: the U-Net and τθ on the frozen autoencoder's latents (LDM Sec. 3.2, 4).
+
+What happens, in order:
+  1. load the trained autoencoder (frozen) and build LatentDiffusion for the profile's conditioning mode;
+  2. optionally encode `cache_size` training images once (posterior μ, σ and the conditioning inputs):
+     every step then draws z = μ + σ·ε from the cache instead of running the encoder (much faster on CPU);
+  3. measure the scale factor 1/std(z) on the first batch; it is stored with the model;
+  4. AdamW with linear warm-up, EMA of the trained weights, L_simple with 10 % conditioning dropout;
+     checkpoints (atomic, with the config and the autoencoder) every `checkpoint_every` steps and at the end;
+     sample grids every `sample_every` steps; a NaN/inf loss stops with the step in the message.
+
+Batch k of a run depends only on (seed, k), so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .checkpoint import (check_config_matches, check_finite, load_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state, to_plain)
+from .data import ShapesDataset
+from .ldm import LatentDiffusion, sample_latent
+from .nn import EMA
+from .profiles import AEConfig, DataConfig, LDMConfig, Profile, get_profile
+from .train_ae import load_autoencoder
+from .autoencoder import build_autoencoder
+from .utils import autocast_dtype, get_device, seed_everything
+
+CHECKPOINT_NAME = "ldm.pt"
+CHECKPOINT_KIND = "ldm"
+# fields that may differ between a run and its resumption (they only say how long or how often)
+RESUMABLE_FIELDS = ("steps", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale")
+
+DEFAULT_PROMPTS = (
+    "a large red circle in the top left", "a small blue square in the center",
+    "a large yellow triangle in the bottom right", "a small green star in the top middle",
+    "a large purple square in the middle left", "a small orange circle in the bottom middle",
+    "a large blue star in the middle right", "a small red triangle in the bottom left",
+)
+
+
+def config_from_dict(cls: type, d: dict[str, Any]):
+    """Rebuild a config dataclass from a checkpoint dict (lists back to tuples; unknown fields are an error)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
+    if unknown:
+        raise ValueError(f"checkpoint config has fields {unknown} unknown to this minildm's {cls.__name__}; "
+                         "was it written by a newer version?")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def denoiser_modules(ldm: LatentDiffusion) -> nn.ModuleDict:
+    """The modules trained in stage two, as one module (for EMA and optimizers)."""
+    mods = {"unet": ldm.unet}
+    if ldm.cond_encoder is not None and any(True for _ in ldm.cond_encoder.parameters()):
+        mods["cond_encoder"] = ldm.cond_encoder
+    return nn.ModuleDict(mods)
+
+
+@torch.no_grad()
+def encode_cache(ldm: LatentDiffusion, dataset: ShapesDataset, size: int, batch_size: int,
+                 device: torch.device, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Encode samples 0..size-1 once: posterior μ, σ (unscaled) and the raw conditioning inputs, on the CPU."""
+    size = min(size, len(dataset))
+    means, stds, raws = [], [], []
+    for start in tqdm(range(0, size, batch_size), desc="encoding latents", disable=not progress, mininterval=2):
+        b = dataset.batch(range(start, min(size, start + batch_size)), device=device)
+        mean, std = ldm.latent_moments(b["image"])
+        means.append(mean.float().cpu())
+        stds.append(std.float().cpu())
+        raw = ldm.raw_condition(b)
+        raws.append(raw.cpu() if raw is not None else torch.zeros(mean.shape[0]))
+    return {"mean": torch.cat(means), "std": torch.cat(stds), "raw": torch.cat(raws)}
+
+
+def _batch(ldm: LatentDiffusion, cache: dict | None, dataset: ShapesDataset, batch_size: int, seed: int, k: int,
+           device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Generator]:
+    """Batch k of the run: scaled latents z0 and raw conditioning; a function of (seed, k) only."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+    if cache is not None:
+        idx = torch.randint(cache["mean"].shape[0], (batch_size,), generator=g)
+        mean, std = cache["mean"][idx].to(device), cache["std"][idx].to(device)
+        raw = cache["raw"][idx].to(device) if ldm.cond_mode != "none" else None
+    else:
+        b = dataset.batch(torch.randint(len(dataset), (batch_size,), generator=g), device=device)
+        mean, std = ldm.latent_moments(b["image"])
+        raw = ldm.raw_condition(b)
+    z0 = sample_latent(mean, std, g) * float(ldm.scale_factor)
+    return z0, raw, g
+
+
+def _resumable_view(cfg: LDMConfig | dict) -> dict:
+    d = to_plain(cfg) if not isinstance(cfg, dict) else dict(cfg)
+    return {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
+
+
+def load_ldm(path: str | os.PathLike, device: str | torch.device | None = None,
+             use_ema: bool = True) -> LatentDiffusion:
+    """Rebuild a LatentDiffusion (autoencoder included) from its checkpoint alone, EMA weights by default."""
+    ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
+    cfg = config_from_dict(LDMConfig, ckpt["config"])
+    data = config_from_dict(DataConfig, ckpt["data_config"])
+    ae = build_autoencoder(config_from_dict(AEConfig, ckpt["autoencoder"]["config"]))
+    ae.load_state_dict(ckpt["autoencoder"]["state_dict"])
+    ldm = LatentDiffusion(ae, cfg, max_objects=data.max_objects)
+    ldm.scale_factor.fill_(float(ckpt["scale_factor"]))
+    mods = denoiser_modules(ldm)
+    state = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt["state_dict"]
+    try:
+        mods.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {path} do not fit the model built from its config: {e}") from e
+    ldm.resolution = data.resolution
+    return ldm.to(get_device(device)).eval()
+
+
+def save_sample_grid(ldm: LatentDiffusion, path: Path, resolution: int, dataset: ShapesDataset | None = None,
+                     n: int = 8, seed: int = 0, title: str | None = None) -> Path:
+    """A grid of samples for the model's conditioning mode (fixed prompts / classes / validation layouts)."""
+    from .data import class_name
+    from .viz import image_grid, save_figure
+
+    g = torch.Generator().manual_seed(seed)
+    captions = None
+    if ldm.cond_mode == "text":
+        captions = list(DEFAULT_PROMPTS[:n])
+        raw = ldm.prompt_condition(prompts=captions)
+    elif ldm.cond_mode == "class":
+        labels = [(7 * i) % 24 for i in range(n)]
+        raw, captions = ldm.prompt_condition(labels=labels), [class_name(c) for c in labels]
+    elif ldm.cond_mode in ("layout", "sr"):
+        val = (dataset or ShapesDataset("val", resolution=resolution, size=max(n, 8))).batch(range(n))
+        raw = ldm.raw_condition(val).to(ldm.scale_factor.device)
+        captions = val["caption"]
+    else:
+        raw = None
+    images = ldm.sample(raw, num_samples=n if raw is None else None, resolution=resolution, generator=g)
+    return save_figure(image_grid(images, captions, ncols=min(8, n), title=title), path)
+
+
+def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn.Module, out_dir: str | os.PathLike,
+              *, cond: str | None = None, device: str | torch.device | None = None, steps: int | None = None,
+              max_minutes: float | None = None, resume: bool = True, seed: int = 0,
+              progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the latent diffusion model; returns {"path", "history", "step", "minutes"}.
+
+    `autoencoder` is a checkpoint path (train_ae's autoencoder.pt) or a module; `cond` overrides the
+    profile's conditioning mode; `steps` its step count; `max_minutes` stops early with a checkpoint.
+    """
+    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    cfg, data_cfg = profile.ldm, profile.data
+    if cond is not None:
+        cfg = dataclasses.replace(cfg, cond=cond)
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=int(steps))
+    device = get_device(device)
+    out_dir = Path(out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    seed_everything(seed)
+
+    ae = load_autoencoder(autoencoder, device) if not isinstance(autoencoder, nn.Module) else autoencoder
+    ldm = LatentDiffusion(ae.to(device), cfg, max_objects=data_cfg.max_objects).to(device)
+    dataset = ShapesDataset("train", data_cfg)
+    mods = denoiser_modules(ldm)
+    opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup))  # linear warm-up
+    ema = EMA(mods, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    step, history, elapsed_before = 0, [], 0.0
+
+    resumed = resume and ckpt_path.is_file()
+    if resumed:
+        ckpt = load_checkpoint(ckpt_path, map_location=device, kind=CHECKPOINT_KIND)
+        check_config_matches(_resumable_view(ckpt["config"]), _resumable_view(cfg), what="latent diffusion")
+        mods.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        set_rng_state(ckpt["rng"])
+        ldm.scale_factor.fill_(float(ckpt["scale_factor"]))
+        step, history, elapsed_before = int(ckpt["step"]), list(ckpt["history"]), float(ckpt["elapsed"])
+
+    cache = None
+    if cfg.cache_size > 0 and step < cfg.steps:  # nothing to encode when the run is already complete
+        cache = encode_cache(ldm, dataset, cfg.cache_size, 256, device, progress)
+    if not resumed:  # scale factor from the first training batch: 1/std(z)
+        g0 = torch.Generator().manual_seed(seed)
+        if cache is not None:
+            first = (cache["mean"][: cfg.batch_size].to(device), cache["std"][: cfg.batch_size].to(device))
+        else:
+            first = ldm.latent_moments(dataset.batch(range(cfg.batch_size), device=device)["image"])
+        ldm.set_scale_factor(first, g0)
+
+    def save() -> None:
+        save_checkpoint({
+            "kind": CHECKPOINT_KIND, "config": cfg, "data_config": data_cfg, "profile": profile.name,
+            "autoencoder": {"config": ae.config, "state_dict": ae.state_dict()},
+            "scale_factor": float(ldm.scale_factor), "state_dict": mods.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": rng_state(), "step": step, "history": history,
+            "elapsed": elapsed_before + time.time() - t0, "seed": seed,
+        }, ckpt_path)
+
+    amp = autocast_dtype(device)
+    t0 = time.time()
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"LDM ({cfg.cond})", disable=not progress, mininterval=2)
+    ldm.unet.train()
+    stopped_early = False
+    while step < cfg.steps:
+        if max_minutes is not None and time.time() - t0 > 60 * max_minutes:
+            stopped_early = True
+            break
+        z0, raw, g = _batch(ldm, cache, dataset, cfg.batch_size, seed, step, device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = ldm.training_step(z0, raw, generator=g)
+        check_finite(step, loss=loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema.update(mods)
+        step += 1
+        loss_value = loss.detach().item()
+        history.append({"step": step, "loss": loss_value, "lr": sched.get_last_lr()[0]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save()
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            with ema_weights(ldm, ema):
+                save_sample_grid(ldm, out_dir / f"samples_{step:06d}.png", data_cfg.resolution,
+                                 title=f"step {step} (EMA weights)")
+            ldm.unet.train()
+    bar.close()
+    save()
+    minutes = (elapsed_before + time.time() - t0) / 60
+    return {"path": ckpt_path, "history": history, "step": step, "minutes": minutes, "stopped_early": stopped_early}
+
+
+class ema_weights:
+    """Context manager: temporarily swap the EMA weights into the model (for sampling during training)."""
+
+    def __init__(self, ldm: LatentDiffusion, ema: EMA | None):
+        self.mods, self.ema = denoiser_modules(ldm), ema
+
+    def __enter__(self):
+        if self.ema is not None:
+            self.backup = {k: v.detach().clone() for k, v in self.mods.state_dict().items()}
+            self.ema.copy_to(self.mods)
+        self.mods.eval()
+        return self
+
+    def __exit__(self, *exc):
+        if self.ema is not None:
+            self.mods.load_state_dict(self.backup)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line: train-ldm, sample, bench-ldm
+# ----------------------------------------------------------------------------------------------------
+
+
+def parse_layout(spec: str, max_objects: int = 2) -> torch.Tensor:
+    """'red circle@0.1,0.1,0.45,0.45; blue star@0.55,0.5,0.95,0.9' -> (1, max_objects, 5) layout tensor."""
+    from .data import COLOR_NAMES, SHAPES, class_id
+
+    rows = []
+    for part in [p.strip() for p in spec.split(";") if p.strip()]:
+        try:
+            name, box = part.split("@")
+            color, shape = name.split()
+            coords = [float(v) for v in box.split(",")]
+        except ValueError:
+            raise ValueError(f"cannot read layout object {part!r}; expected '<color> <shape>@x0,y0,x1,y1' with "
+                             "coordinates in [0, 1], objects separated by ';'") from None
+        if color not in COLOR_NAMES or shape not in SHAPES or len(coords) != 4:
+            raise ValueError(f"layout object {part!r}: color must be one of {COLOR_NAMES}, shape one of {SHAPES}, "
+                             "and the box four numbers x0,y0,x1,y1")
+        if not all(0 <= c <= 1 for c in coords) or coords[0] >= coords[2] or coords[1] >= coords[3]:
+            raise ValueError(f"layout box {coords} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        rows.append([class_id(shape, color), *coords])
+    if not 1 <= len(rows) <= max_objects:
+        raise ValueError(f"a layout needs 1 to {max_objects} objects, got {len(rows)}")
+    rows += [[-1.0] * 5] * (max_objects - len(rows))
+    return torch.tensor([rows], dtype=torch.float32)
+
+
+def _cmd_train(args) -> int:
+    profile = get_profile(args.profile)
+    out = Path(args.out or f"runs/ldm-{profile.name}-{args.cond or profile.ldm.cond}")
+    result = train_ldm(profile, args.autoencoder, out, cond=args.cond, device=args.device, steps=args.steps,
+                       max_minutes=args.minutes, resume=not args.no_resume, seed=args.seed)
+    print(f"trained {result['step']} steps in {result['minutes']:.1f} min; checkpoint: {result['path']}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .viz import image_grid, save_figure
+
+    ldm = load_ldm(args.checkpoint, args.device)
+    n = args.n
+    if args.prompt:
+        raw, captions = ldm.prompt_condition(prompts=[args.prompt] * n), [args.prompt] * n
+    elif args.label is not None:
+        from .data import class_name
+        raw, captions = ldm.prompt_condition(labels=[args.label] * n), [class_name(args.label)] * n
+    elif args.layout:
+        lay = parse_layout(args.layout, ldm.cond_encoder.max_objects)
+        raw, captions = ldm.prompt_condition(layouts=lay.expand(n, -1, -1)), [args.layout] * n
+    elif ldm.cond_mode == "none":
+        raw, captions = None, None
+    else:
+        raise ValueError(f"this is a {ldm.cond_mode!r}-conditional model: give --prompt, --class or --layout")
+    g = torch.Generator().manual_seed(args.seed)
+    images = ldm.sample(raw, num_samples=n if raw is None else None, resolution=ldm.resolution, steps=args.steps,
+                        eta=args.eta, guidance_scale=args.guidance, generator=g)
+    title = f"DDIM {args.steps} steps, η={args.eta}, guidance {args.guidance}, seed {args.seed}"
+    path = save_figure(image_grid(images, captions, ncols=min(8, n), title=title), args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    """LDM training steps/s and DDIM sampling images/s for a profile (random weights: speed only)."""
+    profile = get_profile(args.profile)
+    device = get_device(args.device)
+    ae = build_autoencoder(profile.ae).to(device).eval()
+    cfg = profile.ldm
+    ldm = LatentDiffusion(ae, cfg, max_objects=profile.data.max_objects).to(device)
+    data = ShapesDataset("train", profile.data).batch(range(cfg.batch_size), device=device)
+    ldm.set_scale_factor(data["image"])
+    z0, raw = ldm.encode(data["image"]), ldm.raw_condition(data)
+    mods = denoiser_modules(ldm)
+    opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train_step(k):
+        loss = ldm.training_step(z0, raw, torch.Generator().manual_seed(k))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    for k in range(2):
+        train_step(k)
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < args.seconds:
+        train_step(n)
+        n += 1
+    sync()
+    dt = time.perf_counter() - t0
+    print(f"LDM ({cfg.cond}) profile={profile.name} device={device} threads={torch.get_num_threads()} "
+          f"params={sum(p.numel() for p in mods.parameters()) / 1e6:.2f}M batch={cfg.batch_size} "
+          f"latent={tuple(z0.shape[1:])}")
+    print(f"  training: {n / dt:.2f} steps/s ({dt / n * 1000:.0f} ms/step, {n * cfg.batch_size / dt:.0f} latents/s)")
+    ldm.eval()
+    B = args.sample_batch
+    raw_s = raw[:B] if raw is not None else None
+    ldm.sample(raw_s, num_samples=B if raw_s is None else None, resolution=profile.data.resolution, steps=2)
+    sync()
+    t0 = time.perf_counter()
+    ldm.sample(raw_s, num_samples=B if raw_s is None else None, resolution=profile.data.resolution,
+               steps=args.steps, guidance_scale=cfg.guidance_scale)
+    sync()
+    dt = time.perf_counter() - t0
+    print(f"  sampling: DDIM-{args.steps} with guidance {cfg.guidance_scale}, batch {B}: "
+          f"{B / dt:.1f} images/s ({dt:.1f} s incl. decoding)")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add `train-ldm`, `sample` and `bench-ldm` to the `minildm` command."""
+    p = subparsers.add_parser("train-ldm", help="train the latent diffusion model on a trained autoencoder")
+    p.add_argument("--autoencoder", required=True, help="autoencoder checkpoint (from `minildm train-ae`)")
+    p.add_argument("--profile", default=None, help="ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)")
+    p.add_argument("--cond", choices=("text", "class", "layout", "sr", "none"), default=None)
+    p.add_argument("--out", default=None, help="output folder (default runs/ldm-<profile>-<cond>)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--minutes", type=float, default=None, help="stop after this many minutes (checkpoint kept)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-resume", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    s = subparsers.add_parser("sample", help="sample images from a trained LDM checkpoint")
+    s.add_argument("--checkpoint", default="outputs/demo/ldm.pt")
+    s.add_argument("--prompt", default=None, help='e.g. "a red circle in the top left" (text models)')
+    s.add_argument("--class", dest="label", type=int, default=None, help="class id 0..23 (class models)")
+    s.add_argument("--layout", default=None, help='e.g. "red circle@0.1,0.1,0.45,0.45; blue star@0.5,0.5,0.9,0.9"')
+    s.add_argument("-n", type=int, default=8, help="number of samples")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--eta", type=float, default=0.0)
+    s.add_argument("--guidance", type=float, default=3.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None)
+    s.add_argument("--out", default="samples.png")
+    s.set_defaults(func=_cmd_sample)
+
+    b = subparsers.add_parser("bench-ldm", help="LDM training steps/s and DDIM sampling images/s")
+    b.add_argument("--profile", default=None)
+    b.add_argument("--device", default=None)
+    b.add_argument("--seconds", type=float, default=20.0)
+    b.add_argument("--steps", type=int, default=50)
+    b.add_argument("--sample-batch", type=int, default=64)
+    b.set_defaults(func=_cmd_bench)

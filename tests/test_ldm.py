@@ -1,0 +1,175 @@
+"""LatentDiffusion and its training loop: scale factor, conditioning dropout, checkpoints, resume, errors."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from minildm.autoencoder import build_autoencoder
+from minildm.checkpoint import NonFiniteLossError, load_checkpoint
+from minildm.data import ShapesDataset
+from minildm.ldm import LatentDiffusion
+from minildm.profiles import get_profile
+from minildm.train_ldm import load_ldm, train_ldm
+
+CI = get_profile("ci")
+
+
+@pytest.fixture(scope="module")
+def ae():
+    torch.manual_seed(0)
+    return build_autoencoder(CI.ae).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return ShapesDataset("train", CI.data).batch(range(8))
+
+
+def make(ae, **changes):
+    cfg = dataclasses.replace(CI.ldm, **changes)
+    ldm = LatentDiffusion(ae, cfg, max_objects=CI.data.max_objects)
+    return ldm
+
+
+def test_scale_factor_gives_unit_variance_and_decode_divides(ae, batch):
+    ldm = make(ae)
+    with pytest.raises(RuntimeError, match="scale factor"):
+        ldm.encode(batch["image"])
+    g = torch.Generator().manual_seed(0)
+    s = ldm.set_scale_factor(batch["image"], g)
+    mean, std = ldm.latent_moments(batch["image"])
+    z = ldm.encode(batch["image"], torch.Generator().manual_seed(0))
+    assert z.std().item() == pytest.approx(1.0, rel=1e-4)  # same draw as the measurement
+    assert torch.allclose(z / s, mean + std * torch.randn(mean.shape, generator=torch.Generator().manual_seed(0)),
+                          atol=1e-5)
+    assert torch.allclose(ldm.decode(z), ae.decode(z / s).clamp(-1, 1), atol=1e-6)
+    assert not any(p.requires_grad for p in ldm.autoencoder.parameters())  # the first stage is frozen
+
+
+def test_initial_loss_is_noise_variance(ae, batch):
+    ldm = make(ae)
+    ldm.set_scale_factor(batch["image"])
+    z0 = ldm.encode(batch["image"])
+    g = torch.Generator().manual_seed(1)
+    loss = ldm.training_step(z0, ldm.raw_condition(batch), g)
+    # the zero-initialized U-Net predicts ε̂ = 0, so L_simple = mean(ε²) of the same draw of ε
+    g = torch.Generator().manual_seed(1)
+    torch.bernoulli(torch.full((8,), 0.1), generator=g)  # conditioning dropout consumes the generator first
+    torch.randint(0, 1000, (8,), generator=g)
+    eps = torch.randn(z0.shape, generator=g)
+    assert loss.item() == pytest.approx(eps.pow(2).mean().item(), rel=1e-5)
+
+
+def test_conditioning_dropout_feeds_the_null_condition(ae, batch, monkeypatch):
+    ldm = make(ae, cond_drop_prob=1.0)
+    ldm.set_scale_factor(batch["image"])
+    seen = {}
+    original = ldm.cond_encoder.forward
+
+    def spy(tokens):
+        seen["tokens"] = tokens.clone()
+        return original(tokens)
+
+    monkeypatch.setattr(ldm.cond_encoder, "forward", spy)
+    ldm.training_step(ldm.encode(batch["image"]), batch["tokens"], torch.Generator().manual_seed(0))
+    assert torch.equal(seen["tokens"], ldm.tokenizer.encode_batch([""] * 8))
+
+
+@pytest.mark.parametrize("cond", ["text", "class", "layout", "sr", "none"])
+def test_every_conditioning_mode_trains_and_samples(ae, batch, cond):
+    ldm = make(ae, cond=cond)
+    ldm.set_scale_factor(batch["image"])
+    raw = ldm.raw_condition(batch)
+    loss = ldm.training_step(ldm.encode(batch["image"]), raw, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None for p in ldm.unet.parameters())
+    steps = []
+    out = ldm.sample(raw[:2] if raw is not None else None, num_samples=2 if raw is None else None, steps=3,
+                     callback=lambda i, t, x, x0: steps.append(t), generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 32, 32) and out.min() >= -1 and out.max() <= 1
+    assert len(steps) == 3 and steps == sorted(steps, reverse=True)
+
+
+def test_sampling_errors(ae, batch):
+    ldm = make(ae)
+    ldm.set_scale_factor(batch["image"])
+    with pytest.raises(ValueError, match="unknown word"):
+        ldm.prompt_condition(prompts=["a red dragon"])
+    raw = ldm.prompt_condition(prompts=["a small red circle in the center"])
+    with pytest.raises(ValueError):
+        ldm.sample(raw, steps=0)
+    with pytest.raises(ValueError):
+        ldm.sample(raw, steps=1001)
+    with pytest.raises(ValueError, match="f=4"):
+        ldm.sample(raw, resolution=30)
+    with pytest.raises(ValueError, match="labels"):
+        make(ae, cond="class").prompt_condition(prompts=["a red circle"])
+    with pytest.raises(ValueError, match="unknown conditioning"):
+        make(ae, cond="audio")
+
+
+def test_sampling_is_seeded_and_guidance_one_skips_uncond(ae, batch):
+    ldm = make(ae)
+    ldm.set_scale_factor(batch["image"])
+    torch.manual_seed(0)
+    for p in ldm.unet.out.parameters():  # make the output depend on the input
+        torch.nn.init.normal_(p, std=0.02)
+    raw = ldm.prompt_condition(prompts=["a small red circle in the center"] * 2)
+    a = ldm.sample(raw, steps=4, generator=torch.Generator().manual_seed(5))
+    b = ldm.sample(raw, steps=4, generator=torch.Generator().manual_seed(5))
+    c = ldm.sample(raw, steps=4, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    calls = []
+    orig = ldm.unet.forward
+    ldm.unet.forward = lambda x, t, **kw: calls.append(x.shape[0]) or orig(x, t, **kw)
+    ldm.sample(raw, steps=2, guidance_scale=1.0)
+    ldm.sample(raw, steps=2, guidance_scale=3.0)
+    assert calls == [2, 2, 4, 4]  # s = 1: conditional batch only; s ≠ 1: one doubled batch per step
+
+
+def test_train_checkpoint_resume_and_load(ae, tmp_path):
+    ae_path = tmp_path / "ae.pt"
+    from minildm.checkpoint import save_checkpoint
+    save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, ae_path)
+    full = train_ldm("ci", ae_path, tmp_path / "full", steps=6, progress=False)
+    part = train_ldm("ci", ae_path, tmp_path / "resumed", steps=3, progress=False)
+    assert part["step"] == 3
+    rest = train_ldm("ci", ae_path, tmp_path / "resumed", steps=6, progress=False)
+    assert rest["step"] == 6
+    assert [h["loss"] for h in rest["history"]] == [h["loss"] for h in full["history"]]
+    a = load_checkpoint(full["path"], kind="ldm")
+    b = load_checkpoint(rest["path"], kind="ldm")
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    # a checkpoint rebuilds the whole model (autoencoder included) and samples the same images
+    m1, m2 = load_ldm(full["path"]), load_ldm(rest["path"])
+    raw = m1.prompt_condition(prompts=["a large blue star in the top left"])
+    assert torch.equal(m1.sample(raw, steps=3, generator=torch.Generator().manual_seed(0)),
+                       m2.sample(raw, steps=3, generator=torch.Generator().manual_seed(0)))
+    # resuming into a different architecture is a clear error
+    other = get_profile("ci").replace(ldm={"model_channels": 32})
+    with pytest.raises(ValueError, match="model_channels: checkpoint=16 current=32"):
+        train_ldm(other, ae_path, tmp_path / "full", steps=8, progress=False)
+
+
+def test_nan_loss_stops_with_step_and_keeps_checkpoint(ae, tmp_path, monkeypatch):
+    from minildm.checkpoint import save_checkpoint
+    ae_path = tmp_path / "ae.pt"
+    save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, ae_path)
+    out = tmp_path / "run"
+    train_ldm("ci", ae_path, out, steps=10, progress=False)  # checkpoint at step 10
+    before = (out / "ldm.pt").read_bytes()
+    real = LatentDiffusion.training_step
+    calls = {"n": 0}
+
+    def poisoned(self, z0, raw, generator=None):
+        calls["n"] += 1
+        loss = real(self, z0, raw, generator)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(LatentDiffusion, "training_step", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 12"):
+        train_ldm("ci", ae_path, out, steps=20, progress=False)
+    assert (out / "ldm.pt").read_bytes() == before
