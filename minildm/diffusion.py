@@ -261,12 +261,21 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         reduction: str = "mean",
+        weighting: str = "simple",
+        min_snr_gamma: float = 5.0,
     ) -> torch.Tensor:
         """L_simple = ‖target − model(x_t, t, y)‖², t ~ U{0 … T−1}, ε ~ N(0, I) (DDPM Eq. 14; LDM Eq. 2).
 
         `reduction="mean"` gives the scalar loss; `"none"` the per-sample loss (B,) (mean over C, h, w),
         handy for plotting the loss against t. t and ε are drawn with `generator` when not given.
+
+        `weighting="min_snr"` multiplies each sample's loss by min(SNR_t, γ)/SNR_t (for ε; the v and x0 forms
+        are adjusted accordingly) — Min-SNR-γ (Hang et al. 2023), a minildm option, not in the paper: it stops
+        the many easy low-noise steps from dominating, so the high-noise steps that decide the layout
+        ("where is the object?") get their share of the gradient. "simple" is the paper's L_simple.
         """
+        if weighting not in ("simple", "min_snr"):
+            raise ValueError(f"weighting must be 'simple' (L_simple) or 'min_snr', got {weighting!r}")
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         batch = x0.shape[0]
@@ -288,8 +297,13 @@ class GaussianDiffusion:
         if output.shape != target.shape:
             raise ValueError(f"model output has shape {tuple(output.shape)} but the {self.prediction_type} target "
                              f"has shape {tuple(target.shape)}; the U-Net must return as many channels as it gets")
-        loss = F.mse_loss(output.float(), target.float(), reduction="none")
-        return loss.mean() if reduction == "mean" else loss.flatten(1).mean(1)
+        loss = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)   # (B,)
+        if weighting == "min_snr":
+            snr = self.snr(t).to(loss.device, torch.float32)                          # ᾱ_t / (1 − ᾱ_t)
+            clipped = snr.clamp(max=min_snr_gamma)                                     # min(SNR, γ)
+            w = {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}
+            loss = loss * w[self.prediction_type]
+        return loss.mean() if reduction == "mean" else loss
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:

@@ -162,7 +162,8 @@ class LatentDiffusion(nn.Module):
             if self.config.cond_drop_prob > 0 and self.cond_mode != "sr":
                 raw = self.cond_encoder.drop(raw, self.config.cond_drop_prob, generator)
             cond = self.encode_condition(raw, tuple(z0.shape[-2:]))
-        return self.diffusion.training_loss(self.model_fn, z0, cond, generator=generator)
+        return self.diffusion.training_loss(self.model_fn, z0, cond, generator=generator,
+                                            weighting=self.config.loss_weighting)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -157,6 +157,12 @@ class UNet(nn.Module):
       num_classes     class label y ∈ {0..num_classes} (num_classes = null class), added to the time embedding;
       context_dim     cross-attention on context (B, L, context_dim) with context_mask (B, L), True = real token;
       concat_channels extra input channels concatenated to z_t (low-res image, segmentation map, …).
+
+    coord_channels=True appends two channels holding each latent pixel's (x, y) in [−1, 1] to the input
+    (CoordConv, Liu et al. 2018) — a minildm addition, not in the reference. Convolutions and attention
+    are (nearly) translation-equivariant, so a plain U-Net learns *where* something is only from border
+    effects, slowly; Shapes captions name absolute positions ("in the top left"), and with the coordinates
+    the cross-attention queries know where they are from the first step.
     """
 
     def __init__(
@@ -172,6 +178,7 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         concat_channels: int = 0,
         dropout: float = 0.0,
+        coord_channels: bool = False,
     ):
         super().__init__()
         channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
@@ -191,6 +198,7 @@ class UNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.model_channels, self.channel_mult = model_channels, channel_mult
         self.context_dim, self.num_classes, self.concat_channels = context_dim, num_classes, concat_channels
+        self.coord_channels = coord_channels
         self.downsampling = 2 ** (len(channel_mult) - 1)   # latent h, w must be multiples of this
 
         # Time (and class) embedding: sinusoid(t) -> Linear -> SiLU -> Linear, width 4·model_channels.
@@ -203,7 +211,8 @@ class UNet(nn.Module):
 
         # Down path. `skip_channels` remembers the width of every output that the up path concatenates.
         ch = model_channels
-        self.input_blocks = nn.ModuleList([UNetStage([nn.Conv2d(in_channels + concat_channels, ch, 3, padding=1)])])
+        extra = concat_channels + (2 if coord_channels else 0)
+        self.input_blocks = nn.ModuleList([UNetStage([nn.Conv2d(in_channels + extra, ch, 3, padding=1)])])
         skip_channels, ds = [ch], 1
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
@@ -258,6 +267,7 @@ class UNet(nn.Module):
             num_classes=num_classes,
             concat_channels=concat_channels,
             dropout=getattr(cfg, "dropout", 0.0),
+            coord_channels=getattr(cfg, "coord_channels", False),
         )
 
     def _check_inputs(self, x, t, context, context_mask, y, concat) -> torch.Tensor:
@@ -336,6 +346,12 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(y)                                              # + class embedding
         if concat is not None:
             x = torch.cat([x, concat.to(x.dtype)], dim=1)                              # (B, c + c_concat, h, w)
+        if self.coord_channels:
+            B, _, hh, ww = x.shape
+            ys = torch.linspace(-1, 1, hh, device=x.device, dtype=x.dtype)
+            xs = torch.linspace(-1, 1, ww, device=x.device, dtype=x.dtype)
+            grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0)             # (2, h, w): x, y
+            x = torch.cat([x, grid.expand(B, -1, -1, -1)], dim=1)                      # (B, c_in + 2, h, w)
 
         skips = []
         h = x

@@ -222,3 +222,26 @@ def test_training_loss_draws_t_uniformly_and_is_seeded():
     l1 = d.training_loss(lambda x, t, c: x, x, generator=torch.Generator().manual_seed(5))
     l2 = d.training_loss(lambda x, t, c: x, x, generator=torch.Generator().manual_seed(5))
     assert torch.equal(l1, l2)
+
+
+def test_min_snr_weighting_matches_formula():
+    """Min-SNR-γ: each sample's MSE times min(SNR_t, γ)/SNR_t (ε), min(SNR_t, γ)/(SNR_t + 1) (v), min(SNR_t, γ) (x0)."""
+    import torch as _t
+
+    from minildm.diffusion import GaussianDiffusion as _GD
+
+    x0 = _t.randn(6, 2, 3, 3, dtype=_t.float64).float()
+    noise = _t.randn(6, 2, 3, 3)
+    t = _t.tensor([0, 5, 100, 400, 800, 999])
+    out = _t.randn(6, 2, 3, 3)
+    for ptype in ("epsilon", "v_prediction", "sample"):
+        d = _GD(prediction_type=ptype)
+        plain = d.training_loss(lambda x, tt, c: out, x0, t=t, noise=noise, reduction="none")
+        weighted = d.training_loss(lambda x, tt, c: out, x0, t=t, noise=noise, reduction="none", weighting="min_snr")
+        ab = d.alpha_bar[t]
+        snr = ab / (1 - ab)
+        g = snr.clamp(max=5.0)
+        w = {"epsilon": g / snr, "v_prediction": g / (snr + 1), "sample": g}[ptype]
+        assert _t.allclose(weighted.double(), plain.double() * w, rtol=1e-5)
+    with pytest.raises(ValueError, match="weighting"):
+        d.training_loss(lambda x, tt, c: out, x0, weighting="p2")

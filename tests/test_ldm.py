@@ -47,18 +47,21 @@ def test_scale_factor_gives_unit_variance_and_decode_divides(ae, batch):
     assert not any(p.requires_grad for p in ldm.autoencoder.parameters())  # the first stage is frozen
 
 
-def test_initial_loss_is_noise_variance(ae, batch):
-    ldm = make(ae)
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+def test_initial_loss_is_the_target_variance(ae, batch, ptype):
+    ldm = make(ae, prediction_type=ptype)
     ldm.set_scale_factor(batch["image"])
     z0 = ldm.encode(batch["image"])
     g = torch.Generator().manual_seed(1)
     loss = ldm.training_step(z0, ldm.raw_condition(batch), g)
-    # the zero-initialized U-Net predicts ε̂ = 0, so L_simple = mean(ε²) of the same draw of ε
+    # the zero-initialized U-Net predicts 0, so L_simple = mean(target²) for the same draws of t and ε
     g = torch.Generator().manual_seed(1)
     torch.bernoulli(torch.full((8,), 0.1), generator=g)  # conditioning dropout consumes the generator first
-    torch.randint(0, 1000, (8,), generator=g)
+    t = torch.randint(0, 1000, (8,), generator=g)
     eps = torch.randn(z0.shape, generator=g)
-    assert loss.item() == pytest.approx(eps.pow(2).mean().item(), rel=1e-5)
+    ab = ldm.diffusion.alpha_bar[t].float().view(-1, 1, 1, 1)
+    target = eps if ptype == "epsilon" else ab.sqrt() * eps - (1 - ab).sqrt() * z0  # v = √ᾱ ε − √(1−ᾱ) x0
+    assert loss.item() == pytest.approx(target.pow(2).mean().item(), rel=1e-5)
 
 
 def test_conditioning_dropout_feeds_the_null_condition(ae, batch, monkeypatch):

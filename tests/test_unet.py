@@ -191,3 +191,20 @@ def test_from_config_builds_the_ci_profile():
     assert unet.context_dim == cfg.context_dim and unet.model_channels == cfg.model_channels
     out = unet(torch.randn(1, 4, 8, 8), 5, context=torch.randn(1, 3, cfg.context_dim))
     assert out.shape == (1, 4, 8, 8)
+
+
+def test_coordinate_channels_give_the_unet_absolute_position():
+    """With coord_channels the first conv sees z_t plus two channels: x and y of each latent pixel in [-1, 1]."""
+    torch.manual_seed(0)
+    net = UNet(4, 4, 16, (1, 2), 1, (2,), num_heads=2, coord_channels=True)
+    conv_in = net.input_blocks[0][0]
+    assert conv_in.in_channels == 6
+    seen = {}
+    conv_in.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(net(x, torch.tensor([10, 20])), torch.zeros(2, 4, 8, 8))  # zero-initialized output
+    inp = seen["x"]
+    assert torch.equal(inp[:, :4], x)
+    ramp = torch.linspace(-1, 1, 8)
+    assert torch.allclose(inp[:, 4], ramp.view(1, 1, 8).expand(2, 8, 8))  # x grows to the right
+    assert torch.allclose(inp[:, 5], ramp.view(1, 8, 1).expand(2, 8, 8))  # y grows downwards
