@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default=None, help="ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--ae-minutes", type=float, default=4.0, help="time cap for the autoencoder (default 4)")
-    p.add_argument("--ldm-minutes", type=float, default=8.0, help="time cap for the diffusion model (default 8)")
+    p.add_argument("--ldm-minutes", type=float, default=9.0, help="time cap for the diffusion model (default 9)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offline", action="store_true", help="never download (LPIPS weights must be on disk)")
     p.set_defaults(func=_cmd_demo)

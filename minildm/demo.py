@@ -40,13 +40,13 @@ def _lpips_available(net: str, download: bool = True) -> bool:
         return True
     except LPIPSWeightsMissingError as e:
         print(f"NOTE: {str(e).splitlines()[0]}\n      The demo continues with a RANDOM LPIPS backbone: the "
-              "autoencoder still trains (L1 + random-feature perceptual + adversarial loss), but install the "
-              "pretrained weights for the paper's perceptual loss.")
+              "autoencoder still trains (L1 + a random-feature perceptual loss; adversarial loss from disc_start "
+              "on), but install the pretrained weights for the paper's perceptual loss.")
         return False
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None = None,
-             device: str | None = None, ae_minutes: float | None = 4.0, ldm_minutes: float | None = 8.0,
+             device: str | None = None, ae_minutes: float | None = 4.0, ldm_minutes: float | None = 9.0,
              seed: int = 0, download: bool = True) -> dict[str, Path]:
     """Train (or reuse) both stages and write samples.png and filmstrip.png; returns the paths.
 

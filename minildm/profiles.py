@@ -159,14 +159,16 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
         ae=AEConfig(ch=16, ch_mult=(1, 2, 4), z_channels=4, batch_size=16, lr=1e-3, perceptual_weight=1.0,
-                    lpips_net="alex", steps=800, disc_start=5_000, val_every=200, val_images=256),
+                    lpips_net="alex", steps=1_400, disc_start=5_000, val_every=200, val_images=256),
         # cpu LDM, measured on the 2-core dev machine (uncontended, 2 threads), 6-minute runs, 100 one-object
         # test prompts judged by the Shapes evaluator at guidance 3: with ε-prediction (the paper's default)
         # color/size reach 97-99 % but positions stay at chance (13 %, also with Min-SNR weighting and with
         # coordinate channels): under ε-loss the high-noise steps, where the layout is decided, carry almost no
         # gradient (the x0 part of ε is scaled by √ᾱ_t ≈ 0.07). With v-prediction positions reach 100 % at the
-        # same budget. model_channels 32 runs at ~165 ms/step at batch 64 (64 channels: ~360 ms).
-        ldm=LDMConfig(model_channels=32, context_dim=64, lr=1e-3, batch_size=64, steps=1_600,
+        # same budget. model_channels 32 runs at ~165-190 ms/step at batch 64 (64 channels: ~360 ms). Step counts
+        # are sized so that `make demo` from a fresh clone stays under 15 minutes on this machine (uncontended,
+        # the autoencoder runs at ~9 steps/s, the LDM at ~5.3 steps/s).
+        ldm=LDMConfig(model_channels=32, context_dim=64, lr=1e-3, batch_size=64, steps=2_500,
                       prediction_type="v_prediction", coord_channels=True, checkpoint_every=200, sample_every=0),
     ),
     "gpu": Profile(

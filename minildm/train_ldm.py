@@ -382,8 +382,58 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+@torch.no_grad()
+def evaluate_text_ldm(ldm: LatentDiffusion, n: int = 200, guidance_scale: float = 3.0, steps: int = 50,
+                      seed: int = 0, batch_size: int = 100, fid: bool = True) -> dict[str, Any]:
+    """Prompt accuracy of a text-conditional LDM on test-split captions (n one-object, n two-object prompts,
+    judged by the Shapes evaluator) and Shapes-FID of the two-object-split samples with its real-vs-real floor."""
+    from .evaluation import prompt_accuracy, shapes_generative_metrics
+
+    if ldm.cond_mode != "text":
+        raise ValueError(f"evaluate_text_ldm needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    res = ldm.resolution if hasattr(ldm, "resolution") else 32
+    out: dict[str, Any] = {}
+    for label, min_obj, max_obj in (("one_object", 1, 1), ("two_objects", 2, 2), ("mixed", 1, 2)):
+        if label == "mixed" and not fid:
+            continue
+        ds = ShapesDataset("test", size=max(n, 1000), resolution=res, min_objects=min_obj, max_objects=max_obj)
+        captions = [ds.scene(i).caption for i in range(n)]
+        images = []
+        for start in range(0, n, batch_size):
+            raw = ldm.prompt_condition(prompts=captions[start:start + batch_size])
+            g = torch.Generator().manual_seed(seed * 7919 + start)
+            images.append(ldm.sample(raw, resolution=res, steps=steps, guidance_scale=guidance_scale,
+                                     generator=g).cpu())
+        images = torch.cat(images)
+        if label == "mixed":  # the test split's own mix of scenes, for FID against it
+            out["fid"] = shapes_generative_metrics(images, split="test", max_objects=2)
+        else:
+            acc = prompt_accuracy(images, captions)
+            out[label] = {"accuracy": float(acc["accuracy"]),
+                          "by_attribute": {k: float(v) for k, v in acc["by_attribute"].items()}}
+    return out
+
+
+def _cmd_evaluate(args) -> int:
+    ldm = load_ldm(args.checkpoint, args.device)
+    t0 = time.time()
+    r = evaluate_text_ldm(ldm, n=args.n, guidance_scale=args.guidance, steps=args.steps, seed=args.seed,
+                          fid=not args.no_fid)
+    print(f"{args.checkpoint}: DDIM-{args.steps}, guidance {args.guidance}, {args.n} prompts per type "
+          f"(judged by the Shapes evaluator; all conditions must hold)")
+    for kind in ("one_object", "two_objects"):
+        attrs = ", ".join(f"{k} {v:.1%}" for k, v in r[kind]["by_attribute"].items())
+        print(f"  {kind:12s} prompt accuracy {r[kind]['accuracy']:.1%}  ({attrs})")
+    if "fid" in r:
+        m = r["fid"]
+        print(f"  Shapes-FID {m['fid']:.2f} (real-vs-real floor {m['fid_floor']:.2f} at n={args.n}), "
+              f"precision {m['precision']:.3f}, recall {m['recall']:.3f}")
+    print(f"  ({time.time() - t0:.0f} s)")
+    return 0
+
+
 def register_cli(subparsers: Any) -> None:
-    """Add `train-ldm`, `sample` and `bench-ldm` to the `minildm` command."""
+    """Add `train-ldm`, `sample`, `evaluate-ldm` and `bench-ldm` to the `minildm` command."""
     p = subparsers.add_parser("train-ldm", help="train the latent diffusion model on a trained autoencoder")
     p.add_argument("--autoencoder", required=True, help="autoencoder checkpoint (from `minildm train-ae`)")
     p.add_argument("--profile", default=None, help="ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)")
@@ -409,6 +459,16 @@ def register_cli(subparsers: Any) -> None:
     s.add_argument("--device", default=None)
     s.add_argument("--out", default="samples.png")
     s.set_defaults(func=_cmd_sample)
+
+    e = subparsers.add_parser("evaluate-ldm", help="prompt accuracy and Shapes-FID of a text-conditional LDM")
+    e.add_argument("--checkpoint", default="outputs/demo/ldm.pt")
+    e.add_argument("-n", type=int, default=200, help="prompts per type (one-object, two-object)")
+    e.add_argument("--steps", type=int, default=50)
+    e.add_argument("--guidance", type=float, default=3.0)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default=None)
+    e.add_argument("--no-fid", action="store_true", help="skip Shapes-FID")
+    e.set_defaults(func=_cmd_evaluate)
 
     b = subparsers.add_parser("bench-ldm", help="LDM training steps/s and DDIM sampling images/s")
     b.add_argument("--profile", default=None)
