@@ -1,5 +1,6 @@
 """`minildm demo`: the whole paper on the built-in Shapes data, in minutes on a laptop CPU.
 
+  0. a captioned preview of the training data                  -> shapes_preview.png
   1. train the autoencoder (perceptual compression)            -> autoencoder.pt
   2. train a text-conditional latent diffusion model on its latents -> ldm.pt
   3. sample a grid of prompts with DDIM + classifier-free guidance -> samples.png
@@ -61,6 +62,14 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
     t0 = time.time()
     print(f"minildm demo: profile={profile.name} device={device} threads={torch.get_num_threads()} out={out}")
 
+    from .data import ShapesDataset
+
+    data = ShapesDataset("train", profile.data).batch(range(24))
+    preview = save_figure(image_grid(data["image"], data["caption"], ncols=8,
+                                     title="the training data: Shapes samples 0-23 with their captions"),
+                          out / "shapes_preview.png")
+    print(f"[0/4] training data preview: {preview}")
+
     print(f"[1/4] autoencoder: KL-f{2 ** (len(profile.ae.ch_mult) - 1)}, {profile.ae.steps} steps "
           f"(at most {ae_minutes} min)")
     random_lpips = None if _lpips_available(profile.ae.lpips_net, download) else True
@@ -97,6 +106,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
                     title="predicted x̂0 = D(ẑ0 / scale) at DDIM steps (left: pure noise, right: final sample)")
     film = save_figure(fig, out / "filmstrip.png")
     print(f"demo finished in {(time.time() - t0) / 60:.1f} min")
+    print(f"  data:      {preview.resolve()}")
     print(f"  samples:   {samples.resolve()}")
     print(f"  filmstrip: {film.resolve()}")
-    return {"samples": samples, "filmstrip": film}
+    return {"preview": preview, "samples": samples, "filmstrip": film}

@@ -16,7 +16,7 @@ def demo_dir(tmp_path_factory):
 
 
 def test_demo_writes_pictures_and_checkpoints(demo_dir, capsys):
-    for name in ("samples.png", "filmstrip.png", "autoencoder.pt", "ldm.pt"):
+    for name in ("shapes_preview.png", "samples.png", "filmstrip.png", "autoencoder.pt", "ldm.pt"):
         assert (demo_dir / name).is_file(), name
     before = (demo_dir / "ldm.pt").stat().st_mtime_ns
     assert main(["demo", "--profile", "ci", "--offline", "--out", str(demo_dir)]) == 0  # second run reuses the checkpoints
@@ -56,3 +56,10 @@ def test_preview_and_unknown_profile(tmp_path, capsys, monkeypatch):
     assert main(["preview", "--out", str(out), "-n", "4"]) == 0 and out.is_file()
     assert main(["demo", "--profile", "huge", "--out", str(tmp_path)]) == 2
     assert "unknown profile 'huge'" in capsys.readouterr().err
+
+
+def test_evaluate_ldm_command(demo_dir, capsys):
+    assert main(["evaluate-ldm", "--checkpoint", str(demo_dir / "ldm.pt"), "-n", "4", "--steps", "2",
+                 "--no-fid"]) == 0
+    out = capsys.readouterr().out
+    assert "one_object" in out and "two_objects" in out and "prompt accuracy" in out
