@@ -86,11 +86,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def check_config_matches(saved: Mapping[str, Any], current: Mapping[str, Any], what: str = "model") -> None:
-    """Raise a readable error listing every field where a checkpoint's config differs from the current one."""
+def config_from_dict(cls: type, d: Mapping[str, Any]):
+    """Rebuild a config dataclass from a checkpoint's dict (lists back to tuples; unknown fields are an error)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"checkpoint config has fields {unknown} unknown to this minildm's {cls.__name__}; "
+                         "was it written by a newer version?")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def check_config_matches(saved: Any, current: Any, what: str = "model", ignore: tuple[str, ...] = ()) -> None:
+    """Raise a readable error listing every field where a checkpoint's config differs from the current one
+    (fields in `ignore`, such as step counts, may differ)."""
     saved, current = to_plain(saved), to_plain(current)
     diffs = []
-    for key in sorted(set(saved) | set(current)):
+    for key in sorted((set(saved) | set(current)) - set(ignore)):
         a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
         if isinstance(a, list):
             a = tuple(a)

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .autoencoder import AutoencoderKL, AutoencoderVQ, build_autoencoder
-from .checkpoint import (check_config_matches, check_finite, load_checkpoint, rng_state, save_checkpoint,
+from .checkpoint import (check_config_matches, check_finite, config_from_dict, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state, to_plain)
 from .losses import AutoencoderLoss
 from .metrics import psnr
@@ -58,20 +58,6 @@ def _configs(profile_or_cfg: str | Profile | AEConfig | None, kind: str | None) 
     return ae, data, name
 
 
-def _ae_config_from_dict(d: dict[str, Any]) -> AEConfig:
-    known = {f.name for f in dataclasses.fields(AEConfig)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"checkpoint config has fields {unknown} that this minildm's AEConfig does not know; "
-                         "was it written by a newer version?")
-    return AEConfig(**d)
-
-
-def _resumable_view(cfg: AEConfig | dict) -> dict:
-    d = to_plain(cfg) if not isinstance(cfg, dict) else dict(cfg)
-    return {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
-
-
 def load_autoencoder(path: str | os.PathLike, device: str | torch.device | None = None,
                      config: AEConfig | None = None, use_ema: bool = True) -> AutoencoderKL | AutoencoderVQ:
     """Rebuild the autoencoder from a checkpoint's own config (EMA weights if stored), in eval mode.
@@ -80,7 +66,7 @@ def load_autoencoder(path: str | os.PathLike, device: str | torch.device | None 
     mismatch is a clear error. (Resuming training checks every field except RESUMABLE_FIELDS.)
     """
     ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
-    saved = _ae_config_from_dict(ckpt["config"])
+    saved = config_from_dict(AEConfig, ckpt["config"])
     if config is not None:
         arch = lambda c: {k: v for k, v in to_plain(c).items() if k in ARCHITECTURE_FIELDS}
         check_config_matches(arch(saved), arch(config), what="autoencoder architecture")
@@ -152,7 +138,7 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
 
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, map_location=device, kind=CHECKPOINT_KIND)
-        check_config_matches(_resumable_view(ckpt["config"]), _resumable_view(cfg), what="autoencoder")
+        check_config_matches(ckpt["config"], cfg, what="autoencoder", ignore=RESUMABLE_FIELDS)
         model.load_state_dict(ckpt["state_dict"])
         disc.load_state_dict(ckpt["discriminator"])
         opt_ae.load_state_dict(ckpt["opt_ae"])

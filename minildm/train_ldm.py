@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import (check_config_matches, check_finite, load_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state, to_plain)
+from .checkpoint import (check_config_matches, check_finite, config_from_dict, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .data import ShapesDataset
 from .ldm import LatentDiffusion, sample_latent
 from .nn import EMA
@@ -45,16 +45,6 @@ DEFAULT_PROMPTS = (
     "a large purple square in the middle left", "a small orange circle in the bottom middle",
     "a large blue star in the middle right", "a small red triangle in the bottom left",
 )
-
-
-def config_from_dict(cls: type, d: dict[str, Any]):
-    """Rebuild a config dataclass from a checkpoint dict (lists back to tuples; unknown fields are an error)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ValueError(f"checkpoint config has fields {unknown} unknown to this minildm's {cls.__name__}; "
-                         "was it written by a newer version?")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def denoiser_modules(ldm: LatentDiffusion) -> nn.ModuleDict:
@@ -95,11 +85,6 @@ def _batch(ldm: LatentDiffusion, cache: dict | None, dataset: ShapesDataset, bat
         raw = ldm.raw_condition(b)
     z0 = sample_latent(mean, std, g) * float(ldm.scale_factor)
     return z0, raw, g
-
-
-def _resumable_view(cfg: LDMConfig | dict) -> dict:
-    d = to_plain(cfg) if not isinstance(cfg, dict) else dict(cfg)
-    return {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}
 
 
 def load_ldm(path: str | os.PathLike, device: str | torch.device | None = None,
@@ -179,7 +164,7 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
     resumed = resume and ckpt_path.is_file()
     if resumed:
         ckpt = load_checkpoint(ckpt_path, map_location=device, kind=CHECKPOINT_KIND)
-        check_config_matches(_resumable_view(ckpt["config"]), _resumable_view(cfg), what="latent diffusion")
+        check_config_matches(ckpt["config"], cfg, what="latent diffusion", ignore=RESUMABLE_FIELDS)
         mods.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
