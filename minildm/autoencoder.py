@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .nn import group_norm
+from .nn import check_attention_factors, group_norm
 from .profiles import AEConfig
 
 
@@ -96,13 +96,7 @@ class Upsample(nn.Module):
 
 
 def _check_attn_factors(ch_mult: tuple[int, ...], attn_resolutions: tuple[int, ...]) -> None:
-    factors = [2**i for i in range(len(ch_mult))]
-    bad = [a for a in attn_resolutions if a not in factors]
-    if bad:
-        raise ValueError(
-            f"attn_resolutions {tuple(attn_resolutions)} contains {bad}, but with ch_mult={tuple(ch_mult)} the "
-            f"levels sit at downsampling factors {factors}; attn_resolutions are factors, not pixel sizes"
-        )
+    check_attention_factors(len(ch_mult), tuple(attn_resolutions), "attn_resolutions")
 
 
 class Encoder(nn.Module):

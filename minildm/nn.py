@@ -31,6 +31,16 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
     return 1
 
 
+def check_attention_factors(levels: int, factors: tuple[int, ...], name: str) -> None:
+    """Attention resolutions are downsampling factors (1, 2, 4, ...) of a network with `levels` levels,
+    not pixel sizes; anything else is a clear error."""
+    valid = [2**i for i in range(levels)]
+    bad = [f for f in factors if f not in valid]
+    if bad:
+        raise ValueError(f"{name} {tuple(factors)} contains {bad}, but this network's levels sit at downsampling "
+                         f"factors {valid} (1 = full resolution); {name} are factors, not pixel sizes")
+
+
 def group_norm(channels: int, eps: float = 1e-6) -> nn.GroupNorm:
     """GroupNorm(num_groups(channels), channels) with the reference's eps = 1e-6, affine."""
     return nn.GroupNorm(num_groups(channels), channels, eps=eps, affine=True)

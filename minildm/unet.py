@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .nn import CrossAttention, group_norm32, timestep_embedding, zero_module
+from .nn import CrossAttention, check_attention_factors, group_norm32, timestep_embedding, zero_module
 
 
 class ResBlock(nn.Module):
@@ -182,13 +182,7 @@ class UNet(nn.Module):
     ):
         super().__init__()
         channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
-        factors = [2**i for i in range(len(channel_mult))]
-        bad = [r for r in attention_resolutions if r not in factors]
-        if bad:
-            raise ValueError(
-                f"attention_resolutions must be downsampling factors of this U-Net, i.e. a subset of {factors} "
-                f"(1 = full latent resolution), got {attention_resolutions}; they are not pixel sizes"
-            )
+        check_attention_factors(len(channel_mult), attention_resolutions, "attention_resolutions")
         widths = [model_channels * m for m in channel_mult]
         if any(c % num_heads for c in widths):
             raise ValueError(f"every level width model_channels·channel_mult = {widths} must be divisible by "

@@ -12,13 +12,6 @@ T = 1000
 LDM = dict(schedule="scaled_linear", timesteps=T, beta_start=0.0015, beta_end=0.0195)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared CI cores (25 s → 1 s for DDPM here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def np_alpha_bar(schedule="scaled_linear", T=T, b0=0.0015, b1=0.0195):

@@ -17,13 +17,6 @@ MU, S = 0.5, 0.3                       # data x_0 ~ N(μ, s²·I)
 N_SAMPLES = (4096, 1, 4, 4)            # 65 536 scalars: SE(mean) ≈ 0.0012, SE(std) ≈ 0.0008 at s = 0.3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared CI cores (25 s → 1 s for DDPM here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def np_alpha_bar(b0, b1):
