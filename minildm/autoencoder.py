@@ -371,10 +371,43 @@ class AutoencoderVQ(_AutoencoderBase):
         return self.decoder(self.post_quant_conv(z_q)), vq_loss, info
 
 
-def build_autoencoder(config: AEConfig) -> AutoencoderKL | AutoencoderVQ:
-    """AutoencoderKL or AutoencoderVQ according to `config.kind`."""
+class PixelSpace(nn.Module):
+    """The identity "first stage" (f = 1): diffusion directly on pixels, the paper's LDM-1 baseline (Sec. 4.1).
+
+    It has no parameters and nothing to train; with it, the same LatentDiffusion code runs a pixel-space
+    DDPM, so the downsampling-factor study compares f = 1, 2, 4, 8 with one training loop.
+    """
+
+    def __init__(self, config: AEConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else AEConfig(kind="pixel", ch_mult=(1,), z_channels=3)
+        if self.config.kind != "pixel" or self.config.z_channels != 3 or len(self.config.ch_mult) != 1:
+            raise ValueError("PixelSpace needs AEConfig(kind='pixel', ch_mult=(1,), z_channels=3), got "
+                             f"kind={self.config.kind!r}, ch_mult={self.config.ch_mult}, z={self.config.z_channels}")
+
+    z_channels = 3
+    downsample_factor = 1
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """z = x (deterministic, like the VQ pre-quantization latent)."""
+        _check_image(x, 1)
+        return x
+
+    def encode_latent(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.encode(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """x̃ = z."""
+        _check_latent(z, 3)
+        return z
+
+
+def build_autoencoder(config: AEConfig) -> AutoencoderKL | AutoencoderVQ | PixelSpace:
+    """AutoencoderKL, AutoencoderVQ or the identity PixelSpace according to `config.kind`."""
     if config.kind == "kl":
         return AutoencoderKL(config)
     if config.kind == "vq":
         return AutoencoderVQ(config)
-    raise ValueError(f"unknown autoencoder kind {config.kind!r}; expected 'kl' or 'vq'")
+    if config.kind == "pixel":
+        return PixelSpace(config)
+    raise ValueError(f"unknown autoencoder kind {config.kind!r}; expected 'kl', 'vq' or 'pixel'")

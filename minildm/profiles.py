@@ -35,7 +35,7 @@ class DataConfig:
 class AEConfig:
     """Autoencoder (first stage) architecture and training; see autoencoder.py, losses.py, train_ae.py."""
 
-    kind: str = "kl"                       # "kl" (KL-regularized) or "vq" (vector-quantized)
+    kind: str = "kl"                       # "kl" (KL-regularized), "vq" (vector-quantized), "pixel" (f = 1, identity)
     # architecture
     ch: int = 32                           # base width
     ch_mult: tuple[int, ...] = (1, 2, 2)   # f = 2 ** (len(ch_mult) - 1)
@@ -65,8 +65,8 @@ class AEConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("kl", "vq"):
-            raise ValueError(f"AEConfig.kind must be 'kl' or 'vq', got {self.kind!r}")
+        if self.kind not in ("kl", "vq", "pixel"):
+            raise ValueError(f"AEConfig.kind must be 'kl', 'vq' or 'pixel', got {self.kind!r}")
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
             raise ValueError(f"AEConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
         if self.lpips_net not in ("vgg", "alex", "squeeze"):
@@ -108,6 +108,7 @@ class LDMConfig:
     cond_drop_prob: float = 0.1                       # classifier-free guidance: train with y = ∅ this often
     lr: float = 3e-4
     warmup_steps: int = 100
+    lr_schedule: str = "constant"                     # after warm-up: "constant" (reference) or "cosine" (to 0)
     weight_decay: float = 0.01
     batch_size: int = 64
     steps: int = 6_000

@@ -120,6 +120,9 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
     batches: optional factory start_step -> iterator of {"image": (B,3,H,W)} batches (default: Shapes).
     """
     cfg, data_cfg, profile_name = _configs(profile_or_cfg, kind)
+    if cfg.kind == "pixel":
+        raise ValueError("kind='pixel' is the identity first stage (f = 1): it has nothing to train; pass "
+                         "autoencoder.PixelSpace() to train_ldm directly")
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=int(steps))
     data_cfg = data_config or data_cfg

@@ -15,6 +15,7 @@ Batch k of a run depends only on (seed, k), so a resumed run continues exactly w
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -131,6 +132,18 @@ def save_sample_grid(ldm: LatentDiffusion, path: Path, resolution: int, dataset:
     return save_figure(image_grid(images, captions, ncols=min(8, n), title=title), path)
 
 
+def lr_factor(step: int, cfg: LDMConfig) -> float:
+    """Learning-rate multiplier: linear warm-up, then constant (the reference) or a cosine decay to 0 at
+    cfg.steps (short runs end on low-noise weights instead of relying on the EMA alone)."""
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"LDMConfig.lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_schedule == "constant" or step < cfg.warmup_steps:
+        return warm
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn.Module, out_dir: str | os.PathLike,
               *, cond: str | None = None, device: str | torch.device | None = None, steps: int | None = None,
               max_minutes: float | None = None, resume: bool = True, seed: int = 0,
@@ -156,8 +169,7 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
     dataset = ShapesDataset("train", data_cfg)
     mods = denoiser_modules(ldm)
     opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warmup))  # linear warm-up
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, cfg))
     ema = EMA(mods, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step, history, elapsed_before = 0, [], 0.0
 
@@ -317,53 +329,16 @@ def _cmd_sample(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    """LDM training steps/s and DDIM sampling images/s for a profile (random weights: speed only)."""
-    profile = get_profile(args.profile)
-    device = get_device(args.device)
-    ae = build_autoencoder(profile.ae).to(device).eval()
-    cfg = profile.ldm
-    ldm = LatentDiffusion(ae, cfg, max_objects=profile.data.max_objects).to(device)
-    data = ShapesDataset("train", profile.data).batch(range(cfg.batch_size), device=device)
-    ldm.set_scale_factor(data["image"])
-    z0, raw = ldm.encode(data["image"]), ldm.raw_condition(data)
-    mods = denoiser_modules(ldm)
-    opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr)
+    """LDM training steps/s and DDIM sampling images/s for a profile (random weights: speed only); the
+    measurements live in bench.py, which `minildm bench` also runs (with the diffusers comparison)."""
+    from .bench import bench_ddim, bench_ldm_step, format_table, machine_info
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def train_step(k):
-        loss = ldm.training_step(z0, raw, torch.Generator().manual_seed(k))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    for k in range(2):
-        train_step(k)
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < args.seconds:
-        train_step(n)
-        n += 1
-    sync()
-    dt = time.perf_counter() - t0
-    print(f"LDM ({cfg.cond}) profile={profile.name} device={device} threads={torch.get_num_threads()} "
-          f"params={sum(p.numel() for p in mods.parameters()) / 1e6:.2f}M batch={cfg.batch_size} "
-          f"latent={tuple(z0.shape[1:])}")
-    print(f"  training: {n / dt:.2f} steps/s ({dt / n * 1000:.0f} ms/step, {n * cfg.batch_size / dt:.0f} latents/s)")
-    ldm.eval()
-    B = args.sample_batch
-    raw_s = raw[:B] if raw is not None else None
-    ldm.sample(raw_s, num_samples=B if raw_s is None else None, resolution=profile.data.resolution, steps=2)
-    sync()
-    t0 = time.perf_counter()
-    ldm.sample(raw_s, num_samples=B if raw_s is None else None, resolution=profile.data.resolution,
-               steps=args.steps, guidance_scale=cfg.guidance_scale)
-    sync()
-    dt = time.perf_counter() - t0
-    print(f"  sampling: DDIM-{args.steps} with guidance {cfg.guidance_scale}, batch {B}: "
-          f"{B / dt:.1f} images/s ({dt:.1f} s incl. decoding)")
+    device, t0 = get_device(args.device), time.perf_counter()
+    rows = [bench_ldm_step(args.profile, args.seconds, device),
+            bench_ddim(args.profile, args.seconds, device, batch_size=args.sample_batch, steps=args.steps,
+                       peer=False, rounds=1)]
+    print(format_table({"machine": machine_info(device), "profile": get_profile(args.profile).name, "rows": rows,
+                        "rounds": 1, "seconds": args.seconds, "wall_s": time.perf_counter() - t0}))
     return 0
 
 

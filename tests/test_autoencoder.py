@@ -187,3 +187,20 @@ def test_config_is_kept_on_the_model():
 def test_posterior_is_fp32_for_half_precision_moments():
     post = DiagonalGaussian(torch.randn(1, 4, 2, 2).bfloat16())
     assert post.mean.dtype == post.kl().dtype == torch.float32
+
+
+def test_pixel_space_is_the_identity_first_stage():
+    """f = 1 (the paper's LDM-1): encode and decode are the identity, nothing to train."""
+    from minildm.autoencoder import PixelSpace, build_autoencoder
+    from minildm.profiles import AEConfig
+    from minildm.train_ae import train_autoencoder
+
+    ps = build_autoencoder(AEConfig(kind="pixel", ch_mult=(1,), z_channels=3))
+    assert isinstance(ps, PixelSpace) and ps.downsample_factor == 1 and ps.z_channels == 3
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert torch.equal(ps.decode(ps.encode(x)), x)
+    assert sum(p.numel() for p in ps.parameters()) == 0
+    with pytest.raises(ValueError, match="z_channels=3"):
+        PixelSpace(AEConfig(kind="pixel", ch_mult=(1,), z_channels=4))
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_autoencoder(AEConfig(kind="pixel", ch_mult=(1,), z_channels=3), "/nonexistent")

@@ -176,3 +176,23 @@ def test_nan_loss_stops_with_step_and_keeps_checkpoint(ae, tmp_path, monkeypatch
     with pytest.raises(NonFiniteLossError, match="step 12"):
         train_ldm("ci", ae_path, out, steps=20, progress=False)
     assert (out / "ldm.pt").read_bytes() == before
+
+
+def test_lr_schedule_warmup_then_cosine_to_zero():
+    """Linear warm-up to the base rate, then constant (reference) or ½(1 + cos(π·progress)) down to 0."""
+    import math
+
+    from minildm.profiles import LDMConfig
+    from minildm.train_ldm import lr_factor
+
+    cfg = LDMConfig(warmup_steps=10, steps=110, lr_schedule="cosine")
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.5)                     # half-way through the decay
+    assert lr_factor(35, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_factor(110, cfg) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(500, cfg) == pytest.approx(0.0, abs=1e-12)          # never negative after the end
+    const = LDMConfig(warmup_steps=10, steps=110)
+    assert [lr_factor(k, const) for k in (0, 9, 60, 500)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(0, LDMConfig(lr_schedule="step"))
