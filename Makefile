@@ -18,11 +18,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/minildm demo
 
+# The notebooks run under nbval in the tiny `ci` profile unless MINILDM_PROFILE says otherwise.
 test: $(STAMP)
-	$(PY) -m pytest
+	MINILDM_PROFILE=$${MINILDM_PROFILE:-ci} $(PY) -m pytest
 
 bench: $(STAMP)
-	$(VENV)/bin/minildm bench-data
+	$(VENV)/bin/minildm bench
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -1,6 +1,6 @@
 """The `minildm` command: `demo`, `info`, `preview`, `bench-data`, and the commands the stage modules
 register (`train-ae`, `bench-ae`, `train-ldm`, `sample`, `evaluate-ldm`, `bench-ldm`, `train-evaluator`,
-`bench`)."""
+`bench`, `experiments`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import os
 import sys
 
 # Modules that add their own subcommands through `register_cli(subparsers)`.
-_COMMAND_MODULES = ("minildm.train_ae", "minildm.train_ldm", "minildm.evaluation", "minildm.bench")
+_COMMAND_MODULES = ("minildm.train_ae", "minildm.train_ldm", "minildm.evaluation", "minildm.bench",
+                    "minildm.experiments")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

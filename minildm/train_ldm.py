@@ -197,14 +197,14 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
             first = ldm.latent_moments(dataset.batch(range(cfg.batch_size), device=device)["image"])
         ldm.set_scale_factor(first, g0)
 
-    def save() -> None:
+    def save(elapsed: float | None = None) -> None:
         save_checkpoint({
             "kind": CHECKPOINT_KIND, "config": cfg, "data_config": data_cfg, "profile": profile.name,
             "autoencoder": {"config": ae.config, "state_dict": ae.state_dict()},
             "scale_factor": float(ldm.scale_factor), "state_dict": mods.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(), "rng": rng_state(), "step": step, "history": history,
-            "elapsed": elapsed_before + time.time() - t0, "seed": seed,
+            "elapsed": elapsed_before + time.time() - t0 if elapsed is None else elapsed, "seed": seed,
         }, ckpt_path)
 
     amp = autocast_dtype(device)
@@ -239,8 +239,9 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
                                  title=f"step {step} (EMA weights)")
             ldm.unet.train()
     bar.close()
-    save()
-    minutes = (elapsed_before + time.time() - t0) / 60
+    elapsed = elapsed_before + time.time() - t0   # one number for the checkpoint and the return value
+    save(elapsed)
+    minutes = elapsed / 60
     return {"path": ckpt_path, "history": history, "step": step, "minutes": minutes, "stopped_early": stopped_early}
 
 
