@@ -249,6 +249,7 @@ def evaluate_text_model(ldm: torch.nn.Module, num_samples: int = 200, steps: int
     """
     from .data import ShapesDataset, parse_caption
     from .evaluation import prompt_accuracy, shapes_generative_metrics
+    from .train_ldm import sample_prompts
 
     if getattr(ldm, "cond_mode", None) != "text":
         raise ValueError(f"this experiment needs a text-conditional LDM, got cond={getattr(ldm, 'cond_mode', None)!r}")
@@ -257,14 +258,8 @@ def evaluate_text_model(ldm: torch.nn.Module, num_samples: int = 200, steps: int
     ds = ShapesDataset("test", size=max(n, 1000), resolution=res, min_objects=1, max_objects=2)
     captions = [ds.scene(i).caption for i in range(n)]
     t0 = time.perf_counter()
-    images = []
-    for start in range(0, n, batch_size):
-        raw = ldm.prompt_condition(prompts=captions[start:start + batch_size])
-        g = torch.Generator().manual_seed(seed * 7919 + start)
-        images.append(ldm.sample(raw, resolution=res, steps=steps, eta=eta, guidance_scale=guidance_scale,
-                                 generator=g).cpu())
+    images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size)
     seconds = time.perf_counter() - t0
-    images = torch.cat(images)
     m = shapes_generative_metrics(images, split="test", max_objects=2, with_floor=with_floor)
     acc = prompt_accuracy(images, captions)
     counts = torch.tensor([len(parse_caption(c)["objects"]) for c in captions])

@@ -344,28 +344,37 @@ def _cmd_bench(args) -> int:
 
 
 @torch.no_grad()
+def sample_prompts(ldm: LatentDiffusion, captions: list[str], steps: int = 50, eta: float = 0.0,
+                   guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 100) -> torch.Tensor:
+    """One image per caption, in batches, each batch with its own seeded generator (seed·7919 + first index),
+    so a caption's image does not depend on how many others are sampled with it batch-wise."""
+    res = getattr(ldm, "resolution", 32)
+    images = []
+    for start in range(0, len(captions), batch_size):
+        raw = ldm.prompt_condition(prompts=list(captions[start:start + batch_size]))
+        g = torch.Generator().manual_seed(seed * 7919 + start)
+        images.append(ldm.sample(raw, resolution=res, steps=steps, eta=eta, guidance_scale=guidance_scale,
+                                 generator=g).cpu())
+    return torch.cat(images)
+
+
+@torch.no_grad()
 def evaluate_text_ldm(ldm: LatentDiffusion, n: int = 200, guidance_scale: float = 3.0, steps: int = 50,
-                      seed: int = 0, batch_size: int = 100, fid: bool = True) -> dict[str, Any]:
+                      seed: int = 0, batch_size: int = 100, fid: bool = True, eta: float = 0.0) -> dict[str, Any]:
     """Prompt accuracy of a text-conditional LDM on test-split captions (n one-object, n two-object prompts,
     judged by the Shapes evaluator) and Shapes-FID of the two-object-split samples with its real-vs-real floor."""
     from .evaluation import prompt_accuracy, shapes_generative_metrics
 
     if ldm.cond_mode != "text":
         raise ValueError(f"evaluate_text_ldm needs a text-conditional model, this one is {ldm.cond_mode!r}")
-    res = ldm.resolution if hasattr(ldm, "resolution") else 32
+    res = getattr(ldm, "resolution", 32)
     out: dict[str, Any] = {}
     for label, min_obj, max_obj in (("one_object", 1, 1), ("two_objects", 2, 2), ("mixed", 1, 2)):
         if label == "mixed" and not fid:
             continue
         ds = ShapesDataset("test", size=max(n, 1000), resolution=res, min_objects=min_obj, max_objects=max_obj)
         captions = [ds.scene(i).caption for i in range(n)]
-        images = []
-        for start in range(0, n, batch_size):
-            raw = ldm.prompt_condition(prompts=captions[start:start + batch_size])
-            g = torch.Generator().manual_seed(seed * 7919 + start)
-            images.append(ldm.sample(raw, resolution=res, steps=steps, guidance_scale=guidance_scale,
-                                     generator=g).cpu())
-        images = torch.cat(images)
+        images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size)
         if label == "mixed":  # the test split's own mix of scenes, for FID against it
             out["fid"] = shapes_generative_metrics(images, split="test", max_objects=2)
         else:
@@ -379,8 +388,8 @@ def _cmd_evaluate(args) -> int:
     ldm = load_ldm(args.checkpoint, args.device)
     t0 = time.time()
     r = evaluate_text_ldm(ldm, n=args.n, guidance_scale=args.guidance, steps=args.steps, seed=args.seed,
-                          fid=not args.no_fid)
-    print(f"{args.checkpoint}: DDIM-{args.steps}, guidance {args.guidance}, {args.n} prompts per type "
+                          fid=not args.no_fid, eta=args.eta)
+    print(f"{args.checkpoint}: DDIM-{args.steps}, η={args.eta}, guidance {args.guidance}, {args.n} prompts per type "
           f"(judged by the Shapes evaluator; all conditions must hold)")
     for kind in ("one_object", "two_objects"):
         attrs = ", ".join(f"{k} {v:.1%}" for k, v in r[kind]["by_attribute"].items())
@@ -425,6 +434,7 @@ def register_cli(subparsers: Any) -> None:
     e.add_argument("--checkpoint", default="outputs/demo/ldm.pt")
     e.add_argument("-n", type=int, default=200, help="prompts per type (one-object, two-object)")
     e.add_argument("--steps", type=int, default=50)
+    e.add_argument("--eta", type=float, default=0.0)
     e.add_argument("--guidance", type=float, default=3.0)
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default=None)
