@@ -211,7 +211,9 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailin
     """The S sampling timesteps, strictly decreasing, all in [0, T−1] (DDIM Sec. 4.2, "τ" sub-sequence).
 
         trailing  t_i = ⌊T·(S−i)/S⌋ − 1         starts at T−1 for every S (default; Lin et al. 2024 show
-                                                 the sampler must start where the noise is pure)
+                                                 the sampler must start where the noise is pure; they and
+                                                 diffusers round T·(S−i)/S to nearest instead of down: the
+                                                 lists agree whenever S divides T)
         leading   t_i = (S−1−i)·⌊T/S⌋           the classic choice; ends at 0 but starts well below T−1
                                                  when S does not divide T (e.g. T=1000, S=3: 666, 333, 0)
         linspace  t_i = T−1 − round(i·(T−1)/(S−1))   both ends, T−1 … 0
