@@ -47,7 +47,7 @@ def _lpips_available(net: str, download: bool = True) -> bool:
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None = None,
-             device: str | None = None, ae_minutes: float | None = 3.5, ldm_minutes: float | None = 10.5,
+             device: str | None = None, ae_minutes: float | None = 4.0, ldm_minutes: float | None = 9.0,
              seed: int = 0, download: bool = True) -> dict[str, Path]:
     """Train (or reuse) both stages and write samples.png and filmstrip.png; returns the paths.
 

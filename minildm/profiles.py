@@ -160,7 +160,7 @@ PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu",
         ae=AEConfig(ch=16, ch_mult=(1, 2, 4), z_channels=4, batch_size=16, lr=1e-3, perceptual_weight=1.0,
-                    lpips_net="alex", steps=1_200, disc_start=5_000, val_every=200, val_images=256),
+                    lpips_net="alex", steps=1_400, disc_start=5_000, val_every=200, val_images=256),
         # cpu LDM, measured on the 2-core dev machine (uncontended, 2 threads), 6-minute runs, 100 one-object
         # test prompts judged by the Shapes evaluator at guidance 3: with ε-prediction (the paper's default)
         # color/size reach 97-99 % but positions stay at chance (13 %, also with Min-SNR weighting and with
@@ -168,12 +168,10 @@ PROFILES: dict[str, Profile] = {
         # gradient (the x0 part of ε is scaled by √ᾱ_t ≈ 0.07). With v-prediction positions reach 100 % at the
         # same budget. model_channels 32 runs at ~165-190 ms/step at batch 64 (64 channels: ~360 ms). Step counts
         # are sized so that `make demo` from a fresh clone stays under 15 minutes on this machine (uncontended,
-        # the autoencoder runs at ~9 steps/s, the LDM at ~5.3 steps/s). Shapes are learned late and fast (200
-        # one-object test prompts, DDIM-50, guidance 3, the 1,400-step autoencoder): 71 % of prompts fully right
-        # after 2,500 steps, 94 % after 3,500; hence the autoencoder gives up 200 steps for 900 more LDM steps.
-        # Tried and rejected at 2,500 steps: a cosine LR decay 53.5 %; batch 32 for 4,000 steps (same minutes)
-        # 49 %, for 5,000 steps with cosine decay 66 %.
-        ldm=LDMConfig(model_channels=32, context_dim=64, lr=1e-3, batch_size=64, steps=3_400,
+        # the autoencoder runs at ~9 steps/s, the LDM at ~5.3 steps/s). Tried and rejected (200 one-object test
+        # prompts, DDIM-50, guidance 3; this setting scores 71 %): a cosine LR decay over the 2,500 steps 53.5 %;
+        # batch 32 for 4,000 steps (same minutes) 49 %, for 5,000 steps with cosine decay 66 %.
+        ldm=LDMConfig(model_channels=32, context_dim=64, lr=1e-3, batch_size=64, steps=2_500,
                       prediction_type="v_prediction", coord_channels=True, checkpoint_every=200, sample_every=0),
     ),
     "gpu": Profile(
