@@ -170,7 +170,7 @@ PROFILES: dict[str, Profile] = {
         # are sized so that `make demo` from a fresh clone stays under 15 minutes on this machine (uncontended,
         # the autoencoder runs at ~9 steps/s, the LDM at ~5.3 steps/s). Shapes are learned late and fast (200
         # one-object test prompts, DDIM-50, guidance 3): with this 1,400-step autoencoder, 71 % of prompts fully
-        # right after 2,500 LDM steps, 94 % after 3,500 (which would take the demo to ~15.5 min). Trading
+        # right after 2,500 LDM steps, 94 % after 3,500 (the demo would then take 14.5-15.3 min: no margin). Trading
         # autoencoder steps for LDM steps does not work: a 1,200-step autoencoder (28.7 dB) + 3,362 LDM steps
         # gave 73.5 % (FID 46.7) in a 14.5-minute demo. Also rejected at 2,500 steps: cosine LR decay 53.5 %;
         # batch 32 for 4,000 steps (same minutes) 49 %, for 5,000 steps with cosine decay 66 %.
