@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from .profiles import Profile, get_profile
-from .utils import autocast_dtype, count_parameters, get_device, seed_everything
+from .utils import autocast_dtype, count_parameters, fused_optimizer, get_device, seed_everything
 
 DEFAULT_SECONDS = 20.0        # per measurement and side; `minildm bench` with the cpu profile then takes ~4 min
 DEFAULT_ROUNDS = 2            # ours/theirs alternate this many times; the best round counts
@@ -278,7 +278,7 @@ def bench_autoencoder_step(profile: str | Profile | None = None, seconds: float 
     seed_everything(cfg.seed)
     model = build_autoencoder(cfg).to(device).train()
     loss_fn = AutoencoderLoss(cfg, lpips_download=lpips_download, random_backbone=random_lpips).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), **fused_optimizer(device))
     x = ShapesDataset("train", p.data).batch(range(cfg.batch_size), device=device)["image"].to(device)
 
     def step():
@@ -315,7 +315,7 @@ def bench_autoencoder_matched(profile: str | Profile | None = None, seconds: flo
     B = x.shape[0]
 
     def make_step(model: torch.nn.Module, forward: Callable[[torch.Tensor], tuple[torch.Tensor, Any]]):
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), **fused_optimizer(device))
 
         def step():
             with _autocast(device):
@@ -368,7 +368,7 @@ def bench_ldm_step(profile: str | Profile | None = None, seconds: float = DEFAUL
     cfg = p.ldm
     ldm, z0, tokens = _ldm_and_batch(p, device)
     mods = denoiser_modules(ldm).train()
-    opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_optimizer(device))
     g = torch.Generator().manual_seed(0)
 
     def step():
@@ -408,7 +408,7 @@ def bench_unet_matched(profile: str | Profile | None = None, seconds: float = DE
     del ldm
 
     def make_step(model: torch.nn.Module, model_fn: Callable):
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_optimizer(device))
 
         def step():
             t = torch.randint(0, cfg.timesteps, (B,), device=device)

@@ -63,6 +63,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import AE_MINUTES, LDM_MINUTES
+
     parser = argparse.ArgumentParser(prog="minildm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -73,8 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     p.add_argument("--profile", default=None, help="ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--ae-minutes", type=float, default=4.0, help="time cap for the autoencoder (default 4)")
-    p.add_argument("--ldm-minutes", type=float, default=9.0, help="time cap for the diffusion model (default 9)")
+    p.add_argument("--ae-minutes", type=float, default=AE_MINUTES,
+                   help=f"time cap for the autoencoder (default {AE_MINUTES:g})")
+    p.add_argument("--ldm-minutes", type=float, default=LDM_MINUTES,
+                   help=f"time cap for the diffusion model (default {LDM_MINUTES:g})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offline", action="store_true", help="never download (LPIPS weights must be on disk)")
     p.set_defaults(func=_cmd_demo)

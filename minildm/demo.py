@@ -26,6 +26,12 @@ SINGLE_PROMPTS = (
     "a small purple circle in the bottom left", "a small orange square in the top middle",
     "a large purple triangle in the middle left", "a large orange star in the bottom middle",
 )
+# Time caps that keep `make demo` inside 15 minutes on a 2-core laptop CPU, install (~1.5 min) included: on
+# the dev machine the cpu profile's autoencoder needs ~2.2 min and its LDM ~9 min; a slower machine stops
+# training at the cap (with a checkpoint) and samples from what it has.
+AE_MINUTES = 3.5
+LDM_MINUTES = 9.5
+
 PAIR_PROMPTS = (
     "a large red circle to the left of a large blue square",
     "a small yellow star above a large green triangle",
@@ -47,7 +53,7 @@ def _lpips_available(net: str, download: bool = True) -> bool:
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None = None,
-             device: str | None = None, ae_minutes: float | None = 4.0, ldm_minutes: float | None = 9.0,
+             device: str | None = None, ae_minutes: float | None = AE_MINUTES, ldm_minutes: float | None = LDM_MINUTES,
              seed: int = 0, download: bool = True) -> dict[str, Path]:
     """Train (or reuse) both stages and write samples.png and filmstrip.png; returns the paths.
 

@@ -34,7 +34,7 @@ from .losses import AutoencoderLoss
 from .metrics import psnr
 from .nn import EMA
 from .profiles import AEConfig, DataConfig, Profile, get_profile
-from .utils import autocast_dtype, get_device, seed_everything
+from .utils import autocast_dtype, fused_optimizer, get_device, seed_everything
 
 CHECKPOINT_NAME = "autoencoder.pt"
 CHECKPOINT_KIND = "autoencoder"
@@ -134,8 +134,8 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
     model = build_autoencoder(cfg).to(device)
     loss_fn = AutoencoderLoss(cfg, lpips_download=lpips_download, random_backbone=random_lpips).to(device)
     disc = loss_fn.discriminator
-    opt_ae = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt_ae = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9), **fused_optimizer(device))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9), **fused_optimizer(device))
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step, history, elapsed_before = 0, [], 0.0
 

@@ -33,7 +33,7 @@ from .nn import EMA
 from .profiles import AEConfig, DataConfig, LDMConfig, Profile, get_profile
 from .train_ae import load_autoencoder
 from .autoencoder import build_autoencoder
-from .utils import autocast_dtype, get_device, seed_everything
+from .utils import autocast_dtype, fused_optimizer, get_device, seed_everything
 
 CHECKPOINT_NAME = "ldm.pt"
 CHECKPOINT_KIND = "ldm"
@@ -168,7 +168,7 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
     ldm = LatentDiffusion(ae.to(device), cfg, max_objects=data_cfg.max_objects).to(device)
     dataset = ShapesDataset("train", data_cfg)
     mods = denoiser_modules(ldm)
-    opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_optimizer(device))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(k, cfg))
     ema = EMA(mods, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step, history, elapsed_before = 0, [], 0.0

@@ -134,3 +134,40 @@ def test_ema_follows_the_formula():
     assert torch.allclose(ema.shadow["weight"], d * (0.1 * w0 + 0.9 * (w0 + 1)) + (1 - d) * (w0 + 1))
     with pytest.raises(ValueError):
         EMA(model, decay=1.0)
+
+
+def test_ema_updates_every_float_tensor_and_copies_integer_buffers():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = EMA(model, decay=0.5, warmup=False)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(2.0)
+    model.train()(torch.randn(5, 3))   # moves the BatchNorm running stats and its integer counter
+    ema.update(model)
+    for k, v in model.state_dict().items():
+        if v.dtype.is_floating_point:   # d·shadow + (1−d)·θ with d = 0.5
+            assert torch.allclose(ema.shadow[k], 0.5 * before[k] + 0.5 * v), k
+        else:
+            assert torch.equal(ema.shadow[k], v), k
+
+
+def test_fused_optimizer_is_the_same_adamw_update():
+    from minildm.utils import fused_optimizer
+
+    assert fused_optimizer("cpu") == {"fused": True}
+    assert fused_optimizer("mps") == {}
+    torch.manual_seed(0)
+    a = torch.nn.Linear(5, 3)
+    b = torch.nn.Linear(5, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2, weight_decay=0.01, foreach=False)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.01, **fused_optimizer("cpu"))
+    for _ in range(5):
+        x = torch.randn(8, 5)
+        for model, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
