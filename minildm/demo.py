@@ -79,12 +79,21 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
     print(f"[1/4] autoencoder: KL-f{2 ** (len(profile.ae.ch_mult) - 1)}, {profile.ae.steps} steps "
           f"(at most {ae_minutes} min)")
     random_lpips = None if _lpips_available(profile.ae.lpips_net, download) else True
-    train_autoencoder(profile, out, device=device, max_minutes=ae_minutes, random_lpips=random_lpips,
-                      lpips_download=download)
+    history = train_autoencoder(profile, out, device=device, max_minutes=ae_minutes, random_lpips=random_lpips,
+                                lpips_download=download)
+    psnr = [h["val_psnr"] for h in history if "val_psnr" in h]
+    ae_step = history[-1]["step"] if history else 0
+    print(f"      autoencoder: step {ae_step}/{profile.ae.steps}"
+          + (f", validation PSNR {psnr[-1]:.1f} dB" if psnr else "")
+          + ("" if ae_step >= profile.ae.steps else f" (stopped by the {ae_minutes}-min cap: a slower machine; "
+             "reconstructions will be blurrier)"))
 
     print(f"[2/4] latent diffusion ({profile.ldm.cond}-conditional), {profile.ldm.steps} steps "
           f"(at most {ldm_minutes} min)")
-    train_ldm(profile, out / AE_NAME, out, device=device, max_minutes=ldm_minutes, seed=seed)
+    run = train_ldm(profile, out / AE_NAME, out, device=device, max_minutes=ldm_minutes, seed=seed)
+    print(f"      latent diffusion: step {run['step']}/{profile.ldm.steps}"
+          + ("" if run["step"] >= profile.ldm.steps else f" (stopped by the {ldm_minutes}-min cap: a slower "
+             "machine; shapes are learned last, so expect more circle/square mix-ups)"))
     ldm = load_ldm(out / "ldm.pt", device)
 
     print("[3/4] sampling: DDIM, 50 steps, η = 0, guidance 3")

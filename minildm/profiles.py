@@ -168,16 +168,22 @@ PROFILES: dict[str, Profile] = {
         # gradient (the x0 part of ε is scaled by √ᾱ_t ≈ 0.07). With v-prediction positions reach 100 % at the
         # same budget. model_channels 32 runs at ~165-190 ms/step at batch 64 (64 channels: ~360 ms). Step counts
         # are sized so that `make demo` from a fresh clone stays under 15 minutes on this machine (uncontended,
-        # the autoencoder runs at ~9 steps/s, the LDM at ~5.3-6 steps/s). Shapes are learned late and fast (200
-        # one-object test prompts, DDIM-50, guidance 3; with this 1,400-step autoencoder): 58.5 % of prompts fully
-        # right after 2,114 steps, 71 % after 2,500, 86 % after 3,000, 94 % after 3,500 (EMA 0.999). In this
-        # steep stretch the EMA lags: with the reference warm-up d_n = min(decay, (1+n)/(10+n)) it averages over
-        # the last ~n/10 steps whatever the decay, so 0.999 and 0.995 scored the same; the same run's raw weights
-        # scored 83 % at 2,500 and 93.5 % at 3,000, EMA 0.99 (~100 steps) 77 % and 91 %. Hence ema_decay 0.99 and
-        # 3,200 steps. Rejected: lr 2e-3 (loss 0.45 vs 0.35 at 2,500 steps, 4 % of prompts right); trading
-        # autoencoder steps for LDM steps (a 1,200-step autoencoder, 28.7 dB, + 3,362 LDM steps: 73.5 %);
-        # at 2,500 steps cosine LR decay 53.5 %; batch 32 for 4,000 steps (same minutes) 49 %, for 5,000
-        # steps with cosine decay 66 %.
+        # the autoencoder runs at ~10 steps/s, the LDM at ~5.5 steps/s, so the demo's 9.5-minute cap usually
+        # stops it a little before 3,200 steps). Shapes are learned last, and colors, sizes and positions
+        # first (200 one-object test prompts, DDIM-50, guidance 3; 1,400-step autoencoders):
+        #   - EMA: with the reference warm-up d_n = min(decay, (1+n)/(10+n)) the EMA averages over the last ~n/10
+        #     steps whatever the decay, so 0.999 and 0.995 score the same, and in this steep stretch it lags: one
+        #     run scored 71 % (EMA 0.999) / 77 % (EMA 0.99) / 83 % (raw weights) at 2,500 steps, 86 / 91 / 93.5 %
+        #     at 3,000. Raw weights are not safe either: another run's raw weights scored 21.5 % at 3,100 steps (a
+        #     loss spike; its EMA 0.99 75.5 %). Hence ema_decay 0.99.
+        #   - Run-to-run spread is large: at ~3,000-3,100 steps with EMA 0.99 four runs that differ only in
+        #     rounding (fused vs unfused Adam) or in a small change scored 91, 77, 75.5 and 72.5 %; at 2,500 steps
+        #     77 % vs 60 %. The 94 % once seen at 3,500 steps may have been such a lucky run.
+        #   - Rejected: lr 2e-3 (loss 0.45 vs 0.35, 4 % right at 2,500 steps); the mean text token added to the
+        #     time embedding (Imagen/SDXL-style pooled conditioning: 72.5 % at 3,100); a linear LR decay over the
+        #     last 800 of 3,100 steps (loss 0.328 vs 0.351, but 77 %); trading autoencoder steps for LDM steps
+        #     (1,200 + 3,362: 73.5 %); at 2,500 steps cosine LR decay (53.5 %) and batch 32 for 4,000 steps (49 %)
+        #     or 5,000 steps with cosine decay (66 %).
         ldm=LDMConfig(model_channels=32, context_dim=64, lr=1e-3, batch_size=64, steps=3_200, ema_decay=0.99,
                       prediction_type="v_prediction", coord_channels=True, checkpoint_every=200, sample_every=0),
     ),

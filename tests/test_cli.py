@@ -20,8 +20,19 @@ def test_demo_writes_pictures_and_checkpoints(demo_dir, capsys):
         assert (demo_dir / name).is_file(), name
     before = (demo_dir / "ldm.pt").stat().st_mtime_ns
     assert main(["demo", "--profile", "ci", "--offline", "--out", str(demo_dir)]) == 0  # second run reuses the checkpoints
-    assert "samples:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "samples:" in out
+    assert "autoencoder: step 20/20" in out and "latent diffusion: step 20/20" in out and "cap" not in out
     assert torch.load(demo_dir / "ldm.pt", weights_only=True)["step"] == 20
+
+
+def test_demo_says_when_a_time_cap_stopped_training(tmp_path, capsys):
+    # a zero-minute cap stops both stages before their first step; the demo must say so, not pretend
+    assert main(["demo", "--profile", "ci", "--offline", "--out", str(tmp_path), "--ae-minutes", "0",
+                 "--ldm-minutes", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "autoencoder: step 0/20" in out and "stopped by the 0.0-min cap" in out
+    assert "latent diffusion: step 0/20" in out
 
 
 def test_sample_command(demo_dir, tmp_path, capsys):
