@@ -168,7 +168,7 @@ PROFILES: dict[str, Profile] = {
         # gradient (the x0 part of ε is scaled by √ᾱ_t ≈ 0.07). With v-prediction positions reach 100 % at the
         # same budget. model_channels 32 runs at ~165-190 ms/step at batch 64 (64 channels: ~360 ms). Step counts
         # are sized so that `make demo` from a fresh clone stays under 15 minutes on this machine (uncontended,
-        # the autoencoder runs at ~10 steps/s, the LDM at ~5.5 steps/s, so the demo's 9.5-minute cap usually
+        # the autoencoder runs at ~10 steps/s, the LDM at ~5.5-5.9 steps/s; at a busy moment the demo's 9.5-minute cap
         # stops it a little before 3,200 steps). Shapes are learned last, and colors, sizes and positions
         # first (200 one-object test prompts, DDIM-50, guidance 3; 1,400-step autoencoders):
         #   - EMA: with the reference warm-up d_n = min(decay, (1+n)/(10+n)) the EMA averages over the last ~n/10
