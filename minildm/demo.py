@@ -26,16 +26,16 @@ SINGLE_PROMPTS = (
     "a small purple circle in the bottom left", "a small orange square in the top middle",
     "a large purple triangle in the middle left", "a large orange star in the bottom middle",
 )
+PAIR_PROMPTS = (
+    "a large red circle to the left of a large blue square",
+    "a small yellow star above a large green triangle",
+)
+
 # Time caps that keep `make demo` inside 15 minutes on a 2-core laptop CPU, install (~1.5 min) included: on
 # the dev machine the cpu profile's autoencoder needs ~2.2 min and its LDM ~9 min; a slower machine stops
 # training at the cap (with a checkpoint) and samples from what it has.
 AE_MINUTES = 3.5
 LDM_MINUTES = 9.5
-
-PAIR_PROMPTS = (
-    "a large red circle to the left of a large blue square",
-    "a small yellow star above a large green triangle",
-)
 
 
 def _lpips_available(net: str, download: bool = True) -> bool:

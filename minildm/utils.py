@@ -80,8 +80,9 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def fused_optimizer(device: torch.device | str) -> dict:
     """Keyword arguments that select torch's fused Adam/AdamW kernel where it exists (CPU and CUDA).
 
-    Same update rule, one kernel for all parameters instead of a Python loop over them: on the cpu profile's
-    U-Net (316 small tensors) the optimizer step drops from ~12 ms to ~3 ms of a ~170 ms training step.
+    Same update rule, one kernel for all parameters instead of torch's per-tensor loop (its CPU default): with
+    the cpu profile's 316 small tensors the whole LDM training step got ~5 % faster (best of four alternating
+    runs on a 2-core CPU, together with the one-call EMA update: 171.5 -> 164 ms).
     """
     return {"fused": True} if torch.device(device).type in ("cpu", "cuda") else {}
 
