@@ -40,6 +40,9 @@ CHECKPOINT_KIND = "ldm"
 # fields that may differ between a run and its resumption (they only say how long or how often)
 RESUMABLE_FIELDS = ("steps", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale")
 
+# word_influence pairs that evaluate-ldm reports: one per attribute, circle/square being the closest shapes
+INFLUENCE_PAIRS = (("circle", "square"), ("red", "blue"), ("small", "large"))
+
 DEFAULT_PROMPTS = (
     "a large red circle in the top left", "a small blue square in the center",
     "a large yellow triangle in the bottom right", "a small green star in the top middle",
@@ -362,7 +365,8 @@ def sample_prompts(ldm: LatentDiffusion, captions: list[str], steps: int = 50, e
 def evaluate_text_ldm(ldm: LatentDiffusion, n: int = 200, guidance_scale: float = 3.0, steps: int = 50,
                       seed: int = 0, batch_size: int = 100, fid: bool = True, eta: float = 0.0) -> dict[str, Any]:
     """Prompt accuracy of a text-conditional LDM on test-split captions (n one-object, n two-object prompts,
-    judged by the Shapes evaluator) and Shapes-FID of the two-object-split samples with its real-vs-real floor."""
+    judged by the Shapes evaluator), Shapes-FID of the two-object-split samples with its real-vs-real floor,
+    and `word_influence` for one word pair per attribute (INFLUENCE_PAIRS)."""
     from .evaluation import prompt_accuracy, shapes_generative_metrics
 
     if ldm.cond_mode != "text":
@@ -381,7 +385,73 @@ def evaluate_text_ldm(ldm: LatentDiffusion, n: int = 200, guidance_scale: float 
             acc = prompt_accuracy(images, captions)
             out[label] = {"accuracy": float(acc["accuracy"]),
                           "by_attribute": {k: float(v) for k, v in acc["by_attribute"].items()}}
+    out["word_influence"] = {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in INFLUENCE_PAIRS}
     return out
+
+
+def word_pair_latents(ldm: LatentDiffusion, words: tuple[str, str],
+                      n: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """n one-object test scenes drawn twice, differing only in one attribute: (z_a, z_b, captions_a, captions_b).
+
+    `words` are two values of the same attribute ("circle", "square"; "red", "blue"; "small", "large"); the
+    scenes are the first n one-object test scenes with that attribute set to each word. z_a, z_b are the scaled posterior means of the rendered images (everything else equal: position, size,
+    color, background), captions_a/b their captions, which differ in that one word.
+    """
+    from .data import COLOR_NAMES, SHAPES, SIZE_NAMES, render_scenes
+
+    attributes = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES}
+    found = [next((a for a, values in attributes.items() if w in values), None) for w in words]
+    if len(words) != 2 or None in found or found[0] != found[1] or words[0] == words[1]:
+        raise ValueError(f"expected two different words naming the same attribute, e.g. ('circle', 'square'), "
+                         f"('red', 'blue') or ('small', 'large'); got {tuple(words)!r}. Shapes: {', '.join(SHAPES)}; "
+                         f"colors: {', '.join(COLOR_NAMES)}; sizes: {', '.join(SIZE_NAMES)}")
+    attr = found[0]
+    res = getattr(ldm, "resolution", 32)
+    ds = ShapesDataset("test", size=max(n, 1000), resolution=res, min_objects=1, max_objects=1)
+    scenes = [ds.scene(i) for i in range(n)]
+    pair = [[dataclasses.replace(s, objects=(dataclasses.replace(s.objects[0], **{attr: w}),)) for s in scenes]
+            for w in words]
+    device = ldm.scale_factor.device
+    with torch.no_grad():
+        z = [ldm.latent_moments(render_scenes(sc, res, device=device)[0])[0] * ldm.scale_factor for sc in pair]
+    return z[0], z[1], [s.caption for s in pair[0]], [s.caption for s in pair[1]]
+
+
+@torch.no_grad()
+def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "square"), n: int = 64,
+                   timesteps: tuple[int, ...] = (100, 300, 500, 800), seed: int = 0) -> list[dict[str, float]]:
+    """How far one word of the prompt moves the denoiser's prediction x̂_0 (a probe of cross-attention).
+
+    Take n scene pairs that differ only in that word (`word_pair_latents`: latents z_a, z_b). At step t, noise
+    z_a and z_b with the same ε and predict x̂_0 once with each caption. Place every prediction on the line
+    between the two images, p = ⟨x̂_0 − z_b, z_a − z_b⟩ / ‖z_a − z_b‖² (1: the words[0] image, 0: the words[1]
+    image). The influence at t is p(caption says words[0]) − p(caption says words[1]), averaged over the
+    scenes and both starting latents: 0 when the model ignores the word, 1 when the word alone decides.
+    Returns one dict per t: {"t", "snr", "influence", "p_a", "p_b"} (p_a, p_b: the mean p per caption).
+    """
+    if ldm.cond_mode != "text":
+        raise ValueError(f"word_influence needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    z_a, z_b, caps_a, caps_b = word_pair_latents(ldm, words, n)
+    d = z_a - z_b
+    d2 = d.flatten(1).pow(2).sum(1)                                                 # ‖z_a − z_b‖², (n,)
+    conds = [ldm.encode_condition(ldm.prompt_condition(prompts=c)) for c in (caps_a, caps_b)]
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(z_a.shape, generator=g).to(z_a.device)
+    ldm.unet.eval()
+    rows = []
+    for t in timesteps:
+        tt = ldm.diffusion.check_timesteps(torch.full((n,), int(t)), n, z_a.device)
+        p = []
+        for cond in conds:
+            per_start = []
+            for z in (z_a, z_b):
+                x_t = ldm.diffusion.add_noise(z, eps, tt)
+                x0, _ = ldm.diffusion.predict_x0_and_eps(x_t, tt, ldm.model_fn(x_t, tt, cond).float())
+                per_start.append((((x0 - z_b) * d).flatten(1).sum(1) / d2).mean())
+            p.append(float(torch.stack(per_start).mean()))
+        rows.append({"t": int(t), "snr": float(ldm.diffusion.snr(int(t))), "influence": p[0] - p[1],
+                     "p_a": p[0], "p_b": p[1]})
+    return rows
 
 
 def _cmd_evaluate(args) -> int:
@@ -398,6 +468,10 @@ def _cmd_evaluate(args) -> int:
         m = r["fid"]
         print(f"  Shapes-FID {m['fid']:.2f} (real-vs-real floor {m['fid_floor']:.2f} at n={args.n}), "
               f"precision {m['precision']:.3f}, recall {m['recall']:.3f}")
+    ts = [row["t"] for row in next(iter(r["word_influence"].values()))]
+    print(f"  word influence (0: the word is ignored, 1: it alone decides x̂_0) at t = {', '.join(map(str, ts))}:")
+    for pair, rows in r["word_influence"].items():
+        print(f"    {pair:14s} " + "  ".join(f"{row['influence']:5.2f}" for row in rows))
     print(f"  ({time.time() - t0:.0f} s)")
     return 0
 

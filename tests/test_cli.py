@@ -74,3 +74,4 @@ def test_evaluate_ldm_command(demo_dir, capsys):
                  "--no-fid"]) == 0
     out = capsys.readouterr().out
     assert "one_object" in out and "two_objects" in out and "prompt accuracy" in out
+    assert "word influence" in out and "circle/square" in out and "red/blue" in out

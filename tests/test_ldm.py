@@ -196,3 +196,59 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert [lr_factor(k, const) for k in (0, 9, 60, 500)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="lr_schedule"):
         lr_factor(0, LDMConfig(lr_schedule="step"))
+
+
+# ------------------------------------------------------------------------------ word influence probe
+
+
+def test_word_influence_is_zero_for_a_model_that_ignores_the_prompt(ae, batch):
+    from minildm.train_ldm import word_influence
+
+    ldm = make(ae)
+    ldm.set_scale_factor(batch["image"])
+    rows = word_influence(ldm, ("circle", "square"), n=6, timesteps=(0, 500, 999))   # zero-init U-Net: ε̂ = v̂ = 0
+    assert [r["t"] for r in rows] == [0, 500, 999]
+    for r in rows:
+        assert r["influence"] == pytest.approx(0.0, abs=1e-6) and r["p_a"] == pytest.approx(r["p_b"], abs=1e-6)
+    assert rows[0]["snr"] > rows[1]["snr"] > rows[2]["snr"]
+
+
+@pytest.mark.parametrize("words", [("circle", "square"), ("red", "blue"), ("small", "large")])
+def test_word_influence_measures_where_the_prediction_lands(ae, batch, words):
+    """An oracle whose x̂_0 is λ·z_a + (1 − λ)·z_b, with λ set by the caption, has influence λ_a − λ_b exactly."""
+    from minildm.train_ldm import word_influence, word_pair_latents
+
+    ldm = make(ae)
+    ldm.set_scale_factor(batch["image"])
+    z_a, z_b, caps_a, caps_b = word_pair_latents(ldm, words, n=5)
+    # the pair differs in exactly that one word, and so do the images
+    for a, b in zip(caps_a, caps_b):
+        diff = [(x, y) for x, y in zip(a.split(), b.split()) if x != y]
+        assert diff == [words] and len(a.split()) == len(b.split())
+    assert ((z_a - z_b).flatten(1).norm(dim=1) > 0).all()
+    ctx_a = ldm.encode_condition(ldm.prompt_condition(prompts=caps_a))["context"]
+    lam = {"a": 0.9, "b": 0.25}
+    D = ldm.diffusion
+
+    def oracle(x_t, t, cond):
+        which = "a" if torch.equal(cond["context"], ctx_a) else "b"
+        x0 = lam[which] * z_a + (1 - lam[which]) * z_b
+        a, s = D.coefficient("sqrt_alpha_bar", t, x_t), D.coefficient("sqrt_one_minus_alpha_bar", t, x_t)
+        return (a * x_t - x0) / s                                   # the v that gives this x̂_0
+
+    ldm.model_fn = oracle
+    for r in word_influence(ldm, words, n=5, timesteps=(10, 400, 900)):
+        assert r["p_a"] == pytest.approx(0.9, abs=1e-3) and r["p_b"] == pytest.approx(0.25, abs=1e-3)
+        assert r["influence"] == pytest.approx(0.65, abs=1e-3)
+
+
+def test_word_influence_errors(ae, batch):
+    from minildm.train_ldm import word_influence
+
+    ldm = make(ae)
+    ldm.set_scale_factor(batch["image"])
+    for words in [("circle", "red"), ("circle", "circle"), ("circle", "hexagon")]:
+        with pytest.raises(ValueError, match="same attribute"):
+            word_influence(ldm, words, n=2)
+    with pytest.raises(ValueError, match="text-conditional"):
+        word_influence(make(ae, cond="class"), n=2)
