@@ -121,6 +121,16 @@ class TextEncoder(Conditioner):
     Bidirectional (no causal mask, like the reference's BERT-style text model); padding tokens are never
     attended to, inside the encoder nor (via context_mask) by the U-Net. Outputs at padding positions are
     computed but meaningless. Token ids follow the Shapes tokenizer: pad 0, bos 1, eos 2.
+
+    Initialization: token and position embeddings start at unit variance (nn.Embedding's own default), not
+    at the 0.02 of GPT-2/CLIP (and of the reference's BERT embedder). The blocks' output layers start at
+    PyTorch's default scale, so their first outputs have a norm of a few units; embeddings of norm
+    0.02·√width ≈ 0.16 drown in them, attention mixes every word into every position, and one-word changes
+    hardly reach the U-Net. Measured on the cpu profile (3,200 steps): with 0.02, the outputs for "circle"
+    and "square" at the shape word differed by 5 % (by 123 % for "circle" vs "triangle"), the U-Net's x̂_0
+    moved 0.02 of the way from a square to a circle when the prompt's word changed, and circle prompts came
+    out as rounded squares (77.5 % of one-object prompts right). With unit variance each word's embedding
+    dominates its own position from the first step: 0.4-0.6 of the way, 100 % right (see profiles.py).
     """
 
     def __init__(
@@ -139,8 +149,8 @@ class TextEncoder(Conditioner):
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.token_emb = nn.Embedding(vocab_size, width)
         self.pos_emb = nn.Parameter(torch.zeros(context_length, width))
-        nn.init.normal_(self.token_emb.weight, std=0.02)
-        nn.init.normal_(self.pos_emb, std=0.01)
+        nn.init.normal_(self.token_emb.weight, std=1.0)   # unit variance: see the class docstring
+        nn.init.normal_(self.pos_emb, std=1.0)            # as large as the words, so word order is visible too
         self.blocks = nn.ModuleList(TextTransformerBlock(width, heads) for _ in range(layers))
         self.final_norm = nn.LayerNorm(width)
 
