@@ -169,21 +169,26 @@ PROFILES: dict[str, Profile] = {
         # same budget. model_channels 32 runs at ~165-190 ms/step at batch 64 (64 channels: ~360 ms). Step counts
         # are sized so that `make demo` from a fresh clone stays under 15 minutes on this machine (uncontended,
         # the autoencoder runs at ~10 steps/s, the LDM at ~5.5-5.9 steps/s; at a busy moment the demo's 9.5-minute cap
-        # stops it a little before 3,200 steps). Shapes are learned last, and colors, sizes and positions
-        # first (200 one-object test prompts, DDIM-50, guidance 3; 1,400-step autoencoders):
+        # stops it a little before 3,200 steps). 200 one-object test prompts, DDIM-50, guidance 3; 1,400-step
+        # autoencoders:
+        #   - Shapes and the text encoder: with GPT/CLIP-style 0.02-std word embeddings the encoder's outputs for
+        #     "circle" and "square" were 5 % apart at the shape word, the U-Net ignored that word (train_ldm's
+        #     `word_influence` 0.01-0.02 at every t, against 0.95 for red/blue at t = 800) and drew rounded
+        #     squares for both: 77.5 % at 3,200 steps, and runs that differed only in rounding scored 72.5-91 %
+        #     at ~3,000 steps, depending on when the distinction happened to emerge. With unit-variance embeddings
+        #     (conditioning.py) the influence is 0.3-0.55 and two seeds scored 95.5 / 93 % at 2,500 steps and
+        #     100 / 97 % at 3,200 (two-object prompts 72 %, Shapes-FID 37.8, first seed).
         #   - EMA: with the reference warm-up d_n = min(decay, (1+n)/(10+n)) the EMA averages over the last ~n/10
-        #     steps whatever the decay, so 0.999 and 0.995 score the same, and in this steep stretch it lags: one
+        #     steps whatever the decay, so 0.999 and 0.995 score the same, and in a steep stretch it lags: one
         #     run scored 71 % (EMA 0.999) / 77 % (EMA 0.99) / 83 % (raw weights) at 2,500 steps, 86 / 91 / 93.5 %
         #     at 3,000. Raw weights are not safe either: another run's raw weights scored 21.5 % at 3,100 steps (a
         #     loss spike; its EMA 0.99 75.5 %). Hence ema_decay 0.99.
-        #   - Run-to-run spread is large: at ~3,000-3,100 steps with EMA 0.99 four runs that differ only in
-        #     rounding (fused vs unfused Adam) or in a small change scored 91, 77, 75.5 and 72.5 %; at 2,500 steps
-        #     77 % vs 60 %. The 94 % once seen at 3,500 steps may have been such a lucky run.
-        #   - Rejected: lr 2e-3 (loss 0.45 vs 0.35, 4 % right at 2,500 steps); the mean text token added to the
-        #     time embedding (Imagen/SDXL-style pooled conditioning: 72.5 % at 3,100); a linear LR decay over the
-        #     last 800 of 3,100 steps (loss 0.328 vs 0.351, but 77 %); trading autoencoder steps for LDM steps
-        #     (1,200 + 3,362: 73.5 %); at 2,500 steps cosine LR decay (53.5 %) and batch 32 for 4,000 steps (49 %)
-        #     or 5,000 steps with cosine decay (66 %).
+        #   - Rejected, all measured before the embedding fix: lr 2e-3 (loss 0.45 vs 0.35, 4 % right at 2,500
+        #     steps); the mean text token added to the time embedding (Imagen/SDXL-style pooled conditioning:
+        #     72.5 % at 3,100); a linear LR decay over the last 800 of 3,100 steps (loss 0.328 vs 0.351, but 77 %);
+        #     trading autoencoder steps for LDM steps (1,200 + 3,362: 73.5 %); at 2,500 steps cosine LR decay
+        #     (53.5 %) and batch 32 for 4,000 steps (49 %) or 5,000 steps with cosine decay (66 %); capping the
+        #     v-loss weight of the low-noise steps (gradient norm at t = 10 five times that at t >= 200): 75.5 %.
         ldm=LDMConfig(model_channels=32, context_dim=64, lr=1e-3, batch_size=64, steps=3_200, ema_decay=0.99,
                       prediction_type="v_prediction", coord_channels=True, checkpoint_every=200, sample_every=0),
     ),
