@@ -130,7 +130,7 @@ class TextEncoder(Conditioner):
     and "square" at the shape word differed by 5 % (by 123 % for "circle" vs "triangle"), the U-Net's x̂_0
     moved 0.02 of the way from a square to a circle when the prompt's word changed, and circle prompts came
     out as rounded squares (77.5 % of one-object prompts right). With unit variance each word's embedding
-    dominates its own position from the first step: 0.4-0.6 of the way, 100 % right (see profiles.py).
+    dominates its own position from the first step: 0.3-0.55 of the way, 100 % right (see profiles.py).
     """
 
     def __init__(

@@ -394,9 +394,12 @@ def word_pair_latents(ldm: LatentDiffusion, words: tuple[str, str],
     """n one-object test scenes drawn twice, differing only in one attribute: (z_a, z_b, captions_a, captions_b).
 
     `words` are two values of the same attribute ("circle", "square"; "red", "blue"; "small", "large"); the
-    scenes are the first n one-object test scenes with that attribute set to each word. z_a, z_b are the scaled posterior means of the rendered images (everything else equal: position, size,
-    color, background), captions_a/b their captions, which differ in that one word.
+    scenes are the first n one-object test scenes with that attribute set to each word. z_a, z_b are the
+    scaled posterior means of the rendered images (everything else equal: position, size, color,
+    background), captions_a/b their captions, which differ in that one word.
     """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n (scene pairs) must be a positive int, got {n!r}")
     from .data import COLOR_NAMES, SHAPES, SIZE_NAMES, render_scenes
 
     attributes = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES}
@@ -437,6 +440,7 @@ def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "sq
     conds = [ldm.encode_condition(ldm.prompt_condition(prompts=c)) for c in (caps_a, caps_b)]
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(z_a.shape, generator=g).to(z_a.device)
+    was_training = ldm.unet.training
     ldm.unet.eval()
     rows = []
     for t in timesteps:
@@ -451,6 +455,7 @@ def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "sq
             p.append(float(torch.stack(per_start).mean()))
         rows.append({"t": int(t), "snr": float(ldm.diffusion.snr(int(t))), "influence": p[0] - p[1],
                      "p_a": p[0], "p_b": p[1]})
+    ldm.unet.train(was_training)
     return rows
 
 

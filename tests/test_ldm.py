@@ -250,5 +250,10 @@ def test_word_influence_errors(ae, batch):
     for words in [("circle", "red"), ("circle", "circle"), ("circle", "hexagon")]:
         with pytest.raises(ValueError, match="same attribute"):
             word_influence(ldm, words, n=2)
+    with pytest.raises(ValueError, match="positive int"):
+        word_influence(ldm, n=0)
     with pytest.raises(ValueError, match="text-conditional"):
         word_influence(make(ae, cond="class"), n=2)
+    ldm.unet.train()
+    word_influence(ldm, n=2, timesteps=(5,))
+    assert ldm.unet.training                        # the probe leaves the model in the mode it found it
