@@ -93,7 +93,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
     run = train_ldm(profile, out / AE_NAME, out, device=device, max_minutes=ldm_minutes, seed=seed)
     print(f"      latent diffusion: step {run['step']}/{profile.ldm.steps}"
           + ("" if run["step"] >= profile.ldm.steps else f" (stopped by the {ldm_minutes}-min cap: a slower "
-             "machine; shapes are learned last, so expect more circle/square mix-ups)"))
+             "machine; the further a run stops short of its steps, the less well it follows prompts)"))
     ldm = load_ldm(out / "ldm.pt", device)
 
     print("[3/4] sampling: DDIM, 50 steps, η = 0, guidance 3")
