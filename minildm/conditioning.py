@@ -123,10 +123,9 @@ class TextEncoder(Conditioner):
     computed but meaningless. Token ids follow the Shapes tokenizer: pad 0, bos 1, eos 2.
 
     Initialization: token and position embeddings start at unit variance (nn.Embedding's own default), not
-    at the 0.02 of GPT-2/CLIP (and of the reference's BERT embedder). The blocks' output layers start at
-    PyTorch's default scale, so their first outputs have a norm of a few units; embeddings of norm
-    0.02·√width ≈ 0.16 drown in them, attention mixes every word into every position, and one-word changes
-    hardly reach the U-Net. Measured on the cpu profile (3,200 steps): with 0.02, the outputs for "circle"
+    at the 0.02 of BERT, GPT-2 and CLIP. The blocks' output layers start at PyTorch's default scale, so their
+    first outputs have a norm of a few units; embeddings of norm 0.02·√64 ≈ 0.16 (width 64) drown in them,
+    attention mixes every word into every position, and one-word changes hardly reach the U-Net. Measured on the cpu profile (3,200 steps): with 0.02, the outputs for "circle"
     and "square" at the shape word differed by 5 % (by 123 % for "circle" vs "triangle"), the U-Net's x̂_0
     moved 0.02 of the way from a square to a circle when the prompt's word changed, and circle prompts came
     out as rounded squares (77.5 % of one-object prompts right). With unit variance each word's embedding
