@@ -1,10 +1,67 @@
 """minildm: a compact, readable Latent Diffusion Model (Rombach et al., CVPR 2022).
 
-Two stages, one file per idea:
-  perceptual compression  -> autoencoder.py, losses.py, train_ae.py
-  latent diffusion        -> diffusion.py, unet.py, conditioning.py, samplers.py, ldm.py, train_ldm.py
-and around them: data.py (the built-in Shapes dataset), profiles.py (ci / cpu / gpu sizes),
-utils.py (device, seeding), checkpoint.py (atomic, config-carrying checkpoints), cli.py.
+One file per idea of the paper, data flowing one way:
+
+    data          shapes.py (the Shapes world), tokenizer.py, data.py (datasets), realdata.py (folders, MNIST)
+    stage 1       nn.py (blocks, attention), autoencoder.py (E, D, KL / VQ / pixel), losses.py (LPIPS, GAN)
+    stage 2       diffusion.py (q(x_t|x_0), targets, L_simple), unet.py, conditioning.py (τθ),
+                  samplers.py (DDPM, DDIM, guidance), ldm.py (LatentDiffusion)
+    training      train.py (one loop for both stages), profiles.py (ci / cpu / gpu presets)
+    evaluation    metrics.py (PSNR, SSIM, LPIPS, FID, KID, P/R, IS), evaluator.py (the Shapes evaluator),
+                  shapes_eval.py (Shapes-FID with its floor, prompt accuracy, probes), viz.py (pictures)
+    studies       experiments.py (the paper's experiments), results.py (tables), bench.py / peer.py (speed)
+
+A notebook needs only `import minildm` (or `from minildm import …`): the names below are the public API,
+and each module's own `__all__` lists the rest of what it offers.
 """
 
 __version__ = "0.1.0"
+
+from . import (autoencoder, checkpoint, conditioning, data, diffusion, evaluator, experiments, ldm, losses,  # noqa: E402
+               metrics, nn, profiles, realdata, results, samplers, shapes, shapes_eval, tokenizer, train, unet,
+               utils, viz)
+from .autoencoder import (AEConfig, AutoencoderKL, AutoencoderVQ, DiagonalGaussian, PixelSpace,  # noqa: E402
+                          build_autoencoder, load_autoencoder, reconstruct)
+from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder  # noqa: E402
+from .data import DataConfig, ShapesDataset  # noqa: E402
+from .diffusion import GaussianDiffusion, make_beta_schedule  # noqa: E402
+from .evaluator import load_evaluator  # noqa: E402
+from .ldm import LatentDiffusion, LDMConfig  # noqa: E402
+from .losses import LPIPS, AutoencoderLoss, NLayerDiscriminator, adaptive_weight, hinge_d_loss  # noqa: E402
+from .metrics import fid_from_features, latent_statistics, lpips, precision_recall, psnr, ssim  # noqa: E402
+from .nn import CrossAttention, EMA, attention_explicit, attention_sdpa, record_attention, timestep_embedding  # noqa: E402
+from .profiles import PROFILES, Profile, get_profile  # noqa: E402
+from .realdata import MNIST, ImageFolderDataset  # noqa: E402
+from .samplers import (ddim_invert, ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step,  # noqa: E402
+                       guided_model_output, img2img)
+from .shapes import (NUM_CLASSES, ShapesTokenizer, class_id, class_name, parse_caption, parse_layout,  # noqa: E402
+                     render_scenes, sample_scene, scene_from_caption)
+from .shapes_eval import (class_accuracy, layout_accuracy, prompt_accuracy, shapes_features,  # noqa: E402
+                          shapes_generative_metrics, word_influence)
+from .tokenizer import WordTokenizer  # noqa: E402
+from .train import fit, train_autoencoder, train_ldm  # noqa: E402
+from .unet import UNet  # noqa: E402
+from .utils import count_parameters, get_device, seed_everything  # noqa: E402
+from .viz import denoising_filmstrip, image_grid, save_figure  # noqa: E402
+
+__all__ = [
+    # modules
+    "autoencoder", "checkpoint", "conditioning", "data", "diffusion", "evaluator", "experiments", "ldm", "losses",
+    "metrics", "nn", "profiles", "realdata", "results", "samplers", "shapes", "shapes_eval", "tokenizer", "train",
+    "unet", "utils", "viz",
+    # the names a notebook reaches for first
+    "AEConfig", "AutoencoderKL", "AutoencoderVQ", "DiagonalGaussian", "PixelSpace", "build_autoencoder",
+    "load_autoencoder", "reconstruct", "load_checkpoint", "save_checkpoint", "ClassEmbedder", "LayoutEncoder",
+    "LowResConcat", "TextEncoder", "DataConfig", "ShapesDataset", "GaussianDiffusion", "make_beta_schedule",
+    "load_evaluator", "LatentDiffusion", "LDMConfig", "LPIPS", "AutoencoderLoss", "NLayerDiscriminator",
+    "adaptive_weight", "hinge_d_loss", "fid_from_features", "latent_statistics", "lpips", "precision_recall",
+    "psnr", "ssim", "CrossAttention", "EMA", "attention_explicit", "attention_sdpa", "record_attention",
+    "timestep_embedding", "PROFILES", "Profile", "get_profile", "MNIST", "ImageFolderDataset", "ddim_invert",
+    "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "guided_model_output", "img2img",
+    "NUM_CLASSES", "ShapesTokenizer", "class_id", "class_name", "parse_caption", "parse_layout", "render_scenes",
+    "sample_scene", "scene_from_caption", "class_accuracy", "layout_accuracy", "prompt_accuracy",
+    "shapes_features", "shapes_generative_metrics", "word_influence", "WordTokenizer", "fit", "train_autoencoder",
+    "train_ldm", "UNet", "count_parameters", "get_device", "seed_everything", "denoising_filmstrip", "image_grid",
+    "save_figure", "__version__",
+]

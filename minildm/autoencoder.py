@@ -19,20 +19,81 @@ Differences from the reference implementation, on purpose:
 
 from __future__ import annotations
 
-import math
+import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .nn import check_attention_factors, group_norm
-from .profiles import AEConfig
+from .checkpoint import check_config_matches, config_from_dict, load_checkpoint, to_plain
+from .nn import RecordableAttention, Upsample, check_attention_factors, group_norm
+from .utils import get_device, randn
+
+__all__ = ["AEConfig", "ResnetBlock", "AttnBlock", "Downsample", "Encoder", "Decoder", "DiagonalGaussian",
+           "AutoencoderKL", "VectorQuantizer", "AutoencoderVQ", "PixelSpace", "build_autoencoder",
+           "load_autoencoder", "reconstruct", "CHECKPOINT_KIND", "ARCHITECTURE_FIELDS"]
+
+CHECKPOINT_KIND = "autoencoder"
+# fields that decide the weights' shapes and meaning (checked by load_autoencoder when a config is passed)
+ARCHITECTURE_FIELDS = ("kind", "ch", "ch_mult", "num_res_blocks", "z_channels", "attn_resolutions", "n_embed")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Building blocks
-# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AEConfig:
+    """The first stage: architecture (this file), objective (losses.py) and training (train.py)."""
+
+    kind: str = "kl"                       # "kl" (KL-regularized), "vq" (vector-quantized), "pixel" (f = 1, identity)
+    # architecture
+    ch: int = 32                           # base width
+    ch_mult: tuple[int, ...] = (1, 2, 2)   # f = 2 ** (len(ch_mult) - 1)
+    num_res_blocks: int = 1                # per encoder level; the decoder uses num_res_blocks + 1
+    z_channels: int = 4
+    attn_resolutions: tuple[int, ...] = ()  # downsampling factors (1, 2, 4 ...), not pixel sizes
+    dropout: float = 0.0
+    n_embed: int = 256                     # VQ codebook size
+    beta: float = 0.25                     # VQ commitment weight (on ‖z − sg[e]‖², the VQ-VAE form)
+    # loss
+    lpips_net: str = "alex"                # "vgg" (paper), "alex", "squeeze"
+    perceptual_weight: float = 1.0
+    kl_weight: float = 1e-6
+    codebook_weight: float = 1.0
+    disc_start: int = 2_000                # GAN terms are zero and D is not trained before this step
+    disc_weight: float = 0.5
+    disc_loss: str = "hinge"               # "hinge" or "vanilla"
+    disc_ndf: int = 32
+    disc_layers: int = 3
+    # optimization
+    lr: float = 2e-4
+    batch_size: int = 32
+    steps: int = 4_000
+    val_every: int = 500                   # validate (PSNR) and checkpoint every this many steps
+    val_images: int = 256                  # validation-split images used for PSNR
+    ema_decay: float = 0.0                 # 0 disables the EMA copy
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("kl", "vq", "pixel"):
+            raise ValueError(f"AEConfig.kind must be 'kl', 'vq' or 'pixel', got {self.kind!r}")
+        if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
+            raise ValueError(f"AEConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
+        if self.lpips_net not in ("vgg", "alex", "squeeze"):
+            raise ValueError(f"AEConfig.lpips_net must be 'vgg', 'alex' or 'squeeze', got {self.lpips_net!r}")
+        if self.disc_loss not in ("hinge", "vanilla"):
+            raise ValueError(f"AEConfig.disc_loss must be 'hinge' or 'vanilla', got {self.disc_loss!r}")
+        # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
+        object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+
+    @property
+    def downsample_factor(self) -> int:
+        """f = H/h = 2^(len(ch_mult) − 1)."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+
+# --- Building blocks ----------------------------------------------------------------------------------------
 
 
 class ResnetBlock(nn.Module):
@@ -51,8 +112,13 @@ class ResnetBlock(nn.Module):
         return self.shortcut(x) + h
 
 
-class AttnBlock(nn.Module):
-    """Single-head self-attention over all H·W positions: softmax(QKᵀ/√C)·V, residual."""
+class AttnBlock(RecordableAttention):
+    """Single-head self-attention over all H·W positions: softmax(QKᵀ/√C)·V, residual (recordable).
+
+    Always the explicit formula (`fused = False`): the arithmetic the measured models were trained with.
+    """
+
+    fused = False
 
     def __init__(self, ch: int):
         super().__init__()
@@ -61,14 +127,11 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(ch, ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
+        _, _, H, W = x.shape
         h = self.norm(x)
-        q = rearrange(self.q(h), "b c h w -> b (h w) c")          # (B, HW, C)
-        k = rearrange(self.k(h), "b c h w -> b c (h w)")          # (B, C, HW)
-        v = rearrange(self.v(h), "b c h w -> b (h w) c")          # (B, HW, C)
-        attn = torch.softmax(q @ k / math.sqrt(C), dim=-1)        # (B, HW, HW)  softmax(QKᵀ/√d)
-        out = rearrange(attn @ v, "b (h w) c -> b c h w", h=H, w=W)  # (B, HW, C) -> (B, C, H, W)
-        return x + self.proj_out(out)
+        q, k, v = (rearrange(proj(h), "b c h w -> b 1 (h w) c") for proj in (self.q, self.k, self.v))  # (B, 1, HW, C)
+        out = self.attend(q, k, v, None, "self", (H, W))                # softmax(QKᵀ/√C)·V: (B, 1, HW, C)
+        return x + self.proj_out(rearrange(out, "b 1 (h w) c -> b c h w", h=H, w=W))
 
 
 class Downsample(nn.Module):
@@ -81,18 +144,6 @@ class Downsample(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (0, 1, 0, 1))                                # (B, C, H, W) -> (B, C, H+1, W+1)
         return self.conv(x)                                       # -> (B, C, H/2, W/2)
-
-
-class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour ×2, then 3×3 conv."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")    # (B, C, H, W) -> (B, C, 2H, 2W)
-        return self.conv(x)
 
 
 def _check_attn_factors(ch_mult: tuple[int, ...], attn_resolutions: tuple[int, ...]) -> None:
@@ -173,9 +224,7 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))            # (B, ch, H, W) -> (B, 3, H, W)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# KL-regularized autoencoder
-# ----------------------------------------------------------------------------------------------------------
+# --- KL-regularized autoencoder -----------------------------------------------------------------------------
 
 
 class DiagonalGaussian:
@@ -193,9 +242,7 @@ class DiagonalGaussian:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """z = μ + σ·ε, ε ~ N(0, I) (reparameterization); seeded by `generator` when given (any device)."""
-        noise_device = generator.device if generator is not None else self.mean.device
-        eps = torch.randn(self.mean.shape, generator=generator, device=noise_device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps.to(self.mean.device)
+        return self.mean + self.std * randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
 
     def mode(self) -> torch.Tensor:
         """The most likely latent, μ."""
@@ -283,9 +330,7 @@ class AutoencoderKL(_AutoencoderBase):
         return self.decode(z), posterior
 
 
-# ----------------------------------------------------------------------------------------------------------
-# VQ-regularized autoencoder
-# ----------------------------------------------------------------------------------------------------------
+# --- VQ-regularized autoencoder -----------------------------------------------------------------------------
 
 
 class VectorQuantizer(nn.Module):
@@ -411,3 +456,34 @@ def build_autoencoder(config: AEConfig) -> AutoencoderKL | AutoencoderVQ | Pixel
     if config.kind == "pixel":
         return PixelSpace(config)
     raise ValueError(f"unknown autoencoder kind {config.kind!r}; expected 'kl', 'vq' or 'pixel'")
+
+
+def load_autoencoder(path: str | os.PathLike, device: str | torch.device | None = None,
+                     config: AEConfig | None = None, use_ema: bool = True) -> AutoencoderKL | AutoencoderVQ:
+    """Rebuild the autoencoder from a checkpoint's own config (EMA weights if stored), in eval mode.
+
+    Passing `config` checks that its architecture fields (ARCHITECTURE_FIELDS) match the checkpoint's; a
+    mismatch is a clear error.
+    """
+    ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
+    saved = config_from_dict(AEConfig, ckpt["config"])
+    if config is not None:
+        arch = lambda c: {k: v for k, v in to_plain(c).items() if k in ARCHITECTURE_FIELDS}  # noqa: E731
+        check_config_matches(arch(saved), arch(config), what="autoencoder architecture")
+    model = build_autoencoder(saved)
+    state = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"the weights in {path} do not fit the autoencoder built from its config: {e}") from e
+    return model.to(get_device(device)).eval()
+
+
+@torch.no_grad()
+def reconstruct(model: AutoencoderKL | AutoencoderVQ | PixelSpace, x: torch.Tensor) -> torch.Tensor:
+    """x̃ = D(E(x)) for evaluation: KL decodes the posterior mean, VQ the quantized latent, pixel space is exact."""
+    if isinstance(model, AutoencoderKL):
+        return model(x, sample_posterior=False)[0]
+    if isinstance(model, PixelSpace):
+        return x
+    return model(x)[0]

@@ -10,16 +10,7 @@
 Every measurement is a small function returning a dict of numbers, so a notebook can call it; `run_bench`
 runs them all and `format_table` prints them. Models have random weights: this measures speed only.
 
-How the peer is matched (`peer_unet`, `peer_autoencoder`): diffusers' blocks are the same design as the
-reference LDM code, so the same config gives the same layers and the *same parameter count* for every
-profile (checked in tests/test_bench.py). Where they still differ:
-  * GroupNorm groups: minildm picks groups per width (`nn.num_groups`: 16 ch -> 4, 32 -> 8, 64 -> 16);
-    diffusers takes one `norm_num_groups` for the whole network, here the count of the narrowest level.
-    Same parameters, same FLOPs up to the normalization statistics.
-  * Coordinate channels (`coord_channels`, a minildm addition): our U-Net builds the (x, y) grid in its
-    forward; the peer gets 2 more input channels and the grid is concatenated before the call.
-  * Our autoencoder's mid-block attention is written out (softmax(QKᵀ/√d)·V); diffusers' uses SDPA.
-The matched steps use the same loss on both sides (U-Net: MSE to the profile's target on random latents
+How the peer is matched: see peer.py (same layers and parameter counts). The matched steps use the same loss on both sides (U-Net: MSE to the profile's target on random latents
 with a random context and the padding mask of real captions; autoencoder: L1 + KL, no LPIPS/GAN), so the
 ratio compares the networks and their training step, not the objectives. Our *full* autoencoder step with
 LPIPS is reported on its own row.
@@ -32,30 +23,33 @@ minildm is faster.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib.util
-import json
-import math
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from .autoencoder import AutoencoderKL, build_autoencoder
+from .data import ShapesDataset
+from .diffusion import GaussianDiffusion
+from .ldm import LatentDiffusion
+from .losses import AutoencoderLoss, LPIPSWeightsMissingError
+from .peer import diffusers_available, peer_autoencoder, peer_ddim_sample, peer_scheduler, peer_unet, peer_unet_fn
 from .profiles import Profile, get_profile
+from .unet import UNet
 from .utils import autocast_dtype, count_parameters, fused_optimizer, get_device, seed_everything
+
+__all__ = ["run_bench", "format_table", "machine_info", "bench_data", "bench_autoencoder_step",
+           "bench_autoencoder_matched", "bench_ldm_step", "bench_unet_matched", "bench_ddim", "DEFAULT_SECONDS"]
 
 DEFAULT_SECONDS = 20.0        # per measurement and side; `minildm bench` with the cpu profile then takes ~4 min
 DEFAULT_ROUNDS = 2            # ours/theirs alternate this many times; the best round counts
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Timing
-# ----------------------------------------------------------------------------------------------------------
+# --- Timing -------------------------------------------------------------------------------------------------
 
 
 def _sync(device: torch.device | str | None) -> None:
@@ -112,151 +106,12 @@ def _result(what: str, unit: str, ours: float, theirs: float | None = None, para
             "params_ours": params_ours, "params_diffusers": params_theirs, **extra}
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The peer: diffusers, imported only here
-# ----------------------------------------------------------------------------------------------------------
-
-
-def diffusers_available() -> bool:
-    """True when the optional peer `diffusers` is installed (`pip install 'minildm[peer]'`)."""
-    return importlib.util.find_spec("diffusers") is not None
-
-
-def _diffusers():
-    """Import diffusers offline (it never needs the Hub here) with a clear message when it is missing."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ModuleNotFoundError(
-            "the diffusers peer comparison needs the optional package `diffusers`; install it with "
-            "`pip install 'minildm[peer]'` (or `pip install diffusers`), or run `minildm bench --no-peer`") from e
-    return diffusers
-
-
-def _groups_for(widths: tuple[int, ...]) -> int:
-    """One GroupNorm group count for all widths: minildm's rule (`nn.num_groups`) at the narrowest level."""
-    from .nn import num_groups
-
-    g = num_groups(min(widths))
-    if any(w % g for w in widths):
-        g = math.gcd(*widths)
-    return g
-
-
-def peer_unet(cfg, in_channels: int = 4) -> torch.nn.Module:
-    """diffusers' UNet2DConditionModel matched to `UNet.from_config(cfg, in_channels, cross_attention=True)`.
-
-    block_out_channels = model_channels·channel_mult, layers_per_block = num_res_blocks (the up path gets one
-    more, as ours), cross-attention blocks at the levels in attention_resolutions (mid block always),
-    num_heads heads (diffusers' legacy name for that is `attention_head_dim`), cross_attention_dim =
-    context_dim, GroupNorm eps 1e-6, 2 extra input channels when cfg.coord_channels (see module docstring).
-    """
-    diffusers = _diffusers()
-    widths = tuple(cfg.model_channels * m for m in cfg.channel_mult)
-    attn = [2**i in cfg.attention_resolutions for i in range(len(widths))]
-    return diffusers.UNet2DConditionModel(
-        in_channels=in_channels + (2 if getattr(cfg, "coord_channels", False) else 0),
-        out_channels=in_channels,
-        block_out_channels=widths,
-        layers_per_block=cfg.num_res_blocks,
-        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        cross_attention_dim=cfg.context_dim,
-        attention_head_dim=cfg.num_heads,          # diffusers' legacy name: this is the number of heads
-        norm_num_groups=_groups_for(widths),
-        norm_eps=1e-6,
-        dropout=getattr(cfg, "dropout", 0.0),
-    )
-
-
-def peer_autoencoder(ae_cfg) -> torch.nn.Module:
-    """diffusers' AutoencoderKL matched to our `AutoencoderKL(ae_cfg)`: block_out_channels = ch·ch_mult,
-    layers_per_block = num_res_blocks (decoder: +1, as ours), latent_channels = z_channels, mid-block attention."""
-    diffusers = _diffusers()
-    if ae_cfg.kind != "kl" or ae_cfg.attn_resolutions:
-        raise ValueError(f"the peer autoencoder matches a KL autoencoder without attention between levels; got "
-                         f"kind={ae_cfg.kind!r}, attn_resolutions={ae_cfg.attn_resolutions}")
-    widths = tuple(ae_cfg.ch * m for m in ae_cfg.ch_mult)
-    return diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(widths),
-        up_block_types=("UpDecoderBlock2D",) * len(widths),
-        block_out_channels=widths,
-        layers_per_block=ae_cfg.num_res_blocks,
-        latent_channels=ae_cfg.z_channels,
-        norm_num_groups=_groups_for(widths),
-    )
-
-
-def peer_scheduler(cfg) -> Any:
-    """diffusers' DDIMScheduler set up like our `ddim_sample`: same betas, trailing spacing, ᾱ_prev = 1 at the
-    last step, no clipping of x̂_0, the same prediction type. Equal samples only when S divides T (see
-    tests/test_bench.py: for other S diffusers steps to t − ⌊T/S⌋ instead of the list's next timestep)."""
-    diffusers = _diffusers()
-    if cfg.schedule not in ("scaled_linear", "linear"):
-        raise ValueError(f"the peer scheduler supports the 'scaled_linear' and 'linear' schedules, got {cfg.schedule!r}")
-    return diffusers.DDIMScheduler(
-        num_train_timesteps=cfg.timesteps, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
-        beta_schedule=cfg.schedule, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing",
-        prediction_type=cfg.prediction_type)
-
-
-@torch.no_grad()
-def peer_ddim_sample(model_fn: Callable, scheduler: Any, x_T: torch.Tensor, steps: int, cond: Any = None,
-                     uncond: Any = None, guidance_scale: float = 1.0) -> torch.Tensor:
-    """The DDIM loop through diffusers' scheduler (`set_timesteps`, `step`), guidance in one doubled batch.
-
-    model_fn(x, t, cond) as in samplers.py; cond / uncond are tensors or dicts of tensors, like ours.
-    """
-    from .samplers import concat_cond
-
-    scheduler.set_timesteps(steps, device=x_T.device)
-    x = x_T
-    B = x.shape[0]
-    for t in scheduler.timesteps:
-        tb = t.expand(B)
-        if guidance_scale == 1.0:
-            out = model_fn(x, tb, cond)
-        else:                                                  # ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅))
-            out_cond, out_uncond = model_fn(torch.cat([x, x]), torch.cat([tb, tb]),
-                                            concat_cond(cond, uncond, B)).chunk(2)
-            out = out_uncond + guidance_scale * (out_cond - out_uncond)
-        x = scheduler.step(out, t, x).prev_sample
-    return x
-
-
-def _coords(B: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-    """(B, 2, h, w) grid of (x, y) in [−1, 1], what our U-Net appends when coord_channels is on."""
-    ys = torch.linspace(-1, 1, h, device=device)
-    xs = torch.linspace(-1, 1, w, device=device)
-    return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0).expand(B, -1, -1, -1)
-
-
-def _peer_unet_fn(unet: torch.nn.Module, coord_channels: bool) -> Callable:
-    """model_fn(x, t, {"context", "context_mask"}) around the diffusers U-Net (mask: True = real token)."""
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        if coord_channels:
-            x = torch.cat([x, _coords(x.shape[0], x.shape[2], x.shape[3], x.device).to(x.dtype)], dim=1)
-        mask = cond.get("context_mask")
-        return unet(x, t, encoder_hidden_states=cond["context"],
-                    encoder_attention_mask=None if mask is None else mask.to(x.dtype), return_dict=False)[0]
-
-    return model_fn
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Measurements (each returns a dict of numbers)
-# ----------------------------------------------------------------------------------------------------------
+# --- Measurements (each returns a dict of numbers) ----------------------------------------------------------
 
 
 def bench_data(profile: str | Profile | None = None, seconds: float = DEFAULT_SECONDS,
                device: str | torch.device | None = None, batch_size: int = 256) -> dict[str, Any]:
     """Shapes training batches per second × batch size: images/s of `ShapesDataset.random_batches`."""
-    from .data import ShapesDataset
-
     p, device = _profile(profile), get_device(device)
     ds = ShapesDataset("train", p.data, size=1_000_000)
     it = ds.random_batches(batch_size, seed=0, device=device)
@@ -269,10 +124,6 @@ def bench_autoencoder_step(profile: str | Profile | None = None, seconds: float 
                            device: str | torch.device | None = None, random_lpips: bool | None = None,
                            lpips_download: bool = True) -> dict[str, Any]:
     """Our full first-stage generator step as train_autoencoder runs it before `disc_start`: L1 + LPIPS + KL, Adam."""
-    from .autoencoder import build_autoencoder
-    from .data import ShapesDataset
-    from .losses import AutoencoderLoss
-
     p, device = _profile(profile), get_device(device)
     cfg = p.ae
     seed_everything(cfg.seed)
@@ -305,9 +156,6 @@ def bench_autoencoder_matched(profile: str | Profile | None = None, seconds: flo
                               device: str | torch.device | None = None, peer: bool = True,
                               rounds: int = DEFAULT_ROUNDS) -> dict[str, Any]:
     """Ours vs diffusers' AutoencoderKL, one step each of L = Σ|x − D(z)|/B + w_kl·KL, z ~ q(z|x), Adam."""
-    from .autoencoder import AutoencoderKL
-    from .data import ShapesDataset
-
     p, device = _profile(profile), get_device(device)
     cfg = dataclasses.replace(p.ae, kind="kl")
     seed_everything(cfg.seed)
@@ -345,15 +193,13 @@ def bench_autoencoder_matched(profile: str | Profile | None = None, seconds: flo
 
 def _ldm_and_batch(p: Profile, device: torch.device):
     """A LatentDiffusion on a random (frozen) autoencoder, a scaled latent batch z0 and its caption tokens."""
-    from .autoencoder import build_autoencoder
-    from .data import ShapesDataset
-    from .ldm import LatentDiffusion
-
     seed_everything(0)
     cfg = p.ldm
     ae = build_autoencoder(p.ae).to(device).eval()
-    ldm = LatentDiffusion(ae, cfg, max_objects=p.data.max_objects).to(device)
-    data = ShapesDataset("train", p.data).batch(range(cfg.batch_size), device=device)
+    ds = ShapesDataset("train", p.data)
+    ldm = LatentDiffusion(ae, cfg, tokenizer=ds.tokenizer, num_classes=ds.num_classes, max_objects=ds.max_objects,
+                          resolution=p.data.resolution).to(device)
+    data = ds.batch(range(cfg.batch_size), device=device)
     image = data["image"].to(device)
     ldm.set_scale_factor(image)
     return ldm, ldm.encode(image), data["tokens"].to(device)
@@ -362,12 +208,10 @@ def _ldm_and_batch(p: Profile, device: torch.device):
 def bench_ldm_step(profile: str | Profile | None = None, seconds: float = DEFAULT_SECONDS,
                    device: str | torch.device | None = None) -> dict[str, Any]:
     """Our full second-stage step as train_ldm runs it: τθ(captions) with 10 % dropout, U-Net, L_simple, AdamW."""
-    from .train_ldm import denoiser_modules
-
     p, device = _profile(profile), get_device(device)
     cfg = p.ldm
     ldm, z0, tokens = _ldm_and_batch(p, device)
-    mods = denoiser_modules(ldm).train()
+    mods = ldm.denoiser_modules().train()
     opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_optimizer(device))
     g = torch.Generator().manual_seed(0)
 
@@ -391,9 +235,6 @@ def bench_unet_matched(profile: str | Profile | None = None, seconds: float = DE
     Same inputs on both sides: random latents (B, c, h, w) of the profile's latent shape, random context
     (B, L, context_dim) with the padding mask of real Shapes captions, t uniform, the profile's target.
     """
-    from .diffusion import GaussianDiffusion
-    from .unet import UNet
-
     p, device = _profile(profile), get_device(device)
     cfg = p.ldm
     ldm, z0, tokens = _ldm_and_batch(p, device)          # only for the latent shape and the captions' mask
@@ -435,7 +276,7 @@ def bench_unet_matched(profile: str | Profile | None = None, seconds: float = DE
     theirs_step, theirs = None, None
     if peer:
         theirs = peer_unet(cfg, in_channels=c).to(device).train()
-        theirs_step = make_step(theirs, _peer_unet_fn(theirs, cfg.coord_channels))
+        theirs_step = make_step(theirs, peer_unet_fn(theirs, cfg.coord_channels))
     a, b = _compare(ours_step, theirs_step, seconds, warmup=2, device=device, rounds=rounds)
     return _result(f"U-Net step, MSE + AdamW (matched), batch {B}", "steps/s", a, b, count_parameters(ours),
                    None if theirs is None else count_parameters(theirs), batch_size=B)
@@ -466,7 +307,7 @@ def bench_ddim(profile: str | Profile | None = None, seconds: float = DEFAULT_SE
         unet = peer_unet(cfg, in_channels=ldm.latent_channels).to(device).eval()
         vae = peer_autoencoder(p.ae).to(device).eval()
         scheduler = peer_scheduler(cfg)
-        model_fn = _peer_unet_fn(unet, cfg.coord_channels)
+        model_fn = peer_unet_fn(unet, cfg.coord_channels)
         with torch.no_grad():
             cond = ldm.encode_condition(tokens)
             uncond = ldm.encode_condition(ldm.null_condition(tokens))
@@ -486,9 +327,7 @@ def bench_ddim(profile: str | Profile | None = None, seconds: float = DEFAULT_SE
                    None if b is None else b * B, count_parameters(ldm.unet), params_theirs, batch_size=B)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Everything, as a table
-# ----------------------------------------------------------------------------------------------------------
+# --- Everything, as a table ---------------------------------------------------------------------------------
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -522,8 +361,6 @@ def run_bench(profile: str | Profile | None = None, device: str | torch.device |
     peer=True compares with diffusers when it is installed (a notice otherwise). The full autoencoder row
     needs LPIPS backbone weights or `random_lpips=True`; without either it is reported as skipped.
     """
-    from .losses import LPIPSWeightsMissingError
-
     if not seconds > 0 or steps < 1 or rounds < 1 or (sample_batch is not None and sample_batch < 1):
         raise ValueError(f"need seconds > 0, steps >= 1, rounds >= 1 and sample_batch >= 1; got seconds={seconds}, "
                          f"steps={steps}, rounds={rounds}, sample_batch={sample_batch}")
@@ -588,34 +425,3 @@ def format_table(result: dict[str, Any]) -> str:
                  f"alternating rounds, {result['seconds']:g} s per measurement; random weights; "
                  f"wall {result.get('wall_s', float('nan')):.0f} s")
     return "\n".join(lines)
-
-
-def _cmd_bench(args: argparse.Namespace) -> int:
-    result = run_bench(args.profile, args.device, seconds=args.seconds, peer=not args.no_peer,
-                       sample_batch=args.sample_batch, steps=args.steps,
-                       random_lpips=True if args.random_lpips else None, lpips_download=not args.offline)
-    print(format_table(result))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=str))
-        print(f"wrote {path}")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add `bench` to the `minildm` command."""
-    b = subparsers.add_parser("bench", help="measure data, autoencoder and LDM training, and DDIM sampling speed "
-                                            "(next to diffusers when it is installed)")
-    b.add_argument("--profile", default=None, help="ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)")
-    b.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    b.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                   help=f"seconds per measurement and side (default {DEFAULT_SECONDS:g}: ~4 min in all on a 2-core CPU)")
-    b.add_argument("--no-peer", action="store_true", help="skip the diffusers comparison")
-    b.add_argument("--sample-batch", type=int, default=None, help="DDIM batch size (default: the profile's batch)")
-    b.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    b.add_argument("--random-lpips", action="store_true",
-                   help="use a random LPIPS backbone when the pretrained one is not available (speed is the same)")
-    b.add_argument("--offline", action="store_true", help="never download LPIPS weights")
-    b.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
-    b.set_defaults(func=_cmd_bench)

@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .nn import CrossAttention
+from .utils import rand
+
+__all__ = ["Conditioner", "ClassEmbedder", "TextEncoder", "TextTransformerBlock", "LayoutEncoder", "LowResConcat",
+           "drop_rows"]
 
 
 def _batch_size(batch_size_or_like: int | torch.Tensor) -> int:
@@ -42,8 +46,7 @@ def drop_rows(raw: torch.Tensor, null: torch.Tensor, p: float, generator: torch.
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"drop probability must be in [0, 1], got {p}")
     B = raw.shape[0]
-    gen_device = generator.device if generator is not None else raw.device
-    dropped = (torch.rand(B, generator=generator, device=gen_device) < p).to(raw.device)   # (B,) Bernoulli(p)
+    dropped = rand((B,), generator, raw.device) < p                                      # (B,) Bernoulli(p)
     return torch.where(dropped.view(B, *[1] * (raw.dim() - 1)), null.to(raw.dtype), raw)
 
 
@@ -58,9 +61,7 @@ class Conditioner(nn.Module):
         return drop_rows(raw, self.null_condition(raw), p, generator)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Class labels
-# ----------------------------------------------------------------------------------------------------
+# --- Class labels -------------------------------------------------------------------------------------------
 
 
 class ClassEmbedder(Conditioner):
@@ -95,9 +96,7 @@ class ClassEmbedder(Conditioner):
         return torch.full((B,), self.null_index, dtype=torch.int64, device=_device(batch_size_or_like, device))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Text: a small transformer over token ids, trained jointly with the U-Net (LDM Sec. 4.3.1)
-# ----------------------------------------------------------------------------------------------------
+# --- Text: a small transformer over token ids, trained jointly with the U-Net (LDM Sec. 4.3.1) --------------
 
 
 class TextTransformerBlock(nn.Module):
@@ -120,16 +119,14 @@ class TextEncoder(Conditioner):
 
     Bidirectional (no causal mask, like the reference's BERT-style text model); padding tokens are never
     attended to, inside the encoder nor (via context_mask) by the U-Net. Outputs at padding positions are
-    computed but meaningless. Token ids follow the Shapes tokenizer: pad 0, bos 1, eos 2.
+    computed but meaningless. Token ids follow `tokenizer.WordTokenizer`: pad 0, bos 1, eos 2.
 
-    Initialization: token and position embeddings start at unit variance (nn.Embedding's own default), not
-    at the 0.02 of BERT, GPT-2 and CLIP. The blocks' output layers start at PyTorch's default scale, so their
-    first outputs have a norm of a few units; embeddings of norm 0.02·√64 ≈ 0.16 (width 64) drown in them,
-    attention mixes every word into every position, and one-word changes hardly reach the U-Net. Measured on the cpu profile (3,200 steps): with 0.02, the outputs for "circle"
-    and "square" at the shape word differed by 5 % (by 123 % for "circle" vs "triangle"), the U-Net's x̂_0
-    moved 0.02 of the way from a square to a circle when the prompt's word changed, and circle prompts came
-    out as rounded squares (77.5 % of one-object prompts right). With unit variance each word's embedding
-    dominates its own position from the first step: 0.3-0.55 of the way, 100 % right (see profiles.py).
+    Initialization: token and position embeddings start at unit variance (nn.Embedding's default), not at the
+    0.02 of BERT, GPT-2 and CLIP. The blocks' output layers start at PyTorch's default scale, with outputs of a
+    norm of a few units; 0.02-std embeddings (norm ≈ 0.16 at width 64) drown in them, attention mixes every
+    word into every position, and a one-word change hardly reaches the U-Net (measured: "circle" and "square"
+    came out as the same rounded square; docs/design-notes.md). At unit variance each word dominates its own
+    position from the first step.
     """
 
     def __init__(
@@ -155,7 +152,7 @@ class TextEncoder(Conditioner):
 
     @classmethod
     def from_tokenizer(cls, tokenizer, width: int, layers: int, heads: int) -> "TextEncoder":
-        """Sizes and special ids from a `ShapesTokenizer` (vocab_size, context_length, pad/bos/eos ids)."""
+        """Sizes and special ids from a tokenizer (vocab_size, context_length, pad/bos/eos ids)."""
         return cls(tokenizer.vocab_size, tokenizer.context_length, width, layers, heads,
                    pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
 
@@ -193,9 +190,7 @@ class TextEncoder(Conditioner):
         return null
 
 
-# ----------------------------------------------------------------------------------------------------
-# Layout: one token per object (class + quantized box), for layout-to-image (LDM Sec. 4.3.2 / App. D.3)
-# ----------------------------------------------------------------------------------------------------
+# --- Layout: one token per object (class + quantized box), for layout-to-image (LDM Sec. 4.3.2 / App. D.3) ---
 
 
 class LayoutEncoder(Conditioner):
@@ -261,9 +256,7 @@ class LayoutEncoder(Conditioner):
         return torch.full((B, N, 5), -1.0, device=_device(batch_size_or_like, device))
 
 
-# ----------------------------------------------------------------------------------------------------
-# Low-resolution image, concatenated to z_t (super-resolution, LDM Sec. 4.4)
-# ----------------------------------------------------------------------------------------------------
+# --- Low-resolution image, concatenated to z_t (super-resolution, LDM Sec. 4.4) -----------------------------
 
 
 class LowResConcat(Conditioner):

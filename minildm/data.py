@@ -1,423 +1,45 @@
-"""The built-in captioned Shapes dataset: the embedded default the whole course trains on.
+"""Datasets that feed training: the built-in captioned Shapes scenes (default), and real images.
 
-Every sample is a small procedural scene of 1..N objects (circle, square, triangle, star; six colors;
-two sizes; positions on a 3×3 grid with jitter) on a softly textured background, with everything a
-conditioning mode of the paper needs:
+Every dataset gives the same interface, so the training code and the notebooks can swap them:
 
-    image         (3, H, W) float32 in [-1, 1]
-    caption       "a large red circle in the top left", "a small blue square to the left of a large yellow star"
-    tokens        the caption through `ShapesTokenizer` (text-to-image, cross-attention)
-    label         shape × color class for one-object scenes, -1 otherwise (class-conditional)
-    layout        one row per object: [class_id, x0, y0, x1, y1] in [0, 1] (layout-to-image)
-    segmentation  (H, W) int64: 0 = background, k = object k-1 (semantic synthesis)
-    a low-res copy for super-resolution comes from `low_res(image, factor)`.
+    ds[i]                                -> one sample with every annotation it has
+    ds.batch(indices, device)            -> {"image": (B, 3, H, W) in [-1, 1], ...} rendered or loaded at once
+    ds.random_batches(batch_size, seed)  -> an endless stream; batch k depends only on (seed, k)
 
-Sample i of a split is a pure function of (seed, split, i): the scene is drawn from a private
-`random.Random` seeded by those three numbers, then rendered with signed distance functions in torch,
-in batches, on any device. Rendering thousands of images per second on a laptop CPU means the data is
-never the bottleneck and nothing needs to be downloaded or cached.
+and describes the conditions it can give a model: `num_classes` (labels for class conditioning, or None),
+`tokenizer` (captions for text conditioning, or None) and `max_objects` (boxes for layouts, or None).
+
+ShapesDataset: sample i of a split is a pure function of (seed, split, i) (the scene is drawn by
+`shapes.sample_scene`, then rendered). Rendering thousands of images per second on a laptop CPU means the
+data is never the bottleneck and nothing needs to be downloaded or cached. Real images (any folder of
+pictures, MNIST, Fashion-MNIST) come from realdata.py.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import re
+import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .profiles import DataConfig
+from .shapes import NUM_CLASSES, Scene, ShapesTokenizer, render_scenes, sample_scene
 
-# ----------------------------------------------------------------------------------------------------
-# The world: shapes, colors, sizes, positions
-# ----------------------------------------------------------------------------------------------------
+__all__ = ["DataConfig", "ShapesDataset", "SPLIT_IDS", "shapes_collate", "benchmark",
+           "MNIST", "ImageFolderDataset"]
 
-SHAPES = ("circle", "square", "triangle", "star")
-COLORS = {  # RGB in [0, 1]; chosen to be far apart from each other and from the muted backgrounds
-    "red": (0.86, 0.13, 0.13),
-    "green": (0.15, 0.68, 0.22),
-    "blue": (0.15, 0.32, 0.92),
-    "yellow": (0.96, 0.86, 0.12),
-    "purple": (0.62, 0.22, 0.82),
-    "orange": (0.98, 0.52, 0.08),
-}
-COLOR_NAMES = tuple(COLORS)
-SIZES = {"small": 0.16, "large": 0.23}  # nominal radius as a fraction of the image side
-SIZE_NAMES = tuple(SIZES)
-ROWS = ("top", "middle", "bottom")
-COLS = ("left", "middle", "right")
-GRID = (0.28, 0.50, 0.72)  # cell centers as a fraction of the image side
-JITTER = 0.02  # uniform jitter of the center, fraction of the side (keeps the cell unambiguous)
-POSITIONS = tuple("center" if (r, c) == ("middle", "middle") else f"{r} {c}" for r in ROWS for c in COLS)
-RELATIONS = ("to the left of", "to the right of", "above", "below")
-NUM_CLASSES = len(SHAPES) * len(COLORS)  # class of a one-object scene: shape × color
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 
-# Each shape is a regular star polygon: n outer vertices at radius R, n inner vertices at radius
-# inner·R, the first outer vertex at angle phi0 (image coordinates, y down, so -π/2 points up).
-# A convex regular polygon is the special case inner = cos(π/n). The circle is handled apart.
-#            n   inner ratio          phi0          R / nominal size
-_GEOMETRY = {
-    "circle": (0, 1.0, 0.0, 1.00),
-    "square": (4, math.cos(math.pi / 4), -math.pi / 4, 1.25),
-    "triangle": (3, math.cos(math.pi / 3), -math.pi / 2, 1.25),
-    "star": (5, 0.45, -math.pi / 2, 1.20),
-}
-
-
-def class_id(shape: str, color: str) -> int:
-    """Class of a one-object scene: shape_index × 6 + color_index."""
-    return SHAPES.index(shape) * len(COLORS) + COLOR_NAMES.index(color)
-
-
-def class_name(cid: int) -> str:
-    """Inverse of `class_id`: 7 -> 'green square'."""
-    if not 0 <= cid < NUM_CLASSES:
-        raise ValueError(f"class id must be in [0, {NUM_CLASSES}), got {cid}")
-    return f"{COLOR_NAMES[cid % len(COLORS)]} {SHAPES[cid // len(COLORS)]}"
-
-
-def _unit_bbox(shape: str) -> tuple[float, float, float, float]:
-    """Bounding box (x0, y0, x1, y1) of a shape of nominal size 1 centred on its polygon centre."""
-    n, _, phi0, scale = _GEOMETRY[shape]
-    if n == 0:
-        return (-scale, -scale, scale, scale)
-    xs = [scale * math.cos(phi0 + 2 * math.pi * k / n) for k in range(n)]
-    ys = [scale * math.sin(phi0 + 2 * math.pi * k / n) for k in range(n)]
-    return (min(xs), min(ys), max(xs), max(ys))
-
-
-_UNIT_BBOX = {s: _unit_bbox(s) for s in SHAPES}
-
-# ----------------------------------------------------------------------------------------------------
-# Scene specification: the random part, drawn per sample in plain Python
-# ----------------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
-class ShapeObject:
-    """One object of a scene; coordinates are fractions of the image side (x right, y down)."""
+class DataConfig:
+    """The built-in Shapes dataset of a profile."""
 
-    shape: str
-    color: str
-    size: str
-    row: int
-    col: int
-    cx: float  # centre of the bounding box
-    cy: float
-
-    @property
-    def position(self) -> str:
-        return POSITIONS[3 * self.row + self.col]
-
-    @property
-    def class_id(self) -> int:
-        return class_id(self.shape, self.color)
-
-    @property
-    def bbox(self) -> tuple[float, float, float, float]:
-        """(x0, y0, x1, y1) as fractions of the image side."""
-        s = SIZES[self.size]
-        x0, y0, x1, y1 = _UNIT_BBOX[self.shape]
-        return (self.cx + s * (x0 - x1) / 2, self.cy + s * (y0 - y1) / 2,
-                self.cx + s * (x1 - x0) / 2, self.cy + s * (y1 - y0) / 2)
-
-    def phrase(self) -> str:
-        return f"a {self.size} {self.color} {self.shape}"
-
-    def to_dict(self, resolution: int) -> dict:
-        x0, y0, x1, y1 = self.bbox
-        return {"shape": self.shape, "color": self.color, "size": self.size, "row": self.row, "col": self.col,
-                "position": self.position, "center": (self.cx * resolution, self.cy * resolution),
-                "bbox": (x0 * resolution, y0 * resolution, x1 * resolution, y1 * resolution),
-                "class_id": self.class_id}
-
-
-@dataclass(frozen=True)
-class Scene:
-    objects: tuple[ShapeObject, ...]
-    relation: str | None  # for two-object scenes: objects[0] <relation> objects[1]
-    background: tuple[float, ...]  # see _render_background
-
-    @property
-    def caption(self) -> str:
-        objs = self.objects
-        if len(objs) == 2 and self.relation is not None:
-            return f"{objs[0].phrase()} {self.relation} {objs[1].phrase()}"
-        return " and ".join(f"{o.phrase()} in the {o.position}" for o in objs)
-
-    @property
-    def label(self) -> int:
-        return self.objects[0].class_id if len(self.objects) == 1 else -1
-
-
-def _relation(a: ShapeObject, b: ShapeObject, rng: random.Random) -> str:
-    """A true spatial relation 'a <rel> b' from the grid cells (a random one when two hold)."""
-    options = []
-    if a.col != b.col:
-        options.append("to the left of" if a.col < b.col else "to the right of")
-    if a.row != b.row:
-        options.append("above" if a.row < b.row else "below")
-    return options[0] if len(options) == 1 else rng.choice(options)
-
-
-def sample_scene(seed: int, min_objects: int = 1, max_objects: int = 2) -> Scene:
-    """Draw one scene from a private RNG; the same seed always gives the same scene."""
-    rng = random.Random(seed)
-    n = rng.randint(min_objects, max_objects)
-    for _ in range(1000):  # rejection sampling: objects may touch but not hide each other
-        cells = rng.sample(range(9), n)
-        objs = []
-        for cell in cells:
-            row, col = divmod(cell, 3)
-            objs.append(ShapeObject(
-                shape=rng.choice(SHAPES), color=rng.choice(COLOR_NAMES), size=rng.choice(SIZE_NAMES),
-                row=row, col=col,
-                cx=GRID[col] + rng.uniform(-JITTER, JITTER), cy=GRID[row] + rng.uniform(-JITTER, JITTER)))
-        if all(math.hypot(a.cx - b.cx, a.cy - b.cy) >= 0.85 * (SIZES[a.size] + SIZES[b.size])
-               for i, a in enumerate(objs) for b in objs[i + 1:]):
-            break
-    else:  # pragma: no cover - only reachable with absurd max_objects, which the dataset rejects
-        raise RuntimeError(f"could not place {n} non-overlapping objects")
-    relation = _relation(objs[0], objs[1], rng) if n == 2 else None
-    # background: base grey, a slight tint, a linear gradient and two low-frequency sinusoids (texture)
-    grey = rng.uniform(0.18, 0.42)
-    tint = [rng.uniform(-0.05, 0.05) for _ in range(3)]
-    grad_angle, grad_amp = rng.uniform(0, 2 * math.pi), rng.uniform(0.04, 0.14)
-    waves = []
-    for _ in range(2):
-        waves += [rng.uniform(1.0, 4.0), rng.uniform(0, 2 * math.pi), rng.uniform(0, 2 * math.pi),
-                  rng.uniform(0.01, 0.035)]
-    background = (grey, *tint, grad_angle, grad_amp, *waves)
-    return Scene(objects=tuple(objs), relation=relation, background=background)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Rendering: signed distance functions, batched in torch
-# ----------------------------------------------------------------------------------------------------
-
-
-def _star_sdf(px: torch.Tensor, py: torch.Tensor, R: torch.Tensor, inner: torch.Tensor, n: torch.Tensor,
-              phi0: torch.Tensor) -> torch.Tensor:
-    """Signed distance to a regular star polygon (negative inside), by folding into one half-sector.
-
-    By symmetry every point can be rotated into the wedge between an outer vertex A = (R, 0) and the
-    neighbouring inner vertex B = inner·R·(cos(π/n), sin(π/n)); there the boundary is the segment AB.
-    """
-    rho = torch.sqrt(px * px + py * py)
-    sector = 2 * math.pi / n
-    t = torch.remainder(torch.atan2(py, px) - phi0, sector)
-    a = torch.minimum(t, sector - t)  # folded angle in [0, π/n]
-    qx, qy = rho * torch.cos(a), rho * torch.sin(a)
-    ex, ey = inner * R * torch.cos(sector / 2) - R, inner * R * torch.sin(sector / 2)  # e = B - A
-    wx, wy = qx - R, qy  # w = q - A
-    h = ((wx * ex + wy * ey) / (ex * ex + ey * ey)).clamp(0, 1)  # projection onto the segment
-    d = torch.sqrt((wx - h * ex) ** 2 + (wy - h * ey) ** 2)
-    inside = (ex * wy - ey * wx) > 0  # same side of AB as the centre
-    return torch.where(inside, -d, d)
-
-
-def _render_background(bg: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-    """(B, 14) background parameters -> (B, 3, H, W) RGB in [0, 1]."""
-    p = [bg[:, i, None, None] for i in range(bg.shape[1])]
-    grey, tint, angle, amp = p[0], torch.stack(p[1:4], 1), p[4], p[5]
-    u = (X - 0.5) * torch.cos(angle) + (Y - 0.5) * torch.sin(angle)  # coordinate along the gradient
-    lum = grey + amp * u
-    for k in range(2):
-        freq, orient, phase, a = p[6 + 4 * k: 10 + 4 * k]
-        lum = lum + a * torch.sin(2 * math.pi * freq * (X * torch.cos(orient) + Y * torch.sin(orient)) + phase)
-    return (lum[:, None] + tint).clamp(0, 1)
-
-
-def render_scenes(scenes: Sequence[Scene], resolution: int,
-                  device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Render scenes -> (images (B, 3, H, W) in [-1, 1], segmentation (B, H, W) int64).
-
-    Edges are antialiased: an object's coverage of a pixel is clamp(0.5 − sdf_in_pixels, 0, 1).
-    Objects are composited in order; a pixel belongs to the last object covering at least half of it.
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    B, K = len(scenes), max(len(s.objects) for s in scenes)
-    coords = (torch.arange(resolution, device=device, dtype=torch.float32) + 0.5) / resolution
-    Y, X = torch.meshgrid(coords, coords, indexing="ij")  # pixel centres, (H, W)
-    bg = torch.tensor([s.background for s in scenes], dtype=torch.float32, device=device)
-    image = _render_background(bg, X, Y)
-    seg = torch.zeros(B, resolution, resolution, dtype=torch.int64, device=device)
-    # object parameters, (B, K) each; absent slots get zero coverage
-    rows = []
-    for s in scenes:
-        r = []
-        for k in range(K):
-            if k < len(s.objects):
-                o = s.objects[k]
-                n, inner, phi0, scale = _GEOMETRY[o.shape]
-                size = SIZES[o.size]
-                x0, y0, x1, y1 = _UNIT_BBOX[o.shape]
-                # polygon centre = bbox centre − size·(bbox midpoint of the unit shape)
-                ccx, ccy = o.cx - size * (x0 + x1) / 2, o.cy - size * (y0 + y1) / 2
-                r.append([1.0, ccx, ccy, scale * size, inner, max(n, 1), phi0, float(n == 0), *COLORS[o.color]])
-            else:
-                r.append([0.0, 0.5, 0.5, 0.1, 0.5, 1, 0.0, 1.0, 0.0, 0.0, 0.0])
-        rows.append(r)
-    P = torch.tensor(rows, dtype=torch.float32, device=device)  # (B, K, 11)
-    # Each object is rasterised in a W×W window around its centre (W covers the largest shape), which is
-    # then scattered into the full image: ~3× fewer pixels than evaluating every SDF everywhere.
-    W = min(resolution, math.ceil(2 * max(SIZES.values()) * max(
-        max(abs(v) for v in _UNIT_BBOX[s]) for s in SHAPES) * resolution) + 3)
-    offs = torch.arange(W, device=device)
-    for k in range(K):
-        q = [P[:, k, i, None, None] for i in range(8)]
-        present, cx, cy, R, inner, n, phi0, is_circle = q
-        # window origin in pixels, (B,), shifted to lie inside the image (the object still fits in it)
-        ox = ((cx[:, 0, 0] * resolution).floor().long() - W // 2).clamp(0, resolution - W)
-        oy = ((cy[:, 0, 0] * resolution).floor().long() - W // 2).clamp(0, resolution - W)
-        xs, ys = ox[:, None] + offs, oy[:, None] + offs  # (B, W) pixel indices of the window
-        Xw = ((xs.float() + 0.5) / resolution)[:, None, :]  # (B, 1, W) pixel centres
-        Yw = ((ys.float() + 0.5) / resolution)[:, :, None]  # (B, W, 1)
-        px, py = Xw - cx, Yw - cy  # (B, W, W)
-        sdf = torch.where(is_circle > 0, torch.sqrt(px * px + py * py) - R,
-                          _star_sdf(px, py, R, inner, n, phi0))
-        alpha = (0.5 - sdf * resolution).clamp(0, 1) * present  # coverage, (B, W, W)
-        idx = ys[:, :, None] * resolution + xs[:, None, :]  # (B, W, W) flat pixel index, all distinct
-        flat_alpha = torch.zeros(B, resolution * resolution, device=device)
-        flat_alpha.scatter_(1, idx.reshape(B, -1), alpha.reshape(B, -1))
-        a = flat_alpha.view(B, 1, resolution, resolution)
-        color = P[:, k, 8:11, None, None]
-        image = image * (1 - a) + color * a  # "over" compositing
-        seg = torch.where(a[:, 0] >= 0.5, torch.full_like(seg, k + 1), seg)
-    return image * 2 - 1, seg
-
-
-def low_res(image: torch.Tensor, factor: int) -> torch.Tensor:
-    """Downsample by an integer factor with area averaging (the super-resolution task's input)."""
-    if factor < 1 or image.shape[-1] % factor or image.shape[-2] % factor:
-        raise ValueError(f"factor must be a positive divisor of the image size {tuple(image.shape[-2:])}, "
-                         f"got {factor}")
-    squeeze = image.dim() == 3
-    out = F.avg_pool2d(image[None] if squeeze else image, factor)
-    return out[0] if squeeze else out
-
-
-# ----------------------------------------------------------------------------------------------------
-# Tokenizer over the caption grammar
-# ----------------------------------------------------------------------------------------------------
-
-
-class ShapesTokenizer:
-    """Word-level tokenizer for Shapes captions: <pad>=0, <bos>=1, <eos>=2, then the grammar's words.
-
-    `encode` returns a fixed-length LongTensor [bos, w1, ..., wn, eos, pad, ...] of `context_length`.
-    The empty caption "" encodes to [bos, eos, pad, ...]: the "null" prompt of classifier-free guidance.
-    """
-
-    PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
-
-    def __init__(self, max_objects: int = 2):
-        words = {"a", "in", "the", "and"}
-        words |= set(SIZE_NAMES) | set(COLOR_NAMES) | set(SHAPES)
-        words |= {w for p in POSITIONS for w in p.split()} | {w for r in RELATIONS for w in r.split()}
-        self.vocab = [self.PAD, self.BOS, self.EOS] + sorted(words)
-        self.index = {w: i for i, w in enumerate(self.vocab)}
-        self.pad_id, self.bos_id, self.eos_id = 0, 1, 2
-        # longest caption: "a small red circle to the left of a large red star" (12 words) for two objects,
-        # n·8 + (n − 1) words for n positioned objects joined by "and"
-        longest = max(12 if max_objects >= 2 else 0, 8 * max_objects + max_objects - 1)
-        self.context_length = longest + 2
-        self.max_objects = max_objects
-        self._cache: dict[str, list[int]] = {}  # captions repeat; encoding is then a dict lookup
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocab)
-
-    def words(self, text: str) -> list[str]:
-        return re.sub(r"[.,!?;:]", " ", text.lower()).split()
-
-    def encode(self, text: str) -> torch.Tensor:
-        """Caption -> (context_length,) int64 ids; unknown words are an error naming them."""
-        return torch.tensor(self._ids(text), dtype=torch.int64)
-
-    def _ids(self, text: str) -> list[int]:
-        if text in self._cache:
-            return self._cache[text]
-        words = self.words(text)
-        unknown = sorted({w for w in words if w not in self.index or w in (self.PAD, self.BOS, self.EOS)})
-        if unknown:
-            raise ValueError(
-                f"unknown word(s) {unknown} in prompt {text!r}. The Shapes vocabulary is: "
-                f"{', '.join(self.vocab[3:])}. Example prompts: 'a large red circle in the top left', "
-                "'a small blue square to the left of a large yellow star'."
-            )
-        if len(words) + 2 > self.context_length:
-            raise ValueError(f"prompt {text!r} has {len(words)} words; at most {self.context_length - 2} fit "
-                             f"(context_length={self.context_length} incl. <bos>/<eos>)")
-        ids = [self.bos_id] + [self.index[w] for w in words] + [self.eos_id]
-        ids += [self.pad_id] * (self.context_length - len(ids))
-        if len(self._cache) < 100_000:
-            self._cache[text] = ids
-        return ids
-
-    def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
-        """list of captions -> (B, context_length) int64."""
-        if isinstance(texts, str):
-            raise TypeError("encode_batch expects a list of strings; use encode() for a single caption")
-        return torch.tensor([self._ids(t) for t in texts], dtype=torch.int64).reshape(-1, self.context_length)
-
-    def decode(self, ids: torch.Tensor | Sequence[int]) -> str:
-        """ids -> caption, dropping <pad>/<bos>/<eos>."""
-        ids = ids.tolist() if torch.is_tensor(ids) else list(ids)
-        return " ".join(self.vocab[i] for i in ids if i > self.eos_id)
-
-
-def parse_caption(caption: str) -> dict:
-    """Read a caption of the grammar back into attributes (used by tests and by prompt accuracy).
-
-    Returns {"objects": [{"size", "color", "shape", "position" (or None)}...], "relation": str | None}.
-    """
-    words = caption.lower().split()
-
-    def phrase(i: int) -> tuple[dict, int]:
-        if words[i:i + 1] != ["a"] or i + 4 > len(words):
-            raise ValueError(f"expected 'a <size> <color> <shape>' at word {i} of {caption!r}")
-        size, color, shape = words[i + 1:i + 4]
-        if size not in SIZES or color not in COLORS or shape not in SHAPES:
-            raise ValueError(f"cannot parse object phrase {' '.join(words[i:i + 4])!r} in {caption!r}")
-        return {"size": size, "color": color, "shape": shape, "position": None}, i + 4
-
-    objects, relation, i = [], None, 0
-    first, i = phrase(0)
-    objects.append(first)
-    rest = " ".join(words[i:])
-    for rel in RELATIONS:
-        if rest.startswith(rel + " a "):
-            second, j = phrase(i + len(rel.split()))
-            if j != len(words):
-                raise ValueError(f"trailing words in {caption!r}")
-            return {"objects": [first, second], "relation": rel}
-    while True:  # "<phrase> in the <position> [and <phrase> in the <position>]..."
-        if words[i:i + 2] != ["in", "the"]:
-            raise ValueError(f"expected 'in the <position>' after object {len(objects)} of {caption!r}")
-        j = i + 2
-        pos = next((p for p in sorted(POSITIONS, key=len, reverse=True)
-                    if words[j:j + len(p.split())] == p.split()), None)
-        if pos is None:
-            raise ValueError(f"unknown position in {caption!r}")
-        objects[-1]["position"] = pos
-        i = j + len(pos.split())
-        if i == len(words):
-            return {"objects": objects, "relation": relation}
-        if words[i] != "and":
-            raise ValueError(f"expected 'and' at word {i} of {caption!r}")
-        obj, i = phrase(i + 1)
-        objects.append(obj)
-
-
-# ----------------------------------------------------------------------------------------------------
-# The dataset
-# ----------------------------------------------------------------------------------------------------
+    resolution: int = 32          # square images, a multiple of 8
+    max_objects: int = 2          # scenes hold 1..max_objects objects
+    train_size: int = 50_000      # samples are rendered on the fly, so sizes cost no disk
+    val_size: int = 1_000
+    test_size: int = 1_000
 
 
 class ShapesDataset(torch.utils.data.Dataset):
@@ -451,7 +73,8 @@ class ShapesDataset(torch.utils.data.Dataset):
                              f"(more do not fit a 3×3 grid without overlap), got {self.max_objects}")
         if self.size < 1:
             raise ValueError(f"dataset size must be ≥ 1, got {self.size}")
-        self.tokenizer = ShapesTokenizer(self.max_objects)
+        self.tokenizer = ShapesTokenizer(self.max_objects)   # what a text-conditional model reads
+        self.num_classes = NUM_CLASSES                        # shape × color of one-object scenes
 
     def __len__(self) -> int:
         return self.size
@@ -528,8 +151,6 @@ def shapes_collate(samples: Sequence[dict]) -> dict:
 def benchmark(resolution: int = 32, batch_size: int = 256, seconds: float = 3.0,
               device: torch.device | str | None = None) -> float:
     """Images per second of `random_batches` (scene drawing + rendering + tokenizing)."""
-    import time
-
     ds = ShapesDataset("train", resolution=resolution, size=1_000_000)
     it = ds.random_batches(batch_size, seed=0, device=device)
     next(it)  # warm-up
@@ -541,4 +162,4 @@ def benchmark(resolution: int = 32, batch_size: int = 256, seconds: float = 3.0,
 
 
 # Real images for users who have them (image folders, MNIST / Fashion-MNIST) live in realdata.py.
-from .realdata import MNIST, ImageFolderDataset, download_file, read_idx  # noqa: E402,F401
+from .realdata import MNIST, ImageFolderDataset  # noqa: E402

@@ -17,8 +17,15 @@ from pathlib import Path
 
 import torch
 
+from .data import ShapesDataset
+from .ldm import LatentDiffusion
+from .losses import lpips_weights_missing
 from .profiles import Profile, get_profile
+from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from .utils import get_device
+from .viz import denoising_filmstrip, image_grid, save_figure
+
+__all__ = ["run_demo", "AE_MINUTES", "LDM_MINUTES", "SINGLE_PROMPTS", "PAIR_PROMPTS"]
 
 SINGLE_PROMPTS = (
     "a large red circle in the top left", "a large blue square in the center",
@@ -31,25 +38,10 @@ PAIR_PROMPTS = (
     "a small yellow star above a large green triangle",
 )
 
-# Time caps that keep `make demo` inside 15 minutes on a 2-core laptop CPU, install (~1.5 min) included: on
-# the dev machine the cpu profile's autoencoder needs ~2.2 min and its LDM ~9 min; a slower machine stops
-# training at the cap (with a checkpoint) and samples from what it has.
+# Time caps that keep `make demo` inside 15 minutes on a 2-core laptop CPU, install included (see
+# docs/design-notes.md): a slower machine stops training at the cap, with a checkpoint, and samples from it.
 AE_MINUTES = 3.5
 LDM_MINUTES = 9.5
-
-
-def _lpips_available(net: str, download: bool = True) -> bool:
-    """Are the pretrained LPIPS backbone weights on disk (or, with `download`, downloadable right now)?"""
-    from .losses import LPIPSWeightsMissingError, load_backbone_state
-
-    try:
-        load_backbone_state(net, download=download)
-        return True
-    except LPIPSWeightsMissingError as e:
-        print(f"NOTE: {str(e).splitlines()[0]}\n      The demo continues with a RANDOM LPIPS backbone: the "
-              "autoencoder still trains (L1 + a random-feature perceptual loss; adversarial loss from disc_start "
-              "on), but install the pretrained weights for the paper's perceptual loss.")
-        return False
 
 
 def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None = None,
@@ -58,17 +50,11 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
     """Train (or reuse) both stages and write samples.png and filmstrip.png; returns the paths.
 
     `download=False` never touches the network (the LPIPS backbone must then be on disk already)."""
-    from .train_ae import CHECKPOINT_NAME as AE_NAME, train_autoencoder
-    from .train_ldm import load_ldm, train_ldm
-    from .viz import filmstrip, image_grid, save_figure
-
-    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    profile = get_profile(profile)
     device = get_device(device)
     out = Path(out_dir)
     t0 = time.time()
     print(f"minildm demo: profile={profile.name} device={device} threads={torch.get_num_threads()} out={out}")
-
-    from .data import ShapesDataset
 
     data = ShapesDataset("train", profile.data).batch(range(24))
     preview = save_figure(image_grid(data["image"], data["caption"], ncols=8,
@@ -76,49 +62,44 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
                           out / "shapes_preview.png")
     print(f"[0/4] training data preview: {preview}")
 
-    print(f"[1/4] autoencoder: KL-f{2 ** (len(profile.ae.ch_mult) - 1)}, {profile.ae.steps} steps "
-          f"(at most {ae_minutes} min)")
-    random_lpips = None if _lpips_available(profile.ae.lpips_net, download) else True
-    history = train_autoencoder(profile, out, device=device, max_minutes=ae_minutes, random_lpips=random_lpips,
-                                lpips_download=download)
-    psnr = [h["val_psnr"] for h in history if "val_psnr" in h]
-    ae_step = history[-1]["step"] if history else 0
-    print(f"      autoencoder: step {ae_step}/{profile.ae.steps}"
+    print(f"[1/4] autoencoder: KL-f{profile.ae.downsample_factor}, {profile.ae.steps} steps (at most {ae_minutes} min)")
+    missing = lpips_weights_missing(profile.ae.lpips_net, download)
+    if missing is not None:
+        print(f"NOTE: {missing}\n      The demo continues with a RANDOM LPIPS backbone: the autoencoder still trains "
+              "(L1 + a random-feature perceptual loss; adversarial loss from disc_start on), but install the "
+              "pretrained weights for the paper's perceptual loss.")
+    ae = train_autoencoder(profile, out, device=device, max_minutes=ae_minutes,
+                           random_lpips=None if missing is None else True, lpips_download=download)
+    psnr = [h["val_psnr"] for h in ae["history"] if "val_psnr" in h]
+    print(f"      autoencoder: step {ae['step']}/{profile.ae.steps}"
           + (f", validation PSNR {psnr[-1]:.1f} dB" if psnr else "")
-          + ("" if ae_step >= profile.ae.steps else f" (stopped by the {ae_minutes}-min cap: a slower machine; "
+          + ("" if ae["step"] >= profile.ae.steps else f" (stopped by the {ae_minutes}-min cap: a slower machine; "
              "reconstructions will be blurrier)"))
 
     print(f"[2/4] latent diffusion ({profile.ldm.cond}-conditional), {profile.ldm.steps} steps "
           f"(at most {ldm_minutes} min)")
-    run = train_ldm(profile, out / AE_NAME, out, device=device, max_minutes=ldm_minutes, seed=seed)
+    run = train_ldm(profile, out / AE_CHECKPOINT, out, device=device, max_minutes=ldm_minutes, seed=seed)
     print(f"      latent diffusion: step {run['step']}/{profile.ldm.steps}"
           + ("" if run["step"] >= profile.ldm.steps else f" (stopped by the {ldm_minutes}-min cap: a slower "
              "machine; the further a run stops short of its steps, the less well it follows prompts)"))
-    ldm = load_ldm(out / "ldm.pt", device)
+    ldm = LatentDiffusion.from_checkpoint(out / LDM_CHECKPOINT, device)
 
-    print("[3/4] sampling: DDIM, 50 steps, η = 0, guidance 3")
+    steps, s = profile.ldm.sample_steps, profile.ldm.guidance_scale     # cpu and gpu: DDIM-50, guidance 3
+    print(f"[3/4] sampling: DDIM, {steps} steps, η = 0, guidance {s:g}")
     n_seeds = 4
     prompts = [p for p in SINGLE_PROMPTS for _ in range(n_seeds)] + [p for p in PAIR_PROMPTS for _ in range(n_seeds)]
-    g = torch.Generator().manual_seed(seed)
-    images = ldm.sample(ldm.prompt_condition(prompts=prompts), resolution=profile.data.resolution,
-                        steps=50, eta=0.0, guidance_scale=3.0, generator=g)
+    images = ldm.sample(ldm.prompt_condition(prompts=prompts), steps=steps, eta=0.0, guidance_scale=s,
+                        generator=torch.Generator().manual_seed(seed))
     samples = save_figure(image_grid(images, prompts, ncols=8, title="minildm samples (4 seeds per prompt)"),
                           out / "samples.png")
 
     print("[4/4] denoising filmstrip")
-    frames: dict[int, torch.Tensor] = {}
-    show = {0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 49}
-    film_prompts = list(SINGLE_PROMPTS[:4])
-
-    def keep(step: int, t: int, x_t: torch.Tensor, pred_x0: torch.Tensor) -> None:
-        if step in show:
-            frames[step] = (t, pred_x0.detach().clone())
-
-    ldm.sample(ldm.prompt_condition(prompts=film_prompts), resolution=profile.data.resolution, steps=50,
-               guidance_scale=3.0, generator=torch.Generator().manual_seed(seed), callback=keep)
-    steps = sorted(frames)
-    fig = filmstrip([ldm.decode(frames[s][1]) for s in steps], [f"t={frames[s][0]}" for s in steps], film_prompts,
-                    title="predicted x̂0 = D(ẑ0 / scale) at DDIM steps (left: pure noise, right: final sample)")
+    film_prompts = list(SINGLE_PROMPTS[:3])
+    _, trajectory = ldm.sample(ldm.prompt_condition(prompts=film_prompts), steps=steps, guidance_scale=s,
+                               generator=torch.Generator().manual_seed(seed), return_intermediates=True)
+    fig = denoising_filmstrip(ldm, trajectory, film_prompts, every=max(1, steps // 7),
+                              title=f"DDIM-{steps}, guidance {s:g}: the latent x_t (decoded) and the prediction x̂0 "
+                                    "at each step")
     film = save_figure(fig, out / "filmstrip.png")
     print(f"demo finished in {(time.time() - t0) / 60:.1f} min")
     print(f"  data:      {preview.resolve()}")

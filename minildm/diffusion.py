@@ -25,6 +25,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from .utils import randint, randn
+
+__all__ = ["GaussianDiffusion", "make_beta_schedule", "SCHEDULES", "PREDICTION_TYPES", "ModelFn"]
+
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -32,9 +36,7 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
-# --------------------------------------------------------------------------------------------------
-# Noise schedules β_t
-# --------------------------------------------------------------------------------------------------
+# --- Noise schedules β_t ------------------------------------------------------------------------------------
 def make_beta_schedule(
     schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, cosine_s: float = 0.008
 ) -> torch.Tensor:
@@ -71,20 +73,7 @@ def make_beta_schedule(
     return betas
 
 
-def randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, device: torch.device | str,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """N(0, I) noise drawn on the generator's device (a CPU generator → CPU), then moved to `device`.
-
-    Drawing on the generator's device makes a seeded CPU generator give the same numbers on CPU, CUDA and MPS.
-    """
-    if generator is None:
-        return torch.randn(tuple(shape), device=device, dtype=dtype)
-    return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-# --------------------------------------------------------------------------------------------------
-# The forward process and its posterior
-# --------------------------------------------------------------------------------------------------
+# --- The forward process and its posterior ------------------------------------------------------------------
 class GaussianDiffusion:
     """Schedule tables plus the closed-form maps of a Gaussian diffusion (DDPM Sec. 2; LDM Sec. 3.2)."""
 
@@ -185,7 +174,10 @@ class GaussianDiffusion:
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """Sample q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM Eq. 4; diffusers' `add_noise`)."""
         _check_same_shape(x0=x0, noise=noise)
-        t = self.check_timesteps(t, x0.shape[0], x0.device)
+        return self._add_noise(x0, noise, self.check_timesteps(t, x0.shape[0], x0.device))
+
+    def _add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """add_noise for a checked t (no range check, so no device sync on a GPU)."""
         return self._table("sqrt_alpha_bar", t, x0) * x0 + self._table("sqrt_one_minus_alpha_bar", t, x0) * noise
 
     # ---- q(x_{t−1} | x_t, x_0) ---------------------------------------------------------------------
@@ -238,13 +230,17 @@ class GaussianDiffusion:
         return a * x_t - b * v, b * x_t + a * v
 
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """What the network regresses on: ε (epsilon), x_0 (sample) or v (v_prediction)."""
+        """What the network regresses on: ε (epsilon), x_0 (sample) or v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (v_prediction)."""
         _check_same_shape(x0=x0, noise=noise)
+        return self._target(x0, noise, self.check_timesteps(t, x0.shape[0], x0.device))
+
+    def _target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """training_target for a checked t (no range check, so no device sync on a GPU)."""
         if self.prediction_type == "epsilon":
             return noise
         if self.prediction_type == "sample":
             return x0
-        return self.get_velocity(x0, noise, t)
+        return self._table("sqrt_alpha_bar", t, x0) * noise - self._table("sqrt_one_minus_alpha_bar", t, x0) * x0
 
     def snr(self, t: torch.Tensor | int) -> torch.Tensor:
         """Signal-to-noise ratio SNR(t) = ᾱ_t / (1 − ᾱ_t) (Kingma et al. 2021, Eq. 2), float64, shaped like t."""
@@ -280,20 +276,15 @@ class GaussianDiffusion:
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         batch = x0.shape[0]
         if t is None:  # t ~ Uniform{0, …, T−1}: in range by construction, drawn on the generator's device
-            gen_device = generator.device if generator is not None else x0.device
-            t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=gen_device).to(x0.device)
+            t = randint(self.num_timesteps, (batch,), generator, x0.device)
         else:
             t = self.check_timesteps(t, batch, x0.device)
         if noise is None:
             noise = randn(x0.shape, generator, x0.device, x0.dtype)                   # ε ~ N(0, I)
         _check_same_shape(x0=x0, noise=noise)
-        a, b = self._table("sqrt_alpha_bar", t, x0), self._table("sqrt_one_minus_alpha_bar", t, x0)
-        x_t = a * x0 + b * noise                                                       # x_t ~ q(x_t | x_0)
+        x_t = self._add_noise(x0, noise, t)                                            # x_t ~ q(x_t | x_0)
         output = model_fn(x_t, t, cond)
-        # target: ε (epsilon) | x_0 (sample) | v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (v_prediction)
-        target = {"epsilon": noise, "sample": x0}.get(self.prediction_type)
-        if target is None:
-            target = a * noise - b * x0
+        target = self._target(x0, noise, t)                                            # ε, x_0 or v
         if output.shape != target.shape:
             raise ValueError(f"model output has shape {tuple(output.shape)} but the {self.prediction_type} target "
                              f"has shape {tuple(target.shape)}; the U-Net must return as many channels as it gets")

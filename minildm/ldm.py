@@ -13,54 +13,122 @@ reference's `scale_by_std`; 0.18215 is that number for one Stable Diffusion auto
 
 Conditioning modes (`cond`): "text" (captions → transformer → cross-attention), "class" (label → time
 embedding), "layout" (one token per object → cross-attention), "sr" (low-res image concatenated to z_t),
-"none" (unconditional).
+"none" (unconditional). What the condition can be comes from the data, not from this file: a text model is
+given the tokenizer of its captions, a class model the number of classes, a layout model the number of
+objects per layout.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from .autoencoder import AEConfig, build_autoencoder
+from .checkpoint import config_from_dict, load_checkpoint
 from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder
-from .data import NUM_CLASSES, ShapesTokenizer
-from .diffusion import GaussianDiffusion
-from .profiles import LDMConfig
+from .diffusion import PREDICTION_TYPES, GaussianDiffusion
 from .samplers import ddim_sample, ddpm_sample
+from .tokenizer import WordTokenizer
 from .unet import UNet
+from .utils import get_device, randn
+
+__all__ = ["LDMConfig", "LatentDiffusion", "sample_latent", "COND_MODES", "BATCH_KEYS", "CHECKPOINT_KIND"]
 
 COND_MODES = ("text", "class", "layout", "sr", "none")
 BATCH_KEYS = {"text": "tokens", "class": "label", "layout": "layout", "sr": "image", "none": None}
+CHECKPOINT_KIND = "ldm"
+
+
+@dataclass(frozen=True)
+class LDMConfig:
+    """The second stage: U-Net, conditioning, schedule (this file) and its training (train.py)."""
+
+    cond: str = "text"                                # "text", "class", "layout", "sr" or "none"
+    model_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = (1, 2)   # downsampling factors, not pixel sizes
+    num_heads: int = 4
+    context_dim: int = 64                             # width of τθ(y) (text / layout tokens)
+    text_layers: int = 2
+    box_bins: int = 16                                # layout coordinates are quantized into this many bins
+    coord_channels: bool = False                      # append (x, y) coordinate channels to z_t (see unet.py)
+    sr_factor: int = 4                                # super-resolution: low-res side = image side / sr_factor
+    dropout: float = 0.0
+    timesteps: int = 1000
+    schedule: str = "scaled_linear"
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    prediction_type: str = "epsilon"
+    loss_weighting: str = "simple"                    # "simple" (the paper's L_simple) or "min_snr" (diffusion.py)
+    cond_drop_prob: float = 0.1                       # classifier-free guidance: train with y = ∅ this often
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    lr_schedule: str = "constant"                     # after warm-up: "constant" (reference) or "cosine" (to 0)
+    weight_decay: float = 0.01
+    batch_size: int = 64
+    steps: int = 6_000
+    ema_decay: float = 0.999
+    cache_size: int = 20_000                          # training images encoded once into cached latents (0: off)
+    sample_every: int = 1_000                         # write a sample grid every this many steps (0: never)
+    checkpoint_every: int = 500
+    sample_steps: int = 50
+    guidance_scale: float = 3.0
+
+    def __post_init__(self):
+        if self.cond not in COND_MODES:
+            raise ValueError(f"unknown conditioning mode {self.cond!r}; expected one of {COND_MODES}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"LDMConfig.prediction_type must be one of {PREDICTION_TYPES}, "
+                             f"got {self.prediction_type!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"LDMConfig.lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
 
 
 class LatentDiffusion(nn.Module):
-    """ε_θ(z_t, t, τθ(y)) on the latents of a frozen autoencoder (LDM Eq. 2)."""
+    """ε_θ(z_t, t, τθ(y)) on the latents of a frozen autoencoder (LDM Eq. 2).
 
-    def __init__(self, autoencoder: nn.Module, config: LDMConfig, max_objects: int = 2,
+    tokenizer (text models): turns captions into token ids (e.g. `ShapesDataset.tokenizer`);
+    num_classes (class and layout models): how many labels there are (e.g. `ShapesDataset.num_classes`);
+    max_objects (layout models): rows per layout; resolution: the image side the model samples by default.
+    """
+
+    def __init__(self, autoencoder: nn.Module, config: LDMConfig, *, tokenizer: WordTokenizer | None = None,
+                 num_classes: int | None = None, max_objects: int | None = None, resolution: int = 32,
                  scale_factor: float | None = None):
         super().__init__()
-        if config.cond not in COND_MODES:
-            raise ValueError(f"unknown conditioning mode {config.cond!r}; expected one of {COND_MODES}")
-        self.config, self.cond_mode = config, config.cond
+        cond = config.cond
+        needs = {"text": ("tokenizer", tokenizer), "class": ("num_classes", num_classes),
+                 "layout": ("num_classes and max_objects", num_classes if max_objects is not None else None)}
+        if cond in needs and needs[cond][1] is None:
+            raise ValueError(f"a {cond}-conditional LatentDiffusion needs {needs[cond][0]} (take them from the "
+                             f"dataset: ds.tokenizer, ds.num_classes, ds.max_objects)")
+        self.config, self.cond_mode, self.resolution = config, cond, int(resolution)
+        self.num_classes, self.max_objects = num_classes, max_objects
         self.autoencoder = autoencoder.eval().requires_grad_(False)  # first stage: frozen
         self.diffusion = GaussianDiffusion.from_config(config)
         c = autoencoder.z_channels
-        self.tokenizer = ShapesTokenizer(max_objects) if config.cond == "text" else None
-        if config.cond == "text":
-            self.cond_encoder: nn.Module | None = TextEncoder.from_config(config, self.tokenizer)
-        elif config.cond == "class":
-            self.cond_encoder = ClassEmbedder(NUM_CLASSES)
-        elif config.cond == "layout":
-            self.cond_encoder = LayoutEncoder.from_config(config, NUM_CLASSES, max_objects)
-        elif config.cond == "sr":
+        self.tokenizer = tokenizer if cond == "text" else None
+        if cond == "text":
+            self.cond_encoder: nn.Module | None = TextEncoder.from_config(config, tokenizer)
+        elif cond == "class":
+            self.cond_encoder = ClassEmbedder(num_classes)
+        elif cond == "layout":
+            self.cond_encoder = LayoutEncoder.from_config(config, num_classes, max_objects)
+        elif cond == "sr":
             self.cond_encoder = LowResConcat(factor=autoencoder.downsample_factor / config.sr_factor)
         else:
             self.cond_encoder = None
         self.unet = UNet.from_config(
-            config, in_channels=c, cross_attention=config.cond in ("text", "layout"),
-            num_classes=NUM_CLASSES if config.cond == "class" else None,
-            concat_channels=3 if config.cond == "sr" else 0)
+            config, in_channels=c, cross_attention=cond in ("text", "layout"),
+            num_classes=num_classes if cond == "class" else None, concat_channels=3 if cond == "sr" else 0)
         # scale_factor = 1/std(z); NaN until measured (`set_scale_factor`), then saved in the state dict
         self.register_buffer("scale_factor", torch.tensor(float("nan") if scale_factor is None else scale_factor))
 
@@ -69,7 +137,9 @@ class LatentDiffusion(nn.Module):
     def latent_channels(self) -> int:
         return self.autoencoder.z_channels
 
-    def latent_size(self, resolution: int) -> int:
+    def latent_size(self, resolution: int | None = None) -> int:
+        """Side h of the latent for images of side `resolution` (default: the model's): h = resolution / f."""
+        resolution = self.resolution if resolution is None else resolution
         f = self.autoencoder.downsample_factor
         if resolution % f:
             raise ValueError(f"image size {resolution} is not divisible by the autoencoder's f={f}")
@@ -86,7 +156,7 @@ class LatentDiffusion(nn.Module):
     def latent_moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior parameters (μ, σ) of the *unscaled* latent; σ = 0 for VQ (pre-quantization latent)."""
         posterior = self.autoencoder.encode(x)
-        if isinstance(posterior, torch.Tensor):  # VQ: encode returns h directly
+        if isinstance(posterior, torch.Tensor):  # VQ / pixel space: encode returns the latent directly
             return posterior, torch.zeros_like(posterior)
         return posterior.mean, posterior.std
 
@@ -112,12 +182,16 @@ class LatentDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ conditioning
     def raw_condition(self, batch: dict) -> torch.Tensor | None:
-        """The conditioning input y of a Shapes batch for this model's mode (tokens, label, layout, low-res)."""
+        """The conditioning input y of a data batch for this model's mode (tokens, label, layout, low-res)."""
         if self.cond_mode == "none":
             return None
         if self.cond_mode == "sr":
             return LowResConcat.degrade(batch["image"], self.config.sr_factor)
-        return batch[BATCH_KEYS[self.cond_mode]]
+        key = BATCH_KEYS[self.cond_mode]
+        if key not in batch:
+            raise ValueError(f"a {self.cond_mode}-conditional model needs batches with {key!r}; this dataset gives "
+                             f"{sorted(batch)}")
+        return batch[key]
 
     def null_condition(self, raw: torch.Tensor) -> torch.Tensor:
         """The "unconditional" input shaped like `raw`: empty caption, null class, empty layout, zero image."""
@@ -133,21 +207,36 @@ class LatentDiffusion(nn.Module):
 
     def prompt_condition(self, prompts: list[str] | None = None, labels: list[int] | None = None,
                          layouts: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw conditioning from user input: captions (text), class ids (class) or a layout tensor (layout)."""
+        """Raw conditioning from user input: captions (text), class ids (class) or a layout tensor (layout).
+
+        Blank or word-less prompts and out-of-range labels are errors: they would silently mean "no condition".
+        """
         device = self.scale_factor.device
         if self.cond_mode == "text":
-            if prompts is None:
-                raise ValueError("this is a text-conditional model: pass prompts=[...]")
+            if prompts is None or isinstance(prompts, str):
+                raise ValueError("this is a text-conditional model: pass prompts=[...], a list of captions")
+            for p in prompts:
+                if not self.tokenizer.words(p):
+                    raise ValueError(f"prompt {p!r} has no words, which would mean 'no condition' (the null "
+                                     f"prompt of guidance); describe the image, e.g. {self._example()!r}")
             return self.tokenizer.encode_batch(prompts).to(device)
         if self.cond_mode == "class":
             if labels is None:
-                raise ValueError(f"this is a class-conditional model: pass labels=[...] in 0..{NUM_CLASSES - 1}")
-            return torch.as_tensor(labels, dtype=torch.int64, device=device)
+                raise ValueError(f"this is a class-conditional model: pass labels=[...] in 0..{self.num_classes - 1}")
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+            if labels.dim() != 1 or bool(((labels < 0) | (labels >= self.num_classes)).any()):
+                raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (one per sample), got "
+                                 f"{labels.tolist()}; {self.num_classes} is the null class used by guidance")
+            return labels.to(device)
         if self.cond_mode == "layout":
             if layouts is None:
-                raise ValueError("this is a layout-conditional model: pass layouts of shape (B, N, 5)")
+                raise ValueError(f"this is a layout-conditional model: pass layouts of shape (B, "
+                                 f"{self.max_objects}, 5)")
             return torch.as_tensor(layouts, dtype=torch.float32, device=device)
         raise ValueError(f"a {self.cond_mode!r} model takes no prompt")
+
+    def _example(self) -> str:
+        return self.tokenizer.examples[0] if self.tokenizer.examples else "a caption"
 
     # ------------------------------------------------------------------ the denoiser
     def model_fn(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict | None) -> torch.Tensor:
@@ -167,7 +256,7 @@ class LatentDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, raw: torch.Tensor | None = None, num_samples: int | None = None, resolution: int = 32,
+    def sample(self, raw: torch.Tensor | None = None, num_samples: int | None = None, resolution: int | None = None,
                steps: int | None = None, eta: float = 0.0, guidance_scale: float | None = None,
                sampler: str = "ddim", generator: torch.Generator | None = None,
                callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
@@ -188,6 +277,8 @@ class LatentDiffusion(nn.Module):
         if raw is not None and self.cond_mode == "none":
             raise ValueError("this model is unconditional; pass num_samples instead of a condition")
         B = raw.shape[0] if raw is not None else num_samples
+        if not isinstance(B, int) or B < 1:
+            raise ValueError(f"the number of samples must be a positive int, got {B!r}")
         h = self.latent_size(resolution)
         cond = self.encode_condition(raw, (h, h))
         uncond = None
@@ -207,21 +298,50 @@ class LatentDiffusion(nn.Module):
         result = self.decode(z) if decode else z
         return (result, trajectory) if return_intermediates else result
 
-    # ------------------------------------------------------------------ parameters
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """U-Net and τθ parameters (the autoencoder stays frozen)."""
-        params = list(self.unet.parameters())
-        if self.cond_encoder is not None:
-            params += list(self.cond_encoder.parameters())
-        return params
+    # ------------------------------------------------------------------ parameters and checkpoints
+    def denoiser_modules(self) -> nn.ModuleDict:
+        """The modules trained in stage two (U-Net, and τθ when it has weights), as one module: what the
+        optimizer and the EMA see and what checkpoints store."""
+        mods = {"unet": self.unet}
+        if self.cond_encoder is not None and any(True for _ in self.cond_encoder.parameters()):
+            mods["cond_encoder"] = self.cond_encoder
+        return nn.ModuleDict(mods)
 
-    def denoiser_state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights trained in stage two (U-Net, τθ, scale factor): what EMA tracks and checkpoints store."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("autoencoder.")}
+    def checkpoint_model(self) -> dict[str, Any]:
+        """Everything but the trained weights that `from_checkpoint` needs to rebuild this model."""
+        return {"config": self.config, "autoencoder": {"config": self.autoencoder.config,
+                                                       "state_dict": self.autoencoder.state_dict()},
+                "conditioning": {"tokenizer": None if self.tokenizer is None else self.tokenizer.to_dict(),
+                                 "num_classes": self.num_classes, "max_objects": self.max_objects},
+                "resolution": self.resolution, "scale_factor": float(self.scale_factor)}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+                        use_ema: bool = True) -> "LatentDiffusion":
+        """Rebuild a LatentDiffusion (autoencoder included) from its checkpoint alone, EMA weights by default,
+        in eval mode on `device` (default: the best available)."""
+        ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
+        if "conditioning" not in ckpt:
+            raise ValueError(f"{path} was written by an older minildm that did not store what the model is "
+                             "conditioned on; retrain it with `minildm train-ldm`")
+        cfg = config_from_dict(LDMConfig, ckpt["config"])
+        ae = build_autoencoder(config_from_dict(AEConfig, ckpt["autoencoder"]["config"]))
+        ae.load_state_dict(ckpt["autoencoder"]["state_dict"])
+        c = ckpt["conditioning"]
+        tok = None if c["tokenizer"] is None else WordTokenizer.from_dict(c["tokenizer"])
+        ldm = cls(ae, cfg, tokenizer=tok, num_classes=c["num_classes"], max_objects=c["max_objects"],
+                  resolution=int(ckpt["resolution"]), scale_factor=float(ckpt["scale_factor"]))
+        state = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt["state_dict"]
+        try:
+            ldm.denoiser_modules().load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"the weights in {path} do not fit the model built from its config: {e}") from e
+        return ldm.to(get_device(device)).eval()
+
+    def extra_repr(self) -> str:
+        return f"cond={self.cond_mode!r}, resolution={self.resolution}"
 
 
 def sample_latent(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """z = μ + σ·ε, ε ~ N(0, I) drawn with `generator` (on its device) — the posterior sample."""
-    device = generator.device if generator is not None else mean.device
-    eps = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype).to(mean.device)
-    return mean + std * eps
+    return mean + std * randn(mean.shape, generator, mean.device, mean.dtype)

@@ -27,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .profiles import AEConfig
+from .autoencoder import AEConfig
 
-# ----------------------------------------------------------------------------------------------------------
-# LPIPS (Zhang et al. 2018) through the `lpips` package, with the backbone weights handled offline-safely
-# ----------------------------------------------------------------------------------------------------------
+__all__ = ["LPIPS", "LPIPSWeightsMissingError", "backbone_path", "load_backbone_state", "lpips_weights_missing",
+           "random_backbone_requested", "NLayerDiscriminator", "hinge_d_loss", "vanilla_d_loss", "generator_loss",
+           "adaptive_weight", "AutoencoderLoss", "RANDOM_BACKBONE_ENV", "BACKBONE_FILES"]
+
+# --- LPIPS (Zhang et al. 2018) through the `lpips` package, with the backbone weights handled offline-safely ---
 
 RANDOM_BACKBONE_ENV = "MINILDM_LPIPS_RANDOM_BACKBONE"
 
@@ -56,7 +58,8 @@ def backbone_path(net: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILES[net][0]
 
 
-def _env_random_backbone() -> bool:
+def random_backbone_requested() -> bool:
+    """True when $MINILDM_LPIPS_RANDOM_BACKBONE opts into a random LPIPS backbone."""
     return os.environ.get(RANDOM_BACKBONE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -71,8 +74,8 @@ def _download_backbone(net: str, path: Path) -> None:
         socket.setdefaulttimeout(old)
 
 
-def load_backbone_state(net: str, download: bool = True) -> dict[str, torch.Tensor]:
-    """The torchvision ImageNet state dict of the LPIPS trunk; from disk, else downloaded, else a clear error."""
+def _backbone_file(net: str, download: bool) -> Path:
+    """Path of the trunk's weight file: on disk, else downloaded now, else LPIPSWeightsMissingError."""
     path = backbone_path(net)
     reason = "download=False"
     if not path.is_file() and download:
@@ -88,7 +91,24 @@ def load_backbone_state(net: str, download: bool = True) -> dict[str, torch.Tens
             f"  opt into a RANDOM backbone with random_backbone=True (CLI: --random-lpips, or set "
             f"{RANDOM_BACKBONE_ENV}=1); the perceptual loss still trains but is not a meaningful metric then."
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return path
+
+
+def load_backbone_state(net: str, download: bool = True) -> dict[str, torch.Tensor]:
+    """The torchvision ImageNet state dict of the LPIPS trunk; from disk, else downloaded, else a clear error."""
+    return torch.load(_backbone_file(net, download), map_location="cpu", weights_only=True)
+
+
+def lpips_weights_missing(net: str, download: bool = True) -> str | None:
+    """None when LPIPS can use the pretrained `net` backbone (on disk, or downloaded now when `download`);
+    otherwise one line saying why not (the file is missing, or a random backbone was requested)."""
+    if random_backbone_requested():
+        return f"a random LPIPS backbone was requested (${RANDOM_BACKBONE_ENV})"
+    try:
+        _backbone_file(net, download)
+    except LPIPSWeightsMissingError as e:
+        return str(e).splitlines()[0]
+    return None
 
 
 class LPIPS(nn.Module):
@@ -107,7 +127,7 @@ class LPIPS(nn.Module):
 
         if net not in BACKBONE_FILES:
             raise ValueError(f"unknown LPIPS network {net!r}; expected one of {sorted(BACKBONE_FILES)}")
-        random_backbone = _env_random_backbone() if random_backbone is None else random_backbone
+        random_backbone = random_backbone_requested() if random_backbone is None else random_backbone
         state = None if random_backbone else load_backbone_state(net, download)
         # pnet_rand=True builds the trunk without asking torchvision for weights (no download); the random
         # init runs on a forked RNG with a fixed seed, so the global RNG is untouched and the trunk is the same
@@ -157,9 +177,7 @@ class LPIPS(nn.Module):
         return d.flatten()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Patch discriminator (pix2pix, Isola et al. 2017)
-# ----------------------------------------------------------------------------------------------------------
+# --- Patch discriminator (pix2pix, Isola et al. 2017) -------------------------------------------------------
 
 
 class NLayerDiscriminator(nn.Module):
@@ -223,9 +241,7 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
     return lam.clamp(0.0, 1e4).detach() * disc_weight
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The full objective
-# ----------------------------------------------------------------------------------------------------------
+# --- The full objective -------------------------------------------------------------------------------------
 
 
 class AutoencoderLoss(nn.Module):

@@ -1,15 +1,35 @@
-"""How good is an autoencoder? Reconstruction metrics (LDM Tab. 8: PSNR, SSIM, rFID) and latent statistics.
+"""How good are images? Reconstruction metrics and the generative metrics of the paper's tables.
 
-All functions take images in [-1, 1], shape (B, 3, H, W), and return one value per image unless noted.
+    reconstructions (LDM Tab. 8)   psnr, ssim, lpips per image; reconstruction_metrics over a dataset;
+                                   latent_statistics (and the scale factor 1/std(z))
+    generated images (Tab. 1-3)    FID (Heusel et al. 2017), KID (Bińkowski et al. 2018), improved
+                                   precision/recall (Kynkäänniemi et al. 2019), Inception Score
+
+Image functions take images in [-1, 1], shape (B, 3, H, W), and return one value per image unless noted.
+The generative metrics compare *features* (N, D), so any feature extractor plugs in; on Shapes it is the
+Shapes evaluator (`shapes_eval.shapes_features`: "Shapes-FID"), since Inception-v3 features would be
+meaningless on 32×32 synthetic scenes and need a download. An FID means little without its floor: two
+disjoint sets of *real* images also have FID > 0 (finite-sample noise); see shapes_eval for how minildm
+reports it (and why a floor must be of the same kind, paired or unpaired, as the FID next to it).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
+
+from .autoencoder import reconstruct
+from .losses import LPIPS, random_backbone_requested
+
+__all__ = ["psnr", "ssim", "lpips", "latent_statistics", "reconstruction_psnr", "reconstruction_metrics", "frechet_distance",
+           "feature_statistics", "fid_from_features", "polynomial_kernel", "mmd2_unbiased", "kid_from_features",
+           "knn_radii", "precision_recall", "inception_score", "extract_features", "generative_metrics",
+           "metrics_from_features", "FeatureExtractor"]
+
+FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]   # images (B, 3, H, W) in [-1, 1] -> (B, D)
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5     # Wang et al. 2004
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -75,9 +95,7 @@ def lpips(x: torch.Tensor, y: torch.Tensor, net: str = "alex", download: bool = 
     See losses.LPIPS for how the pretrained backbone is found; with a random backbone the number is not a
     meaningful perceptual metric.
     """
-    from .losses import LPIPS, _env_random_backbone
-
-    rb = _env_random_backbone() if random_backbone is None else bool(random_backbone)
+    rb = random_backbone_requested() if random_backbone is None else bool(random_backbone)
     key = (net, rb, x.device)
     if key not in _lpips_cache:
         _lpips_cache[key] = LPIPS(net, download=download, random_backbone=rb).to(x.device)
@@ -113,3 +131,225 @@ def latent_statistics(autoencoder: torch.nn.Module, batches: Iterable, generator
     std_all = math.sqrt(max(float(total_var), 1e-24))
     return {"mean": mean.float(), "std": var.sqrt().float(), "std_all": std_all, "mean_all": float(total_mean),
             "scale_factor": 1.0 / std_all}
+
+
+@torch.no_grad()
+def reconstruction_psnr(model: torch.nn.Module, images: list[torch.Tensor], device: torch.device) -> float:
+    """Mean PSNR (dB) of an autoencoder's reconstructions over a list of image batches (validation)."""
+    was = model.training
+    model.eval()
+    vals = [psnr(x.to(device), reconstruct(model, x.to(device)).clamp(-1, 1)) for x in images]
+    model.train(was)
+    return float(torch.cat(vals).mean())
+
+
+@torch.no_grad()
+def reconstruction_metrics(model: torch.nn.Module, dataset, batch_size: int = 100, lpips_net: str = "alex",
+                           random_lpips: bool | None = None, lpips_download: bool = True) -> dict[str, float]:
+    """Mean PSNR (dB), SSIM and LPIPS of an autoencoder's reconstructions over every image of `dataset`."""
+    device = next(model.parameters()).device
+    model.eval()
+    p, s, lp = [], [], []
+    for i in range(0, len(dataset), batch_size):
+        x = dataset.batch(range(i, min(i + batch_size, len(dataset))), device=device)["image"].to(device)
+        xr = reconstruct(model, x).clamp(-1, 1)
+        p.append(psnr(x, xr))
+        s.append(ssim(x, xr))
+        lp.append(lpips(x, xr, net=lpips_net, download=lpips_download, random_backbone=random_lpips))
+    return {"psnr": float(torch.cat(p).mean()), "ssim": float(torch.cat(s).mean()),
+            "lpips": float(torch.cat(lp).mean()), "images": len(dataset)}
+
+
+# --- Generated images: metrics on features (N, D), so any extractor plugs in --------------------------------
+
+
+def _check_features(*feats: torch.Tensor, what: str, min_n: int = 2) -> None:
+    for f in feats:
+        if not torch.is_tensor(f) or f.dim() != 2:
+            raise ValueError(f"{what} expects feature tensors of shape (N, D), got "
+                             f"{tuple(f.shape) if torch.is_tensor(f) else type(f).__name__}; "
+                             "extract features first (e.g. shapes_features(images))")
+        if f.shape[0] < min_n:
+            raise ValueError(f"{what} needs at least {min_n} samples per set, got {f.shape[0]}")
+        if not torch.isfinite(f).all():
+            raise ValueError(f"{what} got non-finite features (NaN/inf); check the images fed to the extractor")
+    if len({f.shape[1] for f in feats}) > 1:
+        raise ValueError(f"{what}: feature dimensions differ: {[f.shape[1] for f in feats]}; "
+                         "use the same extractor for both sets")
+
+
+def _sqrt_psd(a: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a positive semi-definite matrix by eigendecomposition (tiny negatives -> 0)."""
+    lam, q = torch.linalg.eigh((a + a.T) / 2)
+    return (q * lam.clamp_min(0).sqrt()) @ q.T                   # Q·diag(√λ)·Qᵀ
+
+
+def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+    """Fréchet (2-Wasserstein) distance between N(μ1, Σ1) and N(μ2, Σ2), the FID formula (Heusel et al. 2017).
+
+        d² = ‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2·(Σ1·Σ2)^½)
+
+    Σ1·Σ2 is not symmetric, so its square root is unstable in general; instead we use
+    Tr((Σ1·Σ2)^½) = Tr((√Σ1·Σ2·√Σ1)^½), whose argument is symmetric PSD: the sum of the square roots
+    of its eigenvalues (tiny negative eigenvalues from round-off are clamped to 0). Computed in float64.
+    """
+    mu1, mu2 = mu1.double().flatten(), mu2.double().flatten()
+    sigma1, sigma2 = sigma1.double(), sigma2.double()
+    d = mu1.numel()
+    if mu2.numel() != d or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(f"frechet_distance expects μ of shape (D,) and Σ of shape (D, D) for the same D; got "
+                         f"μ1 {tuple(mu1.shape)}, Σ1 {tuple(sigma1.shape)}, μ2 {tuple(mu2.shape)}, "
+                         f"Σ2 {tuple(sigma2.shape)}")
+    s1 = _sqrt_psd(sigma1)
+    m = s1 @ sigma2 @ s1                                           # √Σ1·Σ2·√Σ1, symmetric PSD
+    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()   # Tr((Σ1Σ2)^½)
+    d2 = (mu1 - mu2).pow(2).sum() + torch.trace(sigma1) + torch.trace(sigma2) - 2 * tr_sqrt
+    return float(d2.clamp_min(0))
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ, Σ) of features (N, D) in float64; Σ is the unbiased sample covariance (divides by N − 1)."""
+    _check_features(features, what="feature_statistics")
+    f = features.double()
+    mu = f.mean(0)
+    c = f - mu
+    return mu, c.T @ c / (f.shape[0] - 1)
+
+
+def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID = Fréchet distance between Gaussians fitted to two feature sets (N1, D), (N2, D) (Heusel et al. 2017)."""
+    _check_features(real, fake, what="fid_from_features")
+    return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
+
+
+def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """KID's kernel k(x, y) = (xᵀy / d + 1)³ for all pairs: (N, D), (M, D) -> (N, M)."""
+    return (x @ y.T / x.shape[1] + 1) ** 3
+
+
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Unbiased MMD² with the polynomial kernel (Bińkowski et al. 2018), float64.
+
+        MMD²_u = Σ_{i≠j} k(x_i, x_j)/(m(m−1)) + Σ_{i≠j} k(y_i, y_j)/(n(n−1)) − 2·Σ_{i,j} k(x_i, y_j)/(mn)
+    """
+    x, y = x.double(), y.double()
+    m, n = x.shape[0], y.shape[0]
+    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+                 + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1)) - 2 * kxy.mean())
+
+
+def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int = 1000, num_subsets: int = 100,
+                      seed: int = 0) -> tuple[float, float]:
+    """KID (Bińkowski et al. 2018): mean and std of the unbiased MMD² over random subsets -> (kid, kid_std).
+
+    Each subset draws min(subset_size, N1, N2) samples without replacement from each set (seeded).
+    Unlike FID, KID is unbiased, so it is ≈ 0 (and may be slightly negative) for equal distributions.
+    """
+    _check_features(real, fake, what="kid_from_features")
+    if subset_size < 2 or num_subsets < 1:
+        raise ValueError(f"kid needs subset_size ≥ 2 and num_subsets ≥ 1, got {subset_size} and {num_subsets}")
+    m = min(subset_size, real.shape[0], fake.shape[0])
+    g = torch.Generator().manual_seed(seed)
+    vals = torch.tensor([mmd2_unbiased(real[torch.randperm(real.shape[0], generator=g)[:m]],
+                                       fake[torch.randperm(fake.shape[0], generator=g)[:m]])
+                         for _ in range(num_subsets)], dtype=torch.float64)
+    return float(vals.mean()), float(vals.std()) if num_subsets > 1 else 0.0
+
+
+def _pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances (N, M) in float64 via ‖a‖² + ‖b‖² − 2·aᵀb (clamped at 0)."""
+    d2 = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2 * a @ b.T
+    return d2.clamp_min(0).sqrt()
+
+
+def _rows_per_chunk(n_cols: int, max_bytes: int) -> int:
+    return max(1, max_bytes // (8 * max(n_cols, 1)))
+
+
+def knn_radii(features: torch.Tensor, k: int = 3, max_bytes: int = 256 * 2**20) -> torch.Tensor:
+    """Distance from each sample to its k-th nearest neighbour in the same set (itself excluded), (N,)."""
+    f = features.double()
+    n = f.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, N−1] = [1, {n - 1}], got k={k}; use more samples or a smaller k")
+    rows = _rows_per_chunk(n, max_bytes)
+    radii = [_pairwise_distances(f[i:i + rows], f).topk(k + 1, dim=1, largest=False).values[:, k]
+             for i in range(0, n, rows)]                         # the 0-th neighbour is the sample itself
+    return torch.cat(radii)
+
+
+def _inside_manifold(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor,
+                     max_bytes: int) -> torch.Tensor:
+    """(Q,) bool: query q lies in ∪_i Ball(support_i, radius_i), computed in row chunks."""
+    q, s = queries.double(), support.double()
+    rows = _rows_per_chunk(s.shape[0], max_bytes)
+    return torch.cat([(_pairwise_distances(q[i:i + rows], s) <= radii[None]).any(1)
+                      for i in range(0, q.shape[0], rows)])
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
+                     max_bytes: int = 256 * 2**20) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) from features (N, D), (M, D).
+
+    Each set's manifold is the union of balls around its samples, the radius being the distance to the
+    sample's k-th nearest neighbour in its own set (k = 3 as in the paper).
+        precision = fraction of generated samples inside the real manifold     (fidelity)
+        recall    = fraction of real samples inside the generated manifold     (coverage)
+    Distances are computed in row chunks of at most `max_bytes`, so 10k × 10k runs in bounded memory.
+    """
+    _check_features(real, fake, what="precision_recall", min_n=k + 1)
+    r_real, r_fake = knn_radii(real, k, max_bytes), knn_radii(fake, k, max_bytes)
+    precision = _inside_manifold(fake, real, r_real, max_bytes).double().mean()
+    recall = _inside_manifold(real, fake, r_fake, max_bytes).double().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """Inception Score from classifier logits (N, K) (Salimans et al. 2016) -> (mean, std) over splits.
+
+        IS = exp(E_x KL(p(y|x) ‖ p(y))),  p(y) = mean of p(y|x) over the split
+
+    It is 1 when every prediction is the same (or uniform) and K when predictions are confident and
+    spread evenly over K classes. The samples are cut into `splits` consecutive chunks.
+    """
+    if not torch.is_tensor(logits) or logits.dim() != 2:
+        raise ValueError(f"inception_score expects logits of shape (N, K), got "
+                         f"{tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}")
+    n = logits.shape[0]
+    if not 1 <= splits <= n:
+        raise ValueError(f"splits must be in [1, N] = [1, {n}], got {splits}")
+    log_p = F.log_softmax(logits.double(), dim=1)                 # log p(y|x), (N, K)
+    scores = []
+    for chunk in torch.tensor_split(log_p, splits):
+        log_py = torch.logsumexp(chunk, 0) - math.log(chunk.shape[0])     # log p(y) = log mean_x p(y|x)
+        kl = (chunk.exp() * (chunk - log_py)).sum(1)                      # KL(p(y|x) ‖ p(y)) per sample
+        scores.append(kl.mean().exp())
+    s = torch.stack(scores)
+    return float(s.mean()), float(s.std()) if splits > 1 else 0.0
+
+
+@torch.no_grad()
+def extract_features(images: torch.Tensor, extractor: FeatureExtractor, batch_size: int = 500) -> torch.Tensor:
+    """Run `extractor` over images (N, 3, H, W) in batches -> features (N, D) on the CPU."""
+    if not torch.is_tensor(images) or images.dim() != 4:
+        raise ValueError(f"expected images (N, 3, H, W), got "
+                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+    return torch.cat([extractor(images[i:i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
+
+
+def generative_metrics(real_images: torch.Tensor, fake_images: torch.Tensor, extractor: FeatureExtractor,
+                       k: int = 3, kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0
+                       ) -> dict[str, float]:
+    """FID, KID (mean, std), precision and recall of fake vs real images in one extractor's feature space
+    (on Shapes: `shapes_eval.shapes_features`, i.e. Shapes-FID)."""
+    fr, ff = extract_features(real_images, extractor), extract_features(fake_images, extractor)
+    return metrics_from_features(fr, ff, k, kid_subset_size, kid_subsets, seed)
+
+
+def metrics_from_features(real: torch.Tensor, fake: torch.Tensor, k: int = 3, kid_subset_size: int = 1000,
+                          kid_subsets: int = 100, seed: int = 0) -> dict[str, float]:
+    """FID, KID (mean, std), precision and recall of two feature sets (N1, D), (N2, D)."""
+    kid, kid_std = kid_from_features(real, fake, kid_subset_size, kid_subsets, seed)
+    return {"fid": fid_from_features(real, fake), "kid": kid, "kid_std": kid_std, **precision_recall(real, fake, k),
+            "num_real": real.shape[0], "num_fake": fake.shape[0]}

@@ -1,8 +1,9 @@
 """Small building blocks shared by the autoencoder and the U-Net.
 
-Kept deliberately tiny: normalization with a documented group rule, zero-initialization, an EMA,
-the sinusoidal timestep embedding, and attention softmax(QKᵀ/√d)·V (LDM Sec. 3.3) written out once by
-hand and once through PyTorch's fused kernel, plus a switch to record attention maps for visualization.
+Kept deliberately tiny: normalization with a documented group rule, zero-initialization, an EMA, the
+nearest-neighbour upsampling block, the sinusoidal timestep embedding, and attention softmax(QKᵀ/√d)·V
+(LDM Sec. 3.3) written out once by hand and once through PyTorch's fused kernel, plus a switch to record
+the attention maps of every attention layer (autoencoder, U-Net, text encoder) for visualization.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+__all__ = ["num_groups", "check_attention_factors", "group_norm", "group_norm32", "GroupNorm32", "zero_module",
+           "EMA", "Upsample", "timestep_embedding", "attention_explicit", "attention_sdpa", "RecordableAttention",
+           "CrossAttention", "AttentionMaps", "record_attention"]
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
@@ -88,6 +93,17 @@ class EMA:
     def copy_to(self, model: nn.Module) -> None:
         model.load_state_dict(self.shadow)
 
+    @contextmanager
+    def applied_to(self, model: nn.Module) -> Iterator[nn.Module]:
+        """Run a block with the EMA weights in `model` (e.g. to validate or sample while training); the
+        trained weights are put back afterwards, bit for bit."""
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.copy_to(model)
+        try:
+            yield model
+        finally:
+            model.load_state_dict(backup)
+
     def state_dict(self) -> dict:
         return {"decay": self.decay, "warmup": self.warmup, "num_updates": self.num_updates, "shadow": self.shadow}
 
@@ -96,9 +112,7 @@ class EMA:
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
 
 
-# ----------------------------------------------------------------------------------------------------
-# Normalization in fp32 (the U-Net's ResBlocks): under bf16/fp16 autocast the statistics are still fp32.
-# ----------------------------------------------------------------------------------------------------
+# --- Normalization in fp32 (the U-Net's ResBlocks): under bf16/fp16 autocast the statistics are still fp32. ---
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -113,9 +127,19 @@ def group_norm32(channels: int, eps: float = 1e-6) -> GroupNorm32:
     return GroupNorm32(num_groups(channels), channels, eps=eps, affine=True)
 
 
-# ----------------------------------------------------------------------------------------------------
-# Timestep embedding
-# ----------------------------------------------------------------------------------------------------
+class Upsample(nn.Module):
+    """Double H and W: nearest-neighbour ×2, then a 3×3 conv (the autoencoder's decoder and the U-Net's up path)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")    # (B, C, H, W) -> (B, C, 2H, 2W)
+        return self.conv(x)
+
+
+# --- Timestep embedding -------------------------------------------------------------------------------------
 
 
 def timestep_embedding(t: torch.Tensor | float | int, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -136,9 +160,7 @@ def timestep_embedding(t: torch.Tensor | float | int, dim: int, max_period: floa
     return emb
 
 
-# ----------------------------------------------------------------------------------------------------
-# Attention(Q, K, V) = softmax(QKᵀ/√d)·V   (LDM Sec. 3.3, Vaswani et al. 2017)
-# ----------------------------------------------------------------------------------------------------
+# --- Attention(Q, K, V) = softmax(QKᵀ/√d)·V   (LDM Sec. 3.3, Vaswani et al. 2017) ---------------------------
 
 
 def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> None:
@@ -167,7 +189,7 @@ def attention_explicit(
     """
     _check_qkv(q, k, v, mask)
     d = q.shape[-1]
-    scores = torch.einsum("bhid,bhjd->bhij", q, k).float() * d**-0.5   # QKᵀ/√d: (B, h, N_q, N_k)
+    scores = torch.einsum("bhid,bhjd->bhij", q, k).float() / math.sqrt(d)   # QKᵀ/√d: (B, h, N_q, N_k)
     if mask is not None:
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
     probs = scores.softmax(dim=-1)                                       # each row sums to 1 over keys
@@ -184,7 +206,32 @@ def attention_sdpa(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
-class CrossAttention(nn.Module):
+class RecordableAttention(nn.Module):
+    """An attention layer whose probabilities `record_attention` can capture (a recorder set from outside).
+
+    `attend` runs softmax(QKᵀ/√d)·V: through the fused SDPA kernel when `fused` and nothing records, else
+    written out (`attention_explicit`), handing the probabilities to the recorder when one is attached.
+    """
+
+    fused = True              # subclasses that must always compute the explicit formula set this to False
+
+    def __init__(self):
+        super().__init__()
+        self.recorder = None  # set only inside `record_attention`; None = fast path, nothing stored
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, kind: str,
+               hw: tuple[int, int] | None) -> torch.Tensor:
+        """q (B, h, N_q, d), k, v (B, h, N_k, d) -> (B, h, N_q, d); `kind` ("self"/"cross") and the query
+        grid `hw` are only passed on to a recorder."""
+        if self.recorder is None and self.fused:
+            return attention_sdpa(q, k, v, mask)
+        out, probs = attention_explicit(q, k, v, mask)
+        if self.recorder is not None:
+            self.recorder(kind, probs, hw)
+        return out
+
+
+class CrossAttention(RecordableAttention):
     """Multi-head attention with Q = W_Q·φ(z), K = W_K·τθ(y), V = W_V·τθ(y) (LDM Sec. 3.3, Eq. for cross-attention).
 
     With `context=None` it is self-attention (K, V from x itself). q/k/v projections have no bias and the
@@ -207,7 +254,6 @@ class CrossAttention(nn.Module):
         self.to_k = nn.Linear(self.context_dim, inner, bias=False)
         self.to_v = nn.Linear(self.context_dim, inner, bias=False)
         self.to_out = nn.Linear(inner, query_dim)
-        self.recorder = None   # set only inside `record_attention`; None = fast path, nothing stored
 
     def forward(
         self,
@@ -231,11 +277,7 @@ class CrossAttention(nn.Module):
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=h)      # (B, N_q, h·d) -> (B, h, N_q, d)
         k = rearrange(self.to_k(ctx), "b n (h d) -> b h n d", h=h)    # (B, N_k, h·d) -> (B, h, N_k, d)
         v = rearrange(self.to_v(ctx), "b n (h d) -> b h n d", h=h)
-        if self.recorder is None:
-            out = attention_sdpa(q, k, v, mask)
-        else:
-            out, probs = attention_explicit(q, k, v, mask)
-            self.recorder(kind, probs, hw)
+        out = self.attend(q, k, v, mask, kind, hw)
         out = rearrange(out, "b h n d -> b n (h d)")                   # (B, h, N_q, d) -> (B, N_q, h·d)
         return self.to_out(out)                                        # (B, N_q, query_dim)
 
@@ -262,7 +304,7 @@ class AttentionMaps(dict):
 
 @contextmanager
 def record_attention(model: nn.Module, keep: str = "last") -> Iterator[AttentionMaps]:
-    """Record the attention probabilities of every `CrossAttention` in `model` while the block runs.
+    """Record the attention probabilities of every attention layer in `model` while the block runs.
 
         with record_attention(unet) as maps:
             unet(z_t, t, **cond)
@@ -275,9 +317,9 @@ def record_attention(model: nn.Module, keep: str = "last") -> Iterator[Attention
     if keep not in ("last", "all"):
         raise ValueError(f"keep must be 'last' or 'all', got {keep!r}")
     maps = AttentionMaps()
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, CrossAttention)]
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, RecordableAttention)]
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no CrossAttention layers to record")
+        raise ValueError(f"{type(model).__name__} has no attention layers to record")
 
     def make_recorder(name: str):
         def recorder(kind: str, probs: torch.Tensor, hw: tuple[int, int] | None) -> None:

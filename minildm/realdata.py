@@ -61,6 +61,10 @@ def to_model_range(x_uint8: torch.Tensor) -> torch.Tensor:
 class _BatchingDataset(Dataset):
     """A Dataset with `batch` and `random_batches` on top of `__getitem__`, like the Shapes dataset."""
 
+    num_classes: int | None = None   # labels for class conditioning (None: unlabelled)
+    tokenizer = None                 # captions for text conditioning: a Shapes feature
+    max_objects: int | None = None   # boxes for layout conditioning: a Shapes feature
+
     def batch(self, indices: Sequence[int] | torch.Tensor, device: torch.device | str | None = None) -> dict:
         """Stack items into {"image": (B, 3, H, W), "label": (B,), <other keys>: list}."""
         items = [self[int(i)] for i in indices]
@@ -96,9 +100,7 @@ class _BatchingDataset(Dataset):
             k += 1
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Any folder of images
-# ---------------------------------------------------------------------------------------------------------
+# --- Any folder of images -----------------------------------------------------------------------------------
 
 class CorruptImageError(ValueError):
     """An image file that PIL cannot read."""
@@ -217,9 +219,7 @@ def _verify_image(path: Path) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------------------------------------------
-# IDX files (the format of MNIST and Fashion-MNIST)
-# ---------------------------------------------------------------------------------------------------------
+# --- IDX files (the format of MNIST and Fashion-MNIST) ------------------------------------------------------
 
 class IDXFormatError(ValueError):
     """An IDX file that is truncated, has extra bytes, or does not start with an IDX header."""
@@ -273,9 +273,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))  # native byte order (a copy), so torch.from_numpy works
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Downloads: mirrors in order, written to a temporary file, renamed only after the SHA-256 matches
-# ---------------------------------------------------------------------------------------------------------
+# --- Downloads: mirrors in order, written to a temporary file, renamed only after the SHA-256 matches -------
 
 class DownloadError(RuntimeError):
     """No mirror delivered the file."""
@@ -361,9 +359,7 @@ def download_file(
     raise DownloadError(f"could not download {dest.name}:\n  {listing}")
 
 
-# ---------------------------------------------------------------------------------------------------------
-# MNIST and Fashion-MNIST
-# ---------------------------------------------------------------------------------------------------------
+# --- MNIST and Fashion-MNIST --------------------------------------------------------------------------------
 
 # SHA-256 of the official .gz files. Source: tensorflow/datasets, tensorflow_datasets/url_checksums/mnist.txt
 # and fashion_mnist.txt (which also list the sizes below); the same values appear in several independent
@@ -432,6 +428,7 @@ class MNIST(_BatchingDataset):
         self.resolution = check_resolution(resolution)
         self.folder = Path(root) / MNIST_FOLDERS[variant]
         self.classes = MNIST_CLASSES[variant]
+        self.num_classes = len(self.classes)
         prefix = "train" if split == "train" else "t10k"
         names = (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
         images_path, labels_path = (self._find_or_download(names, n, download) for n in names)

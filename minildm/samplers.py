@@ -1,6 +1,8 @@
 """Samplers: turn noise into latents with a trained denoiser (LDM Sec. 3.2 and 4; DDPM; DDIM).
 
-Every sampler has the same shape of signature (as in k-diffusion) and calls one per-step callback:
+One update of each sampler is a public function, `ddpm_step` and `ddim_step` (diffusers calls it
+`scheduler.step`); the loops call it once per timestep. Every loop has the same shape of signature (as in
+k-diffusion) and calls one per-step callback:
 
     model_fn(x_t: (B, C, h, w), t: (B,) int64, cond) -> (B, C, h, w)      the network's raw output
     callback(step: int, t: int, x_t: Tensor, pred_x0: Tensor) -> None     once per step, every sampler
@@ -31,16 +33,17 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion, ModelFn, randn
+from .diffusion import GaussianDiffusion, ModelFn
+from .utils import randn
 
+__all__ = ["ddpm_step", "ddpm_sample", "ddim_timesteps", "ddim_coefficients", "ddim_step", "ddim_sample",
+           "ddim_invert", "img2img", "guided_model_output", "concat_cond", "SPACINGS", "Cond", "Callback"]
 Cond = Union[None, torch.Tensor, Mapping[str, Optional[torch.Tensor]]]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 SPACINGS = ("trailing", "leading", "linspace")
 
 
-# --------------------------------------------------------------------------------------------------
-# Classifier-free guidance
-# --------------------------------------------------------------------------------------------------
+# --- Classifier-free guidance -------------------------------------------------------------------------------
 def _batch_size(cond: Cond) -> int | None:
     if isinstance(cond, torch.Tensor):
         return cond.shape[0]
@@ -111,9 +114,7 @@ def guided_model_output(
     return out_uncond + s * (out_cond - out_uncond)
 
 
-# --------------------------------------------------------------------------------------------------
-# Shared plumbing: device, initial noise, callback and intermediates
-# --------------------------------------------------------------------------------------------------
+# --- Shared plumbing: device, initial noise, callback and intermediates -------------------------------------
 def _resolve_device(device: torch.device | str | None, x: torch.Tensor | None, cond: Cond) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -162,9 +163,7 @@ def _clip(x0: torch.Tensor, clip_x0: tuple[float, float] | None) -> torch.Tensor
     return x0 if clip_x0 is None else x0.clamp(*clip_x0)
 
 
-# --------------------------------------------------------------------------------------------------
-# DDPM: ancestral sampling with the posterior variance
-# --------------------------------------------------------------------------------------------------
+# --- DDPM: ancestral sampling with the posterior variance ---------------------------------------------------
 @torch.no_grad()
 def ddpm_sample(
     model_fn: ModelFn,
@@ -192,21 +191,30 @@ def ddpm_sample(
     T = diffusion.num_timesteps
     for step, t in enumerate(tqdm(range(T - 1, -1, -1), desc="DDPM", disable=not progress, mininterval=0.5)):
         out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
-        x0_hat, _ = diffusion.predict_x0_and_eps(x, t, out)
-        x0_hat = _clip(x0_hat, clip_x0)
+        x_prev, x0_hat = ddpm_step(diffusion, out, t, x, generator, clip_x0)
         trajectory(step, t, x, x0_hat)
-        mean, _, _ = diffusion.posterior_mean_variance(x0_hat, x, t)  # q(x_{t−1} | x_t, x_0 = x̂_0)
-        if t > 0:
-            std = diffusion.coefficient("posterior_variance", t, x).sqrt()  # √β̃_t, (B, 1, 1, 1)
-            x = mean + std * randn(x.shape, generator, device, x.dtype)
-        else:
-            x = mean                                                    # μ̃_0 = x̂_0: no noise at the last step
+        x = x_prev
     return trajectory.result(x)
 
 
-# --------------------------------------------------------------------------------------------------
-# DDIM: S of the T steps, η interpolates between deterministic (0) and DDPM-like (1)
-# --------------------------------------------------------------------------------------------------
+def ddpm_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
+              generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ancestral step x_t -> x_{t−1} ~ q(x_{t−1} | x_t, x_0 = x̂_0) (DDPM Alg. 2, Eq. 6–7) -> (x_{t−1}, x̂_0).
+
+    x̂_0 is read from the model output under the diffusion's prediction_type; the step adds √β̃_t·z, except at
+    t = 0, where x_{−1} = μ̃_0 = x̂_0 (no noise).
+    """
+    x0_hat, _ = diffusion.predict_x0_and_eps(x_t, t, model_output)
+    x0_hat = _clip(x0_hat, clip_x0)
+    mean, _, _ = diffusion.posterior_mean_variance(x0_hat, x_t, t)       # μ̃_t(x_t, x̂_0)
+    if t == 0:
+        return mean, x0_hat                                               # μ̃_0 = x̂_0: no noise at the last step
+    std = diffusion.coefficient("posterior_variance", t, x_t).sqrt()      # √β̃_t, (B, 1, 1, 1)
+    return mean + std * randn(x_t.shape, generator, x_t.device, x_t.dtype), x0_hat
+
+
+# --- DDIM: S of the T steps, η interpolates between deterministic (0) and DDPM-like (1) ---------------------
 def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailing") -> list[int]:
     """The S sampling timesteps, strictly decreasing, all in [0, T−1] (DDIM Sec. 4.2, "τ" sub-sequence).
 
@@ -249,40 +257,73 @@ def ddim_coefficients(
     ᾱ_prev is ᾱ of the *next entry of the list* (not t − T/S); after the last entry it is 1, the clean
     data, so the last step returns x̂_0 (and σ = 0 there).
     """
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
     ts = torch.as_tensor(list(timesteps), dtype=torch.long)
     if ts.ndim != 1 or len(ts) == 0 or (ts[1:] >= ts[:-1]).any():
         raise ValueError(f"timesteps must be a non-empty strictly decreasing list, got {list(timesteps)}")
     alpha_bar = diffusion.alpha_bar[diffusion.check_timesteps(ts, len(ts), "cpu")]               # ᾱ_t
     alpha_bar_prev = torch.cat([alpha_bar[1:], torch.ones(1, dtype=torch.float64)])              # ᾱ_prev
+    sigma = _ddim_sigma(alpha_bar, alpha_bar_prev, eta, ts)
+    return alpha_bar, alpha_bar_prev, sigma
+
+
+def _ddim_sigma(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float,
+                ts: torch.Tensor) -> torch.Tensor:
+    """σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev) per step (float64), with a clear error when η is so large
+    that √(1 − ᾱ_prev − σ²) is not real."""
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
     sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
     bad = (1 - alpha_bar_prev - sigma**2) < 0                      # √(1 − ᾱ_prev − σ²) must be real
     if bad.any():
         i = int(bad.nonzero()[0])
         raise ValueError(f"eta={eta} is too large: at step {i} (t={int(ts[i])}) σ² = {float(sigma[i] ** 2):.4g} "
                          f"exceeds 1 − ᾱ_prev = {float(1 - alpha_bar_prev[i]):.4g}; use eta ≤ 1")
-    return alpha_bar, alpha_bar_prev, sigma
+    return sigma
+
+
+def ddim_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
+              t_prev: int, eta: float = 0.0, generator: torch.Generator | None = None,
+              clip_x0: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM update from timestep t to t_prev < t (DDIM Eq. 12) -> (x_{t_prev}, x̂_0).
+
+        x̂_0, ε̂ from the model output (prediction_type),   σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)
+        x_prev = √ᾱ_prev·x̂_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z
+
+    t_prev = −1 means the clean data (ᾱ_prev = 1): the step returns x̂_0. z is drawn with `generator` only
+    when σ > 0, so η = 0 is deterministic.
+    """
+    if not -1 <= t_prev < t:
+        raise ValueError(f"a DDIM step goes from t to an earlier t_prev (−1 = clean data), got t={t}, t_prev={t_prev}")
+    ts = torch.tensor([t])
+    alpha_bar = diffusion.alpha_bar[diffusion.check_timesteps(ts, 1, "cpu")]                     # ᾱ_t, float64
+    alpha_bar_prev = (diffusion.alpha_bar[t_prev:t_prev + 1] if t_prev >= 0
+                      else torch.ones(1, dtype=torch.float64))                                   # ᾱ_prev
+    sigma = _ddim_sigma(alpha_bar, alpha_bar_prev, eta, ts)
+    x0_hat, eps_hat = diffusion.predict_x0_and_eps(x_t, t, model_output)
+    if clip_x0 is not None:                                       # keep ε̂ consistent with the clipped x̂_0
+        x0_hat = _clip(x0_hat, clip_x0)
+        eps_hat = diffusion.predict_eps_from_x0(x_t, t, x0_hat)
+    a_prev, s = float(alpha_bar_prev[0]), float(sigma[0])         # float64 scalars
+    # x_prev = √ᾱ_prev·x̂_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z
+    x = math.sqrt(a_prev) * x0_hat + math.sqrt(1.0 - a_prev - s * s) * eps_hat
+    if s > 0:
+        x = x + s * randn(x.shape, generator, x.device, x.dtype)
+    return x, x0_hat
 
 
 def _ddim_loop(model_fn: ModelFn, diffusion: GaussianDiffusion, x: torch.Tensor, timesteps: list[int], cond: Cond,
                uncond: Cond, guidance_scale: float, eta: float, generator: torch.Generator | None,
                trajectory: _Trajectory, clip_x0: tuple[float, float] | None, progress: bool,
                desc: str = "DDIM") -> torch.Tensor:
-    """The DDIM update over `timesteps`, shared by ddim_sample and img2img."""
-    alpha_bar, alpha_bar_prev, sigma = ddim_coefficients(diffusion, timesteps, eta)
+    """`ddim_step` over `timesteps` (each step goes to the next entry, the last one to the clean data),
+    shared by ddim_sample and img2img."""
+    ddim_coefficients(diffusion, timesteps, eta)                  # checks the list and η before any model call
     for step, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, mininterval=0.5)):
         out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
-        x0_hat, eps_hat = diffusion.predict_x0_and_eps(x, t, out)
-        if clip_x0 is not None:                                   # keep ε̂ consistent with the clipped x̂_0
-            x0_hat = _clip(x0_hat, clip_x0)
-            eps_hat = diffusion.predict_eps_from_x0(x, t, x0_hat)
+        t_prev = timesteps[step + 1] if step + 1 < len(timesteps) else -1
+        x_prev, x0_hat = ddim_step(diffusion, out, t, x, t_prev, eta, generator, clip_x0)
         trajectory(step, t, x, x0_hat)
-        a_prev, s = float(alpha_bar_prev[step]), float(sigma[step])    # float64 scalars
-        # x_prev = √ᾱ_prev·x̂_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z
-        x = math.sqrt(a_prev) * x0_hat + math.sqrt(1.0 - a_prev - s * s) * eps_hat
-        if s > 0:
-            x = x + s * randn(x.shape, generator, x.device, x.dtype)
+        x = x_prev
     return x
 
 

@@ -22,7 +22,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .nn import CrossAttention, check_attention_factors, group_norm32, timestep_embedding, zero_module
+from .nn import CrossAttention, Upsample, check_attention_factors, group_norm32, timestep_embedding, zero_module
+
+__all__ = ["UNet", "ResBlock", "Downsample", "TransformerBlock", "SpatialTransformer", "GEGLU", "UNetStage",
+           "coordinate_grid"]
 
 
 class ResBlock(nn.Module):
@@ -54,17 +57,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour ×2 then 3×3 conv: (B, C, H, W) -> (B, C, 2H, 2W)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class GEGLU(nn.Module):
@@ -341,11 +333,7 @@ class UNet(nn.Module):
         if concat is not None:
             x = torch.cat([x, concat.to(x.dtype)], dim=1)                              # (B, c + c_concat, h, w)
         if self.coord_channels:
-            B, _, hh, ww = x.shape
-            ys = torch.linspace(-1, 1, hh, device=x.device, dtype=x.dtype)
-            xs = torch.linspace(-1, 1, ww, device=x.device, dtype=x.dtype)
-            grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0)             # (2, h, w): x, y
-            x = torch.cat([x, grid.expand(B, -1, -1, -1)], dim=1)                      # (B, c_in + 2, h, w)
+            x = torch.cat([x, coordinate_grid(x)], dim=1)                              # (B, c_in + 2, h, w)
 
         skips = []
         h = x
@@ -356,3 +344,12 @@ class UNet(nn.Module):
         for stage in self.output_blocks:                   # concat skip along channels, back up to (B, mc, h, w)
             h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         return self.out(h)                                 # (B, mc, h, w) -> (B, out_channels, h, w)
+
+
+def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
+    """(B, 2, h, w): each pixel's (x, y) in [−1, 1] for a batch shaped like x (B, C, h, w) (CoordConv)."""
+    B, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0)                 # (2, h, w): x, y
+    return grid.expand(B, -1, -1, -1)

@@ -1,11 +1,26 @@
-"""Pictures: image grids with captions (more views arrive with the notebooks: latents, filmstrips, attention)."""
+"""Pictures: image grids with captions, sample grids of a model, and denoising filmstrips (x_t and x̂_0)."""
 
 from __future__ import annotations
 
+import os
+import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+
+from .data import ShapesDataset
+from .shapes import class_name
+
+__all__ = ["to_display", "image_grid", "save_figure", "filmstrip", "denoising_filmstrip", "save_sample_grid",
+           "DEFAULT_PROMPTS"]
+
+DEFAULT_PROMPTS = (
+    "a large red circle in the top left", "a small blue square in the center",
+    "a large yellow triangle in the bottom right", "a small green star in the top middle",
+    "a large purple square in the middle left", "a small orange circle in the bottom middle",
+    "a large blue star in the middle right", "a small red triangle in the bottom left",
+)
 
 
 def to_display(images: torch.Tensor) -> torch.Tensor:
@@ -21,8 +36,6 @@ def to_display(images: torch.Tensor) -> torch.Tensor:
 def image_grid(images: torch.Tensor, captions: Sequence[str] | None = None, ncols: int = 8,
                title: str | None = None, cell_inches: float = 1.6, fontsize: float = 6.5):
     """A matplotlib Figure with the images in a grid, each with its (wrapped) caption."""
-    import textwrap
-
     import matplotlib.pyplot as plt
 
     x = to_display(images)
@@ -75,9 +88,50 @@ def filmstrip(frames: Sequence[torch.Tensor], column_titles: Sequence[str], row_
             if i == 0:
                 ax.set_title(column_titles[j], fontsize=7)
             if j == 0 and row_titles:
-                ax.set_ylabel("\n".join(__import__("textwrap").wrap(row_titles[i], 22)), fontsize=6.5,
+                ax.set_ylabel("\n".join(textwrap.wrap(row_titles[i], 22)), fontsize=6.5,
                               rotation=0, ha="right", va="center")
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+@torch.no_grad()
+def denoising_filmstrip(ldm: Any, trajectory: dict, captions: Sequence[str], every: int = 5,
+                        title: str | None = None, cell_inches: float = 1.1):
+    """The denoising trajectory of `ldm.sample(..., return_intermediates=True)`, two rows per sample:
+    the sampler's state x_t decoded (noise at first, the image at the end) and its prediction x̂_0 at that
+    step, for every `every`-th step and the last one. Columns are titled with the step and its timestep t."""
+    n = len(trajectory["timesteps"])
+    if n == 0 or every < 1:
+        raise ValueError(f"need a non-empty trajectory and every ≥ 1, got {n} steps and every={every}")
+    steps = sorted(set(range(0, n, every)) | {n - 1})
+    device = ldm.scale_factor.device
+    decoded = {k: [ldm.decode(trajectory[k][s].to(device)).cpu() for s in steps] for k in ("x_t", "pred_x0")}
+    frames = [torch.stack([decoded[k][j][i] for i in range(len(captions)) for k in ("x_t", "pred_x0")])
+              for j in range(len(steps))]
+    rows = [f"{label}: {c}" for c in captions for label in ("x_t", "x̂0")]
+    cols = [f"step {s}, t={trajectory['timesteps'][s]}" for s in steps]
+    return filmstrip(frames, cols, rows, cell_inches=cell_inches, title=title)
+
+
+def save_sample_grid(ldm: Any, path: str | os.PathLike, n: int = 8, seed: int = 0,
+                     title: str | None = None) -> Path:
+    """A grid of samples for the model's conditioning mode (fixed prompts / classes / validation layouts)."""
+    g = torch.Generator().manual_seed(seed)
+    captions = None
+    if ldm.cond_mode == "text":
+        captions = list(DEFAULT_PROMPTS[:n])
+        raw = ldm.prompt_condition(prompts=captions)
+    elif ldm.cond_mode == "class":
+        labels = [(7 * i) % ldm.num_classes for i in range(n)]
+        raw = ldm.prompt_condition(labels=labels)
+        captions = [class_name(c) if ldm.num_classes == 24 else f"class {c}" for c in labels]
+    elif ldm.cond_mode in ("layout", "sr"):
+        val = ShapesDataset("val", resolution=ldm.resolution, size=max(n, 8)).batch(range(n))
+        raw = ldm.raw_condition(val).to(ldm.scale_factor.device)
+        captions = val["caption"]
+    else:
+        raw = None
+    images = ldm.sample(raw, num_samples=n if raw is None else None, generator=g)
+    return save_figure(image_grid(images, captions, ncols=min(8, n), title=title), path)

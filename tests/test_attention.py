@@ -152,6 +152,6 @@ def test_record_all_calls_and_restore_on_error():
         with record_attention(attn):
             raise RuntimeError("boom")
     assert attn.recorder is None
-    with pytest.raises(ValueError, match="no CrossAttention"):
+    with pytest.raises(ValueError, match="no attention layers"):
         with record_attention(torch.nn.Linear(2, 2)):
             pass

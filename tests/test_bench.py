@@ -1,7 +1,6 @@
 """`minildm bench` and its diffusers peer: the timer counts right, the peer configs are the same networks,
 and — independently of any speed — our DDIM and diffusers' DDIMScheduler give the same samples."""
 
-import argparse
 import importlib.metadata
 import json
 import math
@@ -16,10 +15,12 @@ import torch  # noqa: E402
 
 pytest.importorskip("diffusers")                             # CI installs it (the `test` extra)
 
-from minildm import bench  # noqa: E402
+from minildm import bench, peer  # noqa: E402
+from minildm.cli import main  # noqa: E402
 from minildm.autoencoder import AutoencoderKL  # noqa: E402
 from minildm.diffusion import GaussianDiffusion  # noqa: E402
-from minildm.profiles import LDMConfig, get_profile  # noqa: E402
+from minildm.ldm import LDMConfig  # noqa: E402
+from minildm.profiles import get_profile  # noqa: E402
 from minildm.samplers import ddim_sample, ddim_timesteps  # noqa: E402
 from minildm.unet import UNet  # noqa: E402
 
@@ -98,11 +99,11 @@ def _shapes(module):
 def test_peer_configs_match_ours_layer_for_layer(profile):
     """Same parameter count (tolerance 0: the designs coincide, see bench's docstring) and the same layer shapes."""
     p = get_profile(profile)
-    ours, theirs = UNet.from_config(p.ldm, 4, cross_attention=True), bench.peer_unet(p.ldm, 4)
+    ours, theirs = UNet.from_config(p.ldm, 4, cross_attention=True), peer.peer_unet(p.ldm, 4)
     n_ours, n_theirs = sum(x.numel() for x in ours.parameters()), sum(x.numel() for x in theirs.parameters())
     assert n_ours == n_theirs, f"U-Net parameters: ours {n_ours}, diffusers {n_theirs}"
     assert _shapes(ours) == _shapes(theirs)
-    ours, theirs = AutoencoderKL(p.ae), bench.peer_autoencoder(p.ae)
+    ours, theirs = AutoencoderKL(p.ae), peer.peer_autoencoder(p.ae)
     n_ours, n_theirs = sum(x.numel() for x in ours.parameters()), sum(x.numel() for x in theirs.parameters())
     assert n_ours == n_theirs, f"autoencoder parameters: ours {n_ours}, diffusers {n_theirs}"
     assert _shapes(ours) == _shapes(theirs)          # ours: 1×1-conv attention projections, theirs: linear
@@ -120,7 +121,7 @@ def test_ddim_matches_diffusers_scheduler(steps, prediction_type):
     model, x_T = _oracle(prediction_type), _x_T()
     ours = ddim_sample(model, GaussianDiffusion.from_config(cfg), None, steps=steps, x_T=x_T)
 
-    scheduler = bench.peer_scheduler(cfg)
+    scheduler = peer.peer_scheduler(cfg)
     scheduler.set_timesteps(steps)
     assert [int(t) for t in scheduler.timesteps] == ddim_timesteps(T, steps, "trailing")
     x = x_T.clone()
@@ -150,7 +151,7 @@ class _TinyNet(torch.nn.Module):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_ddim_with_guidance_matches_diffusers(prediction_type):
-    """Classifier-free guidance in one doubled batch, s = 3, through bench.peer_ddim_sample and ours."""
+    """Classifier-free guidance in one doubled batch, s = 3, through peer.peer_ddim_sample and ours."""
     cfg = _ldm_cfg(prediction_type)
     net = _TinyNet(prediction_type).eval()
     g = torch.Generator().manual_seed(2)
@@ -160,7 +161,7 @@ def test_ddim_with_guidance_matches_diffusers(prediction_type):
     with torch.no_grad():
         ours = ddim_sample(net, GaussianDiffusion.from_config(cfg), None, cond=cond, uncond=uncond,
                            guidance_scale=3.0, steps=10, x_T=x_T)
-        theirs = bench.peer_ddim_sample(net, bench.peer_scheduler(cfg), x_T, 10, cond, uncond, 3.0)
+        theirs = peer.peer_ddim_sample(net, peer.peer_scheduler(cfg), x_T, 10, cond, uncond, 3.0)
         unguided = ddim_sample(net, GaussianDiffusion.from_config(cfg), None, cond=cond, steps=10, x_T=x_T)
     assert torch.allclose(ours, theirs, atol=ATOL, rtol=0), f"max |Δ| = {float((ours - theirs).abs().max()):.3g}"
     assert float((ours - unguided).abs().max()) > 1e-2  # guidance actually changed the sample
@@ -196,7 +197,7 @@ def test_ddim_when_steps_do_not_divide_T_follows_the_paper_and_diffusers_does_no
     paper = _float64_ddim(x_T, ours_ts, lambda i, t: ours_ts[i + 1] if i + 1 < steps else -1)
     assert torch.allclose(ours.double(), paper, atol=ATOL, rtol=0)
 
-    scheduler = bench.peer_scheduler(_ldm_cfg())
+    scheduler = peer.peer_scheduler(_ldm_cfg())
     scheduler.set_timesteps(steps)
     their_ts = [int(t) for t in scheduler.timesteps]
     x = x_T.clone()
@@ -213,21 +214,14 @@ def test_ddim_when_steps_do_not_divide_T_follows_the_paper_and_diffusers_does_no
 # ------------------------------------------------------------------------------------------------------
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="minildm")
-    bench.register_cli(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 ROWS = ("Shapes data", "autoencoder step, L1 + LPIPS", "autoencoder step, L1 + KL (matched)", "LDM step",
         "U-Net step, MSE + AdamW (matched)", "DDIM-5 sampling")
 
 
 def test_bench_command_runs_end_to_end_and_prints_every_row(capsys, tmp_path):
     out = tmp_path / "bench.json"
-    args = _parser().parse_args(["bench", "--profile", "ci", "--seconds", "0.2", "--steps", "5", "--random-lpips",
-                                 "--offline", "--json", str(out)])
-    assert args.func(args) == 0
+    assert main(["bench", "--profile", "ci", "--seconds", "0.2", "--steps", "5", "--random-lpips", "--offline",
+                 "--json", str(out)]) == 0
     text = capsys.readouterr().out
     table = text[text.index("minildm bench, profile ci"):]
     for row in ROWS:

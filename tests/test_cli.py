@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minildm.cli import main
-from minildm.train_ldm import parse_layout
+from minildm.shapes import parse_layout
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +18,12 @@ def demo_dir(tmp_path_factory):
 def test_demo_writes_pictures_and_checkpoints(demo_dir, capsys):
     for name in ("shapes_preview.png", "samples.png", "filmstrip.png", "autoencoder.pt", "ldm.pt"):
         assert (demo_dir / name).is_file(), name
-    before = (demo_dir / "ldm.pt").stat().st_mtime_ns
+    before = {name: (demo_dir / name).stat().st_mtime_ns for name in ("autoencoder.pt", "ldm.pt")}
     assert main(["demo", "--profile", "ci", "--offline", "--out", str(demo_dir)]) == 0  # second run reuses the checkpoints
     out = capsys.readouterr().out
     assert "samples:" in out
     assert "autoencoder: step 20/20" in out and "latent diffusion: step 20/20" in out and "cap" not in out
+    assert {name: (demo_dir / name).stat().st_mtime_ns for name in before} == before   # neither was rewritten
     assert torch.load(demo_dir / "ldm.pt", weights_only=True)["step"] == 20
 
 
@@ -75,3 +76,94 @@ def test_evaluate_ldm_command(demo_dir, capsys):
     out = capsys.readouterr().out
     assert "one_object" in out and "two_objects" in out and "prompt accuracy" in out
     assert "word influence" in out and "circle/square" in out and "red/blue" in out
+
+
+# ------------------------------------------------------------------------------ bad input, in the command's words
+
+
+@pytest.mark.parametrize("prompt", ["   ", "...", ""])
+def test_a_blank_or_wordless_prompt_is_refused(demo_dir, tmp_path, capsys, prompt):
+    out = tmp_path / "s.png"
+    assert main(["sample", "--checkpoint", str(demo_dir / "ldm.pt"), "--prompt", prompt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "has no words" in err and "no condition" in err and not out.exists()
+
+
+def test_flags_that_do_not_fit_the_model_are_refused_in_the_commands_words(demo_dir, tmp_path, capsys):
+    ckpt = str(demo_dir / "ldm.pt")
+    assert main(["sample", "--checkpoint", ckpt, "--class", "3", "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert 'text-conditional model: give --prompt "' in err and "not --class" in err and "prompts=" not in err
+    assert main(["sample", "--checkpoint", ckpt, "--out", str(tmp_path / "s.png")]) == 2
+    assert "give --prompt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["sample", "-n", "0"], "argument -n: must be a positive whole number, got 0"),
+    (["sample", "--steps", "-3"], "argument --steps: must be a positive whole number"),
+    (["train-ae", "--steps", "-5"], "argument --steps: must be a positive whole number, got -5"),
+    (["train-ldm", "--autoencoder", "a.pt", "--steps", "0"], "argument --steps: must be a positive whole number"),
+    (["evaluate-ldm", "-n", "0"], "argument -n: must be a positive whole number"),
+    (["demo", "--ae-minutes", "-1"], "a time cap must be 0 or more minutes"),
+])
+def test_counts_that_are_not_positive_are_refused_before_anything_runs(argv, words, capsys, tmp_path):
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------ every command runs
+
+
+@pytest.fixture(scope="module")
+def class_and_layout(demo_dir, tmp_path_factory):
+    """A class- and a layout-conditional model on the demo's autoencoder, through `minildm train-ldm`."""
+    out = tmp_path_factory.mktemp("cond")
+    for cond in ("class", "layout"):
+        assert main(["train-ldm", "--profile", "ci", "--autoencoder", str(demo_dir / "autoencoder.pt"), "--cond",
+                     cond, "--steps", "2", "--out", str(out / cond)]) == 0
+    return out
+
+
+def test_train_ldm_command_trains_and_resumes(class_and_layout, demo_dir, capsys):
+    assert torch.load(class_and_layout / "class" / "ldm.pt", weights_only=True)["step"] == 2
+    assert main(["train-ldm", "--profile", "ci", "--autoencoder", str(demo_dir / "autoencoder.pt"), "--cond", "class",
+                 "--steps", "3", "--out", str(class_and_layout / "class")]) == 0      # one more step
+    assert "trained 3 steps" in capsys.readouterr().out
+
+
+def test_sample_class_and_layout_commands(class_and_layout, tmp_path, capsys):
+    ckpt = class_and_layout / "class" / "ldm.pt"
+    assert main(["sample", "--checkpoint", str(ckpt), "--class", "7", "-n", "2", "--steps", "2",
+                 "--out", str(tmp_path / "c.png")]) == 0 and (tmp_path / "c.png").is_file()
+    assert main(["sample", "--checkpoint", str(ckpt), "--class", "24", "--out", str(tmp_path / "x.png")]) == 2
+    assert "--class must be between 0 and 23, got 24" in capsys.readouterr().err
+    assert main(["sample", "--checkpoint", str(class_and_layout / "layout" / "ldm.pt"), "--layout",
+                 "red circle@0.1,0.1,0.45,0.45; blue star@0.5,0.5,0.9,0.9", "-n", "2", "--steps", "2",
+                 "--out", str(tmp_path / "l.png")]) == 0 and (tmp_path / "l.png").is_file()
+
+
+def test_info_and_bench_data_commands(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "device: cpu" in out and "profile: ci" in out
+    assert main(["bench-data", "--seconds", "0.1", "--resolutions", "32", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "32x32:" in out and "images/s" in out
+
+
+def test_bench_ae_and_bench_ldm_commands(tmp_path, capsys):
+    assert main(["bench-ae", "--profile", "ci", "--minutes", "0.01", "--random-lpips", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM backbone" in out and "test split (64 images): PSNR" in out and "steps/s" in out
+    assert main(["bench-ldm", "--profile", "ci", "--seconds", "0.1", "--steps", "2", "--sample-batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "LDM step, text encoder + U-Net" in out and "DDIM-2 sampling" in out
+
+
+def test_train_evaluator_command(tmp_path, capsys):
+    out = tmp_path / "evaluator.pt"
+    assert main(["train-evaluator", "--steps", "2", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert torch.load(out, weights_only=True)["kind"] == "shapes_evaluator"

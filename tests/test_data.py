@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-from minildm.data import (COLOR_NAMES, COLORS, GRID, JITTER, NUM_CLASSES, POSITIONS, SHAPES, SIZES,
-                          ShapesDataset, ShapesTokenizer, class_name, low_res, parse_caption, shapes_collate)
+from minildm.data import ShapesDataset, shapes_collate
+from minildm.shapes import (COLOR_NAMES, COLORS, GRID, JITTER, NUM_CLASSES, POSITIONS, SHAPES, SIZES, ShapesTokenizer,
+                            class_name, low_res, parse_caption)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_labels_and_layout(batch, ds):
 
 def _analytic_area(shape: str, size: float) -> float:
     """Area of the shape in units of the image side², from elementary geometry (independent of the SDF)."""
-    from minildm.data import _GEOMETRY
+    from minildm.shapes import _GEOMETRY
 
     n, inner, _, scale = _GEOMETRY[shape]
     R = scale * size

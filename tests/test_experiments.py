@@ -1,17 +1,20 @@
 """The paper's experiments at mini scale: every experiment runs end to end on tiny budgets and returns the
 rows it promises; the f-study's segments and reuse behave; rates, tables and errors are right."""
 
-import argparse
 import json
 import math
 
 import pytest
 import torch
 
-from minildm import experiments as E
+from minildm import experiments as E, results as R
+from minildm.cli import main
 from minildm.autoencoder import PixelSpace, build_autoencoder
 from minildm.profiles import Profile, get_profile
-from minildm.train_ldm import evaluate_text_ldm, load_ldm
+from minildm.ldm import LatentDiffusion
+from minildm.shapes_eval import evaluate_text_ldm, evaluate_text_model
+
+load_ldm = LatentDiffusion.from_checkpoint
 
 PROFILE = get_profile("ci").replace(ae={"steps": 3}, ldm={"steps": 4})
 BUDGET = E.ExperimentBudget(factors=(1, 4), ae_minutes=0.005, ldm_minutes=0.01, segments=2, eval_samples=4,
@@ -50,8 +53,23 @@ def test_f_study_rows_have_the_promised_fields(study):
         assert "ddim_images_per_s" not in rows[0]
     # the same real-vs-real floor for every evaluation (same n, same real images)
     assert len({r["fid_floor"] for r in rows}) == 1
-    assert E.f_study_summary(rows) == [by_f[1], by_f[4]]
-    assert "f = 4" in E.f_study_verdict(rows) and "pixel space" in E.f_study_verdict(rows)
+    assert R.f_study_summary(rows) == [by_f[1], by_f[4]]
+
+
+def _row(f, segment, fid, steps):
+    return {"f": f, "segment": segment, "fid": fid, "fid_floor": 5.0, "samples": 100, "minutes": 4.0 * segment / 2,
+            "steps": steps, "train_steps_per_s": steps / 240}
+
+
+def test_f_study_verdict_says_which_f_won_and_whether_f4_beats_pixel_space():
+    rows = [_row(1, 1, 80.0, 10), _row(1, 2, 60.0, 20), _row(4, 1, 50.0, 400), _row(4, 2, 30.0, 800)]
+    v = R.f_study_verdict(rows)
+    assert "the lowest Shapes-FID is f = 4's: 30.0" in v
+    assert "f = 4 beats pixel space: FID 30.0 vs 60.0, after 800 vs 20 training steps" in v
+    rows[-1] = _row(4, 2, 70.0, 800)                               # now pixel space ends lower
+    v = R.f_study_verdict(rows)
+    assert "the lowest Shapes-FID is f = 1's: 60.0" in v and "f = 4 does not beat pixel space" in v
+    assert R.f_study_verdict([]) == "no f-study rows"
 
 
 def test_pixel_space_ldm_round_trips_through_load_ldm(study):
@@ -94,7 +112,7 @@ def test_f_study_equal_time_segments_increase(tmp_path):
 def test_evaluate_text_model_agrees_with_evaluate_ldm(study):
     out, _ = study
     ldm = load_ldm(out / "f4" / "ldm.pt", "cpu")
-    mine = E.evaluate_text_model(ldm, num_samples=4, steps=2, guidance_scale=3.0, batch_size=4)
+    mine = evaluate_text_model(ldm, num_samples=4, steps=2, guidance_scale=3.0, batch_size=4)
     theirs = evaluate_text_ldm(ldm, n=4, steps=2, guidance_scale=3.0, batch_size=4)["fid"]
     for key in ("fid", "fid_floor", "precision", "recall", "kid"):
         assert mine[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-9), key
@@ -172,23 +190,20 @@ def test_other_bad_inputs(tmp_path, study):
 
 def test_results_table_renders_numbers():
     rows = [{"f": 4, "fid": 12.345, "acc": 0.5, "lpips": None}, {"f": 8, "fid": 30.0, "acc": 0.125, "lpips": 0.25}]
-    table = E.results_table(rows, [("f", "f", "d"), ("fid", "Shapes-FID", ".1f"), ("acc", "accuracy", ".1%"),
+    table = R.results_table(rows, [("f", "f", "d"), ("fid", "Shapes-FID", ".1f"), ("acc", "accuracy", ".1%"),
                                    "lpips"])
     assert table.splitlines() == ["| f | Shapes-FID | accuracy | lpips |", "|---|---|---|---|",
                                   "| 4 | 12.3 | 50.0% | — |", "| 8 | 30.0 | 12.5% | 0.25 |"]
-    assert E.results_table(rows[:1]).splitlines()[0] == "| f | fid | acc | lpips |"   # default: every key
+    assert R.results_table(rows[:1]).splitlines()[0] == "| f | fid | acc | lpips |"   # default: every key
     with pytest.raises(ValueError, match="fdi"):
-        E.results_table(rows, ["fdi"])
+        R.results_table(rows, ["fdi"])
 
 
 def test_cli_writes_results(study, tmp_path, capsys):
     out, _ = study
-    parser = argparse.ArgumentParser()
-    E.register_cli(parser.add_subparsers())
     for name in ("guidance", "sampler"):
-        args = parser.parse_args(["experiments", name, "--profile", "ci", "--checkpoint", str(out / "f4" / "ldm.pt"),
-                                  "--out", str(tmp_path)])
-        assert args.func(args) == 0
+        assert main(["experiments", name, "--profile", "ci", "--checkpoint", str(out / "f4" / "ldm.pt"),
+                     "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "| s | Shapes-FID |" in printed and "results.md" in printed
     results = json.loads((tmp_path / "results.json").read_text())
@@ -196,5 +211,4 @@ def test_cli_writes_results(study, tmp_path, capsys):
     assert len(results["experiments"]["guidance"]["rows"]) == len(E.BUDGETS["ci"].guidance_scales)
     md = (tmp_path / "results.md").read_text()
     assert "(b) DDIM steps" in md and "(c) Classifier-free guidance" in md
-    with pytest.raises(SystemExit):
-        parser.parse_args(["experiments", "everything"])
+    assert main(["experiments", "everything"]) == 2                    # argparse names the valid choices

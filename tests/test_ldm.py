@@ -1,4 +1,6 @@
-"""LatentDiffusion and its training loop: scale factor, conditioning dropout, checkpoints, resume, errors."""
+"""LatentDiffusion: scale factor, conditioning dropout, every mode, checkpoints, input errors, word influence.
+
+(The training loop's resume, time cap and NaN guard are tested for both stages in test_train.py.)"""
 
 import dataclasses
 
@@ -6,11 +8,13 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
-from minildm.checkpoint import NonFiniteLossError, load_checkpoint
+from minildm.checkpoint import load_checkpoint
 from minildm.data import ShapesDataset
 from minildm.ldm import LatentDiffusion
 from minildm.profiles import get_profile
-from minildm.train_ldm import load_ldm, train_ldm
+from minildm.train import train_ldm
+
+load_ldm = LatentDiffusion.from_checkpoint
 
 CI = get_profile("ci")
 
@@ -28,8 +32,8 @@ def batch():
 
 def make(ae, **changes):
     cfg = dataclasses.replace(CI.ldm, **changes)
-    ldm = LatentDiffusion(ae, cfg, max_objects=CI.data.max_objects)
-    return ldm
+    ds = ShapesDataset("train", CI.data)
+    return LatentDiffusion(ae, cfg, tokenizer=ds.tokenizer, num_classes=ds.num_classes, max_objects=ds.max_objects)
 
 
 def test_scale_factor_gives_unit_variance_and_decode_divides(ae, batch):
@@ -89,9 +93,11 @@ def test_every_conditioning_mode_trains_and_samples(ae, batch, cond):
     assert torch.isfinite(loss)
     assert any(p.grad is not None for p in ldm.unet.parameters())
     steps = []
-    out = ldm.sample(raw[:2] if raw is not None else None, num_samples=2 if raw is None else None, steps=3,
-                     callback=lambda i, t, x, x0: steps.append(t), generator=torch.Generator().manual_seed(0))
-    assert out.shape == (2, 3, 32, 32) and out.min() >= -1 and out.max() <= 1
+    kw = dict(raw=raw[:2] if raw is not None else None, num_samples=2 if raw is None else None, steps=3)
+    out = ldm.sample(**kw, callback=lambda i, t, x, x0: steps.append(t), generator=torch.Generator().manual_seed(0))
+    z = ldm.sample(**kw, decode=False, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 32, 32) and z.shape == (2, 4, 8, 8) and torch.isfinite(z).all()
+    assert torch.equal(out, ldm.decode(z))                      # the images are the decoded sampled latents
     assert len(steps) == 3 and steps == sorted(steps, reverse=True)
 
 
@@ -113,6 +119,33 @@ def test_sampling_errors(ae, batch):
         make(ae, cond="audio")
 
 
+def test_input_that_would_silently_mean_no_condition_is_refused(ae, batch):
+    ldm = make(ae)
+    for prompt in ("   ", "...", "", "?!"):
+        with pytest.raises(ValueError, match="has no words, which would mean 'no condition'"):
+            ldm.prompt_condition(prompts=["a red circle in the center", prompt])
+    with pytest.raises(ValueError, match="a list of captions"):
+        ldm.prompt_condition(prompts="a red circle in the center")
+    cls = make(ae, cond="class")
+    for labels in ([24], [-1], [3, 99]):
+        with pytest.raises(ValueError, match=r"class labels must be in 0..23"):
+            cls.prompt_condition(labels=labels)
+    assert cls.prompt_condition(labels=[0, 23]).tolist() == [0, 23]
+    none = make(ae, cond="none")
+    none.set_scale_factor(batch["image"])
+    with pytest.raises(ValueError, match="positive int"):
+        none.sample(num_samples=0)
+
+
+def test_a_model_without_what_its_condition_needs_is_a_clear_error(ae):
+    cfg = dataclasses.replace(CI.ldm, cond="text")
+    with pytest.raises(ValueError, match="needs tokenizer"):
+        LatentDiffusion(ae, cfg)
+    with pytest.raises(ValueError, match="needs num_classes"):
+        LatentDiffusion(ae, dataclasses.replace(cfg, cond="class"))
+    LatentDiffusion(ae, dataclasses.replace(cfg, cond="none"))           # nothing needed
+
+
 def test_sampling_is_seeded_and_guidance_one_skips_uncond(ae, batch):
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])
@@ -132,77 +165,56 @@ def test_sampling_is_seeded_and_guidance_one_skips_uncond(ae, batch):
     assert calls == [2, 2, 4, 4]  # s = 1: conditional batch only; s ≠ 1: one doubled batch per step
 
 
-def test_train_checkpoint_resume_and_load(ae, tmp_path):
-    ae_path = tmp_path / "ae.pt"
+def test_a_checkpoint_rebuilds_the_whole_model(ae, tmp_path):
+    """from_checkpoint needs nothing but the file: autoencoder, tokenizer, resolution and weights come back,
+    and the rebuilt model samples exactly what the trained one does."""
     from minildm.checkpoint import save_checkpoint
+
+    ae_path = tmp_path / "ae.pt"
     save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, ae_path)
-    full = train_ldm("ci", ae_path, tmp_path / "full", steps=6, progress=False)
-    part = train_ldm("ci", ae_path, tmp_path / "resumed", steps=3, progress=False)
-    assert part["step"] == 3
-    rest = train_ldm("ci", ae_path, tmp_path / "resumed", steps=6, progress=False)
-    assert rest["step"] == 6
-    assert [h["loss"] for h in rest["history"]] == [h["loss"] for h in full["history"]]
-    a = load_checkpoint(full["path"], kind="ldm")
-    b = load_checkpoint(rest["path"], kind="ldm")
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
-    # a checkpoint rebuilds the whole model (autoencoder included) and samples the same images
-    m1, m2 = load_ldm(full["path"]), load_ldm(rest["path"])
+    run = train_ldm("ci", ae_path, tmp_path / "run", steps=4, progress=False)
+    m1, m2 = load_ldm(run["path"]), load_ldm(run["path"], use_ema=False)
+    assert m1.resolution == CI.data.resolution and m1.tokenizer.vocab == ShapesDataset("train").tokenizer.vocab
+    assert not m1.training and not any(p.requires_grad for p in m1.autoencoder.parameters())
+    ckpt = load_checkpoint(run["path"], kind="ldm")
+    for k, v in m2.denoiser_modules().state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][k]), k
+    for k, v in m1.denoiser_modules().state_dict().items():
+        assert torch.equal(v, ckpt["ema"]["shadow"][k]), k
     raw = m1.prompt_condition(prompts=["a large blue star in the top left"])
     assert torch.equal(m1.sample(raw, steps=3, generator=torch.Generator().manual_seed(0)),
-                       m2.sample(raw, steps=3, generator=torch.Generator().manual_seed(0)))
+                       load_ldm(run["path"]).sample(raw, steps=3, generator=torch.Generator().manual_seed(0)))
     # resuming into a different architecture is a clear error
     other = get_profile("ci").replace(ldm={"model_channels": 32})
     with pytest.raises(ValueError, match="model_channels: checkpoint=16 current=32"):
-        train_ldm(other, ae_path, tmp_path / "full", steps=8, progress=False)
-
-
-def test_nan_loss_stops_with_step_and_keeps_checkpoint(ae, tmp_path, monkeypatch):
-    from minildm.checkpoint import save_checkpoint
-    ae_path = tmp_path / "ae.pt"
-    save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, ae_path)
-    out = tmp_path / "run"
-    train_ldm("ci", ae_path, out, steps=10, progress=False)  # checkpoint at step 10
-    before = (out / "ldm.pt").read_bytes()
-    real = LatentDiffusion.training_step
-    calls = {"n": 0}
-
-    def poisoned(self, z0, raw, generator=None):
-        calls["n"] += 1
-        loss = real(self, z0, raw, generator)
-        return loss * float("nan") if calls["n"] == 3 else loss
-
-    monkeypatch.setattr(LatentDiffusion, "training_step", poisoned)
-    with pytest.raises(NonFiniteLossError, match="step 12"):
-        train_ldm("ci", ae_path, out, steps=20, progress=False)
-    assert (out / "ldm.pt").read_bytes() == before
+        train_ldm(other, ae_path, tmp_path / "run", steps=8, progress=False)
 
 
 def test_lr_schedule_warmup_then_cosine_to_zero():
     """Linear warm-up to the base rate, then constant (reference) or ½(1 + cos(π·progress)) down to 0."""
     import math
 
-    from minildm.profiles import LDMConfig
-    from minildm.train_ldm import lr_factor
+    from minildm.utils import warmup_cosine
 
-    cfg = LDMConfig(warmup_steps=10, steps=110, lr_schedule="cosine")
-    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
-    assert lr_factor(10, cfg) == pytest.approx(1.0)
-    assert lr_factor(60, cfg) == pytest.approx(0.5)                     # half-way through the decay
-    assert lr_factor(35, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
-    assert lr_factor(110, cfg) == pytest.approx(0.0, abs=1e-12)
-    assert lr_factor(500, cfg) == pytest.approx(0.0, abs=1e-12)          # never negative after the end
-    const = LDMConfig(warmup_steps=10, steps=110)
-    assert [lr_factor(k, const) for k in (0, 9, 60, 500)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
+    f = lambda k: warmup_cosine(k, 10, 110, cosine=True)  # noqa: E731
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5)                                  # half-way through the decay
+    assert f(35) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
+    assert f(110) == pytest.approx(0.0, abs=1e-12)
+    assert f(500) == pytest.approx(0.0, abs=1e-12)                      # never negative after the end
+    assert [warmup_cosine(k, 10, 110, cosine=False) for k in (0, 9, 60, 500)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
+    from minildm.ldm import LDMConfig
+
     with pytest.raises(ValueError, match="lr_schedule"):
-        lr_factor(0, LDMConfig(lr_schedule="step"))
+        LDMConfig(lr_schedule="step")
 
 
 # ------------------------------------------------------------------------------ word influence probe
 
 
 def test_word_influence_is_zero_for_a_model_that_ignores_the_prompt(ae, batch):
-    from minildm.train_ldm import word_influence
+    from minildm.shapes_eval import word_influence
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])
@@ -216,7 +228,7 @@ def test_word_influence_is_zero_for_a_model_that_ignores_the_prompt(ae, batch):
 @pytest.mark.parametrize("words", [("circle", "square"), ("red", "blue"), ("small", "large")])
 def test_word_influence_measures_where_the_prediction_lands(ae, batch, words):
     """An oracle whose x̂_0 is λ·z_a + (1 − λ)·z_b, with λ set by the caption, has influence λ_a − λ_b exactly."""
-    from minildm.train_ldm import word_influence, word_pair_latents
+    from minildm.shapes_eval import word_influence, word_pair_latents
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])
@@ -243,7 +255,7 @@ def test_word_influence_measures_where_the_prediction_lands(ae, batch, words):
 
 
 def test_word_influence_errors(ae, batch):
-    from minildm.train_ldm import word_influence
+    from minildm.shapes_eval import word_influence
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])

@@ -11,7 +11,7 @@ from minildm import losses
 from minildm.autoencoder import AutoencoderKL
 from minildm.losses import (LPIPS, AutoencoderLoss, LPIPSWeightsMissingError, NLayerDiscriminator, adaptive_weight,
                             generator_loss, hinge_d_loss, vanilla_d_loss)
-from minildm.profiles import AEConfig
+from minildm.autoencoder import AEConfig
 
 SMALL = dict(ch=8, ch_mult=(1, 2), z_channels=3, disc_ndf=8, disc_layers=2, lpips_net="alex")
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from minildm.diffusion import GaussianDiffusion
-from minildm.samplers import (concat_cond, ddim_coefficients, ddim_invert, ddim_sample, ddim_timesteps, ddpm_sample,
-                              guided_model_output, img2img)
+from minildm.samplers import (concat_cond, ddim_coefficients, ddim_invert, ddim_sample, ddim_step, ddim_timesteps,
+                              ddpm_sample, ddpm_step, guided_model_output, img2img)
 
 T = 1000
 LDM = dict(schedule="scaled_linear", timesteps=T, beta_start=0.0015, beta_end=0.0195)
@@ -359,3 +359,67 @@ def test_intermediates_start_at_x_T_and_x0_is_not_clipped_unless_asked():
     assert inter["pred_x0"][0].abs().max() > 1
     _, clipped = ddim_sample(wild, d, None, x_T=x_T, steps=5, clip_x0=(-1.0, 1.0), return_intermediates=True)
     assert all(p.abs().max() <= 1 for p in clipped["pred_x0"])
+
+
+# ------------------------------------------------------------------------------ one step, by hand
+
+
+def _seeded_model():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def model(x, t, cond):                       # depends on x, t and the condition
+        with torch.no_grad():
+            return net(x) * (1 + t.view(-1, 1, 1, 1) / 1000) + (0 if cond is None else cond.view(-1, 1, 1, 1))
+    return model
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_a_hand_written_loop_over_ddim_step_is_ddim_sample_bit_for_bit(eta):
+    """What a student writes: for each listed t, the (guided) model output, then one ddim_step to the next
+    listed timestep (−1 after the last: the clean data). Same generator, same numbers, to the last bit."""
+    D = GaussianDiffusion(**LDM, prediction_type="v_prediction")
+    model = _seeded_model()
+    cond, uncond = torch.tensor([0.3, -0.2]), torch.zeros(2)
+    x_T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    ts = ddim_timesteps(T, 10)
+    x, g = x_T.clone(), torch.Generator().manual_seed(2)
+    for i, t in enumerate(ts):
+        out = guided_model_output(model, x, t, cond, uncond, guidance_scale=3.0)
+        x, x0_hat = ddim_step(D, out, t, x, ts[i + 1] if i + 1 < len(ts) else -1, eta=eta, generator=g)
+    expected = ddim_sample(model, D, None, cond=cond, uncond=uncond, guidance_scale=3.0, steps=10, eta=eta,
+                           x_T=x_T, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(x, expected)
+    assert torch.equal(x, x0_hat)                 # the last step goes to the clean data: it returns x̂_0
+
+
+def test_a_hand_written_loop_over_ddpm_step_is_ddpm_sample_bit_for_bit():
+    D = GaussianDiffusion(schedule="linear", timesteps=50)
+    model = _seeded_model()
+    x_T = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    x, g = x_T.clone(), torch.Generator().manual_seed(5)
+    for t in range(49, -1, -1):
+        x, _ = ddpm_step(D, model(x, torch.full((2,), t), None), t, x, generator=g)
+    assert torch.equal(x, ddpm_sample(model, D, None, x_T=x_T, generator=torch.Generator().manual_seed(5)))
+
+
+def test_ddim_step_is_the_formula_in_float64():
+    """x_prev = √ᾱ_prev·x̂_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z, re-derived in float64 from the ε-output."""
+    D = GaussianDiffusion(**LDM)
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    ab = np_alpha_bar(0.0015, 0.0195)
+    for t, t_prev, eta in ((999, 899, 0.0), (500, 300, 0.7), (40, -1, 1.0)):
+        g = torch.Generator().manual_seed(3)
+        got, x0 = ddim_step(D, eps, t, x, t_prev, eta=eta, generator=g)
+        a, ap = ab[t], (ab[t_prev] if t_prev >= 0 else 1.0)
+        sigma = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
+        x0_64 = (x.double() - math.sqrt(1 - a) * eps.double()) / math.sqrt(a)
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).double() if sigma > 0 else 0
+        want = math.sqrt(ap) * x0_64 + math.sqrt(1 - ap - sigma**2) * eps.double() + sigma * z
+        assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-5), (t, t_prev, eta)
+        assert torch.allclose(x0.double(), x0_64, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="earlier t_prev"):
+        ddim_step(D, eps, 10, x, 20)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_step(D, eps, 10, x, 5, eta=-1.0)

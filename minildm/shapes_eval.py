@@ -1,0 +1,406 @@
+"""Judging generated Shapes images: Shapes-FID with a fair floor, prompt / class / layout accuracy, and probes.
+
+    shapes_generative_metrics   Shapes-FID, KID, precision, recall of generated images, with the floor of the
+                                same protocol (see below)
+    prompt_accuracy             does the image show every condition of its caption? (shape, color, size,
+                                position or relation, and the object count), read by the Shapes evaluator
+    class_accuracy, layout_accuracy   the same for class- and layout-conditional samples
+    evaluate_text_model         sample test-split captions with DDIM and measure all of the above at once
+    word_influence              how far one prompt word moves the denoiser's prediction (cross-attention probe)
+
+Like with like (FID protocols). A model asked for the captions of test scenes [0, n) can be compared with
+  * the independent real scenes [n, 2n): "unpaired" (the default). Its floor compares real [0, n) with the
+    same [n, 2n): what a perfect model would score, up to noise. Neither side shares a scene with the other.
+  * the very scenes [0, n) it was asked for: "paired". Its floor compares those scenes with the same
+    captions drawn again with fresh randomness (`shapes.scene_from_caption`). Paired FIDs are lower: the two
+    sets share their captions, so an unpaired floor next to a paired FID reads as "better than real data".
+A reconstruction FID (rFID) is paired by nature: a perfect autoencoder scores exactly 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections import defaultdict
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from .data import ShapesDataset
+from .evaluator import ShapesEvaluator, _get_evaluator, detect_objects, predict_cells, split_logits
+from .ldm import LatentDiffusion
+from .metrics import fid_from_features, metrics_from_features
+from .shapes import (COLOR_NAMES, GRID, SHAPES, SIZE_NAMES, parse_caption, relation_holds, render_scenes,
+                     scene_from_caption)
+
+__all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
+           "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "sample_prompts",
+           "evaluate_text_model", "evaluate_text_ldm", "accuracy_by", "word_pair_latents", "word_influence",
+           "INFLUENCE_PAIRS", "PROTOCOLS"]
+
+PROTOCOLS = ("unpaired", "paired")
+# word_influence pairs that evaluate-ldm reports: one per attribute, circle/square being the closest shapes
+INFLUENCE_PAIRS = (("circle", "square"), ("red", "blue"), ("small", "large"))
+
+
+@torch.no_grad()
+def shapes_features(images: torch.Tensor, evaluator: ShapesEvaluator | None = None,
+                    batch_size: int = 500) -> torch.Tensor:
+    """Shapes-FID features: the evaluator's penultimate layer, images (N, 3, H, W) in [-1, 1] -> (N, 256)."""
+    ev = _get_evaluator(evaluator)
+    dev = next(ev.parameters()).device
+    return torch.cat([ev.features(ev.prepare(images[i:i + batch_size].to(dev))).cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def shapes_class_logits(images: torch.Tensor, evaluator: ShapesEvaluator | None = None) -> torch.Tensor:
+    """(N, 24) log p(shape × color) of the most confidently detected object, for `inception_score` on Shapes."""
+    c = predict_cells(images, evaluator)
+    parts = split_logits(c["logits"])
+    cell = c["p_occupied"].argmax(1)                              # (N,) most confident cell
+    pick = torch.arange(len(cell))
+    log_shape = F.log_softmax(parts["shape"][pick, cell], -1)     # (N, 4)
+    log_color = F.log_softmax(parts["color"][pick, cell], -1)     # (N, 6)
+    # class id = shape_index·6 + color_index (data.class_id)
+    return rearrange(log_shape[:, :, None] + log_color[:, None, :], "n s c -> n (s c)")
+
+
+def real_images(num_samples: int, split: str = "test", max_objects: int = 2, resolution: int = 32, start: int = 0,
+                batch_size: int = 500, min_objects: int = 1) -> torch.Tensor:
+    """Real images [start, start + num_samples) of a Shapes split (the scenes of ShapesDataset(split))."""
+    ds = ShapesDataset(split, size=start + num_samples, max_objects=max_objects, min_objects=min_objects,
+                       resolution=resolution)
+    return torch.cat([ds.batch(range(i, min(i + batch_size, start + num_samples)))["image"]
+                      for i in range(start, start + num_samples, batch_size)])
+
+
+def _rerendered(num_samples: int, split: str, max_objects: int, resolution: int, seed: int = 1) -> torch.Tensor:
+    """The captions of scenes [0, n) of a split drawn again with fresh randomness (scene_from_caption)."""
+    ds = ShapesDataset(split, size=max(num_samples, 1), max_objects=max_objects, resolution=resolution)
+    scenes = [scene_from_caption(ds.scene(i).caption, seed=seed * 1_000_003 + i) for i in range(num_samples)]
+    return torch.cat([render_scenes(scenes[i:i + 500], resolution)[0] for i in range(0, num_samples, 500)])
+
+
+def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", max_objects: int = 2,
+                              protocol: str = "unpaired", evaluator: ShapesEvaluator | None = None,
+                              with_floor: bool = True, k: int = 3, kid_subset_size: int = 1000,
+                              kid_subsets: int = 100, seed: int = 0) -> dict[str, Any]:
+    """Shapes-FID, KID, precision, recall of `fake_images`, generated for scenes [0, n) of a split (their
+    captions, classes or layouts), and (with_floor) the same metrics for the floor of the same protocol:
+
+      unpaired  fake vs real [n, 2n);  floor: real [0, n) vs real [n, 2n)
+      paired    fake vs real [0, n);   floor: the captions of [0, n) drawn again vs real [0, n)
+
+    The keys ending in "_floor" hold the floor; "protocol" says which one was used.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS} (see shapes_eval's docstring), got {protocol!r}")
+    n, res = len(fake_images), fake_images.shape[-1]
+    real = real_images(2 * n if protocol == "unpaired" else n, split, max_objects, res)
+    reference = real[n:] if protocol == "unpaired" else real[:n]
+    fr = shapes_features(reference, evaluator)
+    out = {**metrics_from_features(fr, shapes_features(fake_images, evaluator), k, kid_subset_size, kid_subsets,
+                                   seed), "protocol": protocol}
+    if with_floor:
+        other = real[:n] if protocol == "unpaired" else _rerendered(n, split, max_objects, res)
+        floor = metrics_from_features(fr, shapes_features(other, evaluator), k, kid_subset_size, kid_subsets, seed)
+        out.update({f"{key}_floor": floor[key] for key in ("fid", "kid", "precision", "recall")})
+    return out
+
+
+def shapes_fid_floor(num_samples: int, split: str = "test", max_objects: int = 2, resolution: int = 32,
+                     evaluator: ShapesEvaluator | None = None, protocol: str = "unpaired",
+                     return_all: bool = False) -> float | dict[str, float]:
+    """The real-vs-real Shapes-FID at a sample count: what a perfect model scores under `protocol` (see
+    shapes_generative_metrics), from finite-sample noise alone. return_all adds KID, precision and recall."""
+    if num_samples < 2:
+        raise ValueError(f"the FID floor needs num_samples ≥ 2 per set, got {num_samples}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    real = real_images(2 * num_samples if protocol == "unpaired" else num_samples, split, max_objects, resolution)
+    a = real[:num_samples]
+    b = real[num_samples:] if protocol == "unpaired" else _rerendered(num_samples, split, max_objects, resolution)
+    fa, fb = shapes_features(a, evaluator), shapes_features(b, evaluator)
+    return metrics_from_features(fb, fa) if return_all else fid_from_features(fb, fa)
+
+
+# --- prompt, class and layout accuracy ----------------------------------------------------------------------
+
+
+def _match(prompt: dict, seen: list[dict]) -> tuple[list[dict], bool | None]:
+    """Assign detected objects to the prompt's objects (one each, or none) so that as many conditions as
+    possible hold; -> (per prompt object: which of shape/color/size/position hold, relation holds or None)."""
+    objs, rel = prompt["objects"], prompt["relation"]
+
+    def checks(p: dict, o: dict | None) -> dict:
+        c = {a: o is not None and o[a] == p[a] for a in ("shape", "color", "size")}
+        if p["position"] is not None:
+            c["position"] = o is not None and o["position"] == p["position"]
+        return c
+
+    best_score, result = -1, None
+    for assign in itertools.product([None, *range(len(seen))], repeat=len(objs)):
+        used = [j for j in assign if j is not None]
+        if len(used) != len(set(used)):                          # one detected object per prompt object
+            continue
+        per = [checks(p, seen[j] if j is not None else None) for p, j in zip(objs, assign)]
+        holds = None
+        if rel is not None:
+            a, b = assign
+            cell = lambda j: (seen[j]["row"], seen[j]["col"])  # noqa: E731
+            holds = a is not None and b is not None and relation_holds(rel, cell(a), cell(b))
+        score = sum(sum(c.values()) for c in per) + bool(holds)
+        if score > best_score:
+            best_score, result = score, (per, holds)
+    return result
+
+
+def prompt_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator: ShapesEvaluator | None = None,
+                    exact_count: bool = True) -> dict[str, Any]:
+    """Fraction of images in which EVERY condition of their prompt holds (shape, color, size of each object,
+    its position or the relation between the two), read by the Shapes evaluator; with `exact_count` the
+    image must also hold exactly as many objects as the prompt names. Broken down by prompt type
+    ("one_object", "two_objects_relation", "objects_with_positions") and by attribute; "correct" is (N,) bool.
+    """
+    if isinstance(captions, str):
+        raise TypeError("prompt_accuracy expects one caption per image (a list of strings), got a single string")
+    if len(images) != len(captions):
+        raise ValueError(f"got {len(images)} images but {len(captions)} captions; pass one caption per image")
+    prompts = [parse_caption(c) for c in captions]
+    seen = detect_objects(images, evaluator)
+    correct, types = [], []
+    tallies: dict[str, list[bool]] = {a: [] for a in ("shape", "color", "size", "position", "relation", "count")}
+    for p, s in zip(prompts, seen):
+        per, holds = _match(p, s)
+        for c in per:
+            for a, ok in c.items():
+                tallies[a].append(ok)
+        if holds is not None:
+            tallies["relation"].append(holds)
+        count_ok = len(s) == len(p["objects"])
+        tallies["count"].append(count_ok)
+        correct.append(all(all(c.values()) for c in per) and holds is not False and (count_ok or not exact_count))
+        types.append("one_object" if len(p["objects"]) == 1 else
+                     "two_objects_relation" if p["relation"] is not None else "objects_with_positions")
+    correct_t = torch.tensor(correct, dtype=torch.bool)
+    by_type = {}
+    for name in ("one_object", "two_objects_relation", "objects_with_positions"):
+        sel = torch.tensor([t == name for t in types], dtype=torch.bool)
+        if sel.any():
+            by_type[name] = {"accuracy": float(correct_t[sel].float().mean()), "n": int(sel.sum())}
+    return {"accuracy": float(correct_t.float().mean()), "n": len(correct), "by_type": by_type,
+            "by_attribute": {a: sum(v) / len(v) for a, v in tallies.items() if v}, "correct": correct_t}
+
+
+def class_accuracy(images: torch.Tensor, labels: torch.Tensor | Sequence[int],
+                   evaluator: ShapesEvaluator | None = None, exact_count: bool = True) -> dict[str, Any]:
+    """Class-conditional samples: fraction whose (most confident) object has the label's shape and color
+    (class = shape_index·6 + color_index, data.class_id); with `exact_count`, exactly one object must be seen."""
+    labels = torch.as_tensor(labels, dtype=torch.int64).flatten()
+    if len(labels) != len(images):
+        raise ValueError(f"got {len(images)} images but {len(labels)} labels; pass one label per image")
+    if (labels < 0).any() or (labels >= len(SHAPES) * len(COLOR_NAMES)).any():
+        raise ValueError(f"labels must be classes in [0, {len(SHAPES) * len(COLOR_NAMES)}) (one-object scenes); "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    c = predict_cells(images, evaluator)
+    cell = c["p_occupied"].argmax(1)
+    pick = torch.arange(len(cell))
+    shape_ok = c["shape"][pick, cell] == labels // len(COLOR_NAMES)
+    color_ok = c["color"][pick, cell] == labels % len(COLOR_NAMES)
+    count_ok = c["occupied"].sum(1) == 1
+    correct = shape_ok & color_ok & (count_ok | (not exact_count))
+    return {"accuracy": float(correct.float().mean()), "shape": float(shape_ok.float().mean()),
+            "color": float(color_ok.float().mean()), "count": float(count_ok.float().mean()),
+            "n": len(labels), "correct": correct}
+
+
+def layout_accuracy(images: torch.Tensor, layout: torch.Tensor, evaluator: ShapesEvaluator | None = None,
+                    exact_count: bool = True) -> dict[str, Any]:
+    """Layout-conditional samples: each layout object [class_id, x0, y0, x1, y1] (rows with class −1 are
+    padding) must be seen in the grid cell of its box centre with its class (shape and color).
+    "accuracy": images with every object right (and, with `exact_count`, no extra objects);
+    "object_accuracy", "position", "class": per layout object."""
+    if not torch.is_tensor(layout) or layout.dim() != 3 or layout.shape[-1] != 5 or len(layout) != len(images):
+        raise ValueError(f"layout must be (N, max_objects, 5) rows [class_id, x0, y0, x1, y1] for N = {len(images)} "
+                         f"images, got {tuple(layout.shape) if torch.is_tensor(layout) else type(layout).__name__}")
+    layout = layout.float().cpu()
+    c = predict_cells(images, evaluator)
+    valid = layout[..., 0] >= 0                                    # (N, K)
+    cls = layout[..., 0].clamp_min(0).long()
+    grid = torch.tensor(GRID)
+    cx, cy = (layout[..., 1] + layout[..., 3]) / 2, (layout[..., 2] + layout[..., 4]) / 2
+    col = (cx[..., None] - grid).abs().argmin(-1)                  # nearest cell centre, (N, K)
+    row = (cy[..., None] - grid).abs().argmin(-1)
+    cell = 3 * row + col
+    take = lambda t: torch.gather(t, 1, cell)                      # noqa: E731  (N, 9) -> (N, K) at each cell
+    pos_ok = take(c["occupied"])
+    cls_ok = (take(c["shape"]) == cls // len(COLOR_NAMES)) & (take(c["color"]) == cls % len(COLOR_NAMES))
+    obj_ok = pos_ok & cls_ok
+    count_ok = c["occupied"].sum(1) == valid.sum(1)
+    correct = (obj_ok | ~valid).all(1) & (count_ok | (not exact_count))
+    v = valid.float().sum()
+    return {"accuracy": float(correct.float().mean()), "object_accuracy": float((obj_ok & valid).sum() / v),
+            "position": float((pos_ok & valid).sum() / v), "class": float((cls_ok & pos_ok & valid).sum() / v),
+            "count": float(count_ok.float().mean()), "n": len(images), "correct": correct}
+
+
+# --- a text-conditional model on the test split -------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_prompts(ldm: Any, captions: list[str], steps: int = 50, eta: float = 0.0, guidance_scale: float = 3.0,
+                   seed: int = 0, batch_size: int = 100) -> torch.Tensor:
+    """One image per caption, in batches, each batch with its own seeded generator (seed·7919 + first index),
+    so a caption's image does not depend on how many others are sampled with it batch-wise."""
+    images = []
+    for start in range(0, len(captions), batch_size):
+        raw = ldm.prompt_condition(prompts=list(captions[start:start + batch_size]))
+        g = torch.Generator().manual_seed(seed * 7919 + start)
+        images.append(ldm.sample(raw, steps=steps, eta=eta, guidance_scale=guidance_scale, generator=g).cpu())
+    return torch.cat(images)
+
+
+def _test_captions(n: int, resolution: int, min_objects: int, max_objects: int) -> list[str]:
+    ds = ShapesDataset("test", size=max(n, 1000), resolution=resolution, min_objects=min_objects,
+                       max_objects=max_objects)
+    return [ds.scene(i).caption for i in range(n)]
+
+
+def _require_text(ldm: Any, what: str) -> None:
+    if getattr(ldm, "cond_mode", None) != "text":
+        raise ValueError(f"{what} needs a text-conditional model trained on Shapes captions, this one is "
+                         f"{getattr(ldm, 'cond_mode', None)!r}")
+
+
+@torch.no_grad()
+def evaluate_text_model(ldm: Any, num_samples: int = 200, steps: int = 50, eta: float = 0.0,
+                        guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 100,
+                        with_floor: bool = True, protocol: str = "unpaired") -> dict[str, Any]:
+    """Sample the captions of test scenes [0, n) (1-2 objects) with DDIM(steps, η) and guidance s; -> Shapes-FID,
+    KID, precision, recall with the floor of `protocol`, prompt accuracy (all, one-object, two-object prompts)
+    and sampling images/s, all from one set of samples."""
+    _require_text(ldm, "evaluate_text_model")
+    n = int(num_samples)
+    captions = _test_captions(n, ldm.resolution, 1, 2)
+    t0 = time.perf_counter()
+    images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size)
+    seconds = time.perf_counter() - t0
+    m = shapes_generative_metrics(images, split="test", max_objects=2, protocol=protocol, with_floor=with_floor)
+    acc = prompt_accuracy(images, captions)
+    counts = torch.tensor([len(parse_caption(c)["objects"]) for c in captions])
+    correct = acc["correct"].float()
+
+    def mean_or_none(mask: torch.Tensor) -> float | None:
+        return float(correct[mask].mean()) if mask.any() else None
+
+    row = {k: float(v) for k, v in m.items() if k.startswith(("fid", "kid", "precision", "recall"))}
+    row.update(protocol=protocol, accuracy=float(acc["accuracy"]), one_object_accuracy=mean_or_none(counts == 1),
+               two_object_accuracy=mean_or_none(counts == 2), samples=n, sample_images_per_s=n / seconds)
+    return row
+
+
+def accuracy_by(captions: Sequence[str], correct: torch.Tensor, attributes: Sequence[str] = ("size", "shape")
+                ) -> dict[str, float]:
+    """Accuracy of one-object prompts grouped by the prompt's attributes, e.g. {"small star": 0.9, …}."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for caption, ok in zip(captions, correct.tolist()):
+        obj = parse_caption(caption)["objects"][0]
+        groups[" ".join(obj[a] for a in attributes)].append(bool(ok))
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+@torch.no_grad()
+def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps: int = 50, seed: int = 0,
+                      batch_size: int = 100, fid: bool = True, eta: float = 0.0) -> dict[str, Any]:
+    """What `minildm evaluate-ldm` prints: prompt accuracy on n one-object and n two-object test captions
+    (judged by the Shapes evaluator; one-object also by size and shape), Shapes-FID of n mixed test captions
+    with its unpaired floor (`evaluate_text_model`), and `word_influence` for one word pair per attribute."""
+    _require_text(ldm, "evaluate_text_ldm")
+    out: dict[str, Any] = {}
+    for label, objects in (("one_object", 1), ("two_objects", 2)):
+        captions = _test_captions(n, ldm.resolution, objects, objects)
+        images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size)
+        acc = prompt_accuracy(images, captions)
+        out[label] = {"accuracy": float(acc["accuracy"]),
+                      "by_attribute": {k: float(v) for k, v in acc["by_attribute"].items()}}
+        if objects == 1:
+            out[label]["by_size_and_shape"] = accuracy_by(captions, acc["correct"])
+    if fid:
+        out["fid"] = evaluate_text_model(ldm, n, steps, eta, guidance_scale, seed, batch_size)
+    out["word_influence"] = {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in INFLUENCE_PAIRS}
+    return out
+
+
+# --- looking inside: how much does one word of the prompt matter? -------------------------------------------
+
+
+def word_pair_latents(ldm: LatentDiffusion, words: tuple[str, str],
+                      n: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """n one-object test scenes drawn twice, differing only in one attribute: (z_a, z_b, captions_a, captions_b).
+
+    `words` are two values of the same attribute ("circle", "square"; "red", "blue"; "small", "large"); the
+    scenes are the first n one-object test scenes with that attribute set to each word. z_a, z_b are the
+    scaled posterior means of the rendered images (everything else equal: position, size, color,
+    background), captions_a/b their captions, which differ in that one word.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n (scene pairs) must be a positive int, got {n!r}")
+    attributes = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES}
+    found = [next((a for a, values in attributes.items() if w in values), None) for w in words]
+    if len(words) != 2 or None in found or found[0] != found[1] or words[0] == words[1]:
+        raise ValueError(f"expected two different words naming the same attribute, e.g. ('circle', 'square'), "
+                         f"('red', 'blue') or ('small', 'large'); got {tuple(words)!r}. Shapes: {', '.join(SHAPES)}; "
+                         f"colors: {', '.join(COLOR_NAMES)}; sizes: {', '.join(SIZE_NAMES)}")
+    attr = found[0]
+    res = ldm.resolution
+    ds = ShapesDataset("test", size=max(n, 1000), resolution=res, min_objects=1, max_objects=1)
+    scenes = [ds.scene(i) for i in range(n)]
+    pair = [[dataclasses.replace(s, objects=(dataclasses.replace(s.objects[0], **{attr: w}),)) for s in scenes]
+            for w in words]
+    device = ldm.scale_factor.device
+    with torch.no_grad():
+        z = [ldm.latent_moments(render_scenes(sc, res, device=device)[0])[0] * ldm.scale_factor for sc in pair]
+    return z[0], z[1], [s.caption for s in pair[0]], [s.caption for s in pair[1]]
+
+
+@torch.no_grad()
+def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "square"), n: int = 64,
+                   timesteps: tuple[int, ...] = (100, 300, 500, 800), seed: int = 0) -> list[dict[str, float]]:
+    """How far one word of the prompt moves the denoiser's prediction x̂_0 (a probe of cross-attention).
+
+    Take n scene pairs that differ only in that word (`word_pair_latents`: latents z_a, z_b). At step t, noise
+    z_a and z_b with the same ε and predict x̂_0 once with each caption. Place every prediction on the line
+    between the two images, p = ⟨x̂_0 − z_b, z_a − z_b⟩ / ‖z_a − z_b‖² (1: the words[0] image, 0: the words[1]
+    image). The influence at t is p(caption says words[0]) − p(caption says words[1]), averaged over the
+    scenes and both starting latents: 0 when the model ignores the word, 1 when the word alone decides.
+    Returns one dict per t: {"t", "snr", "influence", "p_a", "p_b"} (p_a, p_b: the mean p per caption).
+    """
+    if ldm.cond_mode != "text":
+        raise ValueError(f"word_influence needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    z_a, z_b, caps_a, caps_b = word_pair_latents(ldm, words, n)
+    d = z_a - z_b
+    d2 = d.flatten(1).pow(2).sum(1)                                                 # ‖z_a − z_b‖², (n,)
+    conds = [ldm.encode_condition(ldm.prompt_condition(prompts=c)) for c in (caps_a, caps_b)]
+    g = torch.Generator().manual_seed(seed)
+    eps = torch.randn(z_a.shape, generator=g).to(z_a.device)
+    was_training = ldm.unet.training
+    ldm.unet.eval()
+    rows = []
+    for t in timesteps:
+        tt = ldm.diffusion.check_timesteps(torch.full((n,), int(t)), n, z_a.device)
+        p = []
+        for cond in conds:
+            per_start = []
+            for z in (z_a, z_b):
+                x_t = ldm.diffusion.add_noise(z, eps, tt)
+                x0, _ = ldm.diffusion.predict_x0_and_eps(x_t, tt, ldm.model_fn(x_t, tt, cond).float())
+                per_start.append((((x0 - z_b) * d).flatten(1).sum(1) / d2).mean())
+            p.append(float(torch.stack(per_start).mean()))
+        rows.append({"t": int(t), "snr": float(ldm.diffusion.snr(int(t))), "influence": p[0] - p[1],
+                     "p_a": p[0], "p_b": p[1]})
+    ldm.unet.train(was_training)
+    return rows

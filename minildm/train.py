@@ -1,0 +1,451 @@
+"""Training both stages of the paper with one loop (LDM Sec. 3.1-3.2, 4; App. G).
+
+    fit(run, folder, steps)        the loop both stages share: resume, a time cap, a NaN guard, checkpoints
+                                   that are atomic and never hold diverged weights, a progress bar, and a
+                                   callback(step, record, run) after every step (for live plots in notebooks)
+    AutoencoderTraining            one step of the first stage: generator step on the autoencoder
+                                   (L_rec + L_reg + λ·L_GAN), then, from `disc_start` on, a discriminator step
+    LatentDiffusionTraining        one step of the second stage: L_simple on (cached) latents of the frozen
+                                   autoencoder, with 10 % conditioning dropout, AdamW, LR warm-up and an EMA
+    train_autoencoder / train_ldm  build one of them from a profile and fit it
+
+Batch k of a run depends only on (seed, k), and the random state is stored in every checkpoint, so on the
+CPU a resumed run is bit-for-bit the run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .autoencoder import AEConfig, CHECKPOINT_KIND as AE_KIND, build_autoencoder, load_autoencoder
+from .checkpoint import (UnsafeWeightsError, check_config_matches, load_checkpoint, remove_stale_temporaries,
+                         rng_state, save_checkpoint, set_rng_state, unsafe_tensors)
+from .data import DataConfig, ShapesDataset
+from .ldm import CHECKPOINT_KIND as LDM_KIND, LatentDiffusion, LDMConfig, sample_latent
+from .losses import AutoencoderLoss
+from .metrics import reconstruction_psnr
+from .nn import EMA
+from .profiles import Profile, get_profile
+from .utils import autocast_dtype, fused_optimizer, get_device, seed_everything, warmup_cosine
+from .viz import save_sample_grid
+
+__all__ = ["fit", "train_autoencoder", "train_ldm", "AutoencoderTraining", "LatentDiffusionTraining",
+           "NonFiniteLossError", "check_finite", "encode_cache", "AE_CHECKPOINT", "LDM_CHECKPOINT"]
+
+AE_CHECKPOINT, LDM_CHECKPOINT = "autoencoder.pt", "ldm.pt"
+Callback = Callable[[int, dict, Any], None]
+
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN or inf; training stops before the update reaches the weights."""
+
+
+def check_finite(step: int, **losses: torch.Tensor | float) -> None:
+    """Raise NonFiniteLossError naming the step and the offending losses when any is NaN/inf."""
+    bad = {}
+    for name, value in losses.items():
+        v = float(value.detach().float().item() if torch.is_tensor(value) else value)
+        if not math.isfinite(v):
+            bad[name] = v
+    if bad:
+        raise NonFiniteLossError(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+
+
+def _positive_steps(steps: Any, what: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{what} must be a positive number of training steps, got {steps!r}")
+    return steps
+
+
+# --- The loop both stages share -----------------------------------------------------------------------------
+
+
+def fit(run: Any, folder: str | os.PathLike, steps: int, *, max_minutes: float | None = None, resume: bool = True,
+        checkpoint_every: int = 0, eval_every: int = 0, callback: Callback | None = None,
+        progress: bool = True) -> dict[str, Any]:
+    """Train `run` (an AutoencoderTraining or LatentDiffusionTraining) to `steps` steps in `folder`.
+
+    Resumes from folder/<run.checkpoint_name> when `resume` and it exists (its config must match, except
+    run.resumable fields); stops after `max_minutes` of training (a checkpoint is written either way);
+    evaluates every `eval_every` steps and at the end (run.evaluate, e.g. validation PSNR); writes a
+    checkpoint every `checkpoint_every` steps and at the end; calls `callback(step, record, run)` after each
+    step. A NaN/inf loss stops training before the update; a checkpoint with NaN/inf or diverged weights is
+    never written. Returns {"path", "history", "step", "minutes", "stopped_early"}.
+    """
+    steps = _positive_steps(steps)
+    folder = Path(folder)
+    path = folder / run.checkpoint_name
+    remove_stale_temporaries(folder, run.checkpoint_name)      # left by writes that a kill interrupted
+    step, history, elapsed_before, saved_at = 0, [], 0.0, None
+    resumed = resume and path.is_file()
+    if resumed:
+        ckpt = load_checkpoint(path, map_location=run.device, kind=run.kind)
+        check_config_matches(ckpt["config"], run.config, what=run.what, ignore=run.resumable)
+        run.load_state(ckpt)
+        set_rng_state(ckpt["rng"])
+        step, history, elapsed_before = int(ckpt["step"]), list(ckpt["history"]), float(ckpt.get("elapsed", 0.0))
+        saved_at = step
+    run.start(step, steps, resumed)
+    start_step = step
+
+    def save() -> None:
+        nonlocal saved_at
+        state = {"kind": run.kind, **run.state_dict(), "step": step, "rng": rng_state(), "history": history,
+                 "elapsed": elapsed_before + time.perf_counter() - t0}
+        try:
+            save_checkpoint(state, path, weights=run.weight_keys)
+        except UnsafeWeightsError as e:
+            previous = f" The previous checkpoint is from step {saved_at}." if saved_at is not None else ""
+            raise UnsafeWeightsError(f"training diverged after step {step}: {e}{previous} Try a lower learning "
+                                     "rate.") from None
+        saved_at = step
+
+    t0 = time.perf_counter()
+    deadline = None if max_minutes is None else t0 + 60.0 * max_minutes
+    stopped_early = False
+    bar = tqdm(total=steps, initial=step, desc=run.name, disable=not progress, mininterval=1.0, dynamic_ncols=True)
+    while step < steps:
+        if deadline is not None and time.perf_counter() >= deadline:
+            stopped_early = True
+            break
+        try:
+            logs = run.step(step)
+        except NonFiniteLossError as e:
+            where = (f"the last checkpoint (step {saved_at}) at {path} is intact" if saved_at is not None
+                     else "no checkpoint was written before it")
+            raise NonFiniteLossError(f"{e}. Training stopped; {where}. {run.advice}") from None
+        step += 1
+        record = {"step": step, **{k: float(v) for k, v in logs.items()}}
+        if eval_every and (step % eval_every == 0 or step == steps):
+            record.update(run.evaluate())
+        history.append(record)
+        if checkpoint_every and step % checkpoint_every == 0:
+            save()
+        run.after_step(step, record)
+        if callback is not None:
+            callback(step, record, run)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in run.shown}, refresh=False)
+    bar.close()
+    evaluated = eval_every and stopped_early and history and history[-1]["step"] == step \
+        and not _has_eval(history[-1], run)
+    if evaluated:
+        history[-1].update(run.evaluate())                       # stopped by the time cap: evaluate what we have
+    if step != start_step or evaluated or saved_at is None:      # a finished run that was only resumed writes nothing
+        save()
+    minutes = (elapsed_before + time.perf_counter() - t0) / 60
+    return {"path": path, "history": history, "step": step, "minutes": minutes, "stopped_early": stopped_early}
+
+
+def _has_eval(record: dict, run: Any) -> bool:
+    return any(k in record for k in run.eval_keys)
+
+
+# --- Stage 1: the autoencoder (Sec. 3.1, App. G) ------------------------------------------------------------
+
+
+class AutoencoderTraining:
+    """The first stage's state and step. Each step, on one batch x:
+      1. generator step      x̃ = D(E(x));  L_AE = L_rec + L_reg + λ·L_GAN  -> Adam step on the autoencoder
+      2. discriminator step  (from `disc_start` on) L_D(x, sg[x̃])          -> Adam step on the discriminator
+    Both Adams use betas (0.5, 0.9) and the same learning rate, as in the reference. The discriminator step
+    reuses the x̃ of the generator step (detached) instead of re-running the autoencoder.
+    """
+
+    kind, checkpoint_name, what = AE_KIND, AE_CHECKPOINT, "autoencoder"
+    resumable = ("steps", "val_every", "val_images")        # may change between a run and its resumption
+    weight_keys = ("state_dict", "discriminator", "ema")
+    shown, eval_keys = ("loss", "l1", "lpips", "g", "d_loss", "val_psnr"), ("val_psnr",)
+    advice = "Try a lower learning rate, fp32 instead of bf16, or check the input data."
+
+    def __init__(self, config: AEConfig, data: DataConfig, device: torch.device, profile: str = "custom",
+                 random_lpips: bool | None = None, lpips_download: bool = True,
+                 batches: Callable[[int], Iterator[dict]] | None = None):
+        self.config, self.data, self.device, self.profile, self.batches = config, data, device, profile, batches
+        self.name = f"AE-{config.kind}"
+        seed_everything(config.seed)
+        self.model = build_autoencoder(config).to(device)
+        self.loss_fn = AutoencoderLoss(config, lpips_download=lpips_download, random_backbone=random_lpips).to(device)
+        self.disc = self.loss_fn.discriminator
+        adam = dict(lr=config.lr, betas=(0.5, 0.9), **fused_optimizer(device))   # both as in the reference
+        self.opt_ae = torch.optim.Adam(self.model.parameters(), **adam)
+        self.opt_d = torch.optim.Adam(self.disc.parameters(), **adam)
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay > 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "data_config": self.data, "profile": self.profile,
+                "state_dict": self.model.state_dict(), "discriminator": self.disc.state_dict(),
+                "opt_ae": self.opt_ae.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None}
+
+    def load_state(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["state_dict"])
+        self.disc.load_state_dict(ckpt["discriminator"])
+        self.opt_ae.load_state_dict(ckpt["opt_ae"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+
+    def start(self, step: int, steps: int, resumed: bool) -> None:
+        cfg = self.config
+        if self.batches is None:
+            self.stream = ShapesDataset("train", config=self.data).random_batches(cfg.batch_size, seed=cfg.seed,
+                                                                                start=step, device=self.device)
+        else:
+            self.stream = self.batches(step)
+        val = ShapesDataset("val", config=self.data)
+        n = min(cfg.val_images, len(val))
+        B = cfg.batch_size
+        self.val_images = [val.batch(range(i, min(i + B, n)))["image"] for i in range(0, n, B)]
+        amp = autocast_dtype(self.device)
+        self.autocast = lambda: torch.autocast(self.device.type, dtype=amp, enabled=amp is not None)
+        self.model.train()
+        self.disc.train()
+
+    def step(self, step: int) -> dict[str, Any]:
+        cfg, x = self.config, next(self.stream)["image"].to(self.device)
+        with self.autocast():                                     # 1. generator step: L_AE = L_rec + L_reg + λ·L_GAN
+            if cfg.kind == "kl":
+                recon, posterior = self.model(x)
+                reg = posterior.kl()                              # (B,)  KL summed over C, H, W
+            else:
+                recon, reg, info = self.model(x)
+        loss, logs = self.loss_fn.generator_loss(x, recon, reg, step, self.model.last_layer)
+        check_finite(step, loss=loss)
+        self.opt_ae.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_ae.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if self.loss_fn.gan_active(step):                         # 2. discriminator step (once the GAN is on)
+            d_loss, d_logs = self.loss_fn.discriminator_loss(x, recon)   # fp32, like every loss term
+            check_finite(step, d_loss=d_loss)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            logs.update(d_logs)
+        out = {"loss": loss.detach(), **logs}
+        if cfg.kind == "vq":
+            out.update(perplexity=info["perplexity"], usage=info["usage"])
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation PSNR (dB) of reconstructions, with the EMA weights when there is an EMA."""
+        if not self.val_images:
+            return {}
+        with self.ema.applied_to(self.model) if self.ema is not None else contextlib.nullcontext():
+            return {"val_psnr": reconstruction_psnr(self.model, self.val_images, self.device)}
+
+    def after_step(self, step: int, record: dict) -> None:
+        pass
+
+
+def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: str | os.PathLike,
+                      device: str | torch.device | None = None, max_minutes: float | None = None,
+                      resume: bool = True, *, kind: str | None = None, steps: int | None = None,
+                      random_lpips: bool | None = None, lpips_download: bool = True, progress: bool = True,
+                      data_config: DataConfig | None = None,
+                      batches: Callable[[int], Iterator[dict]] | None = None,
+                      callback: Callback | None = None) -> dict[str, Any]:
+    """Train (or resume) the first-stage autoencoder in `out_dir` (Sec. 3.1 / App. G); returns fit()'s result,
+    whose "history" has one record per step (`val_psnr` on validation steps).
+
+    profile_or_cfg: profile name, Profile or AEConfig (then `data_config` or DataConfig() for the data);
+    kind / steps override the config; max_minutes stops early (a checkpoint is written either way);
+    random_lpips opts into a random LPIPS backbone (None: $MINILDM_LPIPS_RANDOM_BACKBONE);
+    batches: optional factory start_step -> iterator of {"image": (B,3,H,W)} batches (default: Shapes).
+    """
+    if profile_or_cfg is None or isinstance(profile_or_cfg, str):
+        profile_or_cfg = get_profile(profile_or_cfg)
+    if isinstance(profile_or_cfg, Profile):
+        cfg, data, name = profile_or_cfg.ae, profile_or_cfg.data, profile_or_cfg.name
+    elif isinstance(profile_or_cfg, AEConfig):
+        cfg, data, name = profile_or_cfg, DataConfig(), "custom"
+    else:
+        raise TypeError(f"expected a profile name, a Profile or an AEConfig, got {type(profile_or_cfg).__name__}")
+    cfg = dataclasses.replace(cfg, **({"kind": kind} if kind else {}),
+                              **({"steps": _positive_steps(steps)} if steps is not None else {}))
+    if cfg.kind == "pixel":
+        raise ValueError("kind='pixel' is the identity first stage (f = 1): it has nothing to train; pass "
+                         "autoencoder.PixelSpace() to train_ldm directly")
+    run = AutoencoderTraining(cfg, data_config or data, get_device(device), name, random_lpips, lpips_download,
+                              batches)
+    return fit(run, out_dir, cfg.steps, max_minutes=max_minutes, resume=resume, checkpoint_every=cfg.val_every,
+               eval_every=cfg.val_every if cfg.val_images > 0 else 0, callback=callback, progress=progress)
+
+
+# --- Stage 2: latent diffusion on the frozen autoencoder (Sec. 3.2-3.3, 4) ----------------------------------
+
+
+@torch.no_grad()
+def encode_cache(ldm: LatentDiffusion, dataset: Any, size: int, batch_size: int, device: torch.device,
+                 progress: bool = True) -> dict[str, torch.Tensor]:
+    """Encode samples 0..size-1 once: posterior μ, σ (unscaled) and the raw conditioning inputs, on the CPU.
+    Every training step then draws z = μ + σ·ε from the cache instead of running the encoder."""
+    size = min(size, len(dataset))
+    means, stds, raws = [], [], []
+    for start in tqdm(range(0, size, batch_size), desc="encoding latents", disable=not progress, mininterval=2):
+        b = dataset.batch(range(start, min(size, start + batch_size)), device=device)
+        mean, std = ldm.latent_moments(b["image"])
+        means.append(mean.float().cpu())
+        stds.append(std.float().cpu())
+        raw = ldm.raw_condition(b)
+        raws.append(raw.cpu() if raw is not None else torch.zeros(mean.shape[0]))
+    return {"mean": torch.cat(means), "std": torch.cat(stds), "raw": torch.cat(raws)}
+
+
+class LatentDiffusionTraining:
+    """The second stage's state and step: batch k = latents z0 and raw conditions y, a function of (seed, k);
+    L_simple(z0, y) with conditioning dropout (LatentDiffusion.training_step); AdamW; LR warm-up; EMA."""
+
+    kind, checkpoint_name, what = LDM_KIND, LDM_CHECKPOINT, "latent diffusion"
+    resumable = ("steps", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale")
+    weight_keys = ("state_dict", "ema", "autoencoder")
+    shown, eval_keys = ("loss",), ()
+    advice = "Try a lower learning rate, fp32 instead of bf16, or check the input data."
+
+    def __init__(self, config: LDMConfig, data: DataConfig, autoencoder: str | os.PathLike | nn.Module,
+                 device: torch.device, seed: int = 0, profile: str = "custom", folder: str | os.PathLike = ".",
+                 dataset: Any = None, progress: bool = True):
+        self.config, self.data, self.device, self.seed, self.profile = config, data, device, seed, profile
+        self.folder, self.name, self.progress = Path(folder), f"LDM ({config.cond})", progress
+        seed_everything(seed)         # before the autoencoder is built: its init draws from the same RNG
+        if not isinstance(autoencoder, nn.Module):
+            autoencoder = load_autoencoder(autoencoder, device)
+        bad = unsafe_tensors({"autoencoder": autoencoder.state_dict()}, ("autoencoder",))
+        if bad:
+            raise ValueError(f"the autoencoder given to train_ldm has diverged weights ({'; '.join(bad[:3])}"
+                             f"{'; …' if len(bad) > 3 else ''}); train it again or use an earlier checkpoint of it")
+        self.dataset = dataset if dataset is not None else ShapesDataset("train", data)
+        ds = self.dataset
+        self.ldm = LatentDiffusion(autoencoder.to(device), config, tokenizer=ds.tokenizer, num_classes=ds.num_classes,
+                                   max_objects=ds.max_objects, resolution=data.resolution).to(device)
+        self.model = self.ldm
+        self.mods = self.ldm.denoiser_modules()
+        self.opt = torch.optim.AdamW(self.mods.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                     **fused_optimizer(device))
+        cosine = config.lr_schedule == "cosine"
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda k: warmup_cosine(k, config.warmup_steps, config.steps, cosine))
+        self.ema = EMA(self.mods, config.ema_decay) if config.ema_decay > 0 else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.ldm.checkpoint_model(), "data_config": self.data, "profile": self.profile,
+                "state_dict": self.mods.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "seed": self.seed}
+
+    def load_state(self, ckpt: dict) -> None:
+        self.mods.load_state_dict(ckpt["state_dict"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+        self.ldm.scale_factor.fill_(float(ckpt["scale_factor"]))
+
+    def start(self, step: int, steps: int, resumed: bool) -> None:
+        cfg, ldm = self.config, self.ldm
+        self.cache = None
+        if cfg.cache_size > 0 and step < steps:   # nothing to encode when the run is already complete
+            self.cache = encode_cache(ldm, self.dataset, cfg.cache_size, 256, self.device, self.progress)
+            _check_latents(self.cache["mean"], self.cache["std"])
+        if not resumed:                            # scale factor from the first training batch: 1/std(z)
+            if self.cache is not None:
+                first = (self.cache["mean"][: cfg.batch_size].to(self.device),
+                         self.cache["std"][: cfg.batch_size].to(self.device))
+            else:
+                first = ldm.latent_moments(self.dataset.batch(range(cfg.batch_size), device=self.device)["image"])
+                _check_latents(*first)
+            scale = ldm.set_scale_factor(first, torch.Generator().manual_seed(self.seed))
+            if not math.isfinite(scale):
+                raise ValueError(f"the latents of the first batch have std {1 / scale:.3g}, so the scale factor "
+                                 "1/std(z) is not finite; is the autoencoder trained?")
+        amp = autocast_dtype(self.device)
+        self.autocast = lambda: torch.autocast(self.device.type, dtype=amp, enabled=amp is not None)
+        self.mods.train()
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Generator]:
+        """Batch k of the run: scaled latents z0 and raw conditioning; a function of (seed, k) only."""
+        ldm, B, device = self.ldm, self.config.batch_size, self.device
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
+        if self.cache is not None:
+            idx = torch.randint(self.cache["mean"].shape[0], (B,), generator=g)
+            mean, std = self.cache["mean"][idx].to(device), self.cache["std"][idx].to(device)
+            raw = self.cache["raw"][idx].to(device) if ldm.cond_mode != "none" else None
+        else:
+            b = self.dataset.batch(torch.randint(len(self.dataset), (B,), generator=g), device=device)
+            mean, std = ldm.latent_moments(b["image"])
+            raw = ldm.raw_condition(b)
+        z0 = sample_latent(mean, std, g) * float(ldm.scale_factor)
+        return z0, raw, g
+
+    def step(self, step: int) -> dict[str, Any]:
+        z0, raw, g = self.batch(step)
+        with self.autocast():
+            loss = self.ldm.training_step(z0, raw, generator=g)
+        check_finite(step, loss=loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.mods)
+        return {"loss": loss.detach().item(), "lr": self.sched.get_last_lr()[0]}
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[LatentDiffusion]:
+        """The model with its EMA weights (raw weights if there is no EMA), in eval mode; put back afterwards."""
+        with self.ema.applied_to(self.mods) if self.ema is not None else contextlib.nullcontext():
+            self.mods.eval()
+            try:
+                yield self.ldm
+            finally:
+                self.mods.train()
+
+    def after_step(self, step: int, record: dict) -> None:
+        every = self.config.sample_every
+        if every and step % every == 0:
+            with self.ema_weights() as ldm:
+                save_sample_grid(ldm, self.folder / f"samples_{step:06d}.png", title=f"step {step} (EMA weights)")
+
+
+def _check_latents(mean: torch.Tensor, std: torch.Tensor) -> None:
+    if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all())):
+        raise ValueError("the autoencoder's latents are not finite (NaN/inf) for the training images; the "
+                         "autoencoder is broken: train it again or use an earlier checkpoint of it")
+
+
+def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn.Module, out_dir: str | os.PathLike,
+              *, cond: str | None = None, device: str | torch.device | None = None, steps: int | None = None,
+              max_minutes: float | None = None, resume: bool = True, seed: int = 0, progress: bool = True,
+              callback: Callback | None = None, dataset: Any = None) -> dict[str, Any]:
+    """Train (or resume) the latent diffusion model in `out_dir`; returns fit()'s result.
+
+    `autoencoder` is a checkpoint path (train_autoencoder's autoencoder.pt) or a module; `cond` overrides the
+    profile's conditioning mode; `steps` its step count; `max_minutes` stops early with a checkpoint;
+    `dataset` replaces the profile's Shapes training split (it must give what `cond` needs).
+    """
+    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    cfg = profile.ldm
+    if cond is not None:
+        cfg = dataclasses.replace(cfg, cond=cond)
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=_positive_steps(steps))
+    run = LatentDiffusionTraining(cfg, profile.data, autoencoder, get_device(device), seed, profile.name, out_dir,
+                                  dataset, progress)
+    return fit(run, out_dir, cfg.steps, max_minutes=max_minutes, resume=resume,
+               checkpoint_every=cfg.checkpoint_every, callback=callback, progress=progress)

@@ -1,0 +1,208 @@
+"""The training loop both stages share (train.fit): resume, time cap, NaN guard, safe checkpoints, callback.
+
+Each test runs once per stage of the paper: the autoencoder (first stage) and the latent diffusion model
+(second stage), through the package's own train_autoencoder / train_ldm.
+"""
+
+import time
+
+import pytest
+import torch
+
+from minildm.autoencoder import build_autoencoder
+from minildm.checkpoint import UnsafeWeightsError, load_checkpoint, save_checkpoint
+from minildm.ldm import LatentDiffusion
+from minildm.losses import AutoencoderLoss
+from minildm.profiles import get_profile
+from minildm.train import (AE_CHECKPOINT, LDM_CHECKPOINT, AutoencoderTraining, LatentDiffusionTraining,
+                           NonFiniteLossError, train_autoencoder, train_ldm)
+
+STAGES = ("autoencoder", "ldm")
+CI = get_profile("ci")
+# short runs with a checkpoint every 2 steps (the autoencoder validates at the same steps)
+PROFILE = CI.replace(ae=dict(steps=6, val_every=2, disc_start=1, batch_size=4, val_images=8, ema_decay=0.9),
+                     ldm=dict(steps=6, checkpoint_every=2, batch_size=4, cache_size=32))
+
+
+@pytest.fixture(scope="module")
+def ae_path(tmp_path_factory):
+    """A (random) ci autoencoder checkpoint for the second stage to train on."""
+    torch.manual_seed(0)
+    ae = build_autoencoder(CI.ae)
+    path = tmp_path_factory.mktemp("ae") / AE_CHECKPOINT
+    save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, path)
+    return path
+
+
+def run(stage, out, ae_path, profile=PROFILE, **kw):
+    kw.setdefault("progress", False)
+    if stage == "autoencoder":
+        return train_autoencoder(profile, out, device="cpu", random_lpips=True, lpips_download=False, **kw)
+    return train_ldm(profile, ae_path, out, device="cpu", **kw)
+
+
+def checkpoint_of(stage, out):
+    return load_checkpoint(out / (AE_CHECKPOINT if stage == "autoencoder" else LDM_CHECKPOINT))
+
+
+def poison(monkeypatch, stage, at_step, how):
+    """Make the loss of 0-based step `at_step` NaN ("loss") or give it an infinite gradient ("grad")."""
+
+    class InfGrad(torch.autograd.Function):   # value 0, gradient +inf: a finite loss, a broken update
+        @staticmethod
+        def forward(ctx, p):
+            ctx.shape = p.shape
+            return p.new_zeros(())
+
+        @staticmethod
+        def backward(ctx, g):
+            return torch.full(ctx.shape, float("inf"))
+
+    def spoil(loss, param):
+        return loss * float("nan") if how == "loss" else loss + InfGrad.apply(param)
+
+    if stage == "autoencoder":
+        real = AutoencoderLoss.generator_loss
+
+        def generator_loss(self, x, recon, reg, step, last_layer):
+            loss, logs = real(self, x, recon, reg, step, last_layer)
+            return (spoil(loss, last_layer) if step == at_step else loss), logs
+
+        monkeypatch.setattr(AutoencoderLoss, "generator_loss", generator_loss)
+    else:
+        real_step, calls = LatentDiffusionTraining.step, {}
+
+        def step(self, k):
+            calls["k"] = k
+            return real_step(self, k)
+
+        real_loss = LatentDiffusion.training_step
+
+        def training_step(self, z0, raw, generator=None):
+            loss = real_loss(self, z0, raw, generator)
+            return spoil(loss, next(self.unet.parameters())) if calls["k"] == at_step else loss
+
+        monkeypatch.setattr(LatentDiffusionTraining, "step", step)
+        monkeypatch.setattr(LatentDiffusion, "training_step", training_step)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_resume_is_bit_identical_to_an_uninterrupted_run(stage, tmp_path, ae_path):
+    full = run(stage, tmp_path / "full", ae_path)
+    first = run(stage, tmp_path / "split", ae_path, steps=3)
+    assert first["step"] == 3 and not first["stopped_early"]
+    rest = run(stage, tmp_path / "split", ae_path)
+    assert rest["step"] == full["step"] == 6
+    # every loss of every step, to the last bit (the split run also validated at its stop, step 3)
+    drop_eval = lambda history: [{k: v for k, v in h.items() if k != "val_psnr"} for h in history]  # noqa: E731
+    assert drop_eval(rest["history"]) == drop_eval(full["history"])
+    a, b = checkpoint_of(stage, tmp_path / "full"), checkpoint_of(stage, tmp_path / "split")
+    for key in ("state_dict", "ema"):
+        sa = a[key]["shadow"] if key == "ema" else a[key]
+        sb = b[key]["shadow"] if key == "ema" else b[key]
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), key
+    if stage == "autoencoder":
+        assert any("d_loss" in h for h in full["history"]) and "val_psnr" in full["history"][-1]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_time_cap_stops_early_with_a_checkpoint(stage, tmp_path, ae_path):
+    def slow(step, record, run_):
+        time.sleep(0.05)
+
+    r = run(stage, tmp_path, ae_path, steps=10_000, max_minutes=0.2 / 60, callback=slow)
+    assert r["stopped_early"] and 1 <= r["step"] < 100
+    assert checkpoint_of(stage, tmp_path)["step"] == r["step"]
+    if stage == "autoencoder":                                    # the cap's last step is still validated
+        assert "val_psnr" in r["history"][-1]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_nan_loss_stops_before_the_update_and_names_the_last_checkpoint(stage, tmp_path, ae_path, monkeypatch):
+    poison(monkeypatch, stage, at_step=3, how="loss")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3: loss=nan.*last checkpoint \(step 2\)"):
+        run(stage, tmp_path, ae_path)
+    ckpt = checkpoint_of(stage, tmp_path)
+    assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_nan_loss_before_any_checkpoint_says_none_was_written(stage, tmp_path, ae_path, monkeypatch):
+    poison(monkeypatch, stage, at_step=0, how="loss")
+    with pytest.raises(NonFiniteLossError, match="step 0.*no checkpoint was written"):
+        run(stage, tmp_path, ae_path)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_diverged_update_never_overwrites_the_last_good_checkpoint(stage, tmp_path, ae_path, monkeypatch):
+    """An infinite gradient at step 3 (finite loss) turns the weights into NaN; the checkpoint due after step 4
+    is refused, and the one from step 2 stays on disk, bit for bit."""
+    run(stage, tmp_path / "good", ae_path, steps=2)
+    good = checkpoint_of(stage, tmp_path / "good")
+    poison(monkeypatch, stage, at_step=3, how="grad")
+    expected = r"diverged after step 4: .*NaN/inf.*Nothing was written.*previous checkpoint is from step 2"
+    with pytest.raises(UnsafeWeightsError, match=expected):
+        run(stage, tmp_path / "bad", ae_path)
+    kept = checkpoint_of(stage, tmp_path / "bad")
+    assert kept["step"] == 2
+    assert all(torch.equal(kept["state_dict"][k], v) for k, v in good["state_dict"].items())
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_an_absurd_learning_rate_never_saves_absurd_weights(stage, tmp_path, ae_path):
+    """lr = 1e8 with a checkpoint after every step: Adam's first step moves each weight by ~1e8, still finite,
+    so only the size check stands between it and the disk."""
+    change = ({"ae": {"lr": 1e8, "val_every": 1}} if stage == "autoencoder"
+              else {"ldm": {"lr": 1e8, "warmup_steps": 1, "checkpoint_every": 1}})
+    expected = r"diverged after step 1: .*max \|w\| = \d(\.\d+)?e\+0[678].*no checkpoint exists"
+    with pytest.raises(UnsafeWeightsError, match=expected):
+        run(stage, tmp_path, ae_path, profile=PROFILE.replace(**change))
+    assert not (tmp_path / (AE_CHECKPOINT if stage == "autoencoder" else LDM_CHECKPOINT)).exists()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stale_temporary_files_of_killed_writes_are_removed(stage, tmp_path, ae_path):
+    name = AE_CHECKPOINT if stage == "autoencoder" else LDM_CHECKPOINT
+    tmp_path.mkdir(exist_ok=True)
+    stale = [tmp_path / f".{name}.k1ll3d.tmp", tmp_path / f".{name}.x.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".notes.txt.tmp"
+    other.write_text("not ours")
+    run(stage, tmp_path, ae_path, steps=1)
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_callback_sees_every_step_with_its_record_and_the_run(stage, tmp_path, ae_path):
+    seen = []
+    r = run(stage, tmp_path, ae_path, steps=3, callback=lambda step, record, run_: seen.append((step, record, run_)))
+    assert [s for s, _, _ in seen] == [1, 2, 3]
+    assert [rec for _, rec, _ in seen] == r["history"] and all("loss" in rec for _, rec, _ in seen)
+    expected = AutoencoderTraining if stage == "autoencoder" else LatentDiffusionTraining
+    assert isinstance(seen[0][2], expected) and isinstance(seen[0][2].model, torch.nn.Module)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("steps", [0, -5, 2.5])
+def test_a_step_count_that_is_not_positive_is_a_clear_error(stage, steps, tmp_path, ae_path):
+    with pytest.raises(ValueError, match="steps must be a positive number of training steps"):
+        run(stage, tmp_path, ae_path, steps=steps)
+    assert not any(tmp_path.iterdir())                            # nothing was written
+
+
+def test_a_nan_autoencoder_is_named_before_the_diffusion_model_trains(tmp_path):
+    ae = build_autoencoder(CI.ae)
+    with torch.no_grad():
+        next(ae.decoder.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="autoencoder given to train_ldm has diverged weights.*decoder"):
+        train_ldm(PROFILE, ae, tmp_path, device="cpu", progress=False)
+    assert not (tmp_path / LDM_CHECKPOINT).exists()
+
+
+def test_an_autoencoder_with_nan_latents_is_named(tmp_path):
+    ae = build_autoencoder(CI.ae)        # finite weights, but an encoder whose output is NaN for these images
+    ae.quant_conv.register_forward_hook(lambda module, inputs, output: output * float("nan"))
+    with pytest.raises(ValueError, match="autoencoder's latents are not finite"):
+        train_ldm(PROFILE, ae, tmp_path, device="cpu", progress=False)
+    assert not (tmp_path / LDM_CHECKPOINT).exists()
