@@ -315,7 +315,8 @@ def accuracy_by(captions: Sequence[str], correct: torch.Tensor, attributes: Sequ
 
 @torch.no_grad()
 def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps: int = 50, seed: int = 0,
-                      batch_size: int = 100, fid: bool = True, eta: float = 0.0) -> dict[str, Any]:
+                      batch_size: int = 100, fid: bool = True, eta: float = 0.0,
+                      word_pairs: Sequence[tuple[str, str]] = INFLUENCE_PAIRS) -> dict[str, Any]:
     """What `minildm evaluate-ldm` prints: prompt accuracy on n one-object and n two-object test captions
     (judged by the Shapes evaluator; one-object also by size and shape), Shapes-FID of n mixed test captions
     with its unpaired floor (`evaluate_text_model`), and `word_influence` for one word pair per attribute."""
@@ -331,7 +332,7 @@ def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps
             out[label]["by_size_and_shape"] = accuracy_by(captions, acc["correct"])
     if fid:
         out["fid"] = evaluate_text_model(ldm, n, steps, eta, guidance_scale, seed, batch_size)
-    out["word_influence"] = {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in INFLUENCE_PAIRS}
+    out["word_influence"] = {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in word_pairs}
     return out
 
 
