@@ -55,6 +55,7 @@ class AEConfig:
     n_embed: int = 256                     # VQ codebook size
     beta: float = 0.25                     # VQ commitment weight (on ‖z − sg[e]‖², the VQ-VAE form)
     # loss
+    pixel_loss: str = "l1"                 # "l1" (the paper's |x − x̃|) or "l2" ((x − x̃)², for comparison)
     lpips_net: str = "alex"                # "vgg" (paper), "alex", "squeeze"
     perceptual_weight: float = 1.0
     kl_weight: float = 1e-6
@@ -78,6 +79,8 @@ class AEConfig:
             raise ValueError(f"AEConfig.kind must be 'kl', 'vq' or 'pixel', got {self.kind!r}")
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
             raise ValueError(f"AEConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
+        if self.pixel_loss not in ("l1", "l2"):
+            raise ValueError(f"AEConfig.pixel_loss must be 'l1' or 'l2', got {self.pixel_loss!r}")
         if self.lpips_net not in ("vgg", "alex", "squeeze"):
             raise ValueError(f"AEConfig.lpips_net must be 'vgg', 'alex' or 'squeeze', got {self.lpips_net!r}")
         if self.disc_loss not in ("hinge", "vanilla"):
@@ -90,7 +93,6 @@ class AEConfig:
     def downsample_factor(self) -> int:
         """f = H/h = 2^(len(ch_mult) − 1)."""
         return 2 ** (len(self.ch_mult) - 1)
-
 
 
 # --- Building blocks ----------------------------------------------------------------------------------------
@@ -146,10 +148,6 @@ class Downsample(nn.Module):
         return self.conv(x)                                       # -> (B, C, H/2, W/2)
 
 
-def _check_attn_factors(ch_mult: tuple[int, ...], attn_resolutions: tuple[int, ...]) -> None:
-    check_attention_factors(len(ch_mult), tuple(attn_resolutions), "attn_resolutions")
-
-
 class Encoder(nn.Module):
     """E: conv_in → per level num_res_blocks ResnetBlocks (+attention) and a Downsample (not on the last level)
     → mid (Res, Attn, Res) → GN → SiLU → conv_out to `out_channels` (2·z for KL: μ and log σ², z for VQ)."""
@@ -157,7 +155,7 @@ class Encoder(nn.Module):
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, out_channels: int,
                  attn_resolutions: tuple[int, ...] = (), dropout: float = 0.0, in_channels: int = 3):
         super().__init__()
-        _check_attn_factors(ch_mult, attn_resolutions)
+        check_attention_factors(len(ch_mult), tuple(attn_resolutions), "attn_resolutions")
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.levels = nn.ModuleList()
         block_in = ch
@@ -192,7 +190,7 @@ class Decoder(nn.Module):
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
                  attn_resolutions: tuple[int, ...] = (), dropout: float = 0.0, out_channels: int = 3):
         super().__init__()
-        _check_attn_factors(ch_mult, attn_resolutions)
+        check_attention_factors(len(ch_mult), tuple(attn_resolutions), "attn_resolutions")
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
         self.mid = nn.Sequential(ResnetBlock(block_in, block_in, dropout), AttnBlock(block_in),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, pretrained
 from .autoencoder import load_autoencoder
 from .bench import DEFAULT_SECONDS, bench_ddim, bench_ldm_step, format_table, machine_info, run_bench
 from .data import ShapesDataset, benchmark
@@ -244,6 +244,16 @@ def _cmd_train_evaluator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    ldms = dict(item.split("=", 1) for item in args.ldm)
+    provenance = json.loads(Path(args.provenance).read_text()) if args.provenance else {}
+    full = pretrained.export(args.autoencoder, ldms, args.profile, provenance, root=args.root)
+    for name, entry in sorted(full["files"].items()):
+        if name.startswith(f"{args.profile}/"):
+            print(f"{name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}…")
+    return 0
+
+
 def _cmd_experiments(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
     out = Path(args.out or f"outputs/experiments/{profile.name}")
@@ -410,6 +420,13 @@ def _study_commands(add) -> None:
     _common(p, "device")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")
+
+    p = add("export-pretrained", _cmd_export, "write the shipped inference checkpoints (safetensors + manifest)")
+    p.add_argument("--profile", required=True, help="the profile the checkpoints were trained in")
+    p.add_argument("--autoencoder", required=True, help="autoencoder.pt from `minildm train-ae`")
+    p.add_argument("--ldm", nargs="*", default=[], metavar="COND=PATH", help="e.g. text=runs/ldm-cpu-text/ldm.pt")
+    p.add_argument("--provenance", default=None, help="JSON file: per file, the command, seed, minutes, metrics")
+    p.add_argument("--root", default=str(pretrained.DIR), help="where to write (default: %(default)s)")
 
     p = add("experiments", _cmd_experiments, "the paper's experiments at mini scale; writes results.md/.json")
     p.add_argument("experiment", choices=(*EXPERIMENTS, "all"))

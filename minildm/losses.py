@@ -260,14 +260,18 @@ class AutoencoderLoss(nn.Module):
         return step >= self.config.disc_start
 
     def reconstruction_loss(self, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """|x − x̃| + w_p·LPIPS(x, x̃), reduced per the module docstring (KL: Σ_CHW / B; VQ: mean)."""
+        """|x − x̃| + w_p·LPIPS(x, x̃), reduced per the module docstring (KL: Σ_CHW / B; VQ: mean).
+
+        With config.pixel_loss = "l2" the pixel term is (x − x̃)² instead: the loss whose minimizer is the
+        mean of all plausible images, i.e. a blurry one (the course compares the two)."""
         x, recon = x.float(), recon.float()
         l1 = (x - recon).abs()                                    # (B, 3, H, W)
+        pixel = l1 if self.config.pixel_loss == "l1" else (x - recon).pow(2)
         if self.perceptual is not None:
             p = self.perceptual(x, recon)                         # (B,)
-            rec = l1 + self.config.perceptual_weight * p.view(-1, 1, 1, 1)   # LPIPS broadcast over pixels
+            rec = pixel + self.config.perceptual_weight * p.view(-1, 1, 1, 1)   # LPIPS broadcast over pixels
         else:
-            p, rec = torch.zeros(x.shape[0], device=x.device), l1
+            p, rec = torch.zeros(x.shape[0], device=x.device), pixel
         rec = rec.sum() / x.shape[0] if self.config.kind == "kl" else rec.mean()
         return rec, {"l1": l1.mean().detach(), "lpips": p.mean().detach()}
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .autoencoder import reconstruct
 from .losses import LPIPS, random_backbone_requested
 
-__all__ = ["psnr", "ssim", "lpips", "latent_statistics", "reconstruction_psnr", "reconstruction_metrics", "frechet_distance",
+__all__ = ["psnr", "ssim", "lpips", "radial_power_spectrum", "log_spectrum_distance", "latent_statistics", "reconstruction_psnr", "reconstruction_metrics", "frechet_distance",
            "feature_statistics", "fid_from_features", "polynomial_kernel", "mmd2_unbiased", "kid_from_features",
            "knn_radii", "precision_recall", "inception_score", "extract_features", "generative_metrics",
            "metrics_from_features", "FeatureExtractor"]
@@ -101,6 +101,43 @@ def lpips(x: torch.Tensor, y: torch.Tensor, net: str = "alex", download: bool = 
         _lpips_cache[key] = LPIPS(net, download=download, random_backbone=rb).to(x.device)
     with torch.no_grad():
         return _lpips_cache[key](x, y)
+
+
+@torch.no_grad()
+def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Radially averaged power spectrum of images (B, 3, H, W) in [-1, 1] -> (frequencies, power), both (K,).
+
+    The luminance Y = 0.299 R + 0.587 G + 0.114 B of each image, minus its mean and times a 2-D Hann window
+    (so the jump between opposite borders, which the FFT treats as neighbours, adds no false detail), is
+    Fourier transformed; |F(u, v)|² / (H·W) is averaged over the rings of radius k = round(√(u² + v²)),
+    k = 1 … min(H, W)/2, and over the batch. Frequencies are k / min(H, W) in cycles per pixel (0.5 is the
+    finest pattern a pixel grid can hold). Blur shows up as missing power at high frequencies.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+    x = (images.double() + 1) / 2
+    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]              # (B, H, W) luminance
+    y = y - y.mean(dim=(1, 2), keepdim=True)                              # the mean (k = 0) is not a frequency
+    H, W = y.shape[-2:]
+    y = y * (torch.hann_window(H, periodic=False, dtype=y.dtype)[:, None]
+             * torch.hann_window(W, periodic=False, dtype=y.dtype)[None, :])
+    power = torch.fft.fft2(y).abs().pow(2).mean(0) / (H * W)              # (H, W), averaged over the batch
+    u = torch.fft.fftfreq(H, d=1.0 / H).abs()                             # integer frequencies 0 … H/2
+    v = torch.fft.fftfreq(W, d=1.0 / W).abs()
+    k = torch.sqrt(u[:, None] ** 2 + v[None, :] ** 2).round().long()     # ring index per (u, v)
+    n = min(H, W) // 2
+    rings = torch.arange(1, n + 1)
+    radial = torch.stack([power[k == r].mean() for r in rings])
+    return (rings.double() / min(H, W)).float(), radial.float()
+
+
+def log_spectrum_distance(images: torch.Tensor, reference: torch.Tensor, min_frequency: float = 0.0) -> float:
+    """Mean |log10 P_images(f) − log10 P_reference(f)| over the rings f ≥ min_frequency (cycles per pixel):
+    how far apart two sets' radial power spectra are (0: the same spectrum; 1: a factor 10 on average)."""
+    f, a = radial_power_spectrum(images)
+    _, b = radial_power_spectrum(reference)
+    keep = f >= min_frequency
+    return float((a[keep].log10() - b[keep].log10()).abs().mean())
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from torch import nn
 
 __all__ = ["num_groups", "check_attention_factors", "group_norm", "group_norm32", "GroupNorm32", "zero_module",
            "EMA", "Upsample", "timestep_embedding", "attention_explicit", "attention_sdpa", "RecordableAttention",
-           "CrossAttention", "AttentionMaps", "record_attention"]
+           "CrossAttention", "AttentionMaps", "record_attention", "layer_shapes"]
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
@@ -339,3 +339,23 @@ def record_attention(model: nn.Module, keep: str = "last") -> Iterator[Attention
     finally:
         for (_, m), prev in zip(layers, previous):
             m.recorder = prev
+
+
+@torch.no_grad()
+def layer_shapes(model: nn.Module, *args, depth: int = 1, **kwargs) -> list[tuple[str, tuple[int, ...]]]:
+    """Run model(*args, **kwargs) once and return (name, output shape) of every submodule `depth` levels down
+    (module paths with depth + 1 parts: depth=1 -> "input_blocks.0", depth=0 -> "input_blocks"), in call order."""
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if name and name.count(".") == depth:
+            def hook(mod, inp, out, name=name):
+                if torch.is_tensor(out):
+                    shapes.append((name, tuple(out.shape)))
+            handles.append(module.register_forward_hook(hook))
+    try:
+        model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes

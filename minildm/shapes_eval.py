@@ -6,7 +6,7 @@
                                 position or relation, and the object count), read by the Shapes evaluator
     class_accuracy, layout_accuracy   the same for class- and layout-conditional samples
     evaluate_text_model         sample test-split captions with DDIM and measure all of the above at once
-    word_influence              how far one prompt word moves the denoiser's prediction (cross-attention probe)
+(Looking inside a model, word_influence and attention maps, is probes.py's job.)
 
 Like with like (FID protocols). A model asked for the captions of test scenes [0, n) can be compared with
   * the independent real scenes [n, 2n): "unpaired" (the default). Its floor compares real [0, n) with the
@@ -19,7 +19,6 @@ A reconstruction FID (rFID) is paired by nature: a perfect autoencoder scores ex
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections import defaultdict
@@ -31,19 +30,15 @@ from einops import rearrange
 
 from .data import ShapesDataset
 from .evaluator import ShapesEvaluator, _get_evaluator, detect_objects, predict_cells, split_logits
-from .ldm import LatentDiffusion
+from .probes import INFLUENCE_PAIRS, word_influence
 from .metrics import fid_from_features, metrics_from_features
-from .shapes import (COLOR_NAMES, GRID, SHAPES, SIZE_NAMES, parse_caption, relation_holds, render_scenes,
-                     scene_from_caption)
+from .shapes import COLOR_NAMES, GRID, SHAPES, parse_caption, relation_holds, render_scenes, scene_from_caption
 
 __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
            "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "sample_prompts",
-           "evaluate_text_model", "evaluate_text_ldm", "accuracy_by", "word_pair_latents", "word_influence",
-           "INFLUENCE_PAIRS", "PROTOCOLS"]
+           "evaluate_text_model", "evaluate_text_ldm", "accuracy_by", "PROTOCOLS"]
 
 PROTOCOLS = ("unpaired", "paired")
-# word_influence pairs that evaluate-ldm reports: one per attribute, circle/square being the closest shapes
-INFLUENCE_PAIRS = (("circle", "square"), ("red", "blue"), ("small", "large"))
 
 
 @torch.no_grad()
@@ -334,74 +329,3 @@ def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps
         out["fid"] = evaluate_text_model(ldm, n, steps, eta, guidance_scale, seed, batch_size)
     out["word_influence"] = {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in word_pairs}
     return out
-
-
-# --- looking inside: how much does one word of the prompt matter? -------------------------------------------
-
-
-def word_pair_latents(ldm: LatentDiffusion, words: tuple[str, str],
-                      n: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """n one-object test scenes drawn twice, differing only in one attribute: (z_a, z_b, captions_a, captions_b).
-
-    `words` are two values of the same attribute ("circle", "square"; "red", "blue"; "small", "large"); the
-    scenes are the first n one-object test scenes with that attribute set to each word. z_a, z_b are the
-    scaled posterior means of the rendered images (everything else equal: position, size, color,
-    background), captions_a/b their captions, which differ in that one word.
-    """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n (scene pairs) must be a positive int, got {n!r}")
-    attributes = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES}
-    found = [next((a for a, values in attributes.items() if w in values), None) for w in words]
-    if len(words) != 2 or None in found or found[0] != found[1] or words[0] == words[1]:
-        raise ValueError(f"expected two different words naming the same attribute, e.g. ('circle', 'square'), "
-                         f"('red', 'blue') or ('small', 'large'); got {tuple(words)!r}. Shapes: {', '.join(SHAPES)}; "
-                         f"colors: {', '.join(COLOR_NAMES)}; sizes: {', '.join(SIZE_NAMES)}")
-    attr = found[0]
-    res = ldm.resolution
-    ds = ShapesDataset("test", size=max(n, 1000), resolution=res, min_objects=1, max_objects=1)
-    scenes = [ds.scene(i) for i in range(n)]
-    pair = [[dataclasses.replace(s, objects=(dataclasses.replace(s.objects[0], **{attr: w}),)) for s in scenes]
-            for w in words]
-    device = ldm.scale_factor.device
-    with torch.no_grad():
-        z = [ldm.latent_moments(render_scenes(sc, res, device=device)[0])[0] * ldm.scale_factor for sc in pair]
-    return z[0], z[1], [s.caption for s in pair[0]], [s.caption for s in pair[1]]
-
-
-@torch.no_grad()
-def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "square"), n: int = 64,
-                   timesteps: tuple[int, ...] = (100, 300, 500, 800), seed: int = 0) -> list[dict[str, float]]:
-    """How far one word of the prompt moves the denoiser's prediction x̂_0 (a probe of cross-attention).
-
-    Take n scene pairs that differ only in that word (`word_pair_latents`: latents z_a, z_b). At step t, noise
-    z_a and z_b with the same ε and predict x̂_0 once with each caption. Place every prediction on the line
-    between the two images, p = ⟨x̂_0 − z_b, z_a − z_b⟩ / ‖z_a − z_b‖² (1: the words[0] image, 0: the words[1]
-    image). The influence at t is p(caption says words[0]) − p(caption says words[1]), averaged over the
-    scenes and both starting latents: 0 when the model ignores the word, 1 when the word alone decides.
-    Returns one dict per t: {"t", "snr", "influence", "p_a", "p_b"} (p_a, p_b: the mean p per caption).
-    """
-    if ldm.cond_mode != "text":
-        raise ValueError(f"word_influence needs a text-conditional model, this one is {ldm.cond_mode!r}")
-    z_a, z_b, caps_a, caps_b = word_pair_latents(ldm, words, n)
-    d = z_a - z_b
-    d2 = d.flatten(1).pow(2).sum(1)                                                 # ‖z_a − z_b‖², (n,)
-    conds = [ldm.encode_condition(ldm.prompt_condition(prompts=c)) for c in (caps_a, caps_b)]
-    g = torch.Generator().manual_seed(seed)
-    eps = torch.randn(z_a.shape, generator=g).to(z_a.device)
-    was_training = ldm.unet.training
-    ldm.unet.eval()
-    rows = []
-    for t in timesteps:
-        tt = ldm.diffusion.check_timesteps(torch.full((n,), int(t)), n, z_a.device)
-        p = []
-        for cond in conds:
-            per_start = []
-            for z in (z_a, z_b):
-                x_t = ldm.diffusion.add_noise(z, eps, tt)
-                x0, _ = ldm.diffusion.predict_x0_and_eps(x_t, tt, ldm.model_fn(x_t, tt, cond).float())
-                per_start.append((((x0 - z_b) * d).flatten(1).sum(1) / d2).mean())
-            p.append(float(torch.stack(per_start).mean()))
-        rows.append({"t": int(t), "snr": float(ldm.diffusion.snr(int(t))), "influence": p[0] - p[1],
-                     "p_a": p[0], "p_b": p[1]})
-    ldm.unet.train(was_training)
-    return rows

@@ -1,4 +1,5 @@
-"""Pictures: image grids with captions, sample grids of a model, and denoising filmstrips (x_t and x̂_0)."""
+"""Pictures: image grids, sample grids of a model, denoising filmstrips (x_t and x̂_0), latents as images,
+and attention maps over images."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .data import ShapesDataset
 from .shapes import class_name
 
 __all__ = ["to_display", "image_grid", "save_figure", "filmstrip", "denoising_filmstrip", "save_sample_grid",
-           "DEFAULT_PROMPTS"]
+           "latent_grid", "attention_overlay", "DEFAULT_PROMPTS"]
 
 DEFAULT_PROMPTS = (
     "a large red circle in the top left", "a small blue square in the center",
@@ -135,3 +136,58 @@ def save_sample_grid(ldm: Any, path: str | os.PathLike, n: int = 8, seed: int = 
         raw = None
     images = ldm.sample(raw, num_samples=n if raw is None else None, generator=g)
     return save_figure(image_grid(images, captions, ncols=min(8, n), title=title), path)
+
+
+def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title: str | None = None,
+                cell_inches: float = 1.2, vmax: float | None = None):
+    """Latents (B, c, h, w) as images, one column per channel, in a diverging color map centred on 0 (blue
+    negative, white 0, red positive) with one symmetric scale for the whole figure and a color bar."""
+    import matplotlib.pyplot as plt
+
+    if z.dim() != 4:
+        raise ValueError(f"expected latents of shape (B, c, h, w), got {tuple(z.shape)}")
+    z = z.detach().float().cpu()
+    B, C = z.shape[:2]
+    vmax = float(z.abs().max()) if vmax is None else vmax
+    fig, axes = plt.subplots(B, C, figsize=(C * cell_inches + 1.2, B * cell_inches + 0.4), squeeze=False)
+    for i in range(B):
+        for c in range(C):
+            ax = axes[i, c]
+            im = ax.imshow(z[i, c].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"channel {c}", fontsize=7)
+            if c == 0 and row_titles:
+                ax.set_ylabel("\n".join(textwrap.wrap(row_titles[i], 18)), fontsize=6.5, rotation=0, ha="right",
+                              va="center")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[str], title: str | None = None,
+                      cell_inches: float = 1.6, alpha: float = 0.6):
+    """An image (3, H, W) and, next to it, one panel per word: the image in grey with that word's attention
+    map (H, W) over it (each panel scaled to its own maximum, which its title gives)."""
+    import matplotlib.pyplot as plt
+
+    if maps.dim() != 3 or len(maps) != len(words) or maps.shape[-2:] != image.shape[-2:]:
+        raise ValueError(f"need one (H, W) map per word matching the image: got maps {tuple(maps.shape)}, "
+                         f"{len(words)} words, image {tuple(image.shape)}")
+    rgb = to_display(image[None])[0]
+    grey = rgb.mean(-1)
+    fig, axes = plt.subplots(1, len(words) + 1, figsize=((len(words) + 1) * cell_inches, cell_inches + 0.5))
+    axes[0].imshow(rgb.numpy(), interpolation="nearest")
+    axes[0].set_title("sample", fontsize=8)
+    for ax, m, w in zip(axes[1:], maps, words):
+        ax.imshow(grey.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.imshow(m.float().numpy(), cmap="inferno", alpha=alpha, interpolation="bilinear")
+        ax.set_title(f'"{w}"\nmax {float(m.max()):.2f}', fontsize=7)
+    for ax in axes:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

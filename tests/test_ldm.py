@@ -214,7 +214,7 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
 
 
 def test_word_influence_is_zero_for_a_model_that_ignores_the_prompt(ae, batch):
-    from minildm.shapes_eval import word_influence
+    from minildm.probes import word_influence
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])
@@ -228,7 +228,7 @@ def test_word_influence_is_zero_for_a_model_that_ignores_the_prompt(ae, batch):
 @pytest.mark.parametrize("words", [("circle", "square"), ("red", "blue"), ("small", "large")])
 def test_word_influence_measures_where_the_prediction_lands(ae, batch, words):
     """An oracle whose x̂_0 is λ·z_a + (1 − λ)·z_b, with λ set by the caption, has influence λ_a − λ_b exactly."""
-    from minildm.shapes_eval import word_influence, word_pair_latents
+    from minildm.probes import word_influence, word_pair_latents
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])
@@ -255,7 +255,7 @@ def test_word_influence_measures_where_the_prediction_lands(ae, batch, words):
 
 
 def test_word_influence_errors(ae, batch):
-    from minildm.shapes_eval import word_influence
+    from minildm.probes import word_influence
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])

@@ -1,0 +1,233 @@
+"""The course's helpers: one setup call per notebook, claims checked in code, exercises checked against the
+package, and models handed from notebook to notebook.
+
+    course = setup("05_training_the_ldm")    # prints profile, device, torch, threads, folders, LPIPS, run time
+    ae = course.autoencoder()                 # the student's own (notebook 01), else the shipped one, else trains
+    course.claim("the loss falls", last, "<", 0.8 * first)   # ✓ / ✗ with the measured value; strict: ✗ raises
+    check_answer("Exercise 5.1", mine, course_value)          # a friendly message when an answer is off
+    course.save_figure(fig, "loss_curves")   # kept with the results of this profile
+
+Where models live: $MINILDM_COURSE_DIR if set; else, in the `ci` profile, a fresh temporary folder (tests
+leave nothing behind); else outputs/course/<profile>/ under the repository. A notebook first looks there
+(what the student trained in an earlier notebook), then among the shipped checkpoints (pretrained.py,
+data/pretrained/<profile>/, checksum-verified), and only then trains, after saying so.
+
+Strict mode ($MINILDM_STRICT=1, what `minildm course --strict` sets) turns a failed claim into an error; claims
+marked exact=True (mathematical identities) are strict in every profile.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .autoencoder import load_autoencoder
+from .checkpoint import load_checkpoint
+from .ldm import LatentDiffusion
+from . import pretrained
+from .losses import lpips_weights_missing
+from .profiles import Profile, get_profile
+from .results import load_json, write_json
+from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
+from .utils import get_device, seed_everything
+
+__all__ = ["setup", "Course", "check_answer", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
+           "load_json"]
+
+COURSE_DIR_ENV, STRICT_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ("00_setup_and_shapes", "01_perceptual_compression", "02_latent_space", "03_forward_diffusion",
+             "04_unet_and_cross_attention", "05_training_the_ldm", "06_ddim_sampling", "07_guidance_and_attention",
+             "08_other_conditions", "09_experiments")
+# Measured minutes per notebook (`minildm course`, see the README); None: not measured yet in that profile.
+NOTEBOOK_MINUTES: dict[str, dict[str, float | None]] = {"ci": {}, "cpu": {}, "gpu": {}}
+_OPS: dict[str, Callable[[Any, Any], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt,
+                                               ">=": operator.ge, "==": operator.eq}
+
+
+class ClaimFailed(AssertionError):
+    """A claim of a notebook did not hold in strict mode."""
+
+
+def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+    """An exercise's check: `got` (the student's answer) must equal `expected` (the package's) within tolerance.
+
+    Tensors are compared elementwise (shapes must match), numbers with math.isclose, anything else with ==.
+    Passes silently with a ✓; otherwise raises AssertionError saying what differs and by how much.
+    """
+    if got is None or got is NotImplemented:
+        raise AssertionError(f"{name}: no answer yet — fill in the cell above and run it again")
+    if torch.is_tensor(expected):
+        got_t = torch.as_tensor(got)
+        if got_t.shape != expected.shape:
+            raise AssertionError(f"{name}: your result has shape {tuple(got_t.shape)}, expected {tuple(expected.shape)}")
+        if not torch.allclose(got_t.double(), expected.double(), atol=atol, rtol=rtol):
+            diff = float((got_t.double() - expected.double()).abs().max())
+            raise AssertionError(f"{name}: not yet — your result differs from the package's by up to {diff:.3g} "
+                                 f"(allowed {atol:g} + {rtol:g}·|expected|)")
+    elif isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        if not math.isclose(float(got), float(expected), rel_tol=rtol, abs_tol=atol):
+            raise AssertionError(f"{name}: not yet — you got {got!r}, expected {expected!r}")
+    elif got != expected:
+        raise AssertionError(f"{name}: not yet — you got {got!r}, expected {expected!r}")
+    print(f"✓ {name}: correct")
+
+
+@dataclass
+class Course:
+    """What every notebook of the course shares: profile, device, seed, the folder of course models, claims."""
+
+    notebook: str
+    profile: Profile
+    device: torch.device
+    seed: int
+    folder: Path
+    strict: bool = False
+    claims: list[dict] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- claims and results
+    def claim(self, name: str, measured: float, op: str, threshold: float, exact: bool = False) -> bool:
+        """Check `measured op threshold`, print ✓/✗ with the value, record it; raise if strict (or exact)."""
+        if op not in _OPS:
+            raise ValueError(f"op must be one of {sorted(_OPS)}, got {op!r}")
+        measured = float(measured)
+        ok = bool(_OPS[op](measured, float(threshold)))
+        print(f"{'✓' if ok else '✗'} {name}: measured {measured:.4g} {op} {float(threshold):.4g}"
+              + ("" if ok or self.strict or exact else f"  (does not hold in the {self.profile.name} profile)"))
+        record = {"notebook": self.notebook, "claim": name, "measured": measured, "op": op,
+                  "threshold": float(threshold), "ok": ok, "profile": self.profile.name}
+        self.claims.append(record)
+        self._write("claims", name, record)
+        if not ok and (self.strict or exact):
+            raise ClaimFailed(f"claim failed in {self.notebook}: {name} (measured {measured:.4g}, "
+                              f"expected {op} {float(threshold):.4g})")
+        return ok
+
+    def record(self, key: str, value: Any) -> None:
+        """Keep a measured number (or a small dict of them) in this profile's results file."""
+        self._write("values", key, value)
+
+    def _write(self, section: str, key: str, value: Any) -> None:
+        path = self.folder / "results.json"
+        results = load_json(path) or {}
+        results.setdefault(self.notebook, {}).setdefault(section, {})[key] = value
+        write_json(results, path)
+
+    def save_figure(self, fig, name: str) -> Path:
+        """Save a figure as <folder>/figures/<notebook>_<name>.png (and keep it open for the notebook)."""
+        path = self.folder / "figures" / f"{self.notebook}_{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        return path
+
+    # ---------------------------------------------------------------- models handed on
+    def own(self, what: str) -> Path:
+        """Where this profile's course keeps the student's own model: "autoencoder" or "ldm-<cond>"."""
+        return self.folder / AE_CHECKPOINT if what == "autoencoder" else self.folder / what / LDM_CHECKPOINT
+
+    def autoencoder(self, train_minutes: float | None = None, verbose: bool = True):
+        """The course's autoencoder: the student's own (notebook 01), else the shipped one, else trained now
+        (after saying so)."""
+        path = self.own("autoencoder")
+        if path.is_file():
+            if verbose:
+                print(f"autoencoder: your own, {path}")
+            return load_autoencoder(path, self.device)
+        shipped = pretrained.load_autoencoder(self.profile.name, self.device)
+        if shipped is not None:
+            if verbose:
+                print(f"autoencoder: the shipped one for the {self.profile.name} profile ({pretrained.DIR})")
+            return shipped
+        cfg = self.profile.ae
+        if verbose:
+            print(f"no autoencoder yet: training the {self.profile.name} profile's ({cfg.steps} steps"
+                  + (f", at most {train_minutes} min" if train_minutes else "") + f") into {self.folder}")
+        missing = lpips_weights_missing(cfg.lpips_net, download=self.profile.name != "ci")
+        train_autoencoder(self.profile, self.folder, device=self.device, max_minutes=train_minutes,
+                          random_lpips=None if missing is None else True, lpips_download=self.profile.name != "ci",
+                          progress=verbose)
+        return load_autoencoder(path, self.device)
+
+    def ldm(self, cond: str = "text", train_minutes: float | None = None, verbose: bool = True) -> LatentDiffusion:
+        """The course's latent diffusion model for `cond`: the student's own (notebooks 05, 08), else the shipped
+        one, else trained now on the course's autoencoder (after saying so)."""
+        path = self.own(f"ldm-{cond}")
+        if path.is_file():
+            if verbose:
+                print(f"{cond} model: your own, {path}")
+            return LatentDiffusion.from_checkpoint(path, self.device)
+        shipped = pretrained.load_ldm(self.profile.name, cond, self.device)
+        if shipped is not None:
+            if verbose:
+                print(f"{cond} model: the shipped one for the {self.profile.name} profile ({pretrained.DIR})")
+            return shipped
+        if not self.own("autoencoder").is_file():
+            self.autoencoder(verbose=verbose)
+        if verbose:
+            print(f"no {cond} model yet: training the {self.profile.name} profile's ({self.profile.ldm.steps} steps"
+                  + (f", at most {train_minutes} min" if train_minutes else "") + f") into {path.parent}")
+        train_ldm(self.profile, self.own("autoencoder"), path.parent, cond=cond, device=self.device,
+                  max_minutes=train_minutes, seed=self.seed, progress=verbose)
+        return LatentDiffusion.from_checkpoint(path, self.device)
+
+    def trained_steps(self, what: str) -> int | None:
+        """How many steps the student's own `what` ("autoencoder", "ldm-text", …) was trained for, or None."""
+        path = self.own(what)
+        return int(load_checkpoint(path)["step"]) if path.is_file() else None
+
+
+def course_folder(profile: Profile) -> Path:
+    """$MINILDM_COURSE_DIR, else a fresh temporary folder for `ci`, else outputs/course/<profile>."""
+    if os.environ.get(COURSE_DIR_ENV):
+        return Path(os.environ[COURSE_DIR_ENV])
+    if profile.name == "ci":
+        return Path(tempfile.mkdtemp(prefix="minildm-course-ci-"))
+    return REPO_ROOT / "outputs" / "course" / profile.name
+
+
+def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
+          device: str | torch.device | None = None) -> Course:
+    """The second cell of every notebook: pick profile and device, seed everything, print what a student (or a
+    teaching assistant debugging a lab machine) needs to know, and return the Course."""
+    profile, device = get_profile(profile), get_device(device)
+    if profile.name == "ci":
+        torch.set_num_threads(1)              # tiny models run fastest on one thread (and CI machines are shared)
+    seed_everything(seed)
+    folder = course_folder(profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    missing = lpips_weights_missing(profile.ae.lpips_net, download=False)
+    minutes = NOTEBOOK_MINUTES.get(profile.name, {}).get(notebook)
+    print(f"minildm course, notebook {notebook}")
+    print(f"  profile {profile.name} (set $MINILDM_PROFILE to ci, cpu or gpu), device {device} "
+          f"(set $MINILDM_DEVICE), seed {seed}")
+    print(f"  torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}")
+    print(f"  course models: {folder}" + ("  (a temporary folder: the ci profile leaves nothing behind)"
+                                          if profile.name == "ci" and not os.environ.get(COURSE_DIR_ENV) else ""))
+    print(f"  shipped checkpoints: {pretrained.DIR / profile.name}"
+          + ("" if pretrained.available(profile.name) else " (none for this profile)"))
+    print("  LPIPS: pretrained backbone" if missing is None else
+          "  LPIPS: RANDOM backbone (the pretrained file is missing; see the README's offline notes)")
+    print("  expected run time: " + (f"about {minutes:g} min (measured on a 2-core CPU)" if minutes else
+                                      "not measured yet for this profile")
+          + ("; strict mode: a failed claim stops the notebook" if strict else ""))
+    if profile.name == "ci":
+        print("  NOTE: the ci profile trains tiny models for seconds; its numbers and pictures show the machinery,"
+              " not results")
+    return Course(notebook, profile, device, seed, folder, strict)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """(result, seconds) of fn()."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0

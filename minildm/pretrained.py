@@ -1,0 +1,164 @@
+"""Shipped checkpoints for labs: small inference files for the `cpu` profile, so any notebook can start first.
+
+data/pretrained/<profile>/ holds one safetensors file per model (no pickle: nothing executes on load; a JSON
+header anyone can read) and data/pretrained/manifest.json says how each was made: the command, seed, commit,
+torch version, machine, minutes, the metrics measured on it, and its SHA-256, which loading verifies.
+
+    autoencoder.safetensors     the first stage (weights + its config in the header)
+    ldm-<cond>.safetensors      the EMA weights of a second stage (U-Net, τθ), its config, tokenizer, class
+                                count, resolution and scale factor; the autoencoder is stored once and named
+                                by its SHA-256 in the header
+
+`export(ae_checkpoint, ldm_checkpoints, ...)` writes them from the training checkpoints that `minildm train-ae`
+and `minildm train-ldm` produce (`minildm pretrained export`); `load_autoencoder` / `load_ldm` read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .autoencoder import AEConfig, build_autoencoder
+from .checkpoint import CheckpointError, config_from_dict, load_checkpoint, to_plain, unsafe_tensors
+from .ldm import LatentDiffusion, LDMConfig
+from .tokenizer import WordTokenizer
+from .utils import get_device
+
+__all__ = ["DIR", "available", "load_autoencoder", "load_ldm", "export", "file_sha256", "manifest"]
+
+DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
+AE_FILE = "autoencoder.safetensors"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest(root: Path = DIR) -> dict[str, Any]:
+    """The manifest of the shipped files: {"files": {"cpu/autoencoder.safetensors": {...}, ...}}."""
+    path = root / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {"files": {}}
+
+
+def available(profile: str, root: Path = DIR) -> bool:
+    return (root / profile / AE_FILE).is_file()
+
+
+def _verified(profile: str, name: str, root: Path) -> Path | None:
+    """The shipped file, after checking its SHA-256 against the manifest; None when it is not shipped."""
+    path = root / profile / name
+    if not path.is_file():
+        return None
+    entry = manifest(root)["files"].get(f"{profile}/{name}")
+    if entry is None:
+        raise CheckpointError(f"{path} is not listed in {root / 'manifest.json'}; restore both from the "
+                              "repository (git checkout data/pretrained) or delete the stray file")
+    if file_sha256(path) != entry["sha256"]:
+        raise CheckpointError(f"shipped checkpoint {path} is damaged: its SHA-256 differs from the manifest's. "
+                              "Restore it from the repository (git checkout data/pretrained) or download it again.")
+    return path
+
+
+def _header(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return json.loads(json.loads(f.read(n))["__metadata__"]["minildm"])
+
+
+def load_autoencoder(profile: str, device: str | torch.device | None = None, root: Path = DIR):
+    """The shipped autoencoder of `profile` in eval mode, or None when none is shipped."""
+    path = _verified(profile, AE_FILE, Path(root))
+    if path is None:
+        return None
+    model = build_autoencoder(config_from_dict(AEConfig, _header(path)["config"]))
+    model.load_state_dict(load_file(path))
+    return model.to(get_device(device)).eval()
+
+
+def load_ldm(profile: str, cond: str, device: str | torch.device | None = None,
+             root: Path = DIR) -> LatentDiffusion | None:
+    """The shipped `cond` model of `profile` (with the shipped autoencoder), in eval mode, or None."""
+    root = Path(root)
+    path = _verified(profile, f"ldm-{cond}.safetensors", root)
+    if path is None:
+        return None
+    meta = _header(path)
+    ae_path = _verified(profile, AE_FILE, root)
+    if ae_path is None or file_sha256(ae_path) != meta["autoencoder_sha256"]:
+        raise CheckpointError(f"{path} was trained on another autoencoder than the shipped {AE_FILE}; restore "
+                              "data/pretrained from the repository")
+    ae = load_autoencoder(profile, "cpu", root)
+    c = meta["conditioning"]
+    tok = None if c["tokenizer"] is None else WordTokenizer.from_dict(c["tokenizer"])
+    ldm = LatentDiffusion(ae, config_from_dict(LDMConfig, meta["config"]), tokenizer=tok,
+                          num_classes=c["num_classes"], max_objects=c["max_objects"], resolution=meta["resolution"],
+                          scale_factor=meta["scale_factor"])
+    ldm.denoiser_modules().load_state_dict(load_file(path))
+    return ldm.to(get_device(device)).eval()
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=DIR.parent.parent, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> str:
+    bad = unsafe_tensors({"weights": tensors}, ("weights",))
+    if bad:
+        raise ValueError(f"refusing to ship diverged weights: {'; '.join(bad[:3])}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+              metadata={"minildm": json.dumps(to_plain(meta))})
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def export(ae_checkpoint: str | os.PathLike, ldm_checkpoints: dict[str, str | os.PathLike], profile: str,
+           provenance: dict[str, Any], root: str | os.PathLike = DIR) -> dict[str, Any]:
+    """Write the shipped files of `profile` from training checkpoints and add them to the manifest.
+
+    ldm_checkpoints: {cond: path}; provenance: per file name ("autoencoder", "ldm-text", …) a dict with the
+    command, seed, minutes and metrics measured on it (commit, torch version and machine are added here).
+    Only EMA weights are kept (raw weights where there is no EMA); no optimizer state, no history.
+    """
+    root = Path(root)
+    out = root / profile
+    ae_ckpt = load_checkpoint(ae_checkpoint, kind="autoencoder")
+    ae_state = ae_ckpt["ema"]["shadow"] if ae_ckpt.get("ema") else ae_ckpt["state_dict"]
+    common = {"commit": _git_commit(), "torch": torch.__version__, "machine": f"{platform.machine()}, "
+              f"{os.cpu_count()} CPUs", "profile": profile}
+    entries = {}
+    ae_sha = _save(ae_state, {"kind": "autoencoder", "config": ae_ckpt["config"]}, out / AE_FILE)
+    entries[AE_FILE] = {"sha256": ae_sha, **common, **provenance.get("autoencoder", {})}
+    for cond, path in ldm_checkpoints.items():
+        ckpt = load_checkpoint(path, kind="ldm")
+        if ckpt["autoencoder"]["state_dict"].keys() != ae_state.keys() or not all(
+                torch.equal(ckpt["autoencoder"]["state_dict"][k], v) for k, v in ae_state.items()):
+            raise ValueError(f"{path} was trained on another autoencoder than {ae_checkpoint}")
+        state = ckpt["ema"]["shadow"] if ckpt.get("ema") else ckpt["state_dict"]
+        meta = {"kind": "ldm", "config": ckpt["config"], "conditioning": ckpt["conditioning"],
+                "resolution": ckpt["resolution"], "scale_factor": ckpt["scale_factor"], "autoencoder_sha256": ae_sha}
+        name = f"ldm-{cond}.safetensors"
+        entries[name] = {"sha256": _save(state, meta, out / name), **common, **provenance.get(f"ldm-{cond}", {})}
+    full = manifest(root)
+    for name, entry in entries.items():
+        entry["bytes"] = (out / name).stat().st_size
+        full["files"][f"{profile}/{name}"] = entry
+    (root / "manifest.json").write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
+    return full

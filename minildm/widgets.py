@@ -1,0 +1,105 @@
+"""The course's interactive views: a static figure first, then core ipywidgets that move through tensors
+computed beforehand (so a slider never runs a model), and plain callbacks a test can call without a browser.
+
+    frame_slider(frames, titles)     one image grid per position of an integer slider (the noising of 03 over t,
+                                     the denoising steps of 06)
+    prompt_explorer(ldm)             a text box, a guidance slider and a Generate button (07)
+
+Each returns a `View`: `.widget` to display, `.show(i)` / `.generate(prompt, s)` the callback, `.figure()` the
+static picture. Only core widgets (IntSlider, FloatSlider, Text, Button, Output, VBox, HBox): they render in
+JupyterLab, VS Code and Colab; where widgets do not render, the static figure is still there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .viz import image_grid
+
+__all__ = ["frame_slider", "prompt_explorer", "View"]
+
+
+@dataclass
+class View:
+    """A widget and the plain functions behind it."""
+
+    widget: Any
+    figure: Callable[..., Any]
+    show: Callable[..., Any] | None = None
+    generate: Callable[..., Any] | None = None
+    state: dict = field(default_factory=dict)
+
+
+def _output(fig_fn: Callable[[], Any], out: Any) -> None:
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    out.clear_output(wait=True)
+    with out:
+        fig = fig_fn()
+        display(fig)
+        plt.close(fig)
+
+
+def frame_slider(frames: Sequence[torch.Tensor], titles: Sequence[str], captions: Sequence[str] | None = None,
+                 description: str = "step", ncols: int = 8) -> View:
+    """A slider over precomputed image batches: frames[i] is (B, 3, H, W) in [-1, 1], titles[i] its title.
+    `view.figure(i)` is the grid at position i (a matplotlib Figure); `view.show(i)` draws it in the widget."""
+    import ipywidgets as widgets
+
+    if len(frames) == 0 or len(frames) != len(titles):
+        raise ValueError(f"need one title per frame and at least one frame, got {len(frames)} frames and "
+                         f"{len(titles)} titles")
+
+    def figure(i: int = 0):
+        if not 0 <= i < len(frames):
+            raise IndexError(f"frame {i} out of range 0..{len(frames) - 1}")
+        return image_grid(frames[i], captions, ncols=ncols, title=titles[i])
+
+    out = widgets.Output()
+    slider = widgets.IntSlider(value=0, min=0, max=len(frames) - 1, step=1, description=description,
+                               continuous_update=False)
+
+    def show(i: int) -> None:
+        _output(lambda: figure(i), out)
+
+    slider.observe(lambda change: show(change["new"]), names="value")
+    show(0)
+    return View(widget=widgets.VBox([slider, out]), figure=figure, show=show)
+
+
+def prompt_explorer(ldm: Any, prompt: str = "a large red circle in the top left", guidance_scale: float = 3.0,
+                    n: int = 4, steps: int = 25, seed: int = 0) -> View:
+    """Type a prompt, pick a guidance scale, press Generate: n samples (DDIM, fixed seed) appear below.
+    `view.generate(prompt, s)` returns the images (n, 3, H, W) and draws them; an unknown word gives the
+    tokenizer's message in the output instead of a traceback."""
+    import ipywidgets as widgets
+
+    text = widgets.Text(value=prompt, description="prompt", layout=widgets.Layout(width="60%"))
+    scale = widgets.FloatSlider(value=guidance_scale, min=0.0, max=10.0, step=0.5, description="guidance s")
+    button = widgets.Button(description="Generate")
+    out = widgets.Output()
+
+    def images(p: str, s: float) -> torch.Tensor:
+        raw = ldm.prompt_condition(prompts=[p] * n)
+        return ldm.sample(raw, steps=steps, guidance_scale=s, generator=torch.Generator().manual_seed(seed)).cpu()
+
+    def figure(p: str = prompt, s: float = guidance_scale):
+        return image_grid(images(p, s), [p] * n, ncols=n, title=f"guidance s = {s:g}, DDIM-{steps}, seed {seed}")
+
+    def generate(p: str, s: float) -> torch.Tensor | None:
+        try:
+            x = images(p, s)
+        except ValueError as e:                               # unknown word, blank prompt: say so, do not crash
+            out.clear_output(wait=True)
+            with out:
+                print(f"cannot sample: {e}")
+            return None
+        _output(lambda: image_grid(x, [p] * n, ncols=n, title=f"guidance s = {s:g}, DDIM-{steps}, seed {seed}"), out)
+        return x
+
+    button.on_click(lambda _: generate(text.value, scale.value))
+    return View(widget=widgets.VBox([widgets.HBox([text, scale, button]), out]), figure=figure, generate=generate)

@@ -1,0 +1,203 @@
+"""What the package gained for the course: spectra, slerp, layer shapes, attention maps per word, the L2 pixel
+loss, widgets (their callbacks at the slider's ends), and the course helpers (claims, answers, models)."""
+
+import math
+
+import pytest
+import torch
+
+from minildm import course as C
+from minildm.autoencoder import AEConfig, build_autoencoder
+from minildm.data import ShapesDataset
+from minildm.ldm import LatentDiffusion
+from minildm.losses import AutoencoderLoss
+from minildm.metrics import log_spectrum_distance, radial_power_spectrum
+from minildm.nn import layer_shapes
+from minildm.probes import attention_mass, object_mask, word_attention_maps
+from minildm.profiles import get_profile
+from minildm.shapes import COLORS, ShapeObject, Scene, render_scenes
+from minildm.unet import UNet
+from minildm.utils import slerp
+from minildm.widgets import frame_slider, prompt_explorer
+
+CI = get_profile("ci")
+
+
+# ------------------------------------------------------------------------------ spectra
+
+
+@pytest.mark.parametrize("k", [2, 5, 11])
+def test_a_pure_wave_puts_its_power_in_its_own_ring(k):
+    """An image cos(2π·k·x/N) (grey, no mean) has its power at frequency k/N: ring k holds the most, and
+    rings further than one away hold almost nothing."""
+    N = 32
+    x = torch.arange(N, dtype=torch.float64)
+    wave = torch.cos(2 * math.pi * k * x / N)[None, :].expand(N, N)          # varies along x only
+    img = (0.5 * wave).float().expand(1, 3, N, N)
+    f, p = radial_power_spectrum(img)
+    assert f[k - 1] == pytest.approx(k / N) and int(p.argmax()) == k - 1
+    far = (torch.arange(1, len(p) + 1) - k).abs() > 1       # the Hann window spreads a wave over k − 1 … k + 1
+    assert p[k - 1] > 1e3 * p[far].max()
+
+
+def test_blur_removes_high_frequency_power():
+    x = ShapesDataset("test", size=32).batch(range(32))["image"]
+    blurred = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    f, p = radial_power_spectrum(x)
+    _, pb = radial_power_spectrum(blurred)
+    high = f > 0.25
+    assert (pb[high] < 0.5 * p[high]).all()                                   # a 3×3 box kills the fine detail
+    assert log_spectrum_distance(x, x) == 0.0 and log_spectrum_distance(blurred, x, min_frequency=0.25) > 0.3
+
+
+# ------------------------------------------------------------------------------ slerp, shapes
+
+
+def test_slerp_ends_keeps_the_norm_and_falls_back_to_lerp():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 4, 8, 8, generator=g), torch.randn(5, 4, 8, 8, generator=g)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-6) and torch.allclose(slerp(a, b, 1.0), b, atol=1e-6)
+    mid = slerp(a, b, 0.5).flatten(1).norm(dim=1)
+    ends = (a.flatten(1).norm(dim=1) + b.flatten(1).norm(dim=1)) / 2
+    assert torch.allclose(mid, ends, rtol=0.05)                              # on the great circle
+    assert ((a + b) / 2).flatten(1).norm(dim=1).mean() < 0.8 * ends.mean()  # the chord shrinks by ~√2
+    assert torch.allclose(slerp(a, 2 * a, 0.25), 1.25 * a, atol=1e-5)        # parallel rows: lerp
+    with pytest.raises(ValueError, match="same shape"):
+        slerp(a, b[:2], 0.5)
+
+
+def test_layer_shapes_follow_the_unet_down_and_up():
+    unet = UNet(4, 4, 16, channel_mult=(1, 2), attention_resolutions=(2,), num_heads=2)
+    shapes = layer_shapes(unet, torch.zeros(2, 4, 8, 8), torch.zeros(2, dtype=torch.long), depth=1)
+    names = [n for n, _ in shapes]
+    assert names[0] == "time_embed.0" and shapes[0][1] == (2, 64)
+    down = [s for n, s in shapes if n.startswith("input_blocks")]
+    assert down[0] == (2, 16, 8, 8) and down[-1] == (2, 32, 4, 4)           # halved once, doubled width
+    assert dict(shapes)["middle_block.1"] == (2, 32, 4, 4)                  # attention keeps the shape
+    assert [s for n, s in shapes if n.startswith("output_blocks")][-1] == (2, 16, 8, 8)
+
+
+# ------------------------------------------------------------------------------ attention maps per word
+
+
+@pytest.fixture(scope="module")
+def text_ldm():
+    torch.manual_seed(0)
+    ds = ShapesDataset("train", CI.data)
+    ldm = LatentDiffusion(build_autoencoder(CI.ae), CI.ldm, tokenizer=ds.tokenizer, num_classes=ds.num_classes,
+                          max_objects=ds.max_objects)
+    ldm.set_scale_factor(ds.batch(range(8))["image"])
+    return ldm.eval()
+
+
+def test_word_attention_maps_are_distributions_over_the_tokens(text_ldm):
+    r = word_attention_maps(text_ldm, "a large red circle in the top left", steps=3)
+    assert r["words"] == "a large red circle in the top left".split() and r["maps"].shape == (8, 32, 32)
+    total = r["maps"].sum(0) + r["bos"] + r["eos"]                   # each pixel's attention sums to 1
+    assert torch.allclose(total, torch.ones(32, 32), atol=1e-4)
+    first_half = word_attention_maps(text_ldm, "a red circle in the center", steps=4, step_range=(0.0, 0.5))
+    assert first_half["maps"].shape == (6, 32, 32)
+    with pytest.raises(ValueError, match="step_range"):
+        word_attention_maps(text_ldm, "a red circle in the center", step_range=(0.5, 0.5))
+
+
+def test_object_mask_and_attention_mass():
+    obj = ShapeObject("square", "red", "large", 0, 0, 0.28, 0.28)
+    image = render_scenes([Scene((obj,), None, (0.3, 0, 0, 0, 0, 0.0, 1, 0, 0, 0.0, 1, 0, 0, 0.0))], 32)[0][0]
+    mask = object_mask(image, "red")
+    assert mask[:2, :2].sum() == 0 and mask[20:, 20:].sum() == 0 and mask[9, 9] and 0.05 < mask.float().mean() < 0.3   # the square, top left
+    assert object_mask(image, "blue").sum() == 0
+    mass, area = attention_mass(mask.float(), mask)                   # attention exactly on the object
+    assert mass == pytest.approx(1.0) and area == pytest.approx(float(mask.float().mean()))
+    mass, _ = attention_mass(torch.ones(32, 32), mask)                # uniform attention: mass = area
+    assert mass == pytest.approx(area)
+    with pytest.raises(ValueError, match="unknown color"):
+        object_mask(image, "magenta")
+    assert set(COLORS) >= {"red", "blue"}
+
+
+# ------------------------------------------------------------------------------ the L2 pixel loss
+
+
+def test_l2_pixel_loss_is_the_squared_error():
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon = x + 0.1 * torch.randn_like(x)
+    for kind, expected in (("l1", (x - recon).abs()), ("l2", (x - recon).pow(2))):
+        cfg = AEConfig(pixel_loss=kind, perceptual_weight=0.0)
+        rec, logs = AutoencoderLoss(cfg, random_backbone=True).reconstruction_loss(x, recon)
+        assert rec.item() == pytest.approx(float(expected.sum() / 2), rel=1e-5)
+        assert logs["l1"].item() == pytest.approx(float((x - recon).abs().mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="pixel_loss"):
+        AEConfig(pixel_loss="l3")
+
+
+# ------------------------------------------------------------------------------ widgets, at their ends
+
+
+def test_frame_slider_shows_every_frame_and_refuses_others():
+    frames = [torch.full((2, 3, 8, 8), v) for v in (-1.0, 0.0, 1.0)]
+    view = frame_slider(frames, ["t=999", "t=500", "t=0"])
+    for i in (0, 2):
+        fig = view.figure(i)
+        assert fig._suptitle.get_text() == ["t=999", "t=500", "t=0"][i]
+        view.show(i)
+    with pytest.raises(IndexError):
+        view.figure(3)
+    with pytest.raises(ValueError, match="one title per frame"):
+        frame_slider(frames, ["only one"])
+
+
+def test_prompt_explorer_generates_and_reports_bad_words(text_ldm, capsys):
+    view = prompt_explorer(text_ldm, n=2, steps=2)
+    for s in (0.0, 10.0):                                              # the slider's ends
+        x = view.generate("a small blue star in the center", s)
+        assert x.shape == (2, 3, 32, 32)
+    assert view.generate("a small blue dragon", 3.0) is None          # the message, not a traceback
+    assert view.generate("   ", 3.0) is None
+
+
+# ------------------------------------------------------------------------------ the course helpers
+
+
+def test_claims_print_record_and_are_strict_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(C.COURSE_DIR_ENV, str(tmp_path))
+    course = C.setup("03_forward_diffusion", profile="ci")
+    out = capsys.readouterr().out
+    assert "notebook 03_forward_diffusion" in out and "profile ci" in out and "LPIPS" in out
+    assert course.claim("two is less than three", 2.0, "<", 3.0)
+    assert not course.claim("three is less than two", 3.0, "<", 2.0)         # printed, not raised (not strict)
+    assert "✓ two is less than three" in capsys.readouterr().out
+    with pytest.raises(C.ClaimFailed, match="closed form"):
+        course.claim("closed form = chain", 1e-3, "<", 1e-6, exact=True)   # identities are always strict
+    results = C.load_json(tmp_path / "results.json")
+    assert results["03_forward_diffusion"]["claims"]["three is less than two"]["ok"] is False
+    monkeypatch.setenv(C.STRICT_ENV, "1")
+    strict = C.setup("03_forward_diffusion", profile="ci")
+    with pytest.raises(C.ClaimFailed):
+        strict.claim("three is less than two", 3.0, "<", 2.0)
+
+
+def test_check_answer_is_friendly():
+    C.check_answer("Exercise 0.1", 1 / 12, 4 * 8 * 8 / (3 * 32 * 32))
+    C.check_answer("Exercise 3.1", torch.ones(3) + 1e-7, torch.ones(3))
+    with pytest.raises(AssertionError, match="differs from the package's by up to 0.5"):
+        C.check_answer("Exercise 3.1", torch.tensor([1.0, 1.5, 1.0]), torch.ones(3))
+    with pytest.raises(AssertionError, match="shape"):
+        C.check_answer("Exercise 3.1", torch.ones(2), torch.ones(3))
+    with pytest.raises(AssertionError, match="no answer yet"):
+        C.check_answer("Exercise 3.2", None, 1.0)
+    with pytest.raises(AssertionError, match="you got 'cat'"):
+        C.check_answer("Exercise 0.2", "cat", "circle")
+
+
+def test_models_are_handed_on_own_run_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(C.COURSE_DIR_ENV, str(tmp_path))
+    course = C.setup("02_latent_space", profile="ci")
+    ae = course.autoencoder()                                        # none yet: trains the ci one, says so
+    assert "no autoencoder yet: training" in capsys.readouterr().out and (tmp_path / "autoencoder.pt").is_file()
+    again = C.setup("06_ddim_sampling", profile="ci").autoencoder()  # a later notebook loads it
+    assert "autoencoder: " in capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(ae.state_dict().values(), again.state_dict().values()))
+    ldm = course.ldm("text")
+    assert ldm.cond_mode == "text" and (tmp_path / "ldm-text" / "ldm.pt").is_file()
+    assert course.trained_steps("ldm-text") == CI.ldm.steps and course.trained_steps("ldm-class") is None

@@ -1,0 +1,78 @@
+"""Shipped inference checkpoints: exported from training checkpoints, verified by SHA-256, loaded exactly."""
+
+import json
+
+import pytest
+import torch
+
+from minildm import pretrained
+from minildm.autoencoder import load_autoencoder
+from minildm.checkpoint import CheckpointError
+from minildm.cli import main
+from minildm.ldm import LatentDiffusion
+from minildm.profiles import get_profile
+from minildm.train import train_autoencoder, train_ldm
+
+CI = get_profile("ci")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    train_autoencoder(CI, d, device="cpu", random_lpips=True, lpips_download=False, progress=False, steps=4)
+    for cond in ("text", "class"):
+        train_ldm(CI, d / "autoencoder.pt", d / cond, cond=cond, device="cpu", steps=4, progress=False)
+    return d
+
+
+@pytest.fixture
+def shipped(runs, tmp_path):
+    root = tmp_path / "pretrained"
+    provenance = {"ldm-text": {"command": "minildm train-ldm ...", "seed": 0, "metrics": {"one_object": 0.5}}}
+    pretrained.export(runs / "autoencoder.pt", {"text": runs / "text" / "ldm.pt", "class": runs / "class" / "ldm.pt"},
+                      "ci", provenance, root=root)
+    return root
+
+
+def test_shipped_models_are_the_trained_ones_with_their_ema_weights(runs, shipped):
+    ae = pretrained.load_autoencoder("ci", "cpu", root=shipped)
+    ref = load_autoencoder(runs / "autoencoder.pt", "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(ae.state_dict().values(), ref.state_dict().values()))
+    for cond in ("text", "class"):
+        mine = pretrained.load_ldm("ci", cond, "cpu", root=shipped)
+        ref = LatentDiffusion.from_checkpoint(runs / cond / "ldm.pt", "cpu")
+        assert mine.cond_mode == cond and mine.resolution == ref.resolution
+        assert float(mine.scale_factor) == float(ref.scale_factor)
+        raw = (ref.prompt_condition(prompts=["a red circle in the center"]) if cond == "text"
+               else ref.prompt_condition(labels=[5]))
+        g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+        assert torch.equal(mine.sample(raw, steps=3, generator=g()), ref.sample(raw, steps=3, generator=g()))
+
+
+def test_the_manifest_says_how_each_file_was_made(shipped):
+    m = json.loads((shipped / "manifest.json").read_text())["files"]
+    assert set(m) == {"ci/autoencoder.safetensors", "ci/ldm-text.safetensors", "ci/ldm-class.safetensors"}
+    text = m["ci/ldm-text.safetensors"]
+    assert text["command"].startswith("minildm train-ldm") and text["metrics"] == {"one_object": 0.5}
+    for entry in m.values():
+        assert len(entry["sha256"]) == 64 and entry["torch"] == torch.__version__ and entry["bytes"] > 0
+    assert not pretrained.available("cpu", root=shipped) and pretrained.load_ldm("ci", "layout", root=shipped) is None
+
+
+def test_a_damaged_shipped_file_is_refused(shipped):
+    path = shipped / "ci" / "ldm-text.safetensors"
+    raw = bytearray(path.read_bytes())
+    raw[-10] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="damaged.*git checkout data/pretrained"):
+        pretrained.load_ldm("ci", "text", root=shipped)
+    (shipped / "ci" / "autoencoder.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="damaged"):
+        pretrained.load_autoencoder("ci", root=shipped)
+
+
+def test_export_command(runs, tmp_path, capsys):
+    assert main(["export-pretrained", "--profile", "ci", "--autoencoder", str(runs / "autoencoder.pt"), "--ldm",
+                 f"text={runs / 'text' / 'ldm.pt'}", "--root", str(tmp_path)]) == 0
+    assert "ci/ldm-text.safetensors" in capsys.readouterr().out
+    assert pretrained.load_ldm("ci", "text", root=tmp_path) is not None
