@@ -31,12 +31,14 @@ from einops import rearrange
 from .data import ShapesDataset
 from .evaluator import ShapesEvaluator, _get_evaluator, detect_objects, predict_cells, split_logits
 from .probes import INFLUENCE_PAIRS, word_influence
-from .metrics import fid_from_features, metrics_from_features
+from .conditioning import LowResConcat
+from .metrics import fid_from_features, metrics_from_features, psnr
 from .shapes import COLOR_NAMES, GRID, SHAPES, parse_caption, relation_holds, render_scenes, scene_from_caption
 
 __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
            "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "sample_prompts",
-           "evaluate_text_model", "evaluate_text_ldm", "accuracy_by", "PROTOCOLS"]
+           "evaluate_text_model", "evaluate_text_ldm", "accuracy_by", "evaluate_class_model", "evaluate_layout_model",
+           "evaluate_sr_model", "PROTOCOLS"]
 
 PROTOCOLS = ("unpaired", "paired")
 
@@ -329,3 +331,60 @@ def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps
         out["fid"] = evaluate_text_model(ldm, n, steps, eta, guidance_scale, seed, batch_size)
     out["word_influence"] = {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in word_pairs}
     return out
+
+
+# --- class-, layout- and super-resolution models on the test split -----------------------------------------------
+
+
+def _require(ldm: Any, mode: str) -> None:
+    if getattr(ldm, "cond_mode", None) != mode:
+        raise ValueError(f"this evaluation needs a {mode}-conditional model, got {getattr(ldm, 'cond_mode', None)!r}")
+
+
+@torch.no_grad()
+def evaluate_class_model(ldm: Any, per_class: int = 10, steps: int = 50, guidance_scale: float = 3.0,
+                         seed: int = 0, batch_size: int = 120) -> dict[str, Any]:
+    """Sample `per_class` images of every class (DDIM, guidance s) and read them with the evaluator: the share
+    whose object has the class's shape and color (and is the only object), by class-accuracy's rules."""
+    _require(ldm, "class")
+    labels = torch.arange(ldm.num_classes).repeat_interleave(per_class)
+    images = torch.cat([ldm.sample(ldm.prompt_condition(labels=labels[i:i + batch_size].tolist()), steps=steps,
+                                   guidance_scale=guidance_scale,
+                                   generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
+                        for i in range(0, len(labels), batch_size)])
+    acc = class_accuracy(images, labels)
+    return {k: v for k, v in acc.items() if k != "correct"}
+
+
+@torch.no_grad()
+def evaluate_layout_model(ldm: Any, n: int = 200, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
+                          batch_size: int = 100) -> dict[str, Any]:
+    """Sample the layouts of test scenes [0, n) and check each box's object (class and cell) with the evaluator."""
+    _require(ldm, "layout")
+    ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, max_objects=ldm.max_objects)
+    layouts = ds.batch(range(n))["layout"]
+    images = torch.cat([ldm.sample(ldm.prompt_condition(layouts=layouts[i:i + batch_size]), steps=steps,
+                                   guidance_scale=guidance_scale,
+                                   generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
+                        for i in range(0, n, batch_size)])
+    acc = layout_accuracy(images, layouts)
+    return {k: v for k, v in acc.items() if k != "correct"}
+
+
+@torch.no_grad()
+def evaluate_sr_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, batch_size: int = 100
+                      ) -> dict[str, float]:
+    """Super-resolve test images [0, n) from their ×sr_factor low-res copies (DDIM, no guidance) and compare
+    with the ground truth: PSNR of the LDM's output and of bicubic upsampling of the same low-res input."""
+    _require(ldm, "sr")
+    x = real_images(n, "test", ldm.max_objects or 2, ldm.resolution)
+    sr, bicubic = [], []
+    for i in range(0, n, batch_size):
+        truth = x[i:i + batch_size]
+        low = LowResConcat.degrade(truth, ldm.config.sr_factor)
+        out = ldm.sample(low.to(ldm.scale_factor.device), steps=steps, guidance_scale=1.0,
+                         generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
+        up = F.interpolate(low, size=truth.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+        sr.append(psnr(truth, out))
+        bicubic.append(psnr(truth, up))
+    return {"psnr": float(torch.cat(sr).mean()), "psnr_bicubic": float(torch.cat(bicubic).mean()), "n": n}
