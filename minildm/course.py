@@ -41,7 +41,7 @@ from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from .utils import get_device, seed_everything
 
 __all__ = ["setup", "Course", "check_answer", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
-           "load_json"]
+           "load_json", "COLAB_CELL"]
 
 COURSE_DIR_ENV, STRICT_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,22 @@ NOTEBOOKS = ("00_setup_and_shapes", "01_perceptual_compression", "02_latent_spac
              "08_other_conditions", "09_experiments")
 # Measured minutes per notebook (`minildm course`, see the README); None: not measured yet in that profile.
 NOTEBOOK_MINUTES: dict[str, dict[str, float | None]] = {"ci": {}, "cpu": {}, "gpu": {}}
+# The first cell of every notebook, identical everywhere (tests/test_notebooks.py checks it): on Colab, when
+# minildm is not installed, it clones the tagged release (which brings data/ with the evaluator and the shipped
+# checkpoints), installs what Colab lacks without touching Colab's own torch, and makes minildm importable
+# without a restart. Anywhere else it does nothing.
+COLAB_CELL = """\
+# On Google Colab this cell installs minildm (no runtime restart needed); anywhere else it does nothing.
+import importlib.util, os, subprocess, sys
+if "google.colab" in sys.modules and importlib.util.find_spec("minildm") is None:
+    REPO = os.environ.get("MINILDM_REPO", "https://github.com/minildm/minildm")
+    TAG = os.environ.get("MINILDM_TAG", "v0.2.0")
+    if not os.path.isdir("/content/minildm"):
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", TAG, REPO, "/content/minildm"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "/content/minildm"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "lpips", "einops", "safetensors"], check=True)
+    sys.path.insert(0, "/content/minildm")
+    os.chdir("/content/minildm/notebooks")"""
 _OPS: dict[str, Callable[[Any, Any], bool]] = {"<": operator.lt, "<=": operator.le, ">": operator.gt,
                                                ">=": operator.ge, "==": operator.eq}
 
