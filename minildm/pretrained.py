@@ -28,11 +28,15 @@ from safetensors.torch import load_file, save_file
 
 from .autoencoder import AEConfig, build_autoencoder
 from .checkpoint import CheckpointError, config_from_dict, load_checkpoint, to_plain, unsafe_tensors
+from .data import ShapesDataset
 from .ldm import LatentDiffusion, LDMConfig
+from .metrics import reconstruction_psnr
+from .shapes_eval import (evaluate_class_model, evaluate_layout_model, evaluate_sr_model, prompt_accuracy,
+                          sample_prompts)
 from .tokenizer import WordTokenizer
 from .utils import get_device
 
-__all__ = ["DIR", "available", "load_autoencoder", "load_ldm", "export", "file_sha256", "manifest"]
+__all__ = ["DIR", "available", "load_autoencoder", "load_ldm", "export", "file_sha256", "manifest", "spot_check"]
 
 DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
@@ -130,12 +134,13 @@ def _save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) ->
 
 
 def export(ae_checkpoint: str | os.PathLike, ldm_checkpoints: dict[str, str | os.PathLike], profile: str,
-           provenance: dict[str, Any], root: str | os.PathLike = DIR) -> dict[str, Any]:
+           provenance: dict[str, Any], root: str | os.PathLike = DIR, spot_checks: bool = True) -> dict[str, Any]:
     """Write the shipped files of `profile` from training checkpoints and add them to the manifest.
 
     ldm_checkpoints: {cond: path}; provenance: per file name ("autoencoder", "ldm-text", …) a dict with the
     command, seed, minutes and metrics measured on it (commit, torch version and machine are added here).
     Only EMA weights are kept (raw weights where there is no EMA); no optimizer state, no history.
+    spot_checks: also store `spot_check`'s quick numbers, which a test re-measures on the shipped files.
     """
     root = Path(root)
     out = root / profile
@@ -161,4 +166,40 @@ def export(ae_checkpoint: str | os.PathLike, ldm_checkpoints: dict[str, str | os
         entry["bytes"] = (out / name).stat().st_size
         full["files"][f"{profile}/{name}"] = entry
     (root / "manifest.json").write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
+    if spot_checks:                                # measured on the written files, as a user would load them
+        checks = spot_check(profile, root)
+        for name, entry in entries.items():
+            entry["spot_check"] = checks.get(name.removesuffix(".safetensors"), {})
+        (root / "manifest.json").write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
     return full
+
+
+@torch.no_grad()
+def spot_check(profile: str = "cpu", root: str | os.PathLike = DIR, steps: int = 20) -> dict[str, dict[str, float]]:
+    """Quick re-measurements of the shipped models of `profile` on the CPU (under a minute), the numbers the
+    manifest stores as "spot_check" beside the full evaluation; tests/test_pretrained.py re-measures and compares.
+    autoencoder: PSNR over test images [0, 64); text: one-object prompt accuracy of test captions [0, 32);
+    class: accuracy, one sample per class; layout: accuracy of test layouts [0, 16); sr: PSNR and bicubic PSNR of
+    test images [0, 16). DDIM with `steps` steps, guidance 3 (sr: none), seed 0."""
+    root, out = Path(root), {}
+    ae = load_autoencoder(profile, "cpu", root)
+    if ae is None:
+        return out
+    test = ShapesDataset("test", size=1000, max_objects=1)
+    out["autoencoder"] = {"psnr": round(reconstruction_psnr(ae, [test.batch(range(64))["image"]], "cpu"), 3)}
+    for cond in ("text", "class", "layout", "sr"):
+        m = load_ldm(profile, cond, "cpu", root)
+        if m is None:
+            continue
+        if cond == "text":
+            captions = [test.scene(i).caption for i in range(32)]
+            images = sample_prompts(m, captions, steps, 0.0, 3.0, 0, 32)
+            out["ldm-text"] = {"one_object_accuracy": float(prompt_accuracy(images, captions)["accuracy"])}
+        elif cond == "class":
+            out["ldm-class"] = {"accuracy": evaluate_class_model(m, per_class=1, steps=steps)["accuracy"]}
+        elif cond == "layout":
+            out["ldm-layout"] = {"accuracy": evaluate_layout_model(m, n=16, steps=steps)["accuracy"]}
+        else:
+            r = evaluate_sr_model(m, n=16, steps=steps)
+            out["ldm-sr"] = {"psnr": round(r["psnr"], 3), "psnr_bicubic": round(r["psnr_bicubic"], 3)}
+    return out

@@ -54,6 +54,7 @@ def test_the_manifest_says_how_each_file_was_made(shipped):
     assert set(m) == {"ci/autoencoder.safetensors", "ci/ldm-text.safetensors", "ci/ldm-class.safetensors"}
     text = m["ci/ldm-text.safetensors"]
     assert text["command"].startswith("minildm train-ldm") and text["metrics"] == {"one_object": 0.5}
+    assert set(text["spot_check"]) == {"one_object_accuracy"} and set(m["ci/ldm-class.safetensors"]["spot_check"]) == {"accuracy"}
     for entry in m.values():
         assert len(entry["sha256"]) == 64 and entry["torch"] == torch.__version__ and entry["bytes"] > 0
     assert not pretrained.available("cpu", root=shipped) and pretrained.load_ldm("ci", "layout", root=shipped) is None
@@ -76,3 +77,23 @@ def test_export_command(runs, tmp_path, capsys):
                  f"text={runs / 'text' / 'ldm.pt'}", "--root", str(tmp_path)]) == 0
     assert "ci/ldm-text.safetensors" in capsys.readouterr().out
     assert pretrained.load_ldm("ci", "text", root=tmp_path) is not None
+
+
+def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_says():
+    files = pretrained.manifest()["files"]
+    names = ["autoencoder"] + [f"ldm-{c}" for c in ("text", "class", "layout", "sr")]
+    assert {f"cpu/{n}.safetensors" for n in names} <= set(files), "run the kit export (docs/instructor-guide.md)"
+    total = 0
+    for name, entry in files.items():
+        path = pretrained.DIR / name
+        assert pretrained.file_sha256(path) == entry["sha256"], f"{name} differs from its manifest"
+        assert entry["seed"] == 0 and entry["command"].startswith("minildm train-") and entry["metrics"]
+        total += path.stat().st_size
+    assert total <= 30e6, f"the shipped checkpoints take {total / 1e6:.1f} MB (at most 30)"
+    measured = pretrained.spot_check("cpu")
+    assert set(measured) == set(names)
+    for name, metrics in measured.items():
+        recorded = files[f"cpu/{name}.safetensors"]["spot_check"]
+        for key, value in metrics.items():         # thread counts change float rounding: one sample may flip
+            tolerance = 0.05 if "psnr" in key else 1 / 16 + 1e-9
+            assert value == pytest.approx(recorded[key], abs=tolerance), (name, key, value, recorded[key])
