@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.minildm-installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench student install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/minildm bench
+
+# The student edition of the notebooks (solutions replaced by NotImplementedError), in notebooks/student/.
+student: $(STAMP)
+	$(VENV)/bin/minildm student
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

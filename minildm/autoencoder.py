@@ -265,8 +265,11 @@ def _check_image(x: torch.Tensor, f: int, in_channels: int = 3) -> None:
 
 
 def _check_latent(z: torch.Tensor, z_channels: int) -> None:
+    """Clear errors for latents of the wrong rank or channel count (e.g. an image passed to decode)."""
     if z.dim() != 4 or z.shape[1] != z_channels:
-        raise ValueError(f"expected latents of shape (B, {z_channels}, h, w), got {tuple(z.shape)}")
+        hint = ("; an image? encode it first" if z.dim() == 4 and z.shape[1] == 3 != z_channels else
+                "; add a batch dimension: z[None]" if z.dim() == 3 else "")
+        raise ValueError(f"expected latents of shape (B, {z_channels}, h, w), got {tuple(z.shape)}{hint}")
 
 
 class _AutoencoderBase(nn.Module):

@@ -26,24 +26,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import tempfile
 import time
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from .autoencoder import AutoencoderKL, build_autoencoder
+from .autoencoder import AutoencoderKL, build_autoencoder, load_autoencoder
 from .data import ShapesDataset
 from .diffusion import GaussianDiffusion
 from .ldm import LatentDiffusion
-from .losses import AutoencoderLoss, LPIPSWeightsMissingError
+from .metrics import reconstruction_metrics
+from .losses import AutoencoderLoss, LPIPSWeightsMissingError, random_backbone_requested
 from .peer import diffusers_available, peer_autoencoder, peer_ddim_sample, peer_scheduler, peer_unet, peer_unet_fn
 from .profiles import Profile, get_profile
+from .train import AE_CHECKPOINT, train_autoencoder
 from .unet import UNet
 from .utils import autocast_dtype, count_parameters, fused_optimizer, get_device, seed_everything
 
 __all__ = ["run_bench", "format_table", "machine_info", "bench_data", "bench_autoencoder_step",
-           "bench_autoencoder_matched", "bench_ldm_step", "bench_unet_matched", "bench_ddim", "DEFAULT_SECONDS"]
+           "bench_autoencoder_matched", "bench_ldm_step", "bench_unet_matched", "bench_ddim", "bench_autoencoder", "DEFAULT_SECONDS"]
 
 DEFAULT_SECONDS = 20.0        # per measurement and side; `minildm bench` with the cpu profile then takes ~4 min
 DEFAULT_ROUNDS = 2            # ours/theirs alternate this many times; the best round counts
@@ -425,3 +428,31 @@ def format_table(result: dict[str, Any]) -> str:
                  f"alternating rounds, {result['seconds']:g} s per measurement; random weights; "
                  f"wall {result.get('wall_s', float('nan')):.0f} s")
     return "\n".join(lines)
+
+
+def bench_autoencoder(profile: str | Profile | None, kind: str = "kl", minutes: float = 10.0, out: str | None = None,
+                      device: str | None = None, random_lpips: bool | None = None, progress: bool = True) -> list[str]:
+    """`minildm bench-ae`: train an autoencoder for `minutes` on Shapes, then measure PSNR/SSIM/LPIPS on the test
+    split; returns the report's lines (the settings first, the numbers last)."""
+    profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
+    out = out or tempfile.mkdtemp(prefix=f"minildm-bench-ae-{kind}-")
+    cfg = dataclasses.replace(profile.ae, kind=kind)
+    lines = [f"bench-ae: profile={profile.name} kind={kind} f={cfg.downsample_factor} z={cfg.z_channels} "
+             f"ch={cfg.ch} ch_mult={cfg.ch_mult} batch={cfg.batch_size} lpips={cfg.lpips_net} "
+             f"w_p={cfg.perceptual_weight} disc_start={cfg.disc_start} res={profile.data.resolution} "
+             f"minutes={minutes} threads={torch.get_num_threads()} out={out}"]
+    random_note = random_lpips or random_backbone_requested()
+    if random_note:
+        lines.append("bench-ae: LPIPS runs with a RANDOM backbone (opted in): the perceptual loss is a random-feature "
+                     "loss and the LPIPS number below is not the published metric")
+    t0 = time.perf_counter()
+    r = train_autoencoder(profile.replace(ae={"kind": kind, "steps": 10**9}), out, device=device, max_minutes=minutes,
+                          resume=False, random_lpips=random_lpips, progress=progress)
+    wall = time.perf_counter() - t0
+    model = load_autoencoder(os.path.join(out, AE_CHECKPOINT), device=device)
+    res = reconstruction_metrics(model, ShapesDataset("test", config=profile.data), lpips_net=cfg.lpips_net,
+                                 random_lpips=random_lpips)
+    note = " (RANDOM backbone: not a meaningful metric)" if random_note else ""
+    return lines + [f"steps: {r['step']}  wall: {wall:.1f} s  steps/s: {r['step'] / wall:.2f}",
+                    f"test split ({res['images']} images): PSNR {res['psnr']:.2f} dB  SSIM {res['ssim']:.4f}  "
+                    f"LPIPS-{cfg.lpips_net} {res['lpips']:.4f}{note}"]

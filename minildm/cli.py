@@ -17,52 +17,45 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from . import __version__, pretrained
-from .autoencoder import load_autoencoder
-from .bench import DEFAULT_SECONDS, bench_ddim, bench_ldm_step, format_table, machine_info, run_bench
-from .data import ShapesDataset, benchmark
+from .bench import DEFAULT_SECONDS, bench_autoencoder, bench_ddim, bench_ldm_step, format_table, machine_info, run_bench
+from .data import DATASETS, ShapesDataset, benchmark, make_dataset
 from .demo import AE_MINUTES, LDM_MINUTES, run_demo
 from .evaluator import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
 from .experiments import DEFAULT_CHECKPOINT, EXPERIMENTS, ExperimentBudget, run_experiment
 from .ldm import LatentDiffusion
-from .losses import random_backbone_requested
-from .metrics import reconstruction_metrics
 from .profiles import PROFILES, default_profile_name, get_profile
 from .results import experiment_markdown
 from .shapes import NUM_CLASSES, class_name, parse_layout
-from .shapes_eval import evaluate_text_ldm
-from .train import AE_CHECKPOINT, train_autoencoder, train_ldm
+from .course import REPO_ROOT, RESULTS_DIR
+from .course_run import run_course, self_check
+from .shapes_eval import evaluate_text_ldm, text_report
+from .student import STUDENT_DIR, write_student_edition
+from .train import train_autoencoder, train_ldm
 from .utils import get_device
 from .viz import image_grid, save_figure
 
 __all__ = ["main", "build_parser"]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
+def _number(kind: type, minimum: float, strict: bool, what: str):
+    """An argparse type: a number of `kind` above (strict) or at least `minimum`, else a clear message."""
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+        return value
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
-
-
-def _minutes(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"a time cap must be 0 or more minutes, got {value}")
-    return value
+_positive_int = _number(int, 1, False, "a positive whole number")
+_positive_float = _number(float, 0.0, True, "a positive number")
+_minutes = _number(float, 0.0, False, "0 or more minutes (a time cap)")
 
 
 # --- Handlers: read the arguments, call the package, print what a user wants to see -------------------------
@@ -98,49 +91,43 @@ def _cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset(args: argparse.Namespace, profile, split: str):
+    """--data as a dataset (None for Shapes: the training code's own default)."""
+    if args.data == "shapes":
+        return None
+    return make_dataset(args.data, split, profile.data, root=args.data_root, download=args.download)
+
+
 def _cmd_train_ae(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
     out = args.out or os.path.join("runs", f"ae-{profile.name}-{args.kind or profile.ae.kind}")
+    train, val = (_dataset(args, profile, split) for split in ("train", "val"))
     r = train_autoencoder(profile, out, device=args.device, max_minutes=args.minutes, kind=args.kind,
-                          steps=args.steps, random_lpips=True if args.random_lpips else None, resume=not args.no_resume)
+                          steps=args.steps, random_lpips=True if args.random_lpips else None, resume=not args.no_resume,
+                          dataset=train, val_dataset=val)
     vals = [h["val_psnr"] for h in r["history"] if "val_psnr" in h]
     print(f"trained to step {r['step']}; checkpoint {r['path']}" + (f"; val PSNR {vals[-1]:.2f} dB" if vals else ""))
     return 0
 
 
 def _cmd_bench_ae(args: argparse.Namespace) -> int:
-    profile = get_profile(args.profile)
-    kind, random_lpips = args.kind, True if args.random_lpips else None
-    out = args.out or tempfile.mkdtemp(prefix=f"minildm-bench-ae-{kind}-")
-    cfg = dataclasses.replace(profile.ae, kind=kind)
-    print(f"bench-ae: profile={profile.name} kind={kind} f={cfg.downsample_factor} z={cfg.z_channels} "
-          f"ch={cfg.ch} ch_mult={cfg.ch_mult} batch={cfg.batch_size} lpips={cfg.lpips_net} "
-          f"w_p={cfg.perceptual_weight} disc_start={cfg.disc_start} res={profile.data.resolution} "
-          f"minutes={args.minutes} threads={torch.get_num_threads()} out={out}")
-    random_note = args.random_lpips or random_backbone_requested()
-    if random_note:
-        print("bench-ae: LPIPS runs with a RANDOM backbone (opted in): the perceptual loss is a random-feature "
-              "loss and the LPIPS number below is not the published metric")
-    t0 = time.perf_counter()
-    r = train_autoencoder(profile.replace(ae={"kind": kind, "steps": 10**9}), out, device=args.device,
-                          max_minutes=args.minutes, resume=False, random_lpips=random_lpips,
-                          progress=not args.no_progress)
-    wall = time.perf_counter() - t0
-    model = load_autoencoder(os.path.join(out, AE_CHECKPOINT), device=args.device)
-    res = reconstruction_metrics(model, ShapesDataset("test", config=profile.data), lpips_net=cfg.lpips_net,
-                                 random_lpips=random_lpips)
-    note = " (RANDOM backbone: not a meaningful metric)" if random_note else ""
-    print(f"steps: {r['step']}  wall: {wall:.1f} s  steps/s: {r['step'] / wall:.2f}")
-    print(f"test split ({res['images']} images): PSNR {res['psnr']:.2f} dB  SSIM {res['ssim']:.4f}  "
-          f"LPIPS-{cfg.lpips_net} {res['lpips']:.4f}{note}")
+    for line in bench_autoencoder(args.profile, args.kind, args.minutes, args.out, args.device,
+                                  True if args.random_lpips else None, progress=not args.no_progress):
+        print(line)
     return 0
 
 
 def _cmd_train_ldm(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
-    out = Path(args.out or f"runs/ldm-{profile.name}-{args.cond or profile.ldm.cond}")
-    r = train_ldm(profile, args.autoencoder, out, cond=args.cond, device=args.device, steps=args.steps,
-                  max_minutes=args.minutes, resume=not args.no_resume, seed=args.seed)
+    data, cond = _dataset(args, profile, "train"), args.cond
+    if data is not None and cond is None:           # text and layouts are Shapes features; labels when there are
+        cond = "class" if data.num_classes else "none"
+    if data is not None and cond in ("text", "layout"):
+        raise ValueError(f"--cond {cond} needs Shapes (captions and boxes are Shapes features); on --data "
+                         f"{args.data} use --cond class (labelled images) or --cond none")
+    out = Path(args.out or f"runs/ldm-{profile.name}-{cond or profile.ldm.cond}")
+    r = train_ldm(profile, args.autoencoder, out, cond=cond, device=args.device, steps=args.steps,
+                  max_minutes=args.minutes, resume=not args.no_resume, seed=args.seed, dataset=data)
     print(f"trained {r['step']} steps in {r['minutes']:.1f} min; checkpoint: {r['path']}")
     return 0
 
@@ -192,20 +179,7 @@ def _cmd_evaluate_ldm(args: argparse.Namespace) -> int:
                           fid=not args.no_fid, eta=args.eta)
     print(f"{args.checkpoint}: DDIM-{args.steps}, η={args.eta}, guidance {args.guidance}, {args.n} prompts per type "
           f"(judged by the Shapes evaluator; all conditions must hold)")
-    for kind in ("one_object", "two_objects"):
-        attrs = ", ".join(f"{k} {v:.1%}" for k, v in r[kind]["by_attribute"].items())
-        print(f"  {kind:12s} prompt accuracy {r[kind]['accuracy']:.1%}  ({attrs})")
-    groups = r["one_object"]["by_size_and_shape"]
-    print("  one-object prompt accuracy by size and shape: " + ", ".join(f"{k} {v:.0%}" for k, v in groups.items()))
-    if "fid" in r:
-        m = r["fid"]
-        print(f"  Shapes-FID {m['fid']:.2f} against independent test images (unpaired; the real-vs-real floor of "
-              f"that protocol is {m['fid_floor']:.2f} at n={args.n}), precision {m['precision']:.3f}, "
-              f"recall {m['recall']:.3f}")
-    ts = [row["t"] for row in next(iter(r["word_influence"].values()))]
-    print(f"  word influence (0: the word is ignored, 1: it alone decides x̂_0) at t = {', '.join(map(str, ts))}:")
-    for pair, rows in r["word_influence"].items():
-        print(f"    {pair:14s} " + "  ".join(f"{row['influence']:5.2f}" for row in rows))
+    print("\n".join(text_report(r, args.n)))
     print(f"  ({time.time() - t0:.0f} s)")
     return 0
 
@@ -254,6 +228,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_course(args: argparse.Namespace) -> int:
+    profile = get_profile(args.profile).name
+    folder = Path(args.course_dir or REPO_ROOT / "outputs" / "course" / profile)
+    record = run_course(profile, folder, args.notebooks, strict=args.strict,
+                        results_dir=None if args.no_record else RESULTS_DIR)
+    failed = [n for n, r in record["notebooks"].items() if not r["ok"]]
+    print(f"course in the {profile} profile: {record['total_minutes']:.1f} min" +
+          (f"; failed: {', '.join(failed)}" if failed else "; every notebook ran"))
+    return 1 if failed else 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    self_check(args.profile, seconds=args.seconds)
+    return 0
+
+
+def _cmd_student(args: argparse.Namespace) -> int:
+    for path in write_student_edition(args.source, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def _cmd_experiments(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
     out = Path(args.out or f"outputs/experiments/{profile.name}")
@@ -292,6 +288,10 @@ def _common(p: argparse.ArgumentParser, *names: str) -> None:
         p.add_argument("--device", default=None, help=DEVICE_HELP)
     if "random-lpips" in names:
         p.add_argument("--random-lpips", action="store_true", help=RANDOM_LPIPS_HELP)
+    if "data" in names:
+        p.add_argument("--data", default="shapes", help=f"{', '.join(DATASETS)} (default shapes)")
+        p.add_argument("--data-root", default="data/downloads", help="where MNIST files are (default %(default)s)")
+        p.add_argument("--download", action="store_true", help="download missing MNIST files (checksummed)")
 
 
 def _sampling(p: argparse.ArgumentParser) -> None:
@@ -350,7 +350,7 @@ def _demo_and_data_commands(add) -> None:
 def _training_commands(add) -> None:
     """train-ae, bench-ae, train-ldm."""
     p = add("train-ae", _cmd_train_ae, "train the first-stage autoencoder (KL or VQ)")
-    _common(p, "profile", "device", "random-lpips")
+    _common(p, "profile", "device", "random-lpips", "data")
     p.add_argument("--kind", choices=("kl", "vq"), default=None, help="override the profile's autoencoder kind")
     p.add_argument("--out", default=None, help="output folder (default runs/ae-<profile>-<kind>)")
     p.add_argument("--steps", type=_positive_int, default=None, help="override the profile's step count")
@@ -366,8 +366,9 @@ def _training_commands(add) -> None:
 
     p = add("train-ldm", _cmd_train_ldm, "train the latent diffusion model on a trained autoencoder")
     p.add_argument("--autoencoder", required=True, help="autoencoder checkpoint (from `minildm train-ae`)")
-    _common(p, "profile", "device")
-    p.add_argument("--cond", choices=("text", "class", "layout", "sr", "none"), default=None)
+    _common(p, "profile", "device", "data")
+    p.add_argument("--cond", choices=("text", "class", "layout", "sr", "none"), default=None,
+                   help="default: the profile's on Shapes; class (labelled data) or none on other data")
     p.add_argument("--out", default=None, help="output folder (default runs/ldm-<profile>-<cond>)")
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes (checkpoint kept)")
@@ -420,6 +421,21 @@ def _study_commands(add) -> None:
     _common(p, "device")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")
+
+    p = add("course", _cmd_course, "run the course's notebooks in order in one profile, timing each")
+    p.add_argument("--profile", default=None, help=PROFILE_HELP)
+    p.add_argument("--strict", action="store_true", help="a failed claim stops the notebook (and the run)")
+    p.add_argument("--notebooks", nargs="*", default=None, help="only these (prefixes: 00 03 …)")
+    p.add_argument("--course-dir", default=None, help="the course folder (default outputs/course/<profile>)")
+    p.add_argument("--no-record", action="store_true", help="do not write docs/course/<profile>.json")
+
+    p = add("check", _cmd_check, "before a lab: device, LPIPS weights, shipped checkpoints, expected run times here")
+    p.add_argument("--profile", default=None, help=PROFILE_HELP)
+    p.add_argument("--seconds", type=_positive_float, default=10.0, help="length of the speed probe")
+
+    p = add("student", _cmd_student, "write the student edition of the notebooks (solutions taken out)")
+    p.add_argument("--source", default=str(STUDENT_DIR.parent), help="the course notebooks (default: %(default)s)")
+    p.add_argument("--out", default=str(STUDENT_DIR), help="where to write (default: %(default)s)")
 
     p = add("export-pretrained", _cmd_export, "write the shipped inference checkpoints (safetensors + manifest)")
     p.add_argument("--profile", required=True, help="the profile the checkpoints were trained in")

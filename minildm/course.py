@@ -41,15 +41,14 @@ from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from .utils import get_device, seed_everything
 
 __all__ = ["setup", "Course", "check_answer", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
-           "load_json", "COLAB_CELL"]
+           "load_json", "COLAB_CELL", "RESULTS_DIR", "measured_minutes"]
 
 COURSE_DIR_ENV, STRICT_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ("00_setup_and_shapes", "01_perceptual_compression", "02_latent_space", "03_forward_diffusion",
              "04_unet_and_cross_attention", "05_training_the_ldm", "06_ddim_sampling", "07_guidance_and_attention",
              "08_other_conditions", "09_experiments")
-# Measured minutes per notebook (`minildm course`, see the README); None: not measured yet in that profile.
-NOTEBOOK_MINUTES: dict[str, dict[str, float | None]] = {"ci": {}, "cpu": {}, "gpu": {}}
+RESULTS_DIR = REPO_ROOT / "docs" / "course"        # what `minildm course` recorded: times, claims, figures
 # The first cell of every notebook, identical everywhere (tests/test_notebooks.py checks it): on Colab, when
 # minildm is not installed, it clones the tagged release (which brings data/ with the evaluator and the shipped
 # checkpoints), installs what Colab lacks without touching Colab's own torch, and makes minildm importable
@@ -201,6 +200,12 @@ class Course:
         return int(load_checkpoint(path)["step"]) if path.is_file() else None
 
 
+def measured_minutes(profile: str) -> dict[str, float]:
+    """{notebook: minutes} from the last recorded run of the course in `profile` (empty if there is none)."""
+    data = load_json(RESULTS_DIR / f"{profile}.json") or {}
+    return {name: nb["minutes"] for name, nb in data.get("notebooks", {}).items() if nb.get("ok")}
+
+
 def course_folder(profile: Profile) -> Path:
     """$MINILDM_COURSE_DIR, else a fresh temporary folder for `ci`, else outputs/course/<profile>."""
     if os.environ.get(COURSE_DIR_ENV):
@@ -222,7 +227,7 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
     folder.mkdir(parents=True, exist_ok=True)
     strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     missing = lpips_weights_missing(profile.ae.lpips_net, download=False)
-    minutes = NOTEBOOK_MINUTES.get(profile.name, {}).get(notebook)
+    minutes = measured_minutes(profile.name).get(notebook)
     print(f"minildm course, notebook {notebook}")
     print(f"  profile {profile.name} (set $MINILDM_PROFILE to ci, cpu or gpu), device {device} "
           f"(set $MINILDM_DEVICE), seed {seed}")
@@ -233,7 +238,7 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
           + ("" if pretrained.available(profile.name) else " (none for this profile)"))
     print("  LPIPS: pretrained backbone" if missing is None else
           "  LPIPS: RANDOM backbone (the pretrained file is missing; see the README's offline notes)")
-    print("  expected run time: " + (f"about {minutes:g} min (measured on a 2-core CPU)" if minutes else
+    print("  expected run time: " + (f"about {minutes:g} min (measured by `minildm course`, docs/course/)" if minutes else
                                       "not measured yet for this profile")
           + ("; strict mode: a failed claim stops the notebook" if strict else ""))
     if profile.name == "ci":

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 
 from .shapes import NUM_CLASSES, Scene, ShapesTokenizer, render_scenes, sample_scene
 
-__all__ = ["DataConfig", "ShapesDataset", "SPLIT_IDS", "shapes_collate", "benchmark",
+__all__ = ["DataConfig", "ShapesDataset", "SPLIT_IDS", "shapes_collate", "benchmark", "make_dataset", "DATASETS",
            "MNIST", "ImageFolderDataset"]
 
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
@@ -163,3 +164,25 @@ def benchmark(resolution: int = 32, batch_size: int = 256, seconds: float = 3.0,
 
 # Real images for users who have them (image folders, MNIST / Fashion-MNIST) live in realdata.py.
 from .realdata import MNIST, ImageFolderDataset  # noqa: E402
+
+
+DATASETS = ("shapes", "mnist", "fashion-mnist", "folder:PATH")
+
+
+def make_dataset(name: str, split: str = "train", config: DataConfig | None = None,
+                 root: str | Path = "data/downloads", on_error: str = "skip", download: bool = False):
+    """A dataset by name, as the commands take it (--data): "shapes" (the default, every split), "mnist" and
+    "fashion-mnist" (train; "val" and "test" read the test files) from `root` (downloaded, checksum-verified,
+    only with download=True), and "folder:PATH" (any folder of
+    images; every split is that folder, labelled by its subfolders when it has them; unreadable files are
+    skipped with a warning unless on_error="raise")."""
+    config = config or DataConfig()
+    if name == "shapes":
+        return ShapesDataset(split, config)
+    if name in ("mnist", "fashion-mnist"):
+        return MNIST(root, split="train" if split == "train" else "test",
+                     variant="mnist" if name == "mnist" else "fashion", resolution=config.resolution, download=download)
+    if name.startswith("folder:") and len(name) > len("folder:"):
+        return ImageFolderDataset(Path(name[len("folder:"):]).expanduser(), resolution=config.resolution,
+                                  on_error=on_error)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} (e.g. folder:~/pictures)")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .utils import randint, randn
 
-__all__ = ["GaussianDiffusion", "make_beta_schedule", "SCHEDULES", "PREDICTION_TYPES", "ModelFn"]
+__all__ = ["GaussianDiffusion", "make_beta_schedule", "moment_z_scores", "SCHEDULES", "PREDICTION_TYPES", "ModelFn"]
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -99,6 +99,7 @@ class GaussianDiffusion:
         alpha_bar = torch.cumprod(alphas, dim=0)                            # ᾱ_t = Π_{s≤t} α_s
         alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])  # ᾱ_{t−1}, ᾱ_{−1} = 1
         self.betas, self.alphas = betas, alphas
+        self.sqrt_betas, self.sqrt_alphas = betas.sqrt(), alphas.sqrt()    # √β_t, √(1−β_t): one chain step
         self.alpha_bar, self.alpha_bar_prev = alpha_bar, alpha_bar_prev
         self.sqrt_alpha_bar = alpha_bar.sqrt()                              # √ᾱ_t
         self.one_minus_alpha_bar = 1.0 - alpha_bar                          # 1 − ᾱ_t
@@ -247,6 +248,92 @@ class GaussianDiffusion:
         t_flat = self.check_timesteps(torch.as_tensor(t).reshape(-1), torch.as_tensor(t).numel(), "cpu")
         return (self.alpha_bar[t_flat] / self.one_minus_alpha_bar[t_flat]).reshape(torch.as_tensor(t).shape)
 
+    def timestep_at_snr(self, snr: float = 1.0) -> int:
+        """The first t with SNR(t) ≤ `snr` (SNR falls with t): where noise starts to outweigh the signal.
+
+        snr = 1 is log-SNR = 0, the step at which x_t holds as much signal variance ᾱ_t as noise 1 − ᾱ_t.
+        """
+        all_snr = self.alpha_bar / self.one_minus_alpha_bar                       # (T,), decreasing
+        below = (all_snr <= snr).nonzero()
+        if not snr > 0 or len(below) == 0:
+            raise ValueError(f"SNR never falls to {snr} on this schedule (it ends at {float(all_snr[-1]):.3g}); "
+                             f"pick a level between {float(all_snr[-1]):.3g} and {float(all_snr[0]):.3g}")
+        return int(below[0])
+
+    # ---- the chain q(x_t | x_{t−1}) that the closed form summarizes -------------------------------
+    def q_step(self, x_prev: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """One step of the forward chain: x_t = √(1−β_t)·x_{t−1} + √β_t·ε (DDPM Eq. 2; x_{−1} is x_0)."""
+        _check_same_shape(x_prev=x_prev, noise=noise)
+        t = self.check_timesteps(t, x_prev.shape[0], x_prev.device)
+        return self._table("sqrt_alphas", t, x_prev) * x_prev + self._table("sqrt_betas", t, x_prev) * noise
+
+    def iterate_chain(self, x0: torch.Tensor, t: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_t drawn the slow way: t + 1 steps of `q_step` from x_0 with fresh noise each (steps 0 … t).
+
+        In distribution it equals `add_noise(x0, ε, t)` (the closed form, DDPM Eq. 4): notebook 03 checks that
+        on many samples. Costs t + 1 noise draws instead of one.
+        """
+        t = int(self.check_timesteps(t, 1, "cpu")[0])
+        x = x0.clone()
+        for s in range(t + 1):   # x_s = √(1−β_s)·x_{s−1} + √β_s·ε, as q_step, with scalar factors and in place
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)
+            x.mul_(float(self.sqrt_alphas[s])).add_(noise, alpha=float(self.sqrt_betas[s]))
+        return x
+
+    def chain_moments(self, t: int) -> tuple[float, float]:
+        """(mean coefficient m_t, variance v_t) of x_t given x_0 by pushing moments through the chain, float64:
+        m_s = √(1−β_s)·m_{s−1}, v_s = (1−β_s)·v_{s−1} + β_s, from m = 1, v = 0. The closed form says
+        m_t = √ᾱ_t and v_t = 1 − ᾱ_t exactly (up to float64 rounding)."""
+        t = int(self.check_timesteps(t, 1, "cpu")[0])
+        m, v = 1.0, 0.0
+        for s in range(t + 1):
+            b = float(self.betas[s])
+            m, v = math.sqrt(1.0 - b) * m, (1.0 - b) * v + b                     # Var(a·x + √b·ε) = a²·Var(x) + b
+        return m, v
+
+    # ---- what is left of x_0 at step t ---------------------------------------------------------------
+    def ideal_observer_accuracy(self, x_a: torch.Tensor, x_b: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        """How well the best possible test tells q(x_t | x_a) from q(x_t | x_b), given one x_t: (B,) in [0.5, 1].
+
+        Both are Gaussians with the same covariance (1 − ᾱ_t)·I, so the likelihood-ratio test is optimal and
+        its accuracy (equal priors) is Φ(d′/2) with d′ = √ᾱ_t·‖x_a − x_b‖ / √(1 − ᾱ_t) = √SNR_t·‖x_a − x_b‖.
+        Two images (or latents) that differ in one object: when the accuracy nears 0.5 the object is gone
+        from x_t for any denoiser, however good.
+        """
+        _check_same_shape(x_a=x_a, x_b=x_b)
+        t = self.check_timesteps(t, x_a.shape[0], "cpu")
+        dist = (x_a.double() - x_b.double()).flatten(1).norm(dim=1).cpu()                # ‖x_a − x_b‖, (B,)
+        d_prime = (self.alpha_bar[t] / self.one_minus_alpha_bar[t]).sqrt() * dist         # √SNR_t·‖Δ‖
+        return 0.5 * (1 + torch.erf(d_prime / 2 / math.sqrt(2)))                          # Φ(d′/2)
+
+    def target_coefficients(self, t: torch.Tensor | int, prediction_type: str | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_t, b_t), float64, with target = a_t·x_0 + b_t·ε: ε → (0, 1), x_0 → (1, 0),
+        v → (−√(1−ᾱ_t), √ᾱ_t). For unit-variance x_0 and ε, a_t/√(a_t² + b_t²) is how much of x_0 the target holds."""
+        kind = self.prediction_type if prediction_type is None else prediction_type
+        if kind not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {kind!r}; expected one of {PREDICTION_TYPES}")
+        t_flat = self.check_timesteps(torch.as_tensor(t).reshape(-1), torch.as_tensor(t).numel(), "cpu")
+        ones, zeros = torch.ones(len(t_flat), dtype=torch.float64), torch.zeros(len(t_flat), dtype=torch.float64)
+        if kind == "epsilon":
+            return zeros, ones
+        if kind == "sample":
+            return ones, zeros
+        return -self.sqrt_one_minus_alpha_bar[t_flat], self.sqrt_alpha_bar[t_flat]
+
+    def x0_error_gain(self, t: torch.Tensor | int, prediction_type: str | None = None) -> torch.Tensor:
+        """By how much an error δ in the model output grows in x̂_0 (float64, per t): ε → √(1−ᾱ_t)/√ᾱ_t = 1/√SNR_t
+        (huge at high noise), x_0 → 1, v → √(1−ᾱ_t) ≤ 1. From x̂_0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ = √ᾱ·x_t − √(1−ᾱ)·v̂."""
+        kind = self.prediction_type if prediction_type is None else prediction_type
+        if kind not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {kind!r}; expected one of {PREDICTION_TYPES}")
+        t_flat = self.check_timesteps(torch.as_tensor(t).reshape(-1), torch.as_tensor(t).numel(), "cpu")
+        if kind == "epsilon":
+            return self.sqrt_one_minus_alpha_bar[t_flat] / self.sqrt_alpha_bar[t_flat]
+        if kind == "sample":
+            return torch.ones(len(t_flat), dtype=torch.float64)
+        return self.sqrt_one_minus_alpha_bar[t_flat].clone()
+
     # ---- training ----------------------------------------------------------------------------------
     def training_loss(
         self,
@@ -295,6 +382,27 @@ class GaussianDiffusion:
             w = {"epsilon": clipped / snr, "sample": clipped, "v_prediction": clipped / (snr + 1)}
             loss = loss * w[self.prediction_type]
         return loss.mean() if reduction == "mean" else loss
+
+
+def moment_z_scores(samples: torch.Tensor, mean: torch.Tensor | float, var: torch.Tensor | float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far the sample moments of `samples` (n, …) lie from a Gaussian's mean and variance, in standard errors.
+
+    z_mean = (m̂ − μ) / √(σ²/n) and z_var = (σ̂² − σ²) / (σ²·√(2/(n−1))), elementwise over the trailing dims
+    (the standard errors of a Gaussian sample's mean and variance). If the samples do come from N(μ, σ²),
+    each z is roughly N(0, 1): |z| > 5 happens about once in 1.7 million.
+    """
+    n = samples.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 samples (along the first dimension) to estimate a variance, got {n}")
+    x = samples.double()
+    mean = torch.as_tensor(mean, dtype=torch.float64, device=x.device)
+    var = torch.as_tensor(var, dtype=torch.float64, device=x.device)
+    if bool((var <= 0).any()):
+        raise ValueError("the expected variance must be positive (at t = 0 it is β_0 > 0; never pass 0)")
+    z_mean = (x.mean(0) - mean) / (var / n).sqrt()                                  # (m̂ − μ) / (σ/√n)
+    z_var = (x.var(0) - var) / (var * math.sqrt(2.0 / (n - 1)))                     # (σ̂² − σ²) / (σ²√(2/(n−1)))
+    return z_mean, z_var
 
 
 def _check_same_shape(**tensors: torch.Tensor) -> None:

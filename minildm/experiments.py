@@ -277,7 +277,11 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
 # --- (b) DDIM steps × η and (c) guidance scale, on one trained text LDM -------------------------------------
 
 
-def _load_text_ldm(checkpoint: str | Path, device: str | torch.device | None) -> LatentDiffusion:
+def _load_text_ldm(checkpoint: str | Path | LatentDiffusion, device: str | torch.device | None) -> LatentDiffusion:
+    if isinstance(checkpoint, LatentDiffusion):
+        if checkpoint.cond_mode != "text":
+            raise ValueError(f"the sweeps need a text-conditional LDM, got a {checkpoint.cond_mode!r} one")
+        return checkpoint
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"no LDM checkpoint at {path}; train one with `minildm demo` (writes "
@@ -303,13 +307,14 @@ def _sweep(ldm: LatentDiffusion, settings: Sequence[dict[str, Any]], num_samples
     return rows
 
 
-def sampler_sweep(profile: str | Profile | None = None, checkpoint: str | Path = DEFAULT_CHECKPOINT,
+def sampler_sweep(profile: str | Profile | None = None, checkpoint: str | Path | LatentDiffusion = DEFAULT_CHECKPOINT,
                   budget: ExperimentBudget | None = None, *, steps: Sequence[int] | None = None,
                   etas: Sequence[float] | None = None, num_samples: int | None = None,
                   guidance_scale: float | None = None, seed: int = 0, device: str | torch.device | None = None,
                   verbose: bool = True) -> list[Row]:
     """DDIM (Song et al. 2021, Tab. 1) with S steps and stochasticity η on a trained text LDM: one row per
-    (steps, eta) with Shapes-FID (+ unpaired floor), precision, recall, prompt accuracy and images/s."""
+    (steps, eta) with Shapes-FID (+ unpaired floor), precision, recall, prompt accuracy and images/s.
+    `checkpoint`: a text LDM's checkpoint file, or the model itself."""
     profile = get_profile(profile)
     b = _budget(profile, budget, sampler_steps=tuple(steps) if steps is not None else None,
                 sampler_etas=tuple(etas) if etas is not None else None, sampler_samples=num_samples,
@@ -327,7 +332,7 @@ def sampler_sweep(profile: str | Profile | None = None, checkpoint: str | Path =
     return _sweep(ldm, settings, b.sampler_samples, b, seed, verbose)
 
 
-def guidance_sweep(profile: str | Profile | None = None, checkpoint: str | Path = DEFAULT_CHECKPOINT,
+def guidance_sweep(profile: str | Profile | None = None, checkpoint: str | Path | LatentDiffusion = DEFAULT_CHECKPOINT,
                    budget: ExperimentBudget | None = None, *, scales: Sequence[float] | None = None,
                    num_samples: int | None = None, steps: int | None = None, seed: int = 0,
                    device: str | torch.device | None = None, verbose: bool = True) -> list[Row]:

@@ -5,6 +5,7 @@ The paper's second stage (LDM Sec. 3.2-3.3) in one object:
     training   z = E(x)·scale            (a posterior *sample*, scaled to unit variance)
                L = ‖ε − ε_θ(z_t, t, τθ(y))‖²   with y replaced by the null condition 10 % of the time
     sampling   z ~ DDIM(ε_θ, guidance s) → x = D(z / scale)
+    editing    x_T = DDIM⁻¹(z) (`invert`), SDEdit from a real image (`img2img`)
 
 The autoencoder is frozen (eval mode, no gradients). Its latent statistics differ from N(0, I), so z is
 multiplied by scale_factor = 1/std(z), measured on the first training batch and stored with the model (the
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ from .autoencoder import AEConfig, build_autoencoder
 from .checkpoint import config_from_dict, load_checkpoint
 from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder
 from .diffusion import PREDICTION_TYPES, GaussianDiffusion
-from .samplers import ddim_sample, ddpm_sample
+from .samplers import ddim_invert, ddim_sample, ddpm_sample, img2img as ddim_img2img
 from .tokenizer import WordTokenizer
 from .unet import UNet
 from .utils import get_device, randn
@@ -261,8 +262,9 @@ class LatentDiffusion(nn.Module):
                sampler: str = "ddim", generator: torch.Generator | None = None,
                callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                return_intermediates: bool = False, x_T: torch.Tensor | None = None,
-               decode: bool = True) -> Any:
-        """Draw images for conditioning inputs `raw` (or `num_samples` unconditional ones) with DDIM or DDPM.
+               decode: bool = True, spacing: str = "trailing") -> Any:
+        """Draw images for conditioning inputs `raw` (or `num_samples` unconditional ones) with DDIM or DDPM
+        (DDIM: `steps` timesteps chosen by `spacing`, samplers.ddim_timesteps; DDPM: all T, `steps` unused).
 
         Classifier-free guidance: ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)); s = 1 is purely conditional.
         Returns images in [-1, 1] (or latents with decode=False); with return_intermediates, also the trajectory.
@@ -280,16 +282,13 @@ class LatentDiffusion(nn.Module):
         if not isinstance(B, int) or B < 1:
             raise ValueError(f"the number of samples must be a positive int, got {B!r}")
         h = self.latent_size(resolution)
-        cond = self.encode_condition(raw, (h, h))
-        uncond = None
-        if cond is not None and guidance_scale != 1.0:
-            uncond = self.encode_condition(self.null_condition(raw), (h, h))
+        cond, uncond = self._conditions(raw, (h, h), guidance_scale)
         shape = (B, self.latent_channels, h, h)
         kwargs = dict(cond=cond, uncond=uncond, guidance_scale=guidance_scale, generator=generator,
                       x_T=x_T, callback=callback, return_intermediates=return_intermediates,
                       device=self.scale_factor.device)
         if sampler == "ddim":
-            out = ddim_sample(self.model_fn, self.diffusion, shape, steps=steps, eta=eta, **kwargs)
+            out = ddim_sample(self.model_fn, self.diffusion, shape, steps=steps, eta=eta, spacing=spacing, **kwargs)
         elif sampler == "ddpm":
             out = ddpm_sample(self.model_fn, self.diffusion, shape, **kwargs)
         else:
@@ -297,6 +296,84 @@ class LatentDiffusion(nn.Module):
         z, trajectory = out if return_intermediates else (out, None)
         result = self.decode(z) if decode else z
         return (result, trajectory) if return_intermediates else result
+
+    def _conditions(self, raw: torch.Tensor | None, latent_hw: tuple[int, int], guidance_scale: float
+                    ) -> tuple[dict | None, dict | None]:
+        """(τθ(y), τθ(∅)) for a sampler; the null condition only when guidance needs it (s ≠ 1)."""
+        cond = self.encode_condition(raw, latent_hw)
+        uncond = None
+        if cond is not None and guidance_scale != 1.0:
+            uncond = self.encode_condition(self.null_condition(raw), latent_hw)
+        return cond, uncond
+
+    def _check_latents(self, z: torch.Tensor, raw: torch.Tensor | None, what: str) -> None:
+        if z.dim() != 4 or z.shape[1] != self.latent_channels:
+            raise ValueError(f"{what} expects scaled latents (B, {self.latent_channels}, h, w) such as "
+                             f"ldm.encode(images) gives, got shape {tuple(z.shape)}")
+        if self.cond_mode != "none" and (raw is None or raw.shape[0] != z.shape[0]):
+            raise ValueError(f"{what}: this {self.cond_mode}-conditional model needs one condition per latent "
+                             f"(e.g. ldm.prompt_condition(prompts=[...])), got "
+                             f"{None if raw is None else raw.shape[0]} for {z.shape[0]} latents")
+
+    @torch.no_grad()
+    def loss_by_timestep(self, z0: torch.Tensor, raw: torch.Tensor | None, timesteps: Sequence[int],
+                         noise: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_simple at each given t, averaged over the batch: (len(timesteps),) float32 on the CPU.
+
+        The same noise ε is used at every t (so the curve shows t, not the luck of the draw), and the condition
+        is never dropped: this is the loss of the conditional model, in its current mode (call .eval() first
+        to measure the sampling model)."""
+        self._check_latents(z0, raw, "loss_by_timestep")
+        if noise is None:
+            noise = randn(z0.shape, generator, z0.device, z0.dtype)                     # ε ~ N(0, I)
+        cond = self.encode_condition(raw, tuple(z0.shape[-2:]))
+        losses = []
+        for t in timesteps:
+            per_sample = self.diffusion.training_loss(self.model_fn, z0, cond, t=int(t), noise=noise,
+                                                      reduction="none")               # (B,) ‖target − out‖²
+            losses.append(per_sample.mean().float().cpu())
+        return torch.stack(losses)
+
+    @torch.no_grad()
+    def invert(self, z0: torch.Tensor, raw: torch.Tensor | None = None, steps: int = 50,
+               guidance_scale: float = 1.0, return_intermediates: bool = False) -> Any:
+        """DDIM inversion of scaled latents z0 (e.g. `encode(images)`) under their condition -> x_T (DDIM Sec. 4.3).
+
+        `sample(raw, x_T=x_T, steps=steps, guidance_scale=guidance_scale)` maps x_T back to (about) z0; the error
+        shrinks with the step size. Guidance s = 1 (none) inverts best: s > 1 makes the ODE stiffer."""
+        self._check_scale()
+        self._check_latents(z0, raw, "invert")
+        cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
+        return ddim_invert(self.model_fn, self.diffusion, z0, steps=steps, cond=cond, uncond=uncond,
+                           guidance_scale=guidance_scale, return_intermediates=return_intermediates)
+
+    @torch.no_grad()
+    def inversion_error(self, z0: torch.Tensor, raw: torch.Tensor | None = None, steps: int = 50) -> float:
+        """‖DDIM(DDIM⁻¹(z0)) − z0‖² / ‖z0‖²: how well S-step inversion followed by S-step sampling (η = 0, no
+        guidance) returns the latents it started from (0 = perfectly)."""
+        x_T = self.invert(z0, raw, steps)
+        z_back = self.sample(raw, num_samples=None if raw is not None else z0.shape[0], steps=steps,
+                             guidance_scale=1.0, x_T=x_T, decode=False, resolution=z0.shape[-1]
+                             * self.autoencoder.downsample_factor)
+        return float((z_back - z0).pow(2).sum() / z0.pow(2).sum())
+
+    @torch.no_grad()
+    def img2img(self, images: torch.Tensor, raw: torch.Tensor | None = None, strength: float = 0.75,
+                steps: int | None = None, eta: float = 0.0, guidance_scale: float | None = None,
+                generator: torch.Generator | None = None, decode: bool = True) -> torch.Tensor:
+        """SDEdit on images (B, 3, H, W) in [-1, 1]: encode, noise to the timestep picked by `strength`, run the
+        rest of DDIM towards the condition `raw`, decode (samplers.img2img). strength 0 keeps the image
+        (up to the autoencoder's reconstruction), 1 starts from (almost) pure noise."""
+        steps = self.config.sample_steps if steps is None else steps
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        if self.cond_mode == "none":
+            guidance_scale = 1.0
+        z0 = self.encode(images, generator)
+        self._check_latents(z0, raw, "img2img")
+        cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
+        z = ddim_img2img(self.model_fn, self.diffusion, z0, strength=strength, steps=steps, eta=eta, cond=cond,
+                    uncond=uncond, guidance_scale=guidance_scale, generator=generator)
+        return self.decode(z) if decode else z
 
     # ------------------------------------------------------------------ parameters and checkpoints
     def denoiser_modules(self) -> nn.ModuleDict:

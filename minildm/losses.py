@@ -18,6 +18,7 @@ adaptive weight λ makes the GAN term independent of that choice.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import socket
 import warnings
@@ -45,6 +46,7 @@ BACKBONE_FILES = {
 }
 DOWNLOAD_TIMEOUT_S = 30.0
 _random_notice_shown: set[str] = set()
+_built: dict[tuple, nn.Module] = {}   # (net, backbone file or None, its mtime) -> the lpips model, built once
 
 
 class LPIPSWeightsMissingError(FileNotFoundError):
@@ -127,18 +129,23 @@ class LPIPS(nn.Module):
 
         if net not in BACKBONE_FILES:
             raise ValueError(f"unknown LPIPS network {net!r}; expected one of {sorted(BACKBONE_FILES)}")
-        random_backbone = random_backbone_requested() if random_backbone is None else random_backbone
-        state = None if random_backbone else load_backbone_state(net, download)
-        # pnet_rand=True builds the trunk without asking torchvision for weights (no download); the random
-        # init runs on a forked RNG with a fixed seed, so the global RNG is untouched and the trunk is the same
-        # in every process.
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)          # torchvision's `pretrained=` deprecation
-            torch.manual_seed(0)
-            self.model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-        if state is not None:
-            self._load_trunk(state)
-        elif net not in _random_notice_shown:
+        random_backbone = bool(random_backbone_requested() if random_backbone is None else random_backbone)
+        file = None if random_backbone else _backbone_file(net, download)   # missing and no download: an error
+        key = (net, str(file), file.stat().st_mtime_ns if file else None)
+        if key not in _built:                                     # built once per file, then copied (fast)
+            state = None if file is None else torch.load(file, map_location="cpu", weights_only=True)
+            # pnet_rand=True builds the trunk without asking torchvision for weights (no download); the random
+            # init runs on a forked RNG with a fixed seed, so the global RNG is untouched and the trunk is the
+            # same in every process.
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)      # torchvision's `pretrained=` deprecation
+                torch.manual_seed(0)
+                model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+            if state is not None:
+                _load_trunk(model, state)
+            _built[key] = model
+        self.model = copy.deepcopy(_built[key])
+        if random_backbone and net not in _random_notice_shown:
             _random_notice_shown.add(net)
             print(f"NOTICE: LPIPS uses a RANDOM {net} backbone (opted in); the perceptual loss still shapes "
                   f"training but its values are NOT a meaningful perceptual metric.")
@@ -146,15 +153,6 @@ class LPIPS(nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
-
-    def _load_trunk(self, state: dict[str, torch.Tensor]) -> None:
-        """torchvision keys `features.<i>.<...>` -> lpips trunk keys `slice<k>.<i>.<...>`."""
-        trunk = self.model.net
-        mapped = {}
-        for key in trunk.state_dict():
-            _, rest = key.split(".", 1)                           # "slice2.5.weight" -> "5.weight"
-            mapped[key] = state[f"features.{rest}"]
-        trunk.load_state_dict(mapped)
 
     def train(self, mode: bool = True) -> "LPIPS":
         super().train(mode)
@@ -175,6 +173,16 @@ class LPIPS(nn.Module):
                                  f"trunk (AlexNet needs at least 31×31, VGG 16×16); upsample them or use "
                                  f"lpips_net='vgg'") from e
         return d.flatten()
+
+
+def _load_trunk(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """torchvision keys `features.<i>.<...>` -> lpips trunk keys `slice<k>.<i>.<...>` of model.net."""
+    trunk = model.net
+    mapped = {}
+    for key in trunk.state_dict():
+        _, rest = key.split(".", 1)                               # "slice2.5.weight" -> "5.weight"
+        mapped[key] = state[f"features.{rest}"]
+    trunk.load_state_dict(mapped)
 
 
 # --- Patch discriminator (pix2pix, Isola et al. 2017) -------------------------------------------------------

@@ -1,7 +1,10 @@
 """How good are images? Reconstruction metrics and the generative metrics of the paper's tables.
 
     reconstructions (LDM Tab. 8)   psnr, ssim, lpips per image; reconstruction_metrics over a dataset;
-                                   latent_statistics (and the scale factor 1/std(z))
+                                   latent_statistics (and the scale factor 1/std(z)); radial power spectra
+    baselines and readings         bicubic_roundtrip at an equal number of values (side_for_values);
+                                   readable_scenes: does the Shapes evaluator read a well-formed scene?;
+                                   peak_in_boxes: does a map (a latent, an attention map) peak on an object?
     generated images (Tab. 1-3)    FID (Heusel et al. 2017), KID (Bińkowski et al. 2018), improved
                                    precision/recall (Kynkäänniemi et al. 2019), Inception Score
 
@@ -22,9 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from .autoencoder import reconstruct
+from .evaluator import split_logits
 from .losses import LPIPS, random_backbone_requested
 
-__all__ = ["psnr", "ssim", "lpips", "radial_power_spectrum", "log_spectrum_distance", "latent_statistics", "reconstruction_psnr", "reconstruction_metrics", "frechet_distance",
+__all__ = ["psnr", "ssim", "lpips", "radial_power_spectrum", "log_spectrum_distance", "latent_statistics",
+           "side_for_values", "bicubic_roundtrip", "readable_scenes", "peak_in_boxes", "reconstruction_psnr",
+           "reconstruction_metrics", "frechet_distance",
            "feature_statistics", "fid_from_features", "polynomial_kernel", "mmd2_unbiased", "kid_from_features",
            "knn_radii", "precision_recall", "inception_score", "extract_features", "generative_metrics",
            "metrics_from_features", "FeatureExtractor"]
@@ -168,6 +174,70 @@ def latent_statistics(autoencoder: torch.nn.Module, batches: Iterable, generator
     std_all = math.sqrt(max(float(total_var), 1e-24))
     return {"mean": mean.float(), "std": var.sqrt().float(), "std_all": std_all, "mean_all": float(total_mean),
             "scale_factor": 1.0 / std_all}
+
+
+def side_for_values(values: int, channels: int = 3) -> int:
+    """The largest side s with channels·s² ≤ values: a (channels, s, s) image stores no more numbers than a
+    latent of `values` = h·w·c numbers (e.g. 8·8·4 = 256 -> s = 9, 243 numbers), for a fair baseline."""
+    if values < channels or channels < 1:
+        raise ValueError(f"need values ≥ channels ≥ 1 to keep at least a 1×1 image, got values={values}, "
+                         f"channels={channels}")
+    return math.isqrt(values // channels)                         # s = ⌊√(values / channels)⌋
+
+
+@torch.no_grad()
+def bicubic_roundtrip(images: torch.Tensor, side: int) -> torch.Tensor:
+    """Compress images (B, 3, H, W) in [-1, 1] to side×side by antialiased bicubic down-sampling and bring them
+    back to H×W by bicubic up-sampling, clamped to [-1, 1]: the classic compressor that keeps 3·side² numbers
+    per image, the baseline an autoencoder with as many latent numbers has to beat."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images of shape (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
+    H, W = images.shape[-2:]
+    if not 1 <= side <= min(H, W):
+        raise ValueError(f"side must be between 1 and the image size {min(H, W)}, got {side}")
+    x = images.float()
+    small = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False)  # (B, 3, s, s)
+    return F.interpolate(small, size=(H, W), mode="bicubic", align_corners=False).clamp(-1, 1)       # (B, 3, H, W)
+
+
+def readable_scenes(cells: dict[str, torch.Tensor], min_objects: int = 1, max_objects: int = 2,
+                    confidence: float = 0.9) -> torch.Tensor:
+    """(N,) bool: does the Shapes evaluator read a well-formed scene in each image? `cells` is
+    evaluator.predict_cells(images). An image is readable when
+        every cell is confidently empty or occupied     p_occupied ≥ confidence or ≤ 1 − confidence
+        the count is one the world allows               min_objects ≤ #occupied ≤ max_objects
+        every object has a confident shape, color, size  max softmax ≥ confidence in each occupied cell
+    Real Shapes scenes are all readable; images without a scene (noise, blobs) almost never are."""
+    if not 0.5 < confidence < 1:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    p, occupied = cells["p_occupied"], cells["occupied"]          # (N, 9), (N, 9)
+    sure = ((p >= confidence) | (p <= 1 - confidence)).all(1)     # (N,)
+    count = occupied.sum(1)
+    ok = sure & (count >= min_objects) & (count <= max_objects)
+    parts = split_logits(cells["logits"])
+    for name in ("shape", "color", "size"):
+        top = parts[name].softmax(-1).amax(-1)                    # (N, 9) probability of the chosen value
+        ok &= ((top >= confidence) | ~occupied).all(1)
+    return ok
+
+
+def peak_in_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: does each map (N, h, w) have its maximum inside one of its image's boxes?
+
+    boxes (N, K, 4) are [x0, y0, x1, y1] in [0, 1] image coordinates (a layout's last four columns; rows with
+    a negative entry are padding). A map's cell (i, j) sits at ((j + ½)/w, (i + ½)/h). With random maps the
+    fraction that comes out True is the share of cells the boxes cover: the chance level.
+    """
+    if maps.dim() != 3 or boxes.dim() != 3 or boxes.shape[-1] != 4 or len(maps) != len(boxes):
+        raise ValueError(f"expected maps (N, h, w) and boxes (N, K, 4), got {tuple(maps.shape)} and "
+                         f"{tuple(boxes.shape)}")
+    _, h, w = maps.shape
+    peak = maps.flatten(1).argmax(1)                               # (N,) index of the maximum
+    cx, cy = ((peak % w).float() + 0.5) / w, ((peak // w).float() + 0.5) / h   # its cell centre in [0, 1]
+    b = boxes.float().to(maps.device)
+    inside = (cx[:, None] >= b[..., 0]) & (cx[:, None] <= b[..., 2]) & (cy[:, None] >= b[..., 1]) \
+        & (cy[:, None] <= b[..., 3]) & (b >= 0).all(-1)          # (N, K)
+    return inside.any(1)
 
 
 @torch.no_grad()

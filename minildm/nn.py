@@ -19,7 +19,8 @@ from torch import nn
 
 __all__ = ["num_groups", "check_attention_factors", "group_norm", "group_norm32", "GroupNorm32", "zero_module",
            "EMA", "Upsample", "timestep_embedding", "attention_explicit", "attention_sdpa", "RecordableAttention",
-           "CrossAttention", "AttentionMaps", "record_attention", "layer_shapes"]
+           "CrossAttention", "AttentionMaps", "record_attention", "layer_shapes", "parameters_by_block",
+           "parameters_with_gradient"]
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
@@ -359,3 +360,24 @@ def layer_shapes(model: nn.Module, *args, depth: int = 1, **kwargs) -> list[tupl
         for h in handles:
             h.remove()
     return shapes
+
+
+def parameters_by_block(model: nn.Module, depth: int = 1) -> list[tuple[str, int]]:
+    """(name, number of parameters) per submodule `depth` levels down (module paths with depth + 1 parts, as in
+    `layer_shapes`), in the order the model registers them; the counts add up to all of the model's parameters
+    (a parameter held directly by a shallower module is listed under its own name)."""
+    if depth < 0:
+        raise ValueError(f"depth must be ≥ 0 (0 = the model's direct children), got {depth}")
+    counts: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        block = ".".join(name.split(".")[:depth + 1])            # "input_blocks.1.0.conv1.weight" -> "input_blocks.1"
+        counts[block] = counts.get(block, 0) + p.numel()
+    return list(counts.items())
+
+
+def parameters_with_gradient(model: nn.Module) -> list[str]:
+    """Names of the parameters whose .grad holds a non-zero entry (after a backward pass), in model order.
+
+    With zero-initialized output layers (the U-Net), the first backward pass reaches only the last layer:
+    everything before it is multiplied by its zero weights."""
+    return [name for name, p in model.named_parameters() if p.grad is not None and bool(p.grad.ne(0).any())]

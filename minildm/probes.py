@@ -3,63 +3,114 @@
     word_attention_maps   where in the image each word of the prompt is attended to, averaged over the
                           cross-attention layers, heads and sampling steps (softmax(QKᵀ/√d) with Q from the
                           U-Net's pixels and K from the text encoder's tokens)
+    record_word_attention one sample and every cross-attention probability on the way; token_maps averages
+                          them over chosen layers and steps (word_attention_maps = the two together)
     object_mask           the pixels of a Shapes image that have a given color (where a named object is)
     attention_mass        the share of a word's attention that falls inside a mask
+    attention_mass_study  that share for the color and shape words of many prompts, by layer group and by
+                          noisy / clean half of the sampling run; summarize_attention_mass tabulates it
     word_influence        how far swapping one word of the prompt moves the denoiser's prediction x̂_0
+    first_conv_input      what the U-Net's first convolution sees: z_t, concatenated conditions, coordinates
+    autoencoder_fingerprint  a short hash of a first stage's weights: models that share it share one autoencoder
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import hashlib
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .data import ShapesDataset
 from .ldm import LatentDiffusion
-from .nn import record_attention
-from .shapes import COLOR_NAMES, COLORS, SHAPES, SIZE_NAMES, render_scenes
+from .nn import AttentionMaps, record_attention
+from .shapes import COLOR_NAMES, COLORS, SHAPES, SIZE_NAMES, parse_caption, render_scenes
 
-__all__ = ["word_attention_maps", "object_mask", "attention_mass", "word_influence", "word_pair_latents",
-           "INFLUENCE_PAIRS"]
+__all__ = ["word_attention_maps", "record_word_attention", "token_maps", "cross_attention_layers", "object_mask",
+           "attention_mass", "attention_mass_study", "summarize_attention_mass", "word_influence",
+           "word_pair_latents", "first_conv_input", "autoencoder_fingerprint", "INFLUENCE_PAIRS",
+           "STEP_RANGES"]
 
 # word_influence pairs that evaluate-ldm reports: one per attribute, circle/square being the closest shapes
 INFLUENCE_PAIRS = (("circle", "square"), ("red", "blue"), ("small", "large"))
 
 
+# The sampling run cut in halves: at high noise the layout is decided, at low noise the details
+STEP_RANGES = {"all steps": (0.0, 1.0), "noisy half": (0.0, 0.5), "clean half": (0.5, 1.0)}
+
+
+@torch.no_grad()
+def record_word_attention(ldm: LatentDiffusion, prompt: str, steps: int = 50, guidance_scale: float = 3.0,
+                          seed: int = 0) -> dict[str, Any]:
+    """Sample one image for `prompt` (DDIM, η = 0, seeded) and keep every cross-attention map on the way:
+    {"image": (3, H, W), "words": [w1, …], "recorded": AttentionMaps of the cross-attention layers, each a list
+    of one (B', heads, h·w, L) tensor per sampling step (row 0: the conditional sample; with guidance row 1 is
+    the unconditional one), "steps": steps}."""
+    if ldm.cond_mode != "text":
+        raise ValueError(f"word attention needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    raw = ldm.prompt_condition(prompts=[prompt])
+    with record_attention(ldm.unet, keep="all") as recorded:
+        image = ldm.sample(raw, steps=steps, guidance_scale=guidance_scale,
+                           generator=torch.Generator().manual_seed(seed))[0]
+    cross = AttentionMaps()
+    for name, calls in recorded.of_kind("cross").items():
+        cross[name], cross.kind[name], cross.spatial[name] = calls, "cross", recorded.spatial[name]
+    return {"image": image.cpu(), "words": ldm.tokenizer.words(prompt), "recorded": cross, "steps": steps}
+
+
+def cross_attention_layers(recorded: AttentionMaps) -> dict[str, tuple[int, int]]:
+    """{layer name: its query grid (h, w)} of the cross-attention layers in a recording, in call order."""
+    return {name: recorded.spatial[name] for name in recorded.of_kind("cross")}
+
+
+def token_maps(recorded: AttentionMaps, n_tokens: int, resolution: int, layers: Sequence[str] | None = None,
+               step_range: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """(n_tokens, resolution, resolution): the attention each of the first n_tokens keys receives from every
+    latent pixel, for row 0 of the batch, averaged over heads, then each layer's (h, w) map upsampled
+    (bilinear) to the image size, then averaged over `layers` (default: every cross-attention layer) and the
+    sampling steps in `step_range` (fractions of the run: (0, 0.5) is the noisier first half)."""
+    if not 0.0 <= step_range[0] < step_range[1] <= 1.0:
+        raise ValueError(f"step_range must be (start, end) with 0 <= start < end <= 1, got {step_range}")
+    spatial = cross_attention_layers(recorded)
+    layers = list(spatial) if layers is None else list(layers)
+    unknown = [name for name in layers if name not in spatial]
+    if unknown or not layers:
+        raise ValueError(f"unknown cross-attention layer(s) {unknown}; the recording has {list(spatial)}")
+    total, count = torch.zeros(n_tokens, resolution, resolution), 0
+    for name in layers:
+        calls, (h, w) = recorded[name], spatial[name]
+        first = int(step_range[0] * len(calls))                      # one call per sampling step
+        last = max(first + 1, round(step_range[1] * len(calls)))
+        p = torch.stack([c[0] for c in calls[first:last]]).float().cpu().mean(1)   # (S, h·w, L): row 0, mean heads
+        p = p[..., :n_tokens].transpose(1, 2).reshape(-1, 1, h, w)                 # (S·n_tokens, 1, h, w)
+        up = F.interpolate(p, size=(resolution, resolution), mode="bilinear", align_corners=False)
+        total += up.view(-1, n_tokens, resolution, resolution).sum(0)             # sum over the steps
+        count += up.shape[0] // n_tokens
+    return total / max(count, 1)
+
+
 @torch.no_grad()
 def word_attention_maps(ldm: LatentDiffusion, prompt: str, steps: int = 50, guidance_scale: float = 3.0,
-                        seed: int = 0, step_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+                        seed: int = 0, step_range: tuple[float, float] = (0.0, 1.0),
+                        layers: Sequence[str] | None = None) -> dict[str, Any]:
     """Sample one image for `prompt` and record every cross-attention map on the way.
 
     For each token, the attention its key receives from every latent pixel (averaged over heads, over the
-    cross-attention layers, each upsampled to the image size, and over the sampling steps in `step_range`,
-    fractions of the run: (0, 0.5) is the noisier first half) -> {"image": (3, H, W), "words": [w1, …],
-    "maps": (n_words, H, W), "bos": (H, W), "eos": (H, W)}. Each pixel's attention over all tokens sums to 1,
-    so the maps of the words, bos and eos add up to 1 at every pixel.
+    cross-attention `layers` (default all), each upsampled to the image size, and over the sampling steps in
+    `step_range`, fractions of the run: (0, 0.5) is the noisier first half) -> {"image": (3, H, W), "words":
+    [w1, …], "maps": (n_words, H, W), "bos": (H, W), "eos": (H, W)}. Each pixel's attention over all tokens
+    sums to 1, so the maps of the words, bos and eos add up to 1 at every pixel.
     """
     if ldm.cond_mode != "text":
         raise ValueError(f"word_attention_maps needs a text-conditional model, this one is {ldm.cond_mode!r}")
     if not 0.0 <= step_range[0] < step_range[1] <= 1.0:
         raise ValueError(f"step_range must be (start, end) with 0 <= start < end <= 1, got {step_range}")
-    raw = ldm.prompt_condition(prompts=[prompt])
-    words = ldm.tokenizer.words(prompt)
-    res = ldm.resolution
-    with record_attention(ldm.unet, keep="all") as recorded:
-        image = ldm.sample(raw, steps=steps, guidance_scale=guidance_scale,
-                           generator=torch.Generator().manual_seed(seed))[0]
-    first, last = int(step_range[0] * steps), max(int(step_range[0] * steps) + 1, round(step_range[1] * steps))
-    total, count = torch.zeros(len(words) + 2, res, res), 0
-    for name, calls in recorded.of_kind("cross").items():
-        h, w = recorded.spatial[name]
-        for probs in calls[first:last]:                     # one call per sampling step
-            p = probs[0].mean(0)                            # row 0: the conditional sample; mean over heads
-            p = p[:, : len(words) + 2].T.reshape(-1, 1, h, w)        # (tokens, 1, h, w): bos, w1…wn, eos
-            total += F.interpolate(p.cpu(), size=(res, res), mode="bilinear", align_corners=False)[:, 0]
-            count += 1
-    maps = total / max(count, 1)
-    return {"image": image.cpu(), "words": words, "maps": maps[1:-1], "bos": maps[0], "eos": maps[-1]}
+    r = record_word_attention(ldm, prompt, steps, guidance_scale, seed)
+    maps = token_maps(r["recorded"], len(r["words"]) + 2, ldm.resolution, layers, step_range)   # bos, w1…wn, eos
+    return {"image": r["image"], "words": r["words"], "maps": maps[1:-1], "bos": maps[0], "eos": maps[-1]}
 
 
 def object_mask(image: torch.Tensor, color: str, tolerance: float = 0.3) -> torch.Tensor:
@@ -76,6 +127,110 @@ def attention_mass(attention: torch.Tensor, mask: torch.Tensor) -> tuple[float, 
     that looks at its object has a mass well above the object's area."""
     a = attention.float().clamp_min(0)
     return float((a * mask).sum() / a.sum().clamp_min(1e-12)), float(mask.float().mean())
+
+
+def _phrase_word_indices(words: list[str], objects: list[dict]) -> list[dict[str, int]]:
+    """For each object of a parsed caption, the index of its color word and of its shape word in `words`
+    (the k-th color word of the caption belongs to its k-th object phrase)."""
+    colors = [i for i, w in enumerate(words) if w in COLOR_NAMES]
+    shapes = [i for i, w in enumerate(words) if w in SHAPES]
+    return [{"color": colors[k], "shape": shapes[k]} for k in range(len(objects))]
+
+
+def _layer_groups(recorded: AttentionMaps) -> dict[str, list[str]]:
+    """{"all layers": every cross-attention layer, "8×8 layers": those with an 8×8 query grid, …}."""
+    groups: dict[str, list[str]] = {"all layers": list(cross_attention_layers(recorded))}
+    for name, (h, w) in cross_attention_layers(recorded).items():
+        groups.setdefault(f"{h}×{w} layers", []).append(name)
+    return groups
+
+
+@torch.no_grad()
+def attention_mass_study(ldm: LatentDiffusion, prompts: Sequence[str], steps: int = 25, guidance_scale: float = 3.0,
+                         seed: int = 0, step_ranges: dict[str, tuple[float, float]] | None = None,
+                         tolerance: float = 0.3, progress: bool = False) -> list[dict[str, Any]]:
+    """Does a word look at its object? For each prompt (one sample, seed + its index) and each object in it,
+    the object's pixels in the sample (`object_mask` of its color) and the share of the attention of its
+    color word and of its shape word that falls inside them (`attention_mass`), for every layer group (all
+    cross-attention layers, and the layers of each latent resolution) and every part of the sampling run in
+    `step_ranges` (default STEP_RANGES). In two-object prompts, role "other color" is the OTHER object's
+    color word measured in this object's mask (a word that binds to its own object scores low there).
+
+    Returns one row per (prompt, object, role, layers, steps): {"prompt", "object", "word", "role", "layers",
+    "steps", "mass", "area"}; objects the sample does not show in their color (empty mask) get area 0.
+    Objects whose color another object of the prompt shares are skipped (their masks would merge).
+    progress: a bar over the prompts.
+    """
+    if ldm.cond_mode != "text":
+        raise ValueError(f"attention_mass_study needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    step_ranges = STEP_RANGES if step_ranges is None else step_ranges
+    rows = []
+    for i, prompt in enumerate(tqdm(prompts, desc="prompts", disable=not progress, mininterval=1.0)):
+        objects = parse_caption(prompt)["objects"]
+        r = record_word_attention(ldm, prompt, steps, guidance_scale, seed + i)
+        words = r["words"]
+        where = _phrase_word_indices(words, objects)
+        colors = [o["color"] for o in objects]
+        for layers_name, layers in _layer_groups(r["recorded"]).items():
+            for steps_name, step_range in step_ranges.items():
+                maps = token_maps(r["recorded"], len(words) + 2, ldm.resolution, layers, step_range)[1:-1]
+                for k, obj in enumerate(objects):
+                    if colors.count(obj["color"]) > 1:
+                        continue
+                    mask = object_mask(r["image"], obj["color"], tolerance)
+                    roles = {"color": where[k]["color"], "shape": where[k]["shape"]}
+                    if len(objects) == 2:
+                        roles["other color"] = where[1 - k]["color"]
+                    for role, j in roles.items():
+                        mass, area = attention_mass(maps[j], mask)
+                        rows.append({"prompt": prompt, "object": k, "word": words[j], "role": role,
+                                     "layers": layers_name, "steps": steps_name, "mass": mass, "area": area})
+    return rows
+
+
+def summarize_attention_mass(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group `attention_mass_study` rows by (role, layers, steps) over the objects the samples show (area > 0):
+    n, mean mass, mean area, ratio = mean mass / mean area (1: the word looks everywhere alike; above 1: it
+    looks at its object) and the share of objects with mass ≥ 2 × area."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["area"] > 0:
+            groups.setdefault((row["role"], row["layers"], row["steps"]), []).append(row)
+    out = []
+    for (role, layers, steps), g in groups.items():
+        mass = sum(r["mass"] for r in g) / len(g)
+        area = sum(r["area"] for r in g) / len(g)
+        out.append({"role": role, "layers": layers, "steps": steps, "n": len(g), "mass": mass, "area": area,
+                    "ratio": mass / area, "share_2x": sum(r["mass"] >= 2 * r["area"] for r in g) / len(g)})
+    return out
+
+
+@torch.no_grad()
+def first_conv_input(ldm: LatentDiffusion, z_t: torch.Tensor, t: torch.Tensor | int,
+                     raw: torch.Tensor | None = None) -> torch.Tensor:
+    """What the U-Net's first convolution receives for latents z_t (B, c, h, w) at step t with raw condition
+    `raw`: z_t, then any concatenated condition (the low-res image of an SR model, resized to h × w), then
+    the two coordinate channels (coord_channels). Captured with a forward pre-hook during one U-Net call."""
+    seen: list[torch.Tensor] = []
+    conv = ldm.unet.input_blocks[0][0]
+    handle = conv.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        ldm.model_fn(z_t, torch.as_tensor(t, device=z_t.device), ldm.encode_condition(raw, tuple(z_t.shape[-2:])))
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def autoencoder_fingerprint(model: torch.nn.Module) -> str:
+    """The first 12 hex digits of the SHA-256 of a first stage's weights (every tensor of its state dict, in
+    order, as float32 bytes). `model` is an autoencoder or a LatentDiffusion (its frozen autoencoder is used):
+    two models with the same fingerprint decode with the very same autoencoder."""
+    ae = model.autoencoder if isinstance(model, LatentDiffusion) else model
+    h = hashlib.sha256()
+    for name, tensor in ae.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
 
 
 def word_pair_latents(ldm: LatentDiffusion, words: tuple[str, str],

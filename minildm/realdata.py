@@ -127,6 +127,11 @@ def load_image(path: str | os.PathLike, resolution: int) -> torch.Tensor:
 class ImageFolderDataset(_BatchingDataset):
     """Every image under `root` (recursively, sorted by relative path), center-cropped to a square.
 
+    Labels: when every image sits in a first-level subfolder and there are at least two of them
+    (root/cat/1.png, root/dog/2.png, …), the subfolders are the classes (sorted by name: `classes`,
+    `num_classes`) and each image's label and caption are its folder's; otherwise the folder is unlabelled
+    (label −1, num_classes None), for unconditional models.
+
     Unreadable files: every file is checked once at construction (PIL's `verify()`, which reads headers and,
     for PNG, chunk checksums). With on_error="raise" a CorruptImageError lists every file that fails; with
     "skip" they are left out of the dataset with one warning that names them, and `ds.skipped` lists them. A file that passes `verify()` but fails to decode later (e.g. a truncated JPEG) is reported the same
@@ -134,13 +139,8 @@ class ImageFolderDataset(_BatchingDataset):
     `len(ds)` never changes and the same index always gives the same image.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        resolution: int = 32,
-        on_error: str = "raise",
-        extensions: Sequence[str] = IMAGE_EXTENSIONS,
-    ):
+    def __init__(self, root: str | os.PathLike, resolution: int = 32, on_error: str = "raise",
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.root = Path(root)
@@ -180,12 +180,18 @@ class ImageFolderDataset(_BatchingDataset):
         if not self.paths:
             raise ValueError(f"none of the {len(candidates)} image files under {str(self.root)!r} could be read")
         self._bad_at_load: set[int] = set()
+        folders = [p.relative_to(self.root).parts for p in self.paths]
+        names = sorted({parts[0] for parts in folders})
+        labelled = all(len(parts) >= 2 for parts in folders) and len(names) >= 2
+        self.classes: tuple[str, ...] | None = tuple(names) if labelled else None
+        self.num_classes = len(names) if labelled else None
+        self._labels = [names.index(parts[0]) for parts in folders] if labelled else [-1] * len(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        """{"image": (3, H, W) float32 in [-1, 1], "path": str, "label": -1}."""
+        """{"image": (3, H, W) float32 in [-1, 1], "path": str, "label": class index or −1, "caption": str}."""
         n, i = len(self.paths), int(i)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range for an ImageFolderDataset of {n} images")
@@ -205,7 +211,9 @@ class ImageFolderDataset(_BatchingDataset):
                 self._bad_at_load.add(j)
                 warnings.warn(f"skipping unreadable image {str(path)!r} ({type(e).__name__}: {e})", stacklevel=2)
                 continue
-            return {"image": image, "path": str(path), "label": -1}
+            label = self._labels[j]
+            return {"image": image, "path": str(path), "label": label,
+                    "caption": self.classes[label] if label >= 0 else path.name}
         raise CorruptImageError(f"none of the {n} images under {str(self.root)!r} could be decoded")
 
 
@@ -296,13 +304,8 @@ def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def download_file(
-    url: str | Sequence[str],
-    dest: str | os.PathLike,
-    sha256: str,
-    timeout: float = 30.0,
-    progress: bool = True,
-) -> Path:
+def download_file(url: str | Sequence[str], dest: str | os.PathLike, sha256: str, timeout: float = 30.0,
+                  progress: bool = True) -> Path:
     """Fetch `url` (or the first mirror of a list that works) to `dest`, atomically and checksum-verified.
 
     Bytes go to a temporary file next to `dest`; it is renamed onto `dest` only when its SHA-256 equals
@@ -412,14 +415,8 @@ class MNIST(_BatchingDataset):
     at other multiples of 8 they are resized with antialiased bilinear interpolation.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike = "data/downloads",
-        split: str = "train",
-        variant: str = "mnist",
-        resolution: int = 32,
-        download: bool = False,
-    ):
+    def __init__(self, root: str | os.PathLike = "data/downloads", split: str = "train", variant: str = "mnist",
+                 resolution: int = 32, download: bool = False):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if variant not in MNIST_FILES:

@@ -6,6 +6,10 @@
                                 position or relation, and the object count), read by the Shapes evaluator
     class_accuracy, layout_accuracy   the same for class- and layout-conditional samples
     evaluate_text_model         sample test-split captions with DDIM and measure all of the above at once
+    evaluate_guidance           the same at several classifier-free guidance scales s (one floor for all)
+    evaluate_class_model, evaluate_layout_model, evaluate_sr_model, evaluate_unconditional
+                                the other conditioning modes of the paper on the same test split
+    super_resolve               low-res input, bicubic, LDM output and ground truth with per-image PSNR
 (Looking inside a model, word_influence and attention maps, is probes.py's job.)
 
 Like with like (FID protocols). A model asked for the captions of test scenes [0, n) can be compared with
@@ -27,6 +31,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from tqdm.auto import tqdm
 
 from .data import ShapesDataset
 from .evaluator import ShapesEvaluator, _get_evaluator, detect_objects, predict_cells, split_logits
@@ -37,10 +42,13 @@ from .shapes import COLOR_NAMES, GRID, SHAPES, parse_caption, relation_holds, re
 
 __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
            "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "sample_prompts",
-           "evaluate_text_model", "evaluate_text_ldm", "accuracy_by", "evaluate_class_model", "evaluate_layout_model",
-           "evaluate_sr_model", "PROTOCOLS"]
+           "evaluate_text_model", "evaluate_text_ldm", "text_report", "evaluate_guidance", "accuracy_by",
+           "evaluate_class_model",
+           "evaluate_layout_model", "evaluate_sr_model", "super_resolve", "evaluate_unconditional", "PROTOCOLS",
+           "GUIDANCE_SCALES"]
 
 PROTOCOLS = ("unpaired", "paired")
+GUIDANCE_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)     # s = 0: unconditional, 1: conditional, > 1: guided
 
 
 @torch.no_grad()
@@ -300,6 +308,26 @@ def evaluate_text_model(ldm: Any, num_samples: int = 200, steps: int = 50, eta: 
     return row
 
 
+@torch.no_grad()
+def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_samples: int = 200, steps: int = 50,
+                      seed: int = 0, batch_size: int = 100, protocol: str = "unpaired",
+                      progress: bool = False) -> list[dict[str, Any]]:
+    """`evaluate_text_model` at every classifier-free guidance scale s, ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)), on the same
+    captions and seeds (so only s differs): one row per s with "guidance_scale", Shapes-FID, KID, precision,
+    recall, prompt accuracy (all, one-object, two-object). The floor does not depend on s: it is measured
+    once and repeated in every row. progress: a bar over the scales."""
+    if not scales or any(not float(s) >= 0 for s in scales):
+        raise ValueError(f"guidance scales must be a non-empty list of numbers ≥ 0, got {scales!r}")
+    rows: list[dict[str, Any]] = []
+    floor: dict[str, float] = {}
+    for i, s in enumerate(tqdm(scales, desc="guidance scales", disable=not progress, mininterval=1.0)):
+        row = evaluate_text_model(ldm, num_samples, steps, 0.0, float(s), seed, batch_size, with_floor=i == 0,
+                                  protocol=protocol)
+        floor = floor or {k: v for k, v in row.items() if k.endswith("_floor")}
+        rows.append({"guidance_scale": float(s), **row, **floor})
+    return rows
+
+
 def accuracy_by(captions: Sequence[str], correct: torch.Tensor, attributes: Sequence[str] = ("size", "shape")
                 ) -> dict[str, float]:
     """Accuracy of one-object prompts grouped by the prompt's attributes, e.g. {"small star": 0.9, …}."""
@@ -333,6 +361,28 @@ def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps
     return out
 
 
+def text_report(r: dict[str, Any], n: int) -> list[str]:
+    """The lines `minildm evaluate-ldm` prints for evaluate_text_ldm's result `r` (n prompts per type)."""
+    lines = []
+    for kind in ("one_object", "two_objects"):
+        attrs = ", ".join(f"{k} {v:.1%}" for k, v in r[kind]["by_attribute"].items())
+        lines.append(f"  {kind:12s} prompt accuracy {r[kind]['accuracy']:.1%}  ({attrs})")
+    groups = r["one_object"]["by_size_and_shape"]
+    lines.append("  one-object prompt accuracy by size and shape: "
+                 + ", ".join(f"{k} {v:.0%}" for k, v in groups.items()))
+    if "fid" in r:
+        m = r["fid"]
+        lines.append(f"  Shapes-FID {m['fid']:.2f} against independent test images (unpaired; the real-vs-real floor "
+                     f"of that protocol is {m['fid_floor']:.2f} at n={n}), precision {m['precision']:.3f}, "
+                     f"recall {m['recall']:.3f}")
+    ts = [row["t"] for row in next(iter(r["word_influence"].values()))]
+    lines.append("  word influence (0: the word is ignored, 1: it alone decides x̂_0) at t = "
+                 + ", ".join(map(str, ts)) + ":")
+    for pair, rows in r["word_influence"].items():
+        lines.append(f"    {pair:14s} " + "  ".join(f"{row['influence']:5.2f}" for row in rows))
+    return lines
+
+
 # --- class-, layout- and super-resolution models on the test split -----------------------------------------------
 
 
@@ -343,9 +393,10 @@ def _require(ldm: Any, mode: str) -> None:
 
 @torch.no_grad()
 def evaluate_class_model(ldm: Any, per_class: int = 10, steps: int = 50, guidance_scale: float = 3.0,
-                         seed: int = 0, batch_size: int = 120) -> dict[str, Any]:
+                         seed: int = 0, batch_size: int = 120, return_images: bool = False) -> dict[str, Any]:
     """Sample `per_class` images of every class (DDIM, guidance s) and read them with the evaluator: the share
-    whose object has the class's shape and color (and is the only object), by class-accuracy's rules."""
+    whose object has the class's shape and color (and is the only object), by class-accuracy's rules.
+    return_images adds the samples ("images", class after class) and their "labels"."""
     _require(ldm, "class")
     labels = torch.arange(ldm.num_classes).repeat_interleave(per_class)
     images = torch.cat([ldm.sample(ldm.prompt_condition(labels=labels[i:i + batch_size].tolist()), steps=steps,
@@ -353,13 +404,15 @@ def evaluate_class_model(ldm: Any, per_class: int = 10, steps: int = 50, guidanc
                                    generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
                         for i in range(0, len(labels), batch_size)])
     acc = class_accuracy(images, labels)
-    return {k: v for k, v in acc.items() if k != "correct"}
+    return {k: v for k, v in acc.items() if k != "correct"} | (
+        {"images": images, "labels": labels, "correct": acc["correct"]} if return_images else {})
 
 
 @torch.no_grad()
 def evaluate_layout_model(ldm: Any, n: int = 200, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
-                          batch_size: int = 100) -> dict[str, Any]:
-    """Sample the layouts of test scenes [0, n) and check each box's object (class and cell) with the evaluator."""
+                          batch_size: int = 100, return_images: bool = False) -> dict[str, Any]:
+    """Sample the layouts of test scenes [0, n) and check each box's object (class and cell) with the evaluator.
+    return_images adds the samples ("images"), their "layouts" (n, max_objects, 5) and "correct" (n,)."""
     _require(ldm, "layout")
     ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, max_objects=ldm.max_objects)
     layouts = ds.batch(range(n))["layout"]
@@ -368,23 +421,56 @@ def evaluate_layout_model(ldm: Any, n: int = 200, steps: int = 50, guidance_scal
                                    generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
                         for i in range(0, n, batch_size)])
     acc = layout_accuracy(images, layouts)
-    return {k: v for k, v in acc.items() if k != "correct"}
+    return {k: v for k, v in acc.items() if k != "correct"} | (
+        {"images": images, "layouts": layouts, "correct": acc["correct"]} if return_images else {})
 
 
 @torch.no_grad()
-def evaluate_sr_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, batch_size: int = 100
-                      ) -> dict[str, float]:
-    """Super-resolve test images [0, n) from their ×sr_factor low-res copies (DDIM, no guidance) and compare
-    with the ground truth: PSNR of the LDM's output and of bicubic upsampling of the same low-res input."""
+def super_resolve(ldm: Any, truth: torch.Tensor, steps: int = 50, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The super-resolution task on real images `truth` (B, 3, H, W): degrade them ×sr_factor (bicubic,
+    antialiased: `LowResConcat.degrade`), then upsample the low-res input twice, with the LDM (DDIM, seeded,
+    no guidance: the low-res image is concatenated to z_t) and with plain bicubic interpolation.
+    -> {"low", "bicubic", "sr", "truth", "psnr" (B,), "psnr_bicubic" (B,)}, PSNR against the truth."""
+    _require(ldm, "sr")
+    truth = truth.cpu()
+    low = LowResConcat.degrade(truth, ldm.config.sr_factor)                       # (B, 3, H/k, W/k)
+    out = ldm.sample(low.to(ldm.scale_factor.device), steps=steps, guidance_scale=1.0,
+                     generator=torch.Generator().manual_seed(seed)).cpu()
+    up = F.interpolate(low, size=truth.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+    return {"low": low, "bicubic": up, "sr": out, "truth": truth, "psnr": psnr(truth, out),
+            "psnr_bicubic": psnr(truth, up)}
+
+
+@torch.no_grad()
+def evaluate_sr_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, batch_size: int = 100,
+                      return_images: bool = False) -> dict[str, Any]:
+    """Super-resolve test images [0, n) from their ×sr_factor low-res copies (`super_resolve`, batch i seeded
+    with seed·7919 + i) and compare with the ground truth: mean PSNR of the LDM's output and of bicubic
+    upsampling of the same low-res input. return_images adds every tensor of `super_resolve` ("images")."""
     _require(ldm, "sr")
     x = real_images(n, "test", ldm.max_objects or 2, ldm.resolution)
-    sr, bicubic = [], []
-    for i in range(0, n, batch_size):
-        truth = x[i:i + batch_size]
-        low = LowResConcat.degrade(truth, ldm.config.sr_factor)
-        out = ldm.sample(low.to(ldm.scale_factor.device), steps=steps, guidance_scale=1.0,
-                         generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
-        up = F.interpolate(low, size=truth.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
-        sr.append(psnr(truth, out))
-        bicubic.append(psnr(truth, up))
-    return {"psnr": float(torch.cat(sr).mean()), "psnr_bicubic": float(torch.cat(bicubic).mean()), "n": n}
+    parts = [super_resolve(ldm, x[i:i + batch_size], steps, seed * 7919 + i) for i in range(0, n, batch_size)]
+    every = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    out: dict[str, Any] = {"psnr": float(every["psnr"].mean()), "psnr_bicubic": float(every["psnr_bicubic"].mean()),
+                           "n": n}
+    return out | ({"images": every} if return_images else {})
+
+
+@torch.no_grad()
+def evaluate_unconditional(ldm: Any, num_samples: int = 200, steps: int = 50, seed: int = 0, batch_size: int = 100,
+                           return_images: bool = False) -> dict[str, Any]:
+    """Unconditional samples (DDIM, batch i seeded with seed·7919 + i) against 1-2-object test scenes:
+    Shapes-FID, KID, precision, recall with the unpaired floor, and "scene_like": the share of samples in
+    which the evaluator sees 1 or 2 objects (real scenes: all of them)."""
+    if getattr(ldm, "cond_mode", None) != "none":
+        raise ValueError(f"evaluate_unconditional needs an unconditional model (cond='none'), got "
+                         f"{getattr(ldm, 'cond_mode', None)!r}")
+    n = int(num_samples)
+    images = torch.cat([ldm.sample(num_samples=min(batch_size, n - i), steps=steps,
+                                   generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
+                        for i in range(0, n, batch_size)])
+    m = shapes_generative_metrics(images, split="test", max_objects=2, protocol="unpaired")
+    counts = torch.tensor([len(objs) for objs in detect_objects(images)])
+    row = {k: float(v) for k, v in m.items() if k.startswith(("fid", "kid", "precision", "recall"))}
+    row.update(scene_like=float(((counts >= 1) & (counts <= 2)).float().mean()), samples=n)
+    return row | ({"images": images} if return_images else {})

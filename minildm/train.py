@@ -8,6 +8,7 @@
     LatentDiffusionTraining        one step of the second stage: L_simple on (cached) latents of the frozen
                                    autoencoder, with 10 % conditioning dropout, AdamW, LR warm-up and an EMA
     train_autoencoder / train_ldm  build one of them from a profile and fit it
+    SampleSnapshots, loss_trend    watching a run: the same prompts and seed sampled at chosen steps; the loss trend
 
 Batch k of a run depends only on (seed, k), and the random state is stored in every checkpoint, so on the
 CPU a resumed run is bit-for-bit the run that was never interrupted.
@@ -20,7 +21,6 @@ import dataclasses
 import math
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .autoencoder import AEConfig, CHECKPOINT_KIND as AE_KIND, build_autoencoder, load_autoencoder
 from .checkpoint import (UnsafeWeightsError, check_config_matches, load_checkpoint, remove_stale_temporaries,
-                         rng_state, save_checkpoint, set_rng_state, unsafe_tensors)
+                         rng_state, save_checkpoint, set_rng_state, to_plain, unsafe_tensors)
 from .data import DataConfig, ShapesDataset
 from .ldm import CHECKPOINT_KIND as LDM_KIND, LatentDiffusion, LDMConfig, sample_latent
 from .losses import AutoencoderLoss
@@ -40,12 +40,11 @@ from .profiles import Profile, get_profile
 from .utils import autocast_dtype, fused_optimizer, get_device, seed_everything, warmup_cosine
 from .viz import save_sample_grid
 
-__all__ = ["fit", "train_autoencoder", "train_ldm", "AutoencoderTraining", "LatentDiffusionTraining",
-           "NonFiniteLossError", "check_finite", "encode_cache", "AE_CHECKPOINT", "LDM_CHECKPOINT"]
+__all__ = ["fit", "train_autoencoder", "train_ldm", "AutoencoderTraining", "LatentDiffusionTraining", "SampleSnapshots",
+           "loss_trend", "NonFiniteLossError", "check_finite", "encode_cache", "AE_CHECKPOINT", "LDM_CHECKPOINT"]
 
 AE_CHECKPOINT, LDM_CHECKPOINT = "autoencoder.pt", "ldm.pt"
 Callback = Callable[[int, dict, Any], None]
-
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,11 +53,8 @@ class NonFiniteLossError(RuntimeError):
 
 def check_finite(step: int, **losses: torch.Tensor | float) -> None:
     """Raise NonFiniteLossError naming the step and the offending losses when any is NaN/inf."""
-    bad = {}
-    for name, value in losses.items():
-        v = float(value.detach().float().item() if torch.is_tensor(value) else value)
-        if not math.isfinite(v):
-            bad[name] = v
+    values = {k: float(v.detach().float().item() if torch.is_tensor(v) else v) for k, v in losses.items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
     if bad:
         raise NonFiniteLossError(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
 
@@ -172,8 +168,9 @@ class AutoencoderTraining:
 
     def __init__(self, config: AEConfig, data: DataConfig, device: torch.device, profile: str = "custom",
                  random_lpips: bool | None = None, lpips_download: bool = True,
-                 batches: Callable[[int], Iterator[dict]] | None = None):
+                 batches: Callable[[int], Iterator[dict]] | None = None, dataset: Any = None, val_dataset: Any = None):
         self.config, self.data, self.device, self.profile, self.batches = config, data, device, profile, batches
+        self.dataset, self.val_dataset = dataset, val_dataset
         self.name = f"AE-{config.kind}"
         seed_everything(config.seed)
         self.model = build_autoencoder(config).to(device)
@@ -200,15 +197,15 @@ class AutoencoderTraining:
 
     def start(self, step: int, steps: int, resumed: bool) -> None:
         cfg = self.config
-        if self.batches is None:
-            self.stream = ShapesDataset("train", config=self.data).random_batches(cfg.batch_size, seed=cfg.seed,
-                                                                                start=step, device=self.device)
+        if self.batches is None:                   # batch k depends on (seed, k) only: resumable
+            source = self.dataset if self.dataset is not None else ShapesDataset("train", config=self.data)
+            self.stream = source.random_batches(cfg.batch_size, seed=cfg.seed, start=step, device=self.device)
         else:
             self.stream = self.batches(step)
-        val = ShapesDataset("val", config=self.data)
+        val = self.val_dataset if self.val_dataset is not None else ShapesDataset("val", config=self.data)
         n = min(cfg.val_images, len(val))
-        B = cfg.batch_size
-        self.val_images = [val.batch(range(i, min(i + B, n)))["image"] for i in range(0, n, B)]
+        b = cfg.batch_size
+        self.val_images = [val.batch(range(i, min(i + b, n)))["image"] for i in range(0, n, b)]
         amp = autocast_dtype(self.device)
         self.autocast = lambda: torch.autocast(self.device.type, dtype=amp, enabled=amp is not None)
         self.model.train()
@@ -258,14 +255,15 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
                       random_lpips: bool | None = None, lpips_download: bool = True, progress: bool = True,
                       data_config: DataConfig | None = None,
                       batches: Callable[[int], Iterator[dict]] | None = None,
-                      callback: Callback | None = None) -> dict[str, Any]:
+                      callback: Callback | None = None, dataset: Any = None, val_dataset: Any = None) -> dict[str, Any]:
     """Train (or resume) the first-stage autoencoder in `out_dir` (Sec. 3.1 / App. G); returns fit()'s result,
     whose "history" has one record per step (`val_psnr` on validation steps).
 
     profile_or_cfg: profile name, Profile or AEConfig (then `data_config` or DataConfig() for the data);
     kind / steps override the config; max_minutes stops early (a checkpoint is written either way);
     random_lpips opts into a random LPIPS backbone (None: $MINILDM_LPIPS_RANDOM_BACKBONE);
-    batches: optional factory start_step -> iterator of {"image": (B,3,H,W)} batches (default: Shapes).
+    batches: optional factory start_step -> iterator of {"image": (B,3,H,W)} batches (default: Shapes);
+    dataset / val_dataset: train and validate on these instead (data.make_dataset: MNIST, a folder of images).
     """
     if profile_or_cfg is None or isinstance(profile_or_cfg, str):
         profile_or_cfg = get_profile(profile_or_cfg)
@@ -280,8 +278,8 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
     if cfg.kind == "pixel":
         raise ValueError("kind='pixel' is the identity first stage (f = 1): it has nothing to train; pass "
                          "autoencoder.PixelSpace() to train_ldm directly")
-    run = AutoencoderTraining(cfg, data_config or data, get_device(device), name, random_lpips, lpips_download,
-                              batches)
+    run = AutoencoderTraining(cfg, data_config or data, get_device(device), name, random_lpips, lpips_download, batches,
+                              dataset, val_dataset if val_dataset is not None else dataset)
     return fit(run, out_dir, cfg.steps, max_minutes=max_minutes, resume=resume, checkpoint_every=cfg.val_every,
                eval_every=cfg.val_every if cfg.val_images > 0 else 0, callback=callback, progress=progress)
 
@@ -406,7 +404,7 @@ class LatentDiffusionTraining:
     def evaluate(self) -> dict[str, float]:
         return {}
 
-    @contextmanager
+    @contextlib.contextmanager
     def ema_weights(self) -> Iterator[LatentDiffusion]:
         """The model with its EMA weights (raw weights if there is no EMA), in eval mode; put back afterwards."""
         with self.ema.applied_to(self.mods) if self.ema is not None else contextlib.nullcontext():
@@ -449,3 +447,42 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
                                   dataset, progress)
     return fit(run, out_dir, cfg.steps, max_minutes=max_minutes, resume=resume,
                checkpoint_every=cfg.checkpoint_every, callback=callback, progress=progress)
+
+
+class SampleSnapshots:
+    """A train_ldm callback: at each step of `at_steps`, sample `prompts` from one seed with the run's EMA weights
+    into `.images[step]` (B, 3, H, W), also written to `path` so a resumed or finished run keeps its past.
+    `take(step, ldm)` adds a snapshot of a loaded model; `sample_kwargs` go to LatentDiffusion.sample."""
+
+    def __init__(self, prompts: list[str], at_steps: list[int], path: str | os.PathLike | None = None,
+                 seed: int = 0, **sample_kwargs: Any):
+        self.prompts, self.at_steps, self.seed, self.kwargs = list(prompts), sorted(set(at_steps)), seed, sample_kwargs
+        self.path, self.images = None if path is None else Path(path), {}
+        self.config = {"prompts": self.prompts, "seed": seed, "sample_kwargs": sample_kwargs}
+        saved = load_checkpoint(self.path, kind="snapshots") if self.path is not None and self.path.is_file() else {}
+        if saved and saved["config"] == to_plain(self.config):            # else: other prompts or seed, start afresh
+            self.images = dict(zip(saved["state_dict"]["steps"].tolist(), saved["state_dict"]["images"]))
+
+    def __call__(self, step: int, record: dict, run: Any) -> None:
+        if step in self.at_steps and step not in self.images:
+            with run.ema_weights() as ldm:
+                self.take(step, ldm)
+
+    @torch.no_grad()
+    def take(self, step: int, ldm: LatentDiffusion) -> torch.Tensor:
+        raw = ldm.prompt_condition(prompts=self.prompts)
+        self.images[step] = ldm.sample(raw, generator=torch.Generator().manual_seed(self.seed), **self.kwargs).cpu()
+        if self.path is not None:
+            k = sorted(self.images)
+            save_checkpoint({"kind": "snapshots", "config": self.config, "state_dict": {
+                "steps": torch.tensor(k), "images": torch.stack([self.images[i] for i in k])}}, self.path)
+        return self.images[step]
+
+
+def loss_trend(history: list[dict], key: str = "loss", fraction: float = 0.1) -> tuple[float, float]:
+    """(mean of `key` over the first `fraction` of the records, its mean over the last `fraction`)."""
+    values = [float(r[key]) for r in history if key in r]
+    if not values or not 0 < fraction <= 1:
+        raise ValueError(f"need records with {key!r} and 0 < fraction ≤ 1, got {len(values)} and {fraction}")
+    n = max(1, round(fraction * len(values)))                   # first and last tenth by default
+    return sum(values[:n]) / n, sum(values[-n:]) / n

@@ -25,7 +25,13 @@ from torch import nn
 from .nn import CrossAttention, Upsample, check_attention_factors, group_norm32, timestep_embedding, zero_module
 
 __all__ = ["UNet", "ResBlock", "Downsample", "TransformerBlock", "SpatialTransformer", "GEGLU", "UNetStage",
-           "coordinate_grid"]
+           "coordinate_grid", "parameters_by_kind", "PARAMETER_KINDS"]
+
+# What each parameter of the U-Net does, in the order notebook 04 tabulates them (see `parameters_by_kind`).
+PARAMETER_KINDS = ("time embedding (MLP)", "class embedding", "input / output convolutions",
+                   "ResBlocks (convolutions + time projection)", "down- / upsampling",
+                   "self-attention", "cross-attention (text / layout)", "feed-forward (GEGLU)",
+                   "transformer norms and 1×1 projections")
 
 
 class ResBlock(nn.Module):
@@ -353,3 +359,34 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
     xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0)                 # (2, h, w): x, y
     return grid.expand(B, -1, -1, -1)
+
+
+def _kind_of(path: list[tuple[str, nn.Module]]) -> str:
+    """The kind of a parameter from the chain of (attribute name, module) that holds it, innermost last."""
+    for attr, module in reversed(path):
+        if attr == "cross_attn":
+            return "cross-attention (text / layout)"
+        if attr == "self_attn":
+            return "self-attention"
+        if attr == "ff":
+            return "feed-forward (GEGLU)"
+        if isinstance(module, (TransformerBlock, SpatialTransformer)):
+            return "transformer norms and 1×1 projections"
+        if isinstance(module, ResBlock):
+            return "ResBlocks (convolutions + time projection)"
+        if isinstance(module, (Downsample, Upsample)):
+            return "down- / upsampling"
+    top = path[0][0] if path else ""
+    return {"time_embed": "time embedding (MLP)", "label_emb": "class embedding"}.get(top, "input / output convolutions")
+
+
+def parameters_by_kind(unet: UNet) -> dict[str, int]:
+    """Number of parameters per kind of layer (keys: PARAMETER_KINDS, in that order, 0 where absent); they add
+    up to all of the U-Net's parameters. Shows, e.g., what share cross-attention (the condition's entry) takes."""
+    counts = dict.fromkeys(PARAMETER_KINDS, 0)
+    modules = dict(unet.named_modules())
+    for name, p in unet.named_parameters():
+        parts = name.split(".")[:-1]                                       # the modules that hold it, outermost first
+        path = [(parts[i], modules[".".join(parts[:i + 1])]) for i in range(len(parts))]
+        counts[_kind_of(path)] += p.numel()
+    return counts

@@ -1,9 +1,12 @@
-"""Test-wide settings: the tiny `ci` profile, the CPU, a non-interactive matplotlib backend, no network."""
+"""Test-wide settings: the tiny `ci` profile, the CPU, a non-interactive matplotlib backend, no network.
+
+MINILDM_TEST_DEVICE=cuda runs the suite on a GPU (the code paths that pick the device from $MINILDM_DEVICE,
+bf16 autocast included); tests that name the CPU explicitly stay on it."""
 
 import os
 
 os.environ.setdefault("MINILDM_PROFILE", "ci")
-os.environ.setdefault("MINILDM_DEVICE", "cpu")
+os.environ.setdefault("MINILDM_DEVICE", os.environ.get("MINILDM_TEST_DEVICE", "cpu"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import socket  # noqa: E402

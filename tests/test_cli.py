@@ -104,7 +104,7 @@ def test_flags_that_do_not_fit_the_model_are_refused_in_the_commands_words(demo_
     (["train-ae", "--steps", "-5"], "argument --steps: must be a positive whole number, got -5"),
     (["train-ldm", "--autoencoder", "a.pt", "--steps", "0"], "argument --steps: must be a positive whole number"),
     (["evaluate-ldm", "-n", "0"], "argument -n: must be a positive whole number"),
-    (["demo", "--ae-minutes", "-1"], "a time cap must be 0 or more minutes"),
+    (["demo", "--ae-minutes", "-1"], "must be 0 or more minutes (a time cap)"),
 ])
 def test_counts_that_are_not_positive_are_refused_before_anything_runs(argv, words, capsys, tmp_path):
     assert main(argv) == 2
@@ -167,3 +167,33 @@ def test_train_evaluator_command(tmp_path, capsys):
     assert main(["train-evaluator", "--steps", "2", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
     assert "trained 2 steps" in capsys.readouterr().out
     assert torch.load(out, weights_only=True)["kind"] == "shapes_evaluator"
+
+
+def test_training_commands_take_a_folder_of_images(demo_dir, tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "pets"
+    for name, color in (("cat", (20, 40, 220)), ("dog", (220, 30, 30))):       # class subfolders: labels
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40, 40), color).save(root / name / f"{i}.png")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")                    # skipped with a warning
+    data = f"folder:{root}"
+    with pytest.warns(UserWarning, match="broken.png"):
+        assert main(["train-ae", "--profile", "ci", "--random-lpips", "--data", data, "--steps", "2",
+                     "--out", str(tmp_path / "ae")]) == 0
+    with pytest.warns(UserWarning, match="broken.png"):
+        assert main(["train-ldm", "--profile", "ci", "--autoencoder", str(tmp_path / "ae" / "autoencoder.pt"),
+                     "--data", data, "--steps", "2", "--out", str(tmp_path / "ldm")]) == 0
+    ckpt = torch.load(tmp_path / "ldm" / "ldm.pt", weights_only=True)
+    assert ckpt["config"]["cond"] == "class" and ckpt["conditioning"]["num_classes"] == 2   # from the folders
+    assert main(["sample", "--checkpoint", str(tmp_path / "ldm" / "ldm.pt"), "--class", "1", "-n", "2",
+                 "--steps", "2", "--out", str(tmp_path / "s.png")]) == 0 and (tmp_path / "s.png").is_file()
+    capsys.readouterr()
+    assert main(["train-ldm", "--profile", "ci", "--autoencoder", str(demo_dir / "autoencoder.pt"), "--data", data,
+                 "--cond", "text", "--out", str(tmp_path / "x")]) == 2
+    assert "--cond text needs Shapes" in capsys.readouterr().err
+    assert main(["train-ae", "--profile", "ci", "--data", "mnist", "--data-root", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "mnist train files not found" in err and str(tmp_path / "none" / "mnist") in err

@@ -411,3 +411,38 @@ def test_random_batches_resume_and_cover_each_epoch(tmp_path):
     assert torch.cat([next(other)["label"] for _ in range(2)]).tolist() != torch.cat(run[:2]).tolist()
     tiny = ds.random_batches(16, seed=0)                   # more than the dataset: drawn with replacement
     assert next(tiny)["image"].shape == (16, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Labels from subfolders, and datasets by name (the commands' --data)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_class_subfolders_become_labels(tmp_path):
+    root = tmp_path / "pets"
+    for name, color, n in (("dog", RED, 2), ("cat", BLUE, 3)):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (40, 40), color).save(root / name / f"{i}.png")
+    ds = ImageFolderDataset(root, resolution=32)
+    assert ds.classes == ("cat", "dog") and ds.num_classes == 2             # sorted folder names
+    b = ds.batch(range(len(ds)))
+    assert b["label"].tolist() == [0, 0, 0, 1, 1] and b["caption"] == ["cat"] * 3 + ["dog"] * 2
+    assert torch.allclose(b["image"][0, :, 0, 0].double(), as_model(BLUE), atol=1e-6)   # cats are blue
+    plain = ImageFolderDataset(make_folder(tmp_path), resolution=32)                     # images at the top too
+    assert plain.classes is None and plain.num_classes is None and plain[0]["label"] == -1
+
+
+def test_datasets_by_name(tmp_path):
+    from minildm.data import DataConfig, ShapesDataset, make_dataset
+
+    assert isinstance(make_dataset("shapes", "val"), ShapesDataset) and make_dataset("shapes", "val").split == "val"
+    write_mnist(tmp_path / "mnist", "train", *digits(4))
+    write_mnist(tmp_path / "mnist", "t10k", *digits(3, seed=1))
+    train, test = (make_dataset("mnist", s, DataConfig(resolution=32), root=tmp_path) for s in ("train", "val"))
+    assert (len(train), len(test), train.num_classes) == (4, 3, 10) and train.tokenizer is None
+    folder = make_dataset(f"folder:{make_folder(tmp_path)}", config=DataConfig(resolution=16))
+    assert isinstance(folder, ImageFolderDataset) and folder[0]["image"].shape == (3, 16, 16)
+    with pytest.raises(FileNotFoundError, match="fashion train files not found.*place them in.*fashion-mnist"):
+        make_dataset("fashion-mnist", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'.*folder:PATH"):
+        make_dataset("cifar")

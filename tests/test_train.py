@@ -206,3 +206,37 @@ def test_an_autoencoder_with_nan_latents_is_named(tmp_path):
     with pytest.raises(ValueError, match="autoencoder's latents are not finite"):
         train_ldm(PROFILE, ae, tmp_path, device="cpu", progress=False)
     assert not (tmp_path / LDM_CHECKPOINT).exists()
+
+
+def test_sample_grids_during_training_use_the_ema_and_change_nothing(tmp_path, ae_path):
+    """sample_every writes a grid with the EMA weights swapped in; afterwards training goes on exactly as
+    without the grids (the raw weights are put back bit for bit and sampling draws no training randomness)."""
+    with_grids = PROFILE.replace(ldm={"sample_every": 2})
+    a = run("ldm", tmp_path / "grids", ae_path, profile=with_grids)
+    b = run("ldm", tmp_path / "plain", ae_path)
+    assert sorted(p.name for p in (tmp_path / "grids").glob("samples_*.png")) == [
+        "samples_000002.png", "samples_000004.png", "samples_000006.png"]
+    assert not list((tmp_path / "plain").glob("samples_*.png"))
+    assert a["history"] == b["history"]
+    ca, cb = checkpoint_of("ldm", tmp_path / "grids"), checkpoint_of("ldm", tmp_path / "plain")
+    assert all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in cb["state_dict"])
+
+
+def test_ema_weights_swaps_in_the_shadow_and_restores_the_raw_weights(tmp_path, ae_path):
+    seen = {}
+
+    def look(step, record, run_):
+        if step == 3:
+            raw = {k: v.clone() for k, v in run_.mods.state_dict().items()}
+            with run_.ema_weights() as ldm:
+                seen["inside"] = {k: v.clone() for k, v in ldm.denoiser_modules().state_dict().items()}
+                seen["eval"] = not ldm.unet.training
+            seen["after"] = {k: v.clone() for k, v in run_.mods.state_dict().items()}
+            seen["raw"], seen["shadow"] = raw, {k: v.clone() for k, v in run_.ema.shadow.items()}
+            seen["train"] = run_.mods.training
+
+    run("ldm", tmp_path, ae_path, steps=3, callback=look)
+    assert all(torch.equal(seen["inside"][k], seen["shadow"][k]) for k in seen["shadow"])
+    assert all(torch.equal(seen["after"][k], seen["raw"][k]) for k in seen["raw"])
+    assert any(not torch.equal(seen["raw"][k], seen["shadow"][k]) for k in seen["raw"])
+    assert seen["eval"] and seen["train"]

@@ -1,0 +1,153 @@
+"""Run the course's notebooks in order in one profile, time each, and collect its claims and figures
+(`minildm course --profile cpu --strict`).
+
+Each notebook runs in a fresh kernel (nbclient) with $MINILDM_PROFILE, $MINILDM_COURSE_DIR (so that later
+notebooks find the models earlier ones trained) and, with --strict, $MINILDM_STRICT=1 (a failed claim stops
+the run). The result, written to docs/course/<profile>.json with the figures beside it, is what the README's
+course table shows and what `setup()` prints as each notebook's measured run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import torch
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from . import pretrained
+from .checkpoint import CheckpointError
+from .course import COURSE_DIR_ENV, NOTEBOOKS, REPO_ROOT, RESULTS_DIR, STRICT_ENV
+from .losses import lpips_weights_missing
+from .profiles import get_profile
+from .results import load_json
+from .train import AutoencoderTraining, LatentDiffusionTraining
+from .utils import get_device
+
+__all__ = ["run_course", "speed_probe", "self_check"]
+
+
+def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str] | None = None,
+               strict: bool = False, results_dir: str | os.PathLike | None = RESULTS_DIR,
+               cell_timeout: int = 3600, log=print) -> dict[str, Any]:
+    """Execute the notebooks (default: all ten) in order; returns and (when results_dir) writes the record:
+    {"profile", "strict", "notebooks": {name: {"minutes", "ok", "error", "claims", "figures"}}, "total_minutes"}."""
+    names = list(NOTEBOOKS) if not notebooks else [n for n in NOTEBOOKS if any(n.startswith(p) for p in notebooks)]
+    if not names:
+        raise ValueError(f"no course notebook matches {notebooks}; the notebooks are {', '.join(NOTEBOOKS)}")
+    course_dir = Path(course_dir)
+    course_dir.mkdir(parents=True, exist_ok=True)
+    env = {"MINILDM_PROFILE": profile, COURSE_DIR_ENV: str(course_dir), STRICT_ENV: "1" if strict else "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    record: dict[str, Any] = {"profile": profile, "strict": strict, "notebooks": {}, "speed": speed_probe(profile),
+                              "machine": f"{os.cpu_count()} CPUs, {get_device()}, torch {torch.__version__}"}
+    try:
+        for name in names:
+            path = REPO_ROOT / "notebooks" / f"{name}.ipynb"
+            nb = nbformat.read(path, as_version=4)
+            log(f"[{name}] running in the {profile} profile ...")
+            t0, error = time.perf_counter(), None
+            try:
+                NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
+                               resources={"metadata": {"path": str(path.parent)}}).execute()
+            except CellExecutionError as e:
+                error = str(e).strip().splitlines()[-1][:500]
+            minutes = (time.perf_counter() - t0) / 60
+            claims = (load_json(course_dir / "results.json") or {}).get(name, {}).get("claims", {})
+            record["notebooks"][name] = {"minutes": round(minutes, 2), "ok": error is None, "error": error,
+                                         "claims": claims,
+                                         "figures": sorted(p.name for p in (course_dir / "figures").glob(f"{name}_*.png"))}
+            failed = [c for c, v in claims.items() if not v["ok"]]
+            log(f"[{name}] {minutes:.1f} min, {len(claims) - len(failed)}/{len(claims)} claims hold"
+                + (f"; failed: {', '.join(failed)}" if failed else "") + (f"; ERROR: {error}" if error else ""))
+            if error and strict:
+                break
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    record["total_minutes"] = round(sum(n["minutes"] for n in record["notebooks"].values()), 2)
+    if results_dir is not None:
+        out = Path(results_dir)
+        (out / profile).mkdir(parents=True, exist_ok=True)
+        for nb_record in record["notebooks"].values():
+            for fig in nb_record["figures"]:
+                shutil.copy2(course_dir / "figures" / fig, out / profile / fig)
+        (out / f"{profile}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return record
+
+
+def speed_probe(profile: str, seconds: float = 10.0) -> dict[str, float]:
+    """Training steps per second of this machine for the profile's autoencoder and LDM (random weights, a few
+    seconds each): what `minildm check` compares with the machine that recorded the course's run times."""
+    p = get_profile(profile)
+    device = get_device()
+    def rate(step_fn) -> float:
+        step_fn(0)                                                # warm-up
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 2:
+            n += 1
+            step_fn(n)
+        return n / (time.perf_counter() - t0)
+
+    out = {}
+    ae = AutoencoderTraining(p.ae, p.data, device, random_lpips=True, lpips_download=False)
+    ae.start(0, 10**9, False)
+    out["autoencoder_steps_per_s"] = rate(ae.step)
+    with tempfile.TemporaryDirectory() as d:
+        ldm = LatentDiffusionTraining(dataclasses.replace(p.ldm, cache_size=256), p.data, ae.model, device, folder=d,
+                                      progress=False)
+        ldm.start(0, 10**9, False)
+        out["ldm_steps_per_s"] = rate(ldm.step)
+    return out
+
+
+def self_check(profile: str | None = None, seconds: float = 10.0, log=print) -> dict[str, Any]:
+    """What a teaching assistant runs on a lab machine before the lab: device, profile, LPIPS weights, shipped
+    checkpoints, widgets, and the expected run time of each notebook on THIS machine (the recorded run time
+    scaled by the measured speed of this machine against the recording machine's)."""
+    p = get_profile(profile)
+    report: dict[str, Any] = {"profile": p.name, "device": str(get_device()), "torch": torch.__version__,
+                              "threads": torch.get_num_threads()}
+    log(f"device {report['device']}, profile {p.name}, torch {report['torch']}, {report['threads']} threads")
+    missing = lpips_weights_missing(p.ae.lpips_net, download=False)
+    report["lpips"] = "pretrained" if missing is None else f"random backbone ({missing})"
+    log(f"LPIPS: {report['lpips']}")
+    try:
+        ok = pretrained.load_autoencoder(p.name) is not None
+        report["shipped"] = "verified" if ok else "none for this profile"
+    except CheckpointError as e:
+        report["shipped"] = f"DAMAGED: {e}"
+    log(f"shipped checkpoints ({pretrained.DIR / p.name}): {report['shipped']}")
+    try:
+        import ipywidgets  # noqa: F401  (only the import is checked)
+        report["widgets"] = f"ipywidgets {ipywidgets.__version__}"
+    except ImportError as e:
+        report["widgets"] = f"missing ({e})"
+    log(f"widgets: {report['widgets']}")
+    recorded = load_json(RESULTS_DIR / f"{p.name}.json") or {}
+    speed = speed_probe(p.name, seconds)
+    report["speed"] = speed
+    log("speed here: " + ", ".join(f"{k} {v:.2f}" for k, v in speed.items()))
+    ref = recorded.get("speed")
+    if not ref:
+        log(f"no recorded course run for the {p.name} profile: run `minildm course --profile {p.name}` once")
+        return report
+    factor = ref["ldm_steps_per_s"] / speed["ldm_steps_per_s"]
+    report["expected_minutes"] = {n: round(r["minutes"] * factor, 1) for n, r in recorded["notebooks"].items()}
+    log(f"expected run times here (recorded × {factor:.2f}, this machine against the recording one):")
+    for name, minutes in report["expected_minutes"].items():
+        log(f"  {name:30s} {minutes:6.1f} min")
+    log(f"  {'total':30s} {sum(report['expected_minutes'].values()):6.1f} min")
+    return report

@@ -1,0 +1,104 @@
+"""Hygiene of the course notebooks (their cells run under nbval; this checks how they are built):
+
+  - the sequence 00 … 09 is complete and named as course.NOTEBOOKS says
+  - every notebook is valid nbformat, starts with the identical Colab cell, then the header (learning goals,
+    prerequisites, the paper's sections, run time), then the setup call with its own name; it ends with a
+    summary, questions and what comes next
+  - at least two exercises: a code cell that starts `# Exercise N.k: …` with balanced solution markers,
+    followed by a code cell that checks it with check_answer("Exercise N.k", …); markers only in code cells
+  - at least one claim checked in code (course.claim) and one bad-input cell tagged raises-exception
+  - committed without outputs, except `# NBVAL_CHECK_OUTPUT` cells, which keep theirs and their
+    execution_count (nbval compares a cell only when it has one); no error outputs; small files
+"""
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from minildm.course import COLAB_CELL, NOTEBOOKS
+
+ROOT = Path(__file__).resolve().parent.parent / "notebooks"
+PATHS = sorted(p for p in ROOT.glob("[0-9][0-9]_*.ipynb"))
+HEADER_SECTIONS = ("What you will learn", "Prerequisites", "The paper", "Run time")
+FOOTER_SECTIONS = ("Summary", "Check your understanding", "What comes next")
+MAX_BYTES = 250_000
+
+
+def cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_the_sequence_is_complete_and_in_order():
+    assert [p.stem for p in PATHS] == list(NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_structure(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    cs = cells(path)
+    number = path.stem[:2]
+    assert cs[0]["cell_type"] == "code" and source(cs[0]) == COLAB_CELL, "cell 0 must be the Colab cell, verbatim"
+    header = source(cs[1])
+    assert cs[1]["cell_type"] == "markdown" and header.startswith(f"# {number} · ")
+    for section in HEADER_SECTIONS:
+        assert f"## {section}" in header, f"header lacks '## {section}'"
+    assert cs[2]["cell_type"] == "code" and f'setup("{path.stem}"' in source(cs[2])
+    footer = "\n".join(source(c) for c in cs[-4:] if c["cell_type"] == "markdown")
+    for section in FOOTER_SECTIONS:
+        assert f"## {section}" in footer, f"footer lacks '## {section}'"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_exercises_are_marked_and_each_is_checked(path):
+    cs = cells(path)
+    number = int(path.stem[:2])
+    exercises = []
+    for i, c in enumerate(cs):
+        text = source(c)
+        begins, ends = text.count("### BEGIN SOLUTION"), text.count("### END SOLUTION")
+        if c["cell_type"] != "code":
+            assert begins == ends == 0, f"cell {i}: solution markers outside a code cell"
+            continue
+        assert begins == ends and begins <= 1, f"cell {i}: unbalanced solution markers"
+        if begins:
+            m = re.match(r"# Exercise (\d+)\.(\d+): \S", text)
+            assert m and int(m.group(1)) == number, f"cell {i}: must start with '# Exercise {number}.k: <task>'"
+            assert text.index("### BEGIN SOLUTION") < text.index("### END SOLUTION")
+            name = f"Exercise {m.group(1)}.{m.group(2)}"
+            check = next((c2 for c2 in cs[i + 1:] if c2["cell_type"] == "code"), None)
+            assert check is not None and f'check_answer("{name}"' in source(check), \
+                f"{name} must be followed by a code cell that calls check_answer(\"{name}\", …)"
+            exercises.append(name)
+    assert len(exercises) >= 2 and len(set(exercises)) == len(exercises), exercises
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_claims_and_bad_input_cells(path):
+    cs = cells(path)
+    code = [c for c in cs if c["cell_type"] == "code"]
+    assert any("course.claim(" in source(c) for c in code), "no claim checked in code"
+    tagged = [c for c in code if "raises-exception" in c.get("metadata", {}).get("tags", [])]
+    assert tagged, "no bad-input cell tagged raises-exception"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_committed_without_stray_outputs(path):
+    assert path.stat().st_size < MAX_BYTES, f"{path.name} is {path.stat().st_size} bytes"
+    for i, c in enumerate(cells(path)):
+        if c["cell_type"] != "code":
+            continue
+        checked = source(c).lstrip().startswith("# NBVAL_CHECK_OUTPUT")
+        assert not any(o.get("output_type") == "error" for o in c.get("outputs", [])), f"cell {i}: error output"
+        if checked:
+            assert c["outputs"] and c["execution_count"] is not None, \
+                f"cell {i}: a NBVAL_CHECK_OUTPUT cell needs its stored output and execution_count"
+        else:
+            assert not c["outputs"] and c["execution_count"] is None, f"cell {i}: stray output"
