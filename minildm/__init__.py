@@ -11,13 +11,15 @@ One file per idea of the paper, data flowing one way:
                   shapes_eval.py (Shapes-FID with its floor, prompt accuracy), probes.py (attention maps, word
                   influence), viz.py (pictures), widgets.py (sliders and a prompt box)
     studies       experiments.py (the paper's experiments), results.py (tables), bench.py / peer.py (speed)
-    the course    course.py (setup, claims, exercise checks, models handed from notebook to notebook)
+    the course    course.py (setup, claims, exercise checks, models handed from notebook to notebook),
+                  course_run.py (`minildm course`, `minildm check`), student.py (the student edition),
+                  pretrained.py (the shipped checkpoints)
 
 A notebook needs only `import minildm` (or `from minildm import …`): the names below are the public API,
 and each module's own `__all__` lists the rest of what it offers.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import (autoencoder, checkpoint, conditioning, course, data, diffusion, evaluator, experiments, ldm,  # noqa: E402
                losses, metrics, nn, probes, profiles, realdata, results, samplers, shapes, shapes_eval, tokenizer,

@@ -225,6 +225,9 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
     seed_everything(seed)
     folder = course_folder(profile)
     folder.mkdir(parents=True, exist_ok=True)
+    results = load_json(folder / "results.json") or {}
+    if results.pop(notebook, None) is not None:       # a rerun records afresh: no claim of an older version stays
+        write_json(results, folder / "results.json")
     strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     missing = lpips_weights_missing(profile.ae.lpips_net, download=False)
     minutes = measured_minutes(profile.name).get(notebook)

@@ -37,7 +37,7 @@ __all__ = ["run_course", "speed_probe", "self_check"]
 
 def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str] | None = None,
                strict: bool = False, results_dir: str | os.PathLike | None = RESULTS_DIR,
-               cell_timeout: int = 3600, log=print) -> dict[str, Any]:
+               cell_timeout: int = 3600, probe_seconds: float = 10.0, log=print) -> dict[str, Any]:
     """Execute the notebooks (default: all ten) in order; returns and (when results_dir) writes the record:
     {"profile", "strict", "notebooks": {name: {"minutes", "ok", "error", "claims", "figures"}}, "total_minutes"}."""
     names = list(NOTEBOOKS) if not notebooks else [n for n in NOTEBOOKS if any(n.startswith(p) for p in notebooks)]
@@ -48,7 +48,8 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
     env = {"MINILDM_PROFILE": profile, COURSE_DIR_ENV: str(course_dir), STRICT_ENV: "1" if strict else "0"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    record: dict[str, Any] = {"profile": profile, "strict": strict, "notebooks": {}, "speed": speed_probe(profile),
+    record: dict[str, Any] = {"profile": profile, "strict": strict, "notebooks": {},
+                              "speed": speed_probe(profile, probe_seconds),
                               "machine": f"{os.cpu_count()} CPUs, {get_device()}, torch {torch.__version__}"}
     try:
         for name in names:
@@ -77,6 +78,12 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    if results_dir is not None:            # a partial run (--notebooks) updates those notebooks' entries only
+        earlier = load_json(Path(results_dir) / f"{profile}.json") or {}
+        if notebooks and earlier.get("profile") == profile:
+            record["notebooks"] = {**earlier.get("notebooks", {}), **record["notebooks"]}
+            record["notebooks"] = {n: record["notebooks"][n] for n in NOTEBOOKS if n in record["notebooks"]}
+            record["strict"] = strict and earlier.get("strict", False)
     record["total_minutes"] = round(sum(n["minutes"] for n in record["notebooks"].values()), 2)
     if results_dir is not None:
         out = Path(results_dir)

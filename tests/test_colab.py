@@ -51,3 +51,10 @@ def test_on_colab_without_minildm_it_installs_the_release(recorded, monkeypatch)
     assert editable[-3:] == ["--no-deps", "-e", "/content/minildm"]      # minildm itself, no torch reinstall
     assert "torch" not in " ".join(deps) and {"lpips", "einops", "safetensors"} <= set(deps)
     assert sys.path[0] == "/content/minildm" and recorded["chdir"] == ["/content/minildm/notebooks"]
+
+
+def test_the_release_the_cell_installs_is_this_version():
+    import minildm
+    from minildm.course import COLAB_CELL
+
+    assert f'"v{minildm.__version__}"' in COLAB_CELL, "bump MINILDM_TAG's default in course.COLAB_CELL with the version"

@@ -171,8 +171,11 @@ def test_claims_print_record_and_are_strict_when_asked(tmp_path, monkeypatch, ca
         course.claim("closed form = chain", 1e-3, "<", 1e-6, exact=True)   # identities are always strict
     results = C.load_json(tmp_path / "results.json")
     assert results["03_forward_diffusion"]["claims"]["three is less than two"]["ok"] is False
+    C.setup("04_unet_and_cross_attention", profile="ci").claim("four", 4.0, "==", 4.0)
     monkeypatch.setenv(C.STRICT_ENV, "1")
-    strict = C.setup("03_forward_diffusion", profile="ci")
+    strict = C.setup("03_forward_diffusion", profile="ci")          # a rerun drops the earlier run's claims
+    assert "03_forward_diffusion" not in C.load_json(tmp_path / "results.json")
+    assert C.load_json(tmp_path / "results.json")["04_unet_and_cross_attention"]["claims"]["four"]["ok"]
     with pytest.raises(C.ClaimFailed):
         strict.claim("three is less than two", 3.0, "<", 2.0)
 
