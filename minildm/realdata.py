@@ -134,7 +134,8 @@ class ImageFolderDataset(_BatchingDataset):
 
     Unreadable files: every file is checked once at construction (PIL's `verify()`, which reads headers and,
     for PNG, chunk checksums). With on_error="raise" a CorruptImageError lists every file that fails; with
-    "skip" they are left out of the dataset with one warning that names them, and `ds.skipped` lists them. A file that passes `verify()` but fails to decode later (e.g. a truncated JPEG) is reported the same
+    "skip" they are left out of the dataset with one warning that names them, and `ds.skipped` lists them. A
+    file that passes `verify()` but fails to decode later (e.g. a truncated JPEG) is reported the same
     way when loaded: "raise" raises, "skip" warns once and returns the next readable image in order, so
     `len(ds)` never changes and the same index always gives the same image.
     """
@@ -457,7 +458,8 @@ class MNIST(_BatchingDataset):
             f"{str(self.folder)!r} (gzipped or not)"
         )
         if not download:
-            raise FileNotFoundError(f"{self.variant} {self.split} files not found: {manual}, or pass download=True.")
+            raise FileNotFoundError(f"{self.variant} {self.split} files not found: {manual}, or pass download=True "
+                                    "(on the command line: --download).")
         try:
             return download_file(urls, self.folder / name, MNIST_FILES[self.variant][name])
         except OfflineError as e:  # fail fast: the other files would fail the same way

@@ -196,4 +196,4 @@ def test_training_commands_take_a_folder_of_images(demo_dir, tmp_path, capsys):
     assert main(["train-ae", "--profile", "ci", "--data", "mnist", "--data-root", str(tmp_path / "none"),
                  "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
-    assert "mnist train files not found" in err and str(tmp_path / "none" / "mnist") in err
+    assert "mnist train files not found" in err and str(tmp_path / "none" / "mnist") in err and "--download" in err
