@@ -32,6 +32,7 @@ import torch
 
 from .autoencoder import load_autoencoder
 from .checkpoint import load_checkpoint
+from .data import ShapesDataset, make_dataset
 from .ldm import LatentDiffusion
 from . import pretrained
 from .losses import lpips_weights_missing
@@ -41,10 +42,11 @@ from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from .utils import get_device, seed_everything
 
 __all__ = ["setup", "Course", "check_answer", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
-           "load_json", "COLAB_CELL", "RESULTS_DIR", "measured_minutes"]
+           "DATA_ENV", "ANY_DATA", "load_json", "COLAB_CELL", "RESULTS_DIR", "measured_minutes"]
 
-COURSE_DIR_ENV, STRICT_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT"
+COURSE_DIR_ENV, STRICT_ENV, DATA_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT", "MINILDM_DATA"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+ANY_DATA = ("01_perceptual_compression",)    # the notebooks that run on $MINILDM_DATA; the rest need Shapes
 NOTEBOOKS = ("00_setup_and_shapes", "01_perceptual_compression", "02_latent_space", "03_forward_diffusion",
              "04_unet_and_cross_attention", "05_training_the_ldm", "06_ddim_sampling", "07_guidance_and_attention",
              "08_other_conditions", "09_experiments")
@@ -108,6 +110,14 @@ class Course:
     folder: Path
     strict: bool = False
     claims: list[dict] = field(default_factory=list)
+    data: str = "shapes"              # $MINILDM_DATA: shapes, mnist, fashion-mnist or folder:PATH
+
+    def dataset(self, split: str = "train"):
+        """The course's data for a split, at the profile's resolution (Shapes unless $MINILDM_DATA says otherwise;
+        MNIST files are looked for in data/downloads/)."""
+        if self.data == "shapes":
+            return ShapesDataset(split, self.profile.data)
+        return make_dataset(self.data, split, self.profile.data, root=REPO_ROOT / "data" / "downloads")
 
     # ---------------------------------------------------------------- claims and results
     def claim(self, name: str, measured: float, op: str, threshold: float, exact: bool = False) -> bool:
@@ -157,7 +167,7 @@ class Course:
             if verbose:
                 print(f"autoencoder: your own, {path}")
             return load_autoencoder(path, self.device)
-        shipped = pretrained.load_autoencoder(self.profile.name, self.device)
+        shipped = pretrained.load_autoencoder(self.profile.name, self.device) if self.data == "shapes" else None
         if shipped is not None:
             if verbose:
                 print(f"autoencoder: the shipped one for the {self.profile.name} profile ({pretrained.DIR})")
@@ -167,14 +177,19 @@ class Course:
             print(f"no autoencoder yet: training the {self.profile.name} profile's ({cfg.steps} steps"
                   + (f", at most {train_minutes} min" if train_minutes else "") + f") into {self.folder}")
         missing = lpips_weights_missing(cfg.lpips_net, download=self.profile.name != "ci")
+        other = self.data != "shapes"                  # the shipped autoencoder knows Shapes only
         train_autoencoder(self.profile, self.folder, device=self.device, max_minutes=train_minutes,
                           random_lpips=None if missing is None else True, lpips_download=self.profile.name != "ci",
-                          progress=verbose)
+                          progress=verbose, dataset=self.dataset("train") if other else None,
+                          val_dataset=self.dataset("val") if other else None)
         return load_autoencoder(path, self.device)
 
     def ldm(self, cond: str = "text", train_minutes: float | None = None, verbose: bool = True) -> LatentDiffusion:
         """The course's latent diffusion model for `cond`: the student's own (notebooks 05, 08), else the shipped
         one, else trained now on the course's autoencoder (after saying so)."""
+        if self.data != "shapes":
+            raise ValueError(f"the course's diffusion models are Shapes models (captions, layouts, the Shapes "
+                             f"evaluator); for {self.data} use `minildm train-ldm --data {self.data}`")
         path = self.own(f"ldm-{cond}")
         if path.is_file():
             if verbose:
@@ -223,7 +238,15 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
     if profile.name == "ci":
         torch.set_num_threads(1)              # tiny models run fastest on one thread (and CI machines are shared)
     seed_everything(seed)
+    data = os.environ.get(DATA_ENV, "").strip() or "shapes"
     folder = course_folder(profile)
+    if data != "shapes":
+        if notebook not in ANY_DATA:
+            raise ValueError(f"{notebook} needs the Shapes data (captions, layouts, the Shapes evaluator), but "
+                             f"${DATA_ENV} is {data!r}: unset it for this notebook. Other data run in "
+                             f"{', '.join(ANY_DATA)} and in the commands (minildm train-ae / train-ldm --data)")
+        make_dataset(data, "train", profile.data, root=REPO_ROOT / "data" / "downloads")   # fails early, clearly
+        folder = folder / ("data-" + "".join(c if c.isalnum() else "-" for c in data).strip("-"))
     folder.mkdir(parents=True, exist_ok=True)
     results = load_json(folder / "results.json") or {}
     if results.pop(notebook, None) is not None:       # a rerun records afresh: no claim of an older version stays
@@ -237,6 +260,8 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
     print(f"  torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}")
     print(f"  course models: {folder}" + ("  (a temporary folder: the ci profile leaves nothing behind)"
                                           if profile.name == "ci" and not os.environ.get(COURSE_DIR_ENV) else ""))
+    print(f"  data: {data}" + ("" if data == "shapes" else f" (${DATA_ENV}; the shipped checkpoints are Shapes "
+                                                            "models and are not used)"))
     print(f"  shipped checkpoints: {pretrained.DIR / profile.name}"
           + ("" if pretrained.available(profile.name) else " (none for this profile)"))
     print("  LPIPS: pretrained backbone" if missing is None else
@@ -247,7 +272,7 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
     if profile.name == "ci":
         print("  NOTE: the ci profile trains tiny models for seconds; its numbers and pictures show the machinery,"
               " not results")
-    return Course(notebook, profile, device, seed, folder, strict)
+    return Course(notebook, profile, device, seed, folder, strict, data=data)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
