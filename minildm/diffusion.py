@@ -306,14 +306,18 @@ class GaussianDiffusion:
         d_prime = (self.alpha_bar[t] / self.one_minus_alpha_bar[t]).sqrt() * dist         # √SNR_t·‖Δ‖
         return 0.5 * (1 + torch.erf(d_prime / 2 / math.sqrt(2)))                          # Φ(d′/2)
 
+    def _kind_and_steps(self, t: torch.Tensor | int, prediction_type: str | None) -> tuple[str, torch.Tensor]:
+        """The prediction type (default: this schedule's) checked, and t as checked flat CPU indices."""
+        kind = self.prediction_type if prediction_type is None else prediction_type
+        if kind not in PREDICTION_TYPES:
+            raise ValueError(f"unknown prediction_type {kind!r}; expected one of {PREDICTION_TYPES}")
+        return kind, self.check_timesteps(torch.as_tensor(t).reshape(-1), torch.as_tensor(t).numel(), "cpu")
+
     def target_coefficients(self, t: torch.Tensor | int, prediction_type: str | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
         """(a_t, b_t), float64, with target = a_t·x_0 + b_t·ε: ε → (0, 1), x_0 → (1, 0),
         v → (−√(1−ᾱ_t), √ᾱ_t). For unit-variance x_0 and ε, a_t/√(a_t² + b_t²) is how much of x_0 the target holds."""
-        kind = self.prediction_type if prediction_type is None else prediction_type
-        if kind not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {kind!r}; expected one of {PREDICTION_TYPES}")
-        t_flat = self.check_timesteps(torch.as_tensor(t).reshape(-1), torch.as_tensor(t).numel(), "cpu")
+        kind, t_flat = self._kind_and_steps(t, prediction_type)
         ones, zeros = torch.ones(len(t_flat), dtype=torch.float64), torch.zeros(len(t_flat), dtype=torch.float64)
         if kind == "epsilon":
             return zeros, ones
@@ -324,10 +328,7 @@ class GaussianDiffusion:
     def x0_error_gain(self, t: torch.Tensor | int, prediction_type: str | None = None) -> torch.Tensor:
         """By how much an error δ in the model output grows in x̂_0 (float64, per t): ε → √(1−ᾱ_t)/√ᾱ_t = 1/√SNR_t
         (huge at high noise), x_0 → 1, v → √(1−ᾱ_t) ≤ 1. From x̂_0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ = √ᾱ·x_t − √(1−ᾱ)·v̂."""
-        kind = self.prediction_type if prediction_type is None else prediction_type
-        if kind not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {kind!r}; expected one of {PREDICTION_TYPES}")
-        t_flat = self.check_timesteps(torch.as_tensor(t).reshape(-1), torch.as_tensor(t).numel(), "cpu")
+        kind, t_flat = self._kind_and_steps(t, prediction_type)
         if kind == "epsilon":
             return self.sqrt_one_minus_alpha_bar[t_flat] / self.sqrt_alpha_bar[t_flat]
         if kind == "sample":

@@ -4,7 +4,8 @@ Generated images are judged by it (shapes_eval.py): its penultimate layer is the
 "Shapes-FID", and its per-cell reading (is there an object in each of the 9 grid cells, and its shape, color
 and size) turns "does the image follow the prompt?" into a number. It is trained once on rendered scenes with
 random degradations that mimic generated images (blur, resampling, JPEG-like blocks, noise, color shifts),
-and shipped as data/shapes_evaluator.pt (`minildm train-evaluator` retrains it).
+and shipped as data/shapes_evaluator.pt (`minildm train-evaluator` retrains it). `readable_scenes` asks
+whether it reads a well-formed scene at all (real scenes: always; decoded noise: almost never).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .utils import get_device, seed_everything, warmup_cosine
 
 __all__ = ["EvaluatorConfig", "ShapesEvaluator", "train_evaluator", "load_evaluator", "predict_cells",
            "detect_objects", "attribute_accuracy", "scene_targets", "split_logits", "evaluator_loss", "degrade",
-           "calibrate_feature_scale", "ATTRIBUTES", "NUM_CELLS", "HEAD_WIDTH", "EVALUATOR_KIND",
+           "calibrate_feature_scale", "readable_scenes", "ATTRIBUTES", "NUM_CELLS", "HEAD_WIDTH", "EVALUATOR_KIND",
            "DEFAULT_EVALUATOR_PATH"]
 
 NUM_CELLS = 9                                                  # the 3×3 grid of data.py
@@ -445,3 +446,24 @@ def attribute_accuracy(images: torch.Tensor, scenes: Sequence, evaluator: Shapes
     out["scene"] = float(right.all(1).float().mean())              # every cell and every attribute right
     out["images"] = len(images)
     return out
+
+
+def readable_scenes(cells: dict[str, torch.Tensor], min_objects: int = 1, max_objects: int = 2,
+                    confidence: float = 0.9) -> torch.Tensor:
+    """(N,) bool: does the Shapes evaluator read a well-formed scene in each image? `cells` is
+    evaluator.predict_cells(images). An image is readable when
+        every cell is confidently empty or occupied     p_occupied ≥ confidence or ≤ 1 − confidence
+        the count is one the world allows               min_objects ≤ #occupied ≤ max_objects
+        every object has a confident shape, color, size  max softmax ≥ confidence in each occupied cell
+    Real Shapes scenes are all readable; images without a scene (noise, blobs) almost never are."""
+    if not 0.5 < confidence < 1:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    p, occupied = cells["p_occupied"], cells["occupied"]          # (N, 9), (N, 9)
+    sure = ((p >= confidence) | (p <= 1 - confidence)).all(1)     # (N,)
+    count = occupied.sum(1)
+    ok = sure & (count >= min_objects) & (count <= max_objects)
+    parts = split_logits(cells["logits"])
+    for name in ("shape", "color", "size"):
+        top = parts[name].softmax(-1).amax(-1)                    # (N, 9) probability of the chosen value
+        ok &= ((top >= confidence) | ~occupied).all(1)
+    return ok

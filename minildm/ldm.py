@@ -372,7 +372,7 @@ class LatentDiffusion(nn.Module):
         self._check_latents(z0, raw, "img2img")
         cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
         z = ddim_img2img(self.model_fn, self.diffusion, z0, strength=strength, steps=steps, eta=eta, cond=cond,
-                    uncond=uncond, guidance_scale=guidance_scale, generator=generator)
+                         uncond=uncond, guidance_scale=guidance_scale, generator=generator)
         return self.decode(z) if decode else z
 
     # ------------------------------------------------------------------ parameters and checkpoints

@@ -3,7 +3,6 @@
     reconstructions (LDM Tab. 8)   psnr, ssim, lpips per image; reconstruction_metrics over a dataset;
                                    latent_statistics (and the scale factor 1/std(z)); radial power spectra
     baselines and readings         bicubic_roundtrip at an equal number of values (side_for_values);
-                                   readable_scenes: does the Shapes evaluator read a well-formed scene?;
                                    peak_in_boxes: does a map (a latent, an attention map) peak on an object?
     generated images (Tab. 1-3)    FID (Heusel et al. 2017), KID (Bińkowski et al. 2018), improved
                                    precision/recall (Kynkäänniemi et al. 2019), Inception Score
@@ -25,11 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from .autoencoder import reconstruct
-from .evaluator import split_logits
 from .losses import LPIPS, random_backbone_requested
 
 __all__ = ["psnr", "ssim", "lpips", "radial_power_spectrum", "log_spectrum_distance", "latent_statistics",
-           "side_for_values", "bicubic_roundtrip", "readable_scenes", "peak_in_boxes", "reconstruction_psnr",
+           "side_for_values", "bicubic_roundtrip", "peak_in_boxes", "reconstruction_psnr",
            "reconstruction_metrics", "frechet_distance",
            "feature_statistics", "fid_from_features", "polynomial_kernel", "mmd2_unbiased", "kid_from_features",
            "knn_radii", "precision_recall", "inception_score", "extract_features", "generative_metrics",
@@ -198,27 +196,6 @@ def bicubic_roundtrip(images: torch.Tensor, side: int) -> torch.Tensor:
     x = images.float()
     small = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False)  # (B, 3, s, s)
     return F.interpolate(small, size=(H, W), mode="bicubic", align_corners=False).clamp(-1, 1)       # (B, 3, H, W)
-
-
-def readable_scenes(cells: dict[str, torch.Tensor], min_objects: int = 1, max_objects: int = 2,
-                    confidence: float = 0.9) -> torch.Tensor:
-    """(N,) bool: does the Shapes evaluator read a well-formed scene in each image? `cells` is
-    evaluator.predict_cells(images). An image is readable when
-        every cell is confidently empty or occupied     p_occupied ≥ confidence or ≤ 1 − confidence
-        the count is one the world allows               min_objects ≤ #occupied ≤ max_objects
-        every object has a confident shape, color, size  max softmax ≥ confidence in each occupied cell
-    Real Shapes scenes are all readable; images without a scene (noise, blobs) almost never are."""
-    if not 0.5 < confidence < 1:
-        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
-    p, occupied = cells["p_occupied"], cells["occupied"]          # (N, 9), (N, 9)
-    sure = ((p >= confidence) | (p <= 1 - confidence)).all(1)     # (N,)
-    count = occupied.sum(1)
-    ok = sure & (count >= min_objects) & (count <= max_objects)
-    parts = split_logits(cells["logits"])
-    for name in ("shape", "color", "size"):
-        top = parts[name].softmax(-1).amax(-1)                    # (N, 9) probability of the chosen value
-        ok &= ((top >= confidence) | ~occupied).all(1)
-    return ok
 
 
 def peak_in_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ and `minildm train-ldm` produce (`minildm pretrained export`); `load_autoencoder
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -31,6 +30,7 @@ from .checkpoint import CheckpointError, config_from_dict, load_checkpoint, to_p
 from .data import ShapesDataset
 from .ldm import LatentDiffusion, LDMConfig
 from .metrics import reconstruction_psnr
+from .realdata import sha256_of
 from .shapes_eval import (evaluate_class_model, evaluate_layout_model, evaluate_sr_model, prompt_accuracy,
                           sample_prompts)
 from .tokenizer import WordTokenizer
@@ -42,12 +42,7 @@ DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_of           # hex SHA-256 of a file (the same helper the dataset downloader verifies with)
 
 
 def manifest(root: Path = DIR) -> dict[str, Any]:
@@ -165,13 +160,17 @@ def export(ae_checkpoint: str | os.PathLike, ldm_checkpoints: dict[str, str | os
     for name, entry in entries.items():
         entry["bytes"] = (out / name).stat().st_size
         full["files"][f"{profile}/{name}"] = entry
-    (root / "manifest.json").write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
+    _write_manifest(full, root)
     if spot_checks:                                # measured on the written files, as a user would load them
         checks = spot_check(profile, root)
         for name, entry in entries.items():
             entry["spot_check"] = checks.get(name.removesuffix(".safetensors"), {})
-        (root / "manifest.json").write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
+        _write_manifest(full, root)
     return full
+
+
+def _write_manifest(full: dict[str, Any], root: Path) -> None:
+    (root / "manifest.json").write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
 
 
 @torch.no_grad()

@@ -257,16 +257,25 @@ def layout_accuracy(images: torch.Tensor, layout: torch.Tensor, evaluator: Shape
 
 
 @torch.no_grad()
+def _sample_batches(ldm: Any, n: int, raw_for: Any, seed: int, batch_size: int, **sample_kwargs: Any) -> torch.Tensor:
+    """n samples in batches, each batch with its own seeded generator (seed·7919 + its first index), so a sample
+    does not depend on how many others are drawn with it; raw_for(start, stop) is a batch's raw condition
+    (None: unconditional)."""
+    images = []
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        raw = raw_for(start, stop)
+        g = torch.Generator().manual_seed(seed * 7919 + start)
+        count = {"num_samples": stop - start} if raw is None else {}
+        images.append(ldm.sample(raw, generator=g, **count, **sample_kwargs).cpu())
+    return torch.cat(images)
+
+
 def sample_prompts(ldm: Any, captions: list[str], steps: int = 50, eta: float = 0.0, guidance_scale: float = 3.0,
                    seed: int = 0, batch_size: int = 100) -> torch.Tensor:
-    """One image per caption, in batches, each batch with its own seeded generator (seed·7919 + first index),
-    so a caption's image does not depend on how many others are sampled with it batch-wise."""
-    images = []
-    for start in range(0, len(captions), batch_size):
-        raw = ldm.prompt_condition(prompts=list(captions[start:start + batch_size]))
-        g = torch.Generator().manual_seed(seed * 7919 + start)
-        images.append(ldm.sample(raw, steps=steps, eta=eta, guidance_scale=guidance_scale, generator=g).cpu())
-    return torch.cat(images)
+    """One image per caption, in batches seeded as `_sample_batches` says (seed·7919 + first index)."""
+    return _sample_batches(ldm, len(captions), lambda a, b: ldm.prompt_condition(prompts=list(captions[a:b])),
+                           seed, batch_size, steps=steps, eta=eta, guidance_scale=guidance_scale)
 
 
 def _test_captions(n: int, resolution: int, min_objects: int, max_objects: int) -> list[str]:
@@ -399,10 +408,8 @@ def evaluate_class_model(ldm: Any, per_class: int = 10, steps: int = 50, guidanc
     return_images adds the samples ("images", class after class) and their "labels"."""
     _require(ldm, "class")
     labels = torch.arange(ldm.num_classes).repeat_interleave(per_class)
-    images = torch.cat([ldm.sample(ldm.prompt_condition(labels=labels[i:i + batch_size].tolist()), steps=steps,
-                                   guidance_scale=guidance_scale,
-                                   generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
-                        for i in range(0, len(labels), batch_size)])
+    images = _sample_batches(ldm, len(labels), lambda a, b: ldm.prompt_condition(labels=labels[a:b].tolist()),
+                             seed, batch_size, steps=steps, guidance_scale=guidance_scale)
     acc = class_accuracy(images, labels)
     return {k: v for k, v in acc.items() if k != "correct"} | (
         {"images": images, "labels": labels, "correct": acc["correct"]} if return_images else {})
@@ -416,10 +423,8 @@ def evaluate_layout_model(ldm: Any, n: int = 200, steps: int = 50, guidance_scal
     _require(ldm, "layout")
     ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, max_objects=ldm.max_objects)
     layouts = ds.batch(range(n))["layout"]
-    images = torch.cat([ldm.sample(ldm.prompt_condition(layouts=layouts[i:i + batch_size]), steps=steps,
-                                   guidance_scale=guidance_scale,
-                                   generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
-                        for i in range(0, n, batch_size)])
+    images = _sample_batches(ldm, n, lambda a, b: ldm.prompt_condition(layouts=layouts[a:b]), seed, batch_size,
+                             steps=steps, guidance_scale=guidance_scale)
     acc = layout_accuracy(images, layouts)
     return {k: v for k, v in acc.items() if k != "correct"} | (
         {"images": images, "layouts": layouts, "correct": acc["correct"]} if return_images else {})
@@ -466,9 +471,7 @@ def evaluate_unconditional(ldm: Any, num_samples: int = 200, steps: int = 50, se
         raise ValueError(f"evaluate_unconditional needs an unconditional model (cond='none'), got "
                          f"{getattr(ldm, 'cond_mode', None)!r}")
     n = int(num_samples)
-    images = torch.cat([ldm.sample(num_samples=min(batch_size, n - i), steps=steps,
-                                   generator=torch.Generator().manual_seed(seed * 7919 + i)).cpu()
-                        for i in range(0, n, batch_size)])
+    images = _sample_batches(ldm, n, lambda a, b: None, seed, batch_size, steps=steps)
     m = shapes_generative_metrics(images, split="test", max_objects=2, protocol="unpaired")
     counts = torch.tensor([len(objs) for objs in detect_objects(images)])
     row = {k: float(v) for k, v in m.items() if k.startswith(("fid", "kid", "precision", "recall"))}

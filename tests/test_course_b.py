@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from minildm.autoencoder import AEConfig, build_autoencoder
-from minildm.evaluator import predict_cells
+from minildm.evaluator import predict_cells, readable_scenes
 from minildm.ldm import LatentDiffusion, LDMConfig
 from minildm.losses import adaptive_weight, hinge_d_loss
 from minildm.metrics import (bicubic_roundtrip, latent_statistics, peak_in_boxes, psnr, radial_power_spectrum,
-                             readable_scenes, side_for_values)
+                             side_for_values)
 from minildm.shapes_eval import real_images
 from minildm.utils import slerp
 
