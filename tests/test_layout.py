@@ -15,7 +15,7 @@ MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 # the paper's core: models, losses, the diffusion process and samplers
 CORE = {"nn", "autoencoder", "losses", "diffusion", "unet", "conditioning", "samplers", "ldm"}
 # what the core must not know: presets, datasets, training, commands, evaluation, studies, pictures
-NOT_FOR_CORE = {"profiles", "data", "shapes", "realdata", "train", "cli", "demo", "metrics", "evaluator",
+NOT_FOR_CORE = {"profiles", "data", "shapes", "realdata", "train", "cli", "commands", "demo", "metrics", "evaluator",
                 "shapes_eval", "results", "experiments", "bench", "peer", "viz"}
 COMMANDS = {"cli"}
 MAX_FILE_LINES = 490
