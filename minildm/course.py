@@ -46,7 +46,8 @@ __all__ = ["setup", "Course", "check_answer", "ClaimFailed", "NOTEBOOKS", "REPO_
 
 COURSE_DIR_ENV, STRICT_ENV, DATA_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT", "MINILDM_DATA"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ANY_DATA = ("01_perceptual_compression",)    # the notebooks that run on $MINILDM_DATA; the rest need Shapes
+# the notebooks that run on $MINILDM_DATA (what needs Shapes in them says so and is skipped); the rest need Shapes
+ANY_DATA = ("01_perceptual_compression", "05_training_the_ldm", "08_other_conditions")
 NOTEBOOKS = ("00_setup_and_shapes", "01_perceptual_compression", "02_latent_space", "03_forward_diffusion",
              "04_unet_and_cross_attention", "05_training_the_ldm", "06_ddim_sampling", "07_guidance_and_attention",
              "08_other_conditions", "09_experiments")
@@ -119,6 +120,55 @@ class Course:
             return ShapesDataset(split, self.profile.data)
         return make_dataset(self.data, split, self.profile.data, root=REPO_ROOT / "data" / "downloads")
 
+    def second_stage(self) -> str:
+        """The conditioning of the course's main diffusion model on this data: "text" on Shapes; on other data
+        "class" when it has labels (MNIST, folders with class subfolders), else "none" (unconditional)."""
+        if self.data == "shapes":
+            return "text"
+        return "class" if self.dataset("train").num_classes else "none"
+
+    def shapes_only(self, what: str) -> bool:
+        """True on Shapes; on other data print that `what` needs Shapes and is skipped, and return False."""
+        if self.data != "shapes":
+            print(f"skipped on {self.data}: {what} needs the Shapes data (captions, layouts, the Shapes evaluator)")
+        return self.data == "shapes"
+
+    def conditions(self, wanted: tuple[str, ...]) -> tuple[str, ...]:
+        """The conditioning modes of `wanted` this data can train, saying which are left out and why."""
+        labelled = self.data == "shapes" or bool(self.dataset("train").num_classes)
+        why = {"text": "captions are a Shapes feature", "layout": "layouts, boxes of Shapes objects, are a Shapes "
+               "feature", "class": f"{self.data} has no labels: put the images in one subfolder per class"}
+        out = []
+        for cond in wanted:
+            if self.data == "shapes" or cond in ("none", "sr") or (cond == "class" and labelled):
+                out.append(cond)
+            else:
+                print(f"skipped on {self.data}: no {cond} model ({why[cond]})")
+        return tuple(out)
+
+    def images(self, n: int, split: str = "test", seed: int = 0) -> torch.Tensor:
+        """n images (n, 3, H, W) of the course's data, a seeded random choice (folders are sorted by class)."""
+        data = self.dataset(split)
+        pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:n]
+        return data.batch(pick.tolist())["image"].cpu()
+
+    @torch.no_grad()
+    def sample(self, ldm: LatentDiffusion, n: int, steps: int | None = None, seed: int | None = None,
+               **sample_kwargs: Any) -> tuple[Any, list[str]]:
+        """(ldm.sample(...), captions) for n samples of a class-conditional (classes in turn) or unconditional
+        model: what notebooks show on data without captions. sample_kwargs go to LatentDiffusion.sample."""
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        if ldm.cond_mode == "none":
+            return ldm.sample(num_samples=n, steps=steps, generator=g, **sample_kwargs), \
+                [f"sample {i + 1}" for i in range(n)]
+        if ldm.cond_mode != "class":
+            raise ValueError(f"Course.sample draws class-conditional or unconditional models, got a {ldm.cond_mode} "
+                             f"model; use ldm.sample with its condition")
+        labels = [i % ldm.num_classes for i in range(n)]
+        classes = getattr(self.dataset("train"), "classes", None) if self.data != "shapes" else None
+        names = [classes[c] if classes and len(classes) == ldm.num_classes else f"class {c}" for c in labels]
+        return ldm.sample(ldm.prompt_condition(labels=labels), steps=steps, generator=g, **sample_kwargs), names
+
     # ---------------------------------------------------------------- claims and results
     def claim(self, name: str, measured: float, op: str, threshold: float, exact: bool = False) -> bool:
         """Check `measured op threshold`, print ✓/✗ with the value, record it; raise if strict (or exact)."""
@@ -186,16 +236,17 @@ class Course:
 
     def ldm(self, cond: str = "text", train_minutes: float | None = None, verbose: bool = True) -> LatentDiffusion:
         """The course's latent diffusion model for `cond`: the student's own (notebooks 05, 08), else the shipped
-        one, else trained now on the course's autoencoder (after saying so)."""
-        if self.data != "shapes":
-            raise ValueError(f"the course's diffusion models are Shapes models (captions, layouts, the Shapes "
-                             f"evaluator); for {self.data} use `minildm train-ldm --data {self.data}`")
+        one (Shapes only), else trained now on the course's autoencoder and data (after saying so)."""
+        if self.data != "shapes" and cond not in self.conditions((cond,)):
+            raise ValueError(f"there is no {cond} model on {self.data}: text and layout models need Shapes, class "
+                             f"models labels; use course.second_stage() ({self.second_stage()!r}), or `minildm "
+                             f"train-ldm --data {self.data}`")
         path = self.own(f"ldm-{cond}")
         if path.is_file():
             if verbose:
                 print(f"{cond} model: your own, {path}")
             return LatentDiffusion.from_checkpoint(path, self.device)
-        shipped = pretrained.load_ldm(self.profile.name, cond, self.device)
+        shipped = pretrained.load_ldm(self.profile.name, cond, self.device) if self.data == "shapes" else None
         if shipped is not None:
             if verbose:
                 print(f"{cond} model: the shipped one for the {self.profile.name} profile ({pretrained.DIR})")
@@ -206,7 +257,8 @@ class Course:
             print(f"no {cond} model yet: training the {self.profile.name} profile's ({self.profile.ldm.steps} steps"
                   + (f", at most {train_minutes} min" if train_minutes else "") + f") into {path.parent}")
         train_ldm(self.profile, self.own("autoencoder"), path.parent, cond=cond, device=self.device,
-                  max_minutes=train_minutes, seed=self.seed, progress=verbose)
+                  max_minutes=train_minutes, seed=self.seed, progress=verbose,
+                  dataset=None if self.data == "shapes" else self.dataset("train"))
         return LatentDiffusion.from_checkpoint(path, self.device)
 
     def trained_steps(self, what: str) -> int | None:
