@@ -35,12 +35,15 @@ import torch.nn.functional as F
 
 from .autoencoder import AutoencoderKL, build_autoencoder, load_autoencoder
 from .data import ShapesDataset
+from .flops import (PERF_HEADER, format_perf, max_rss_bytes, peak_tflops, perf_columns, perf_footer, with_flops,
+                    with_peak)
 from .diffusion import GaussianDiffusion
 from .ldm import LatentDiffusion
 from .metrics import reconstruction_metrics
 from .losses import AutoencoderLoss, LPIPSWeightsMissingError, random_backbone_requested
 from .peer import diffusers_available, peer_autoencoder, peer_ddim_sample, peer_scheduler, peer_unet, peer_unet_fn
 from .profiles import Profile, get_profile
+from .speed import maybe_compile, precision_dtype
 from .train import AE_CHECKPOINT, train_autoencoder
 from .unet import UNet
 from .utils import autocast_dtype, count_parameters, fused_optimizer, get_device, seed_everything
@@ -97,8 +100,8 @@ def _profile(profile: str | Profile | None) -> Profile:
     return p.replace(ldm={"cond": "text"})
 
 
-def _autocast(device: torch.device):
-    dtype = autocast_dtype(device)
+def _autocast(device: torch.device, dtype: torch.dtype | None | str = "default"):
+    dtype = autocast_dtype(device) if dtype == "default" else dtype
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -148,11 +151,12 @@ def bench_autoencoder_step(profile: str | Profile | None = None, seconds: float 
         opt.step()
 
     r = _throughput(step, seconds, warmup=2, device=device)
+    perf = perf_columns(step, r["per_s"], device)
     terms = "L1" if loss_fn.perceptual is None else f"L1 + LPIPS-{cfg.lpips_net}"
     if loss_fn.perceptual is not None and loss_fn.perceptual.random_backbone:
         terms += " (random trunk)"
     return _result(f"autoencoder step, {terms} + KL, batch {cfg.batch_size}", "steps/s", r["per_s"],
-                   params_ours=count_parameters(model), batch_size=cfg.batch_size)
+                   params_ours=count_parameters(model), batch_size=cfg.batch_size, **perf)
 
 
 def bench_autoencoder_matched(profile: str | Profile | None = None, seconds: float = DEFAULT_SECONDS,
@@ -191,7 +195,8 @@ def bench_autoencoder_matched(profile: str | Profile | None = None, seconds: flo
         theirs_step = make_step(theirs, theirs_forward)
     a, b = _compare(ours_step, theirs_step, seconds, warmup=2, device=device, rounds=rounds)
     return _result(f"autoencoder step, L1 + KL (matched), batch {B}", "steps/s", a, b, count_parameters(ours),
-                   None if theirs is None else count_parameters(theirs), batch_size=B)
+                   None if theirs is None else count_parameters(theirs), batch_size=B,
+                   **perf_columns(ours_step, a, device, theirs_step, b))
 
 
 def _ldm_and_batch(p: Profile, device: torch.device):
@@ -209,25 +214,33 @@ def _ldm_and_batch(p: Profile, device: torch.device):
 
 
 def bench_ldm_step(profile: str | Profile | None = None, seconds: float = DEFAULT_SECONDS,
-                   device: str | torch.device | None = None) -> dict[str, Any]:
-    """Our full second-stage step as train_ldm runs it: τθ(captions) with 10 % dropout, U-Net, L_simple, AdamW."""
+                   device: str | torch.device | None = None, precision: str | None = None,
+                   compile: bool = False) -> dict[str, Any]:
+    """Our full second-stage step as train_ldm runs it: τθ(captions) with 10 % dropout, U-Net, L_simple, AdamW.
+    precision ("fp32", "bf16", "auto"; speed.precision_dtype) overrides the default autocast; compile=True
+    compiles the U-Net first (speed.maybe_compile; None is returned where that is not supported)."""
     p, device = _profile(profile), get_device(device)
     cfg = p.ldm
     ldm, z0, tokens = _ldm_and_batch(p, device)
+    dtype = "default" if precision is None else precision_dtype(device, precision)
+    if compile and not maybe_compile(ldm.unet, True, "U-Net", device):
+        return None
     mods = ldm.denoiser_modules().train()
     opt = torch.optim.AdamW(mods.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_optimizer(device))
     g = torch.Generator().manual_seed(0)
 
     def step():
-        with _autocast(device):
+        with _autocast(device, dtype):
             loss = ldm.training_step(z0, tokens, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    r = _throughput(step, seconds, warmup=2, device=device)
-    return _result(f"LDM step, text encoder + U-Net, batch {cfg.batch_size}", "steps/s", r["per_s"],
-                   params_ours=count_parameters(mods), batch_size=cfg.batch_size)
+    r = _throughput(step, seconds, warmup=3 if compile else 2, device=device)
+    how = ("compiled, " if compile else "") + (f"{precision} autocast, " if precision else "")
+    return _result(f"LDM step, {how}text encoder + U-Net, batch {cfg.batch_size}", "steps/s", r["per_s"],
+                   params_ours=count_parameters(mods), batch_size=cfg.batch_size,    # compiled: FLOPs as eager
+                   **(perf_columns(step, r["per_s"], device) if not compile else {"calls_per_s": r["per_s"]}))
 
 
 def bench_unet_matched(profile: str | Profile | None = None, seconds: float = DEFAULT_SECONDS,
@@ -282,7 +295,8 @@ def bench_unet_matched(profile: str | Profile | None = None, seconds: float = DE
         theirs_step = make_step(theirs, peer_unet_fn(theirs, cfg.coord_channels))
     a, b = _compare(ours_step, theirs_step, seconds, warmup=2, device=device, rounds=rounds)
     return _result(f"U-Net step, MSE + AdamW (matched), batch {B}", "steps/s", a, b, count_parameters(ours),
-                   None if theirs is None else count_parameters(theirs), batch_size=B)
+                   None if theirs is None else count_parameters(theirs), batch_size=B,
+                   **perf_columns(ours_step, a, device, theirs_step, b))
 
 
 def bench_ddim(profile: str | Profile | None = None, seconds: float = DEFAULT_SECONDS,
@@ -327,7 +341,8 @@ def bench_ddim(profile: str | Profile | None = None, seconds: float = DEFAULT_SE
         theirs(2)
     a, b = _compare(ours, theirs, seconds, warmup=0, device=device, rounds=rounds)
     return _result(f"DDIM-{steps} sampling, guidance {s:g}, batch {B}, incl. decoding", "images/s", a * B,
-                   None if b is None else b * B, count_parameters(ldm.unet), params_theirs, batch_size=B)
+                   None if b is None else b * B, count_parameters(ldm.unet), params_theirs, batch_size=B,
+                   **perf_columns(ours, a, device, theirs, b))
 
 
 # --- Everything, as a table ---------------------------------------------------------------------------------
@@ -358,11 +373,14 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 def run_bench(profile: str | Profile | None = None, device: str | torch.device | None = None,
               seconds: float = DEFAULT_SECONDS, peer: bool = True, sample_batch: int | None = None,
               steps: int = 50, random_lpips: bool | None = None, lpips_download: bool = True,
-              rounds: int = DEFAULT_ROUNDS, log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run every measurement; returns {"profile", "machine", "seconds", "rows": [dict per row], "wall_s"}.
+              rounds: int = DEFAULT_ROUNDS, log: Callable[[str], None] | None = print, peak: float | None = None,
+              compile: bool = False) -> dict[str, Any]:
+    """Run every measurement; returns {"profile", "machine", "seconds", "peak_tflops", "rows": [dict per row], …}.
 
     peer=True compares with diffusers when it is installed (a notice otherwise). The full autoencoder row
-    needs LPIPS backbone weights or `random_lpips=True`; without either it is reported as skipped.
+    needs LPIPS backbone weights or `random_lpips=True`; without either it is reported as skipped. `peak`:
+    the device's peak TFLOP/s for the share-of-peak column (default: flops.PEAKS by GPU name; none on CPU).
+    compile=True adds a row with the compiled U-Net (minutes of compiling on a CPU).
     """
     if not seconds > 0 or steps < 1 or rounds < 1 or (sample_batch is not None and sample_batch < 1):
         raise ValueError(f"need seconds > 0, steps >= 1, rounds >= 1 and sample_batch >= 1; got seconds={seconds}, "
@@ -373,11 +391,12 @@ def run_bench(profile: str | Profile | None = None, device: str | torch.device |
         say("diffusers is not installed: the peer columns stay empty (pip install 'minildm[peer]')")
         peer = False
     t0 = time.perf_counter()
+    peak = peak or peak_tflops(device, autocast_dtype(device))
     out = {"profile": p.name, "machine": machine_info(device), "seconds": seconds, "rounds": rounds, "peer": peer,
-           "rows": []}
+           "peak_tflops": peak, "rows": []}
 
     def add(row: dict[str, Any]) -> None:
-        out["rows"].append(row)
+        out["rows"].append(with_peak(row, peak))
         say(f"  measured: {_format_row(row)}")
 
     kw = dict(profile=p, seconds=seconds, device=device)
@@ -389,10 +408,16 @@ def run_bench(profile: str | Profile | None = None, device: str | torch.device |
         add(_result("autoencoder step, L1 + LPIPS + KL", "steps/s", None,
                     skipped="LPIPS backbone weights missing; rerun with --random-lpips"))
     add(bench_autoencoder_matched(**kw, peer=peer, rounds=rounds))
-    add(bench_ldm_step(**kw))
+    add(ldm_row := bench_ldm_step(**kw))
+    if device.type == "cpu":              # a bf16-capable GPU runs bf16 by default; on the CPU fp32 is the default
+        add(bench_ldm_step(**kw, precision="bf16"))
+    if compile:
+        row = bench_ldm_step(**kw, compile=True)
+        add(with_flops(row, ldm_row["flops"]) if row else _result("LDM step, compiled", "steps/s", None,
+                                                                   skipped="torch.compile is not supported here"))
     add(bench_unet_matched(**kw, peer=peer, rounds=rounds))
     add(bench_ddim(**kw, batch_size=sample_batch, steps=steps, peer=peer, rounds=rounds))
-    out["wall_s"] = time.perf_counter() - t0
+    out["wall_s"], out["max_rss"] = time.perf_counter() - t0, max_rss_bytes()
     return out
 
 
@@ -410,7 +435,7 @@ def _format_row(r: dict[str, Any], width: int = 55) -> str:
     ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
     ours = "skipped" if r.get("skipped") else _num(r["ours"])
     return (f"{r['what']:<{width}} {r['unit']:>9} {ours:>9} {_num(r['diffusers']):>9} {ratio:>7}  "
-            f"{_params(r['params_ours']):>8} / {_params(r['params_diffusers'])}")
+            f"{_params(r['params_ours']):>8} / {_params(r['params_diffusers']):<8} {format_perf(r)}")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -422,11 +447,13 @@ def format_table(result: dict[str, Any]) -> str:
         f"{m['torch_threads']} torch threads of {m['cpu_count']} CPUs, diffusers {m['diffusers'] or 'not installed'}",
     ]
     width = max([len(r["what"]) for r in result["rows"]] + [4])
-    lines.append(f"{'what':<{width}} {'unit':>9} {'ours':>9} {'diffusers':>9} {'ratio':>7}  params ours / diffusers")
+    lines.append(f"{'what':<{width}} {'unit':>9} {'ours':>9} {'diffusers':>9} {'ratio':>7}  params ours / diffusers "
+                 f"{PERF_HEADER}")
     lines += [_format_row(r, width) for r in result["rows"]]
     lines.append(f"ratio = ours / diffusers as throughputs (> 1: minildm is faster); best of {result['rounds']} "
                  f"alternating rounds, {result['seconds']:g} s per measurement; random weights; "
                  f"wall {result.get('wall_s', float('nan')):.0f} s")
+    lines.append(perf_footer(result))
     return "\n".join(lines)
 
 

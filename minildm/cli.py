@@ -123,7 +123,8 @@ def _training_commands(add) -> None:
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
 
-    p = add("bench-ae", commands.cmd_bench_ae, "train an autoencoder for N minutes on Shapes, report PSNR/SSIM/LPIPS")
+    p = add("bench-ae", commands.cmd_bench_ae, "train an autoencoder for N minutes on Shapes, report PSNR/SSIM/LPIPS "
+                                               "and shape fidelity by shape and size")
     _common(p, "profile", "device", "random-lpips")
     p.add_argument("--kind", choices=("kl", "vq"), default="kl")
     p.add_argument("--minutes", type=_positive_float, default=10.0)
@@ -178,6 +179,12 @@ def _study_commands(add) -> None:
                    help="use a random LPIPS backbone when the pretrained one is not available (speed is the same)")
     p.add_argument("--offline", action="store_true", help="never download LPIPS weights")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
+    p.add_argument("--peak-tflops", type=_positive_float, default=None, help="the device's peak for the %% of peak "
+                   "column (default: the datasheet value of a known GPU; none on CPU)")
+    p.add_argument("--compile", action="store_true", help="add a row with the compiled U-Net (compiling takes minutes)")
+    p.add_argument("--plan", default=None, metavar="PROFILE", help="measure nothing: predict PROFILE's course training "
+                   "time from counted FLOPs at --assume-util of --peak-tflops (default: an H100's bf16 peak)")
+    p.add_argument("--assume-util", type=_positive_float, default=None, help="assumed share of the peak for --plan")
 
     p = add("train-evaluator", commands.cmd_train_evaluator, "train the Shapes evaluator (Shapes-FID features, prompt accuracy)")
     p.add_argument("--out", default=str(DEFAULT_EVALUATOR_PATH), help="checkpoint path (default: %(default)s)")

@@ -9,26 +9,31 @@ import argparse
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from . import __version__, pretrained
+from .autoencoder import load_autoencoder
 from .bench import bench_autoencoder, bench_ddim, bench_ldm_step, format_table, machine_info, run_bench
 from .course import REPO_ROOT, RESULTS_DIR
 from .course_run import run_course, self_check
 from .data import ShapesDataset, benchmark, make_dataset
 from .demo import run_demo
+from .distributed import main_process
 from .evaluator import train_evaluator
 from .experiments import DEFAULT_CHECKPOINT, EXPERIMENTS, ExperimentBudget, run_experiment
+from .flops import ASSUMED_UTILIZATION, H100_BF16_TFLOPS, format_plan, plan_profile
 from .ldm import LatentDiffusion
 from .profiles import PROFILES, default_profile_name, get_profile
 from .results import experiment_markdown
+from .shape_fidelity import autoencoder_shape_fidelity, fidelity_lines
 from .shapes import NUM_CLASSES, class_name, parse_layout
 from .shapes_eval import evaluate_text_ldm, text_report
 from .student import write_student_edition
-from .train import train_autoencoder, train_ldm
+from .train import AE_CHECKPOINT, train_autoencoder, train_ldm
 from .utils import get_device
 from .viz import image_grid, save_figure
 
@@ -82,14 +87,19 @@ def cmd_train_ae(args: argparse.Namespace) -> int:
                           steps=args.steps, random_lpips=True if args.random_lpips else None, resume=not args.no_resume,
                           dataset=train, val_dataset=val)
     vals = [h["val_psnr"] for h in r["history"] if "val_psnr" in h]
-    print(f"trained to step {r['step']}; checkpoint {r['path']}" + (f"; val PSNR {vals[-1]:.2f} dB" if vals else ""))
+    if main_process():
+        print(f"trained to step {r['step']}; checkpoint {r['path']}" + (f"; val PSNR {vals[-1]:.2f} dB" if vals else ""))
     return 0
 
 
 def cmd_bench_ae(args: argparse.Namespace) -> int:
-    for line in bench_autoencoder(args.profile, args.kind, args.minutes, args.out, args.device,
+    out = args.out or tempfile.mkdtemp(prefix=f"minildm-bench-ae-{args.kind}-")
+    for line in bench_autoencoder(args.profile, args.kind, args.minutes, out, args.device,
                                   True if args.random_lpips else None, progress=not args.no_progress):
         print(line)
+    ae = load_autoencoder(os.path.join(out, AE_CHECKPOINT), device=args.device)     # small shapes: issue 15
+    fidelity = autoencoder_shape_fidelity(ae, resolution=get_profile(args.profile).data.resolution)
+    print("\n".join(fidelity_lines(fidelity)))
     return 0
 
 
@@ -104,7 +114,8 @@ def cmd_train_ldm(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/ldm-{profile.name}-{cond or profile.ldm.cond}")
     r = train_ldm(profile, args.autoencoder, out, cond=cond, device=args.device, steps=args.steps,
                   max_minutes=args.minutes, resume=not args.no_resume, seed=args.seed, dataset=data)
-    print(f"trained {r['step']} steps in {r['minutes']:.1f} min; checkpoint: {r['path']}")
+    if main_process():
+        print(f"trained {r['step']} steps in {r['minutes']:.1f} min; checkpoint: {r['path']}")
     return 0
 
 
@@ -156,6 +167,7 @@ def cmd_evaluate_ldm(args: argparse.Namespace) -> int:
     print(f"{args.checkpoint}: DDIM-{args.steps}, η={args.eta}, guidance {args.guidance}, {args.n} prompts per type "
           f"(judged by the Shapes evaluator; all conditions must hold)")
     print("\n".join(text_report(r, args.n)))
+    print("  " + "\n  ".join(fidelity_lines(autoencoder_shape_fidelity(ldm.autoencoder, resolution=ldm.resolution))))
     print(f"  ({time.time() - t0:.0f} s)")
     return 0
 
@@ -171,9 +183,14 @@ def cmd_bench_ldm(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.plan:
+        print(format_plan(plan_profile(args.plan, args.peak_tflops or H100_BF16_TFLOPS,
+                                       args.assume_util or ASSUMED_UTILIZATION)))
+        return 0
     result = run_bench(args.profile, args.device, seconds=args.seconds, peer=not args.no_peer,
                        sample_batch=args.sample_batch, steps=args.steps,
-                       random_lpips=True if args.random_lpips else None, lpips_download=not args.offline)
+                       random_lpips=True if args.random_lpips else None, lpips_download=not args.offline,
+                       peak=args.peak_tflops, compile=args.compile)
     print(format_table(result))
     if args.json:
         path = Path(args.json)

@@ -122,16 +122,18 @@ class ShapesDataset(torch.utils.data.Dataset):
                 "tokens": b["tokens"][0], "label": int(b["label"][0]), "layout": b["layout"][0],
                 "objects": [o.to_dict(self.resolution) for o in s.objects], "relation": s.relation}
 
-    def random_batches(self, batch_size: int, seed: int = 0, start: int = 0,
-                       device: torch.device | str | None = None) -> Iterator[dict]:
+    def random_batches(self, batch_size: int, seed: int = 0, start: int = 0, device: torch.device | str | None = None,
+                       rows: slice | None = None) -> Iterator[dict]:
         """Endless random training batches; batch k depends only on (seed, k), so a resumed run passes
-        `start=k` and sees exactly the batches an uninterrupted run would have seen."""
+        `start=k` and sees exactly the batches an uninterrupted run would have seen. `rows`: render only these
+        rows of every batch (one process's share, distributed.py)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         k = start
         while True:
             g = torch.Generator().manual_seed(seed * 1_000_003 + k)
-            yield self.batch(torch.randint(self.size, (batch_size,), generator=g), device)
+            idx = torch.randint(self.size, (batch_size,), generator=g)
+            yield self.batch(idx[rows if rows is not None else slice(None)], device)
             k += 1
 
 

@@ -336,6 +336,10 @@ class GaussianDiffusion:
         return self.sqrt_one_minus_alpha_bar[t_flat].clone()
 
     # ---- training ----------------------------------------------------------------------------------
+    def draw_timesteps(self, batch: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+        """t ~ Uniform{0, …, T−1} for a batch: in range by construction, drawn on the generator's device."""
+        return randint(self.num_timesteps, (batch,), generator, device)
+
     def training_loss(
         self,
         model_fn: ModelFn,
@@ -363,8 +367,8 @@ class GaussianDiffusion:
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         batch = x0.shape[0]
-        if t is None:  # t ~ Uniform{0, …, T−1}: in range by construction, drawn on the generator's device
-            t = randint(self.num_timesteps, (batch,), generator, x0.device)
+        if t is None:
+            t = self.draw_timesteps(batch, generator, x0.device)
         else:
             t = self.check_timesteps(t, batch, x0.device)
         if noise is None:

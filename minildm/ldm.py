@@ -33,6 +33,7 @@ from .checkpoint import config_from_dict, load_checkpoint
 from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder
 from .diffusion import PREDICTION_TYPES, GaussianDiffusion
 from .samplers import ddim_invert, ddim_sample, ddpm_sample, img2img as ddim_img2img
+from .speed import autocast, precision_dtype
 from .tokenizer import WordTokenizer
 from .unet import UNet
 from .utils import get_device, randn
@@ -241,18 +242,28 @@ class LatentDiffusion(nn.Module):
 
     # ------------------------------------------------------------------ the denoiser
     def model_fn(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict | None) -> torch.Tensor:
-        """ε_θ(z_t, t, c) with c a dict of U-Net arguments: the callable every sampler takes."""
-        return self.unet(x_t, t, **(cond or {}))
+        """ε_θ(z_t, t, c) with c a dict of U-Net arguments: the callable every sampler takes (fp32 out, also
+        under bf16 autocast, so that the sampler's arithmetic stays fp32)."""
+        return self.unet(x_t, t, **(cond or {})).float()
 
     def training_step(self, z0: torch.Tensor, raw: torch.Tensor | None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """One L_simple evaluation on scaled latents z0, with conditioning dropout for classifier-free guidance."""
+                      generator: torch.Generator | None = None, rows: slice | None = None) -> torch.Tensor:
+        """One L_simple evaluation on scaled latents z0, with conditioning dropout for classifier-free guidance.
+
+        `rows` (data parallelism): draw the dropout, t and ε for the whole batch, as one process would, then
+        compute the loss of these rows only; the mean of the processes' losses (and gradients) over equal shares
+        of the batch is the one-process loss (and gradient)."""
+        if raw is not None and self.cond_mode != "none" and self.config.cond_drop_prob > 0 and self.cond_mode != "sr":
+            raw = self.cond_encoder.drop(raw, self.config.cond_drop_prob, generator)
+        t = noise = None
+        if rows is not None:                                  # the draws training_loss would make, in its order
+            t = self.diffusion.draw_timesteps(z0.shape[0], generator, z0.device)[rows]
+            noise = randn(z0.shape, generator, z0.device, z0.dtype)[rows]
+            z0, raw = z0[rows], raw[rows] if raw is not None else None
         cond = None
         if raw is not None and self.cond_mode != "none":
-            if self.config.cond_drop_prob > 0 and self.cond_mode != "sr":
-                raw = self.cond_encoder.drop(raw, self.config.cond_drop_prob, generator)
             cond = self.encode_condition(raw, tuple(z0.shape[-2:]))
-        return self.diffusion.training_loss(self.model_fn, z0, cond, generator=generator,
+        return self.diffusion.training_loss(self.model_fn, z0, cond, t=t, noise=noise, generator=generator,
                                             weighting=self.config.loss_weighting)
 
     # ------------------------------------------------------------------ sampling
@@ -262,14 +273,16 @@ class LatentDiffusion(nn.Module):
                sampler: str = "ddim", generator: torch.Generator | None = None,
                callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                return_intermediates: bool = False, x_T: torch.Tensor | None = None,
-               decode: bool = True, spacing: str = "trailing") -> Any:
+               decode: bool = True, spacing: str = "trailing", precision: str = "fp32") -> Any:
         """Draw images for conditioning inputs `raw` (or `num_samples` unconditional ones) with DDIM or DDPM
         (DDIM: `steps` timesteps chosen by `spacing`, samplers.ddim_timesteps; DDPM: all T, `steps` unused).
 
         Classifier-free guidance: ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)); s = 1 is purely conditional.
         Returns images in [-1, 1] (or latents with decode=False); with return_intermediates, also the trajectory.
+        `precision` "bf16"/"auto" runs the denoiser under autocast (speed.py); the latents and decoding stay fp32.
         """
         self._check_scale()
+        amp = precision_dtype(self.scale_factor.device, precision)
         steps = self.config.sample_steps if steps is None else steps
         guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
         if self.cond_mode == "none":
@@ -287,13 +300,15 @@ class LatentDiffusion(nn.Module):
         kwargs = dict(cond=cond, uncond=uncond, guidance_scale=guidance_scale, generator=generator,
                       x_T=x_T, callback=callback, return_intermediates=return_intermediates,
                       device=self.scale_factor.device)
-        if sampler == "ddim":
-            out = ddim_sample(self.model_fn, self.diffusion, shape, steps=steps, eta=eta, spacing=spacing, **kwargs)
-        elif sampler == "ddpm":
-            out = ddpm_sample(self.model_fn, self.diffusion, shape, **kwargs)
-        else:
+        if sampler not in ("ddim", "ddpm"):
             raise ValueError(f"unknown sampler {sampler!r}; expected 'ddim' or 'ddpm'")
+        with autocast(self.scale_factor.device, amp):
+            if sampler == "ddim":
+                out = ddim_sample(self.model_fn, self.diffusion, shape, steps=steps, eta=eta, spacing=spacing, **kwargs)
+            else:
+                out = ddpm_sample(self.model_fn, self.diffusion, shape, **kwargs)
         z, trajectory = out if return_intermediates else (out, None)
+        z = z.float()
         result = self.decode(z) if decode else z
         return (result, trajectory) if return_intermediates else result
 

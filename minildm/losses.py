@@ -304,10 +304,13 @@ class AutoencoderLoss(nn.Module):
         logs.update(rec=rec.detach(), reg=reg.detach(), g=g.detach(), d_weight=lam.detach())
         return loss, logs
 
-    def discriminator_loss(self, x: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_D on real x and detached x̃ (so the D step never sends gradients into the autoencoder)."""
-        logits_real = self.discriminator(x.detach().float())
-        logits_fake = self.discriminator(recon.detach().float())
+    def discriminator_loss(self, x: torch.Tensor, recon: torch.Tensor, discriminator: nn.Module | None = None
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_D on real x and detached x̃ (so the D step never sends gradients into the autoencoder).
+        `discriminator`: the same discriminator wrapped for several processes (DDP), if it is."""
+        disc = self.discriminator if discriminator is None else discriminator
+        logits_real = disc(x.detach().float())
+        logits_fake = disc(recon.detach().float())
         d = self.d_loss_fn(logits_real, logits_fake)
         return d, {"d_loss": d.detach(), "logits_real": logits_real.mean().detach(),
                    "logits_fake": logits_fake.mean().detach()}

@@ -21,6 +21,7 @@ import torch
 from .autoencoder import AEConfig
 from .data import DataConfig
 from .ldm import LDMConfig
+from .speed import SpeedConfig
 
 __all__ = ["Profile", "PROFILES", "get_profile", "default_profile_name", "PROFILE_ENV", "ExperimentBudget",
            "BUDGETS"]
@@ -30,19 +31,21 @@ PROFILE_ENV = "MINILDM_PROFILE"
 
 @dataclass(frozen=True)
 class Profile:
-    """A named preset: the data, the autoencoder (first stage) and the latent diffusion model (second stage)."""
+    """A named preset: the data, the autoencoder (first stage), the latent diffusion model (second stage) and how
+    fast their training runs (precision, compile, time caps: speed.SpeedConfig; never what it computes)."""
 
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     ae: AEConfig = field(default_factory=AEConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def replace(self, **sections) -> "Profile":
         """A copy with some fields changed: `p.replace(ae={"steps": 10})`."""
         changes = {}
         for section, values in sections.items():
-            if section not in ("data", "ae", "ldm"):
-                raise ValueError(f"unknown profile section {section!r}; expected 'data', 'ae' or 'ldm'")
+            if section not in ("data", "ae", "ldm", "speed"):
+                raise ValueError(f"unknown profile section {section!r}; expected 'data', 'ae', 'ldm' or 'speed'")
             changes[section] = dataclasses.replace(getattr(self, section), **values)
         return dataclasses.replace(self, **changes)
 
@@ -71,11 +74,19 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         name="gpu",
+        # bf16 autocast, compiled U-Net and autoencoder, NHWC, TF32 (speed.py); not yet measured on a GPU. The caps
+        # keep the course's five models within 2 + 4 × 2.75 = 13 minutes of training on a slower GPU.
+        speed=SpeedConfig(precision="auto", compile=True, channels_last=True, tf32=True, ae_minutes=2.0,
+                          ldm_minutes=2.75),
         data=DataConfig(resolution=32, train_size=200_000),
-        ae=AEConfig(ch=64, ch_mult=(1, 2, 4), num_res_blocks=2, lpips_net="vgg", steps=20_000, batch_size=64,
-                    lr=2e-4, disc_ndf=64, disc_start=10_000, ema_decay=0.999),
+        # Sized by counted FLOPs, not yet measured (`minildm bench --plan gpu`, flops.py): one H100, an ASSUMED
+        # 20 % of its 989 TFLOP/s bf16 peak and >= 8 µs per launched op; predicted minutes: autoencoder 1.1,
+        # LDMs text 2.8, class 2.0, layout 2.6, sr 2.0: 10.4 for the course's five models, 15 the promise.
+        # The LDM steps are launch-bound (~1,000-1,500 ops each), so batch 256 costs little more than 128.
+        ae=AEConfig(ch=64, ch_mult=(1, 2, 4), num_res_blocks=2, lpips_net="vgg", steps=8_000, batch_size=64,
+                    lr=2e-4, disc_ndf=64, disc_start=4_000, ema_decay=0.999),
         ldm=LDMConfig(model_channels=128, channel_mult=(1, 2, 2), num_res_blocks=2, context_dim=128,
-                      text_layers=4, steps=50_000, batch_size=128, ema_decay=0.9999,
+                      text_layers=4, steps=14_000, batch_size=256, cache_size=50_000, ema_decay=0.999,
                       prediction_type="v_prediction", coord_channels=True),
     ),
 }

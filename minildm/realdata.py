@@ -79,10 +79,11 @@ class _BatchingDataset(Dataset):
                 out[key] = values
         return out
 
-    def random_batches(self, batch_size: int, seed: int = 0, start: int = 0,
-                       device: torch.device | str | None = None) -> Iterator[dict]:
+    def random_batches(self, batch_size: int, seed: int = 0, start: int = 0, device: torch.device | str | None = None,
+                       rows: slice | None = None) -> Iterator[dict]:
         """Endless shuffled batches, each epoch a fresh permutation; batch k depends only on (seed, k), so a
-        resumed run passes `start=k` and sees what an uninterrupted run would have seen."""
+        resumed run passes `start=k` and sees what an uninterrupted run would have seen. `rows`: only these rows
+        of every batch (one process's share, distributed.py)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         n = len(self)
@@ -96,7 +97,7 @@ class _BatchingDataset(Dataset):
                 g = torch.Generator().manual_seed(seed * 1_000_003 + k // per_epoch)
                 j = (k % per_epoch) * batch_size
                 idx = torch.randperm(n, generator=g)[j:j + batch_size]
-            yield self.batch(idx.tolist(), device=device)
+            yield self.batch(idx[rows if rows is not None else slice(None)].tolist(), device=device)
             k += 1
 
 

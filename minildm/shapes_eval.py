@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import defaultdict
 from typing import Any, Sequence
 
 import torch
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from .data import ShapesDataset
 from .evaluator import ShapesEvaluator, _get_evaluator, detect_objects, predict_cells, split_logits
 from .probes import INFLUENCE_PAIRS, word_influence
+from .shape_fidelity import accuracy_by, by_shape_and_size, count_by_sizes, shape_size_lines
 from .conditioning import LowResConcat
 from .metrics import fid_from_features, metrics_from_features, psnr
 from .shapes import COLOR_NAMES, GRID, SHAPES, parse_caption, relation_holds, render_scenes, scene_from_caption
@@ -169,7 +169,8 @@ def prompt_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator: Sh
     """Fraction of images in which EVERY condition of their prompt holds (shape, color, size of each object,
     its position or the relation between the two), read by the Shapes evaluator; with `exact_count` the
     image must also hold exactly as many objects as the prompt names. Broken down by prompt type
-    ("one_object", "two_objects_relation", "objects_with_positions") and by attribute; "correct" is (N,) bool.
+    ("one_object", "two_objects_relation", "objects_with_positions") and by attribute; "correct" is (N,) bool,
+    "count_ok" (N,) bool, "objects" per prompt per prompt object which of its conditions hold.
     """
     if isinstance(captions, str):
         raise TypeError("prompt_accuracy expects one caption per image (a list of strings), got a single string")
@@ -177,10 +178,11 @@ def prompt_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator: Sh
         raise ValueError(f"got {len(images)} images but {len(captions)} captions; pass one caption per image")
     prompts = [parse_caption(c) for c in captions]
     seen = detect_objects(images, evaluator)
-    correct, types = [], []
+    correct, types, objects = [], [], []
     tallies: dict[str, list[bool]] = {a: [] for a in ("shape", "color", "size", "position", "relation", "count")}
     for p, s in zip(prompts, seen):
         per, holds = _match(p, s)
+        objects.append(per)
         for c in per:
             for a, ok in c.items():
                 tallies[a].append(ok)
@@ -198,7 +200,8 @@ def prompt_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator: Sh
         if sel.any():
             by_type[name] = {"accuracy": float(correct_t[sel].float().mean()), "n": int(sel.sum())}
     return {"accuracy": float(correct_t.float().mean()), "n": len(correct), "by_type": by_type,
-            "by_attribute": {a: sum(v) / len(v) for a, v in tallies.items() if v}, "correct": correct_t}
+            "by_attribute": {a: sum(v) / len(v) for a, v in tallies.items() if v}, "correct": correct_t,
+            "count_ok": torch.tensor(tallies["count"], dtype=torch.bool), "objects": objects}
 
 
 def class_accuracy(images: torch.Tensor, labels: torch.Tensor | Sequence[int],
@@ -337,23 +340,14 @@ def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_s
     return rows
 
 
-def accuracy_by(captions: Sequence[str], correct: torch.Tensor, attributes: Sequence[str] = ("size", "shape")
-                ) -> dict[str, float]:
-    """Accuracy of one-object prompts grouped by the prompt's attributes, e.g. {"small star": 0.9, …}."""
-    groups: dict[str, list[bool]] = defaultdict(list)
-    for caption, ok in zip(captions, correct.tolist()):
-        obj = parse_caption(caption)["objects"][0]
-        groups[" ".join(obj[a] for a in attributes)].append(bool(ok))
-    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
-
-
 @torch.no_grad()
 def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps: int = 50, seed: int = 0,
                       batch_size: int = 100, fid: bool = True, eta: float = 0.0,
                       word_pairs: Sequence[tuple[str, str]] = INFLUENCE_PAIRS) -> dict[str, Any]:
     """What `minildm evaluate-ldm` prints: prompt accuracy on n one-object and n two-object test captions
-    (judged by the Shapes evaluator; one-object also by size and shape), Shapes-FID of n mixed test captions
-    with its unpaired floor (`evaluate_text_model`), and `word_influence` for one word pair per attribute."""
+    (judged by the Shapes evaluator), per prompt type also by the shape and size asked for ("by_shape_and_size":
+    prompt and shape accuracy, n) and the count by the sizes asked for ("count_by_sizes"), Shapes-FID of n mixed
+    test captions with its unpaired floor (`evaluate_text_model`), and `word_influence` per attribute."""
     _require_text(ldm, "evaluate_text_ldm")
     out: dict[str, Any] = {}
     for label, objects in (("one_object", 1), ("two_objects", 2)):
@@ -361,7 +355,9 @@ def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps
         images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size)
         acc = prompt_accuracy(images, captions)
         out[label] = {"accuracy": float(acc["accuracy"]),
-                      "by_attribute": {k: float(v) for k, v in acc["by_attribute"].items()}}
+                      "by_attribute": {k: float(v) for k, v in acc["by_attribute"].items()},
+                      "by_shape_and_size": by_shape_and_size(captions, acc["objects"], acc["correct"]),
+                      "count_by_sizes": count_by_sizes(captions, acc["count_ok"])}
         if objects == 1:
             out[label]["by_size_and_shape"] = accuracy_by(captions, acc["correct"])
     if fid:
@@ -376,19 +372,24 @@ def text_report(r: dict[str, Any], n: int) -> list[str]:
     for kind in ("one_object", "two_objects"):
         attrs = ", ".join(f"{k} {v:.1%}" for k, v in r[kind]["by_attribute"].items())
         lines.append(f"  {kind:12s} prompt accuracy {r[kind]['accuracy']:.1%}  ({attrs})")
-    groups = r["one_object"]["by_size_and_shape"]
-    lines.append("  one-object prompt accuracy by size and shape: "
-                 + ", ".join(f"{k} {v:.0%}" for k, v in groups.items()))
+    lines.append("  one-object prompts by the shape and size asked for: prompt accuracy / shape accuracy (n prompts)")
+    lines += shape_size_lines(r["one_object"]["by_shape_and_size"])
+    c = r["two_objects"]["count_by_sizes"]
+    lines.append(f"  two-object prompts: count (two separate objects seen) {c['all']['count']:.1%} (goal ≥ 95 %); "
+                 + ", ".join(f"{k} {v['count']:.0%} (n={v['n']})" for k, v in c.items() if k != "all"))
+    lines.append("  two-object prompts, shape accuracy per object by the shape and size asked for (n objects):")
+    lines += shape_size_lines(r["two_objects"]["by_shape_and_size"], ("shape",))
     if "fid" in r:
         m = r["fid"]
         lines.append(f"  Shapes-FID {m['fid']:.2f} against independent test images (unpaired; the real-vs-real floor "
                      f"of that protocol is {m['fid_floor']:.2f} at n={n}), precision {m['precision']:.3f}, "
                      f"recall {m['recall']:.3f}")
-    ts = [row["t"] for row in next(iter(r["word_influence"].values()))]
-    lines.append("  word influence (0: the word is ignored, 1: it alone decides x̂_0) at t = "
-                 + ", ".join(map(str, ts)) + ":")
-    for pair, rows in r["word_influence"].items():
-        lines.append(f"    {pair:14s} " + "  ".join(f"{row['influence']:5.2f}" for row in rows))
+    if r.get("word_influence"):
+        ts = [row["t"] for row in next(iter(r["word_influence"].values()))]
+        lines.append("  word influence (0: the word is ignored, 1: it alone decides x̂_0) at t = "
+                     + ", ".join(map(str, ts)) + ":")
+        for pair, rows in r["word_influence"].items():
+            lines.append(f"    {pair:14s} " + "  ".join(f"{row['influence']:5.2f}" for row in rows))
     return lines
 
 

@@ -1,7 +1,7 @@
 """Training both stages of the paper with one loop (LDM Sec. 3.1-3.2, 4; App. G).
 
-    fit(run, folder, steps)        the loop both stages share: resume, a time cap, a NaN guard, checkpoints
-                                   that are atomic and never hold diverged weights, a progress bar, and a
+    fit(run, folder, steps)        the loop both stages share (loop.py): resume, a time cap, a NaN guard,
+                                   atomic checkpoints that never hold diverged weights, a progress bar, a
                                    callback(step, record, run) after every step (for live plots in notebooks)
     AutoencoderTraining            one step of the first stage: generator step on the autoencoder
                                    (L_rec + L_reg + λ·L_GAN), then, from `disc_start` on, a discriminator step
@@ -11,7 +11,9 @@
     SampleSnapshots, loss_trend    watching a run: the same prompts and seed sampled at chosen steps; the loss trend
 
 Batch k of a run depends only on (seed, k), and the random state is stored in every checkpoint, so on the
-CPU a resumed run is bit-for-bit the run that was never interrupted.
+CPU a resumed run is bit-for-bit the run that was never interrupted. How fast a step runs (bf16, compile,
+channels-last, how often losses are read back) is the profile's `speed` section (speed.py); several processes
+started by torchrun each compute a share of every batch (distributed.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -29,124 +30,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .autoencoder import AEConfig, CHECKPOINT_KIND as AE_KIND, build_autoencoder, load_autoencoder
-from .checkpoint import (UnsafeWeightsError, check_config_matches, load_checkpoint, remove_stale_temporaries,
-                         rng_state, save_checkpoint, set_rng_state, to_plain, unsafe_tensors)
+from .checkpoint import load_checkpoint, save_checkpoint, to_plain, unsafe_tensors
 from .data import DataConfig, ShapesDataset
+from .distributed import Dist, setup_distributed, wrap_ddp
 from .ldm import CHECKPOINT_KIND as LDM_KIND, LatentDiffusion, LDMConfig, sample_latent
+from .loop import Callback, NonFiniteLossError, _positive_steps, check_finite, fit, guard
 from .losses import AutoencoderLoss
 from .metrics import reconstruction_psnr
 from .nn import EMA
 from .profiles import Profile, get_profile
-from .utils import autocast_dtype, fused_optimizer, get_device, seed_everything, warmup_cosine
+from .speed import SpeedConfig, apply_speed, autocast, precision_dtype, sync_interval
+from .utils import fused_optimizer, get_device, seed_everything, warmup_cosine
 from .viz import save_sample_grid
 
 __all__ = ["fit", "train_autoencoder", "train_ldm", "AutoencoderTraining", "LatentDiffusionTraining", "SampleSnapshots",
            "loss_trend", "NonFiniteLossError", "check_finite", "encode_cache", "AE_CHECKPOINT", "LDM_CHECKPOINT"]
 
 AE_CHECKPOINT, LDM_CHECKPOINT = "autoencoder.pt", "ldm.pt"
-Callback = Callable[[int, dict, Any], None]
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or inf; training stops before the update reaches the weights."""
-
-
-def check_finite(step: int, **losses: torch.Tensor | float) -> None:
-    """Raise NonFiniteLossError naming the step and the offending losses when any is NaN/inf."""
-    values = {k: float(v.detach().float().item() if torch.is_tensor(v) else v) for k, v in losses.items()}
-    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-    if bad:
-        raise NonFiniteLossError(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
-
-
-def _positive_steps(steps: Any, what: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{what} must be a positive number of training steps, got {steps!r}")
-    return steps
-
-
-# --- The loop both stages share -----------------------------------------------------------------------------
-
-
-def fit(run: Any, folder: str | os.PathLike, steps: int, *, max_minutes: float | None = None, resume: bool = True,
-        checkpoint_every: int = 0, eval_every: int = 0, callback: Callback | None = None,
-        progress: bool = True) -> dict[str, Any]:
-    """Train `run` (an AutoencoderTraining or LatentDiffusionTraining) to `steps` steps in `folder`.
-
-    Resumes from folder/<run.checkpoint_name> when `resume` and it exists (its config must match, except
-    run.resumable fields); stops after `max_minutes` of training (a checkpoint is written either way);
-    evaluates every `eval_every` steps and at the end (run.evaluate, e.g. validation PSNR); writes a
-    checkpoint every `checkpoint_every` steps and at the end; calls `callback(step, record, run)` after each
-    step. A NaN/inf loss stops training before the update; a checkpoint with NaN/inf or diverged weights is
-    never written. Returns {"path", "history", "step", "minutes", "stopped_early"}.
-    """
-    steps = _positive_steps(steps)
-    folder = Path(folder)
-    path = folder / run.checkpoint_name
-    remove_stale_temporaries(folder, run.checkpoint_name)      # left by writes that a kill interrupted
-    step, history, elapsed_before, saved_at = 0, [], 0.0, None
-    resumed = resume and path.is_file()
-    if resumed:
-        ckpt = load_checkpoint(path, map_location=run.device, kind=run.kind)
-        check_config_matches(ckpt["config"], run.config, what=run.what, ignore=run.resumable)
-        run.load_state(ckpt)
-        set_rng_state(ckpt["rng"])
-        step, history, elapsed_before = int(ckpt["step"]), list(ckpt["history"]), float(ckpt.get("elapsed", 0.0))
-        saved_at = step
-    run.start(step, steps, resumed)
-    start_step = step
-
-    def save() -> None:
-        nonlocal saved_at
-        state = {"kind": run.kind, **run.state_dict(), "step": step, "rng": rng_state(), "history": history,
-                 "elapsed": elapsed_before + time.perf_counter() - t0}
-        try:
-            save_checkpoint(state, path, weights=run.weight_keys)
-        except UnsafeWeightsError as e:
-            previous = f" The previous checkpoint is from step {saved_at}." if saved_at is not None else ""
-            raise UnsafeWeightsError(f"training diverged after step {step}: {e}{previous} Try a lower learning "
-                                     "rate.") from None
-        saved_at = step
-
-    t0 = time.perf_counter()
-    deadline = None if max_minutes is None else t0 + 60.0 * max_minutes
-    stopped_early = False
-    bar = tqdm(total=steps, initial=step, desc=run.name, disable=not progress, mininterval=1.0, dynamic_ncols=True)
-    while step < steps:
-        if deadline is not None and time.perf_counter() >= deadline:
-            stopped_early = True
-            break
-        try:
-            logs = run.step(step)
-        except NonFiniteLossError as e:
-            where = (f"the last checkpoint (step {saved_at}) at {path} is intact" if saved_at is not None
-                     else "no checkpoint was written before it")
-            raise NonFiniteLossError(f"{e}. Training stopped; {where}. {run.advice}") from None
-        step += 1
-        record = {"step": step, **{k: float(v) for k, v in logs.items()}}
-        if eval_every and (step % eval_every == 0 or step == steps):
-            record.update(run.evaluate())
-        history.append(record)
-        if checkpoint_every and step % checkpoint_every == 0:
-            save()
-        run.after_step(step, record)
-        if callback is not None:
-            callback(step, record, run)
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in run.shown}, refresh=False)
-    bar.close()
-    evaluated = eval_every and stopped_early and history and history[-1]["step"] == step \
-        and not _has_eval(history[-1], run)
-    if evaluated:
-        history[-1].update(run.evaluate())                       # stopped by the time cap: evaluate what we have
-    if step != start_step or evaluated or saved_at is None:      # a finished run that was only resumed writes nothing
-        save()
-    minutes = (elapsed_before + time.perf_counter() - t0) / 60
-    return {"path": path, "history": history, "step": step, "minutes": minutes, "stopped_early": stopped_early}
-
-
-def _has_eval(record: dict, run: Any) -> bool:
-    return any(k in record for k in run.eval_keys)
 
 
 # --- Stage 1: the autoencoder (Sec. 3.1, App. G) ------------------------------------------------------------
@@ -165,17 +65,23 @@ class AutoencoderTraining:
     weight_keys = ("state_dict", "discriminator", "ema")
     shown, eval_keys = ("loss", "l1", "lpips", "g", "d_loss", "val_psnr"), ("val_psnr",)
     advice = "Try a lower learning rate, fp32 instead of bf16, or check the input data."
+    guarded = ("loss", "d_loss")
 
     def __init__(self, config: AEConfig, data: DataConfig, device: torch.device, profile: str = "custom",
                  random_lpips: bool | None = None, lpips_download: bool = True,
-                 batches: Callable[[int], Iterator[dict]] | None = None, dataset: Any = None, val_dataset: Any = None):
+                 batches: Callable[[int], Iterator[dict]] | None = None, dataset: Any = None, val_dataset: Any = None,
+                 speed: SpeedConfig = SpeedConfig(), dist: Dist = Dist()):
         self.config, self.data, self.device, self.profile, self.batches = config, data, device, profile, batches
-        self.dataset, self.val_dataset = dataset, val_dataset
-        self.name = f"AE-{config.kind}"
+        self.dataset, self.val_dataset, self.speed, self.dist = dataset, val_dataset, speed, dist
+        self.name, self.sync_every = f"AE-{config.kind}", sync_interval(device, speed)
+        if dist.active and batches is not None:
+            raise ValueError("several processes need batches they can split: pass dataset=..., not batches=...")
         seed_everything(config.seed)
         self.model = build_autoencoder(config).to(device)
         self.loss_fn = AutoencoderLoss(config, lpips_download=lpips_download, random_backbone=random_lpips).to(device)
         self.disc = self.loss_fn.discriminator
+        apply_speed({"encoder": self.model.encoder, "decoder": self.model.decoder}, speed, device)
+        self.forward, self.disc_forward = wrap_ddp(self.model, dist, device), wrap_ddp(self.disc, dist, device)
         adam = dict(lr=config.lr, betas=(0.5, 0.9), **fused_optimizer(device))   # both as in the reference
         self.opt_ae = torch.optim.Adam(self.model.parameters(), **adam)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), **adam)
@@ -199,36 +105,39 @@ class AutoencoderTraining:
         cfg = self.config
         if self.batches is None:                   # batch k depends on (seed, k) only: resumable
             source = self.dataset if self.dataset is not None else ShapesDataset("train", config=self.data)
-            self.stream = source.random_batches(cfg.batch_size, seed=cfg.seed, start=step, device=self.device)
+            self.stream = source.random_batches(cfg.batch_size, seed=cfg.seed, start=step, device=self.device,
+                                                rows=self.dist.rows(cfg.batch_size))
         else:
             self.stream = self.batches(step)
         val = self.val_dataset if self.val_dataset is not None else ShapesDataset("val", config=self.data)
         n = min(cfg.val_images, len(val))
         b = cfg.batch_size
         self.val_images = [val.batch(range(i, min(i + b, n)))["image"] for i in range(0, n, b)]
-        amp = autocast_dtype(self.device)
-        self.autocast = lambda: torch.autocast(self.device.type, dtype=amp, enabled=amp is not None)
+        amp = precision_dtype(self.device, self.speed.precision)
+        self.autocast = lambda: autocast(self.device, amp)
         self.model.train()
         self.disc.train()
 
     def step(self, step: int) -> dict[str, Any]:
         cfg, x = self.config, next(self.stream)["image"].to(self.device)
+        if self.speed.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():                                     # 1. generator step: L_AE = L_rec + L_reg + λ·L_GAN
             if cfg.kind == "kl":
-                recon, posterior = self.model(x)
+                recon, posterior = self.forward(x)
                 reg = posterior.kl()                              # (B,)  KL summed over C, H, W
             else:
-                recon, reg, info = self.model(x)
+                recon, reg, info = self.forward(x)
         loss, logs = self.loss_fn.generator_loss(x, recon, reg, step, self.model.last_layer)
-        check_finite(step, loss=loss)
+        guard(self, step, loss=loss)
         self.opt_ae.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_ae.step()
         if self.ema is not None:
             self.ema.update(self.model)
         if self.loss_fn.gan_active(step):                         # 2. discriminator step (once the GAN is on)
-            d_loss, d_logs = self.loss_fn.discriminator_loss(x, recon)   # fp32, like every loss term
-            check_finite(step, d_loss=d_loss)
+            d_loss, d_logs = self.loss_fn.discriminator_loss(x, recon, self.disc_forward)   # fp32, like every loss
+            guard(self, step, d_loss=d_loss)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
@@ -248,6 +157,10 @@ class AutoencoderTraining:
     def after_step(self, step: int, record: dict) -> None:
         pass
 
+    def wants_record(self, step: int) -> bool:
+        """True when after_step needs this step's weights (so the loop reads its losses back now)."""
+        return False
+
 
 def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: str | os.PathLike,
                       device: str | torch.device | None = None, max_minutes: float | None = None,
@@ -255,7 +168,8 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
                       random_lpips: bool | None = None, lpips_download: bool = True, progress: bool = True,
                       data_config: DataConfig | None = None,
                       batches: Callable[[int], Iterator[dict]] | None = None,
-                      callback: Callback | None = None, dataset: Any = None, val_dataset: Any = None) -> dict[str, Any]:
+                      callback: Callback | None = None, dataset: Any = None, val_dataset: Any = None,
+                      speed: SpeedConfig | None = None) -> dict[str, Any]:
     """Train (or resume) the first-stage autoencoder in `out_dir` (Sec. 3.1 / App. G); returns fit()'s result,
     whose "history" has one record per step (`val_psnr` on validation steps).
 
@@ -263,12 +177,14 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
     kind / steps override the config; max_minutes stops early (a checkpoint is written either way);
     random_lpips opts into a random LPIPS backbone (None: $MINILDM_LPIPS_RANDOM_BACKBONE);
     batches: optional factory start_step -> iterator of {"image": (B,3,H,W)} batches (default: Shapes);
-    dataset / val_dataset: train and validate on these instead (data.make_dataset: MNIST, a folder of images).
+    dataset / val_dataset: train and validate on these instead (data.make_dataset: MNIST, a folder of images);
+    speed: precision, compile, time cap … (default: the profile's; speed.py). Started by torchrun: distributed.py.
     """
     if profile_or_cfg is None or isinstance(profile_or_cfg, str):
         profile_or_cfg = get_profile(profile_or_cfg)
     if isinstance(profile_or_cfg, Profile):
         cfg, data, name = profile_or_cfg.ae, profile_or_cfg.data, profile_or_cfg.name
+        speed = speed or profile_or_cfg.speed
     elif isinstance(profile_or_cfg, AEConfig):
         cfg, data, name = profile_or_cfg, DataConfig(), "custom"
     else:
@@ -278,8 +194,11 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
     if cfg.kind == "pixel":
         raise ValueError("kind='pixel' is the identity first stage (f = 1): it has nothing to train; pass "
                          "autoencoder.PixelSpace() to train_ldm directly")
-    run = AutoencoderTraining(cfg, data_config or data, get_device(device), name, random_lpips, lpips_download, batches,
-                              dataset, val_dataset if val_dataset is not None else dataset)
+    d, device, speed = *setup_distributed(get_device(device)), speed or SpeedConfig()
+    max_minutes = speed.ae_minutes if max_minutes is None else max_minutes
+    run = AutoencoderTraining(cfg, data_config or data, device, name, random_lpips, lpips_download, batches, dataset,
+                              val_dataset if val_dataset is not None else dataset, speed, d)
+    _announce(d, cfg.batch_size, cfg.lr, progress)
     return fit(run, out_dir, cfg.steps, max_minutes=max_minutes, resume=resume, checkpoint_every=cfg.val_every,
                eval_every=cfg.val_every if cfg.val_images > 0 else 0, callback=callback, progress=progress)
 
@@ -316,9 +235,10 @@ class LatentDiffusionTraining:
 
     def __init__(self, config: LDMConfig, data: DataConfig, autoencoder: str | os.PathLike | nn.Module,
                  device: torch.device, seed: int = 0, profile: str = "custom", folder: str | os.PathLike = ".",
-                 dataset: Any = None, progress: bool = True):
+                 dataset: Any = None, progress: bool = True, speed: SpeedConfig = SpeedConfig(), dist: Dist = Dist()):
         self.config, self.data, self.device, self.seed, self.profile = config, data, device, seed, profile
-        self.folder, self.name, self.progress = Path(folder), f"LDM ({config.cond})", progress
+        self.folder, self.name, self.progress = Path(folder), f"LDM ({config.cond})", progress and dist.main
+        self.speed, self.dist, self.sync_every = speed, dist, sync_interval(device, speed)
         seed_everything(seed)         # before the autoencoder is built: its init draws from the same RNG
         if not isinstance(autoencoder, nn.Module):
             autoencoder = load_autoencoder(autoencoder, device)
@@ -338,6 +258,9 @@ class LatentDiffusionTraining:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda k: warmup_cosine(k, config.warmup_steps, config.steps, cosine))
         self.ema = EMA(self.mods, config.ema_decay) if config.ema_decay > 0 else None
+        apply_speed({"U-Net": self.ldm.unet}, speed, device)
+        self.rows = dist.rows(config.batch_size)
+        self.loss_of = wrap_ddp(_TrainingLoss(self.ldm), dist, device) if dist.active else _TrainingLoss(self.ldm)
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.ldm.checkpoint_model(), "data_config": self.data, "profile": self.profile,
@@ -358,6 +281,7 @@ class LatentDiffusionTraining:
         if cfg.cache_size > 0 and step < steps:   # nothing to encode when the run is already complete
             self.cache = encode_cache(ldm, self.dataset, cfg.cache_size, 256, self.device, self.progress)
             _check_latents(self.cache["mean"], self.cache["std"])
+            self.cache = {k: v.to(self.device) for k, v in self.cache.items()}   # on the device: no copies per step
         if not resumed:                            # scale factor from the first training batch: 1/std(z)
             if self.cache is not None:
                 first = (self.cache["mean"][: cfg.batch_size].to(self.device),
@@ -369,8 +293,9 @@ class LatentDiffusionTraining:
             if not math.isfinite(scale):
                 raise ValueError(f"the latents of the first batch have std {1 / scale:.3g}, so the scale factor "
                                  "1/std(z) is not finite; is the autoencoder trained?")
-        amp = autocast_dtype(self.device)
-        self.autocast = lambda: torch.autocast(self.device.type, dtype=amp, enabled=amp is not None)
+        amp = precision_dtype(self.device, self.speed.precision)
+        self.autocast = lambda: autocast(self.device, amp)
+        self.scale = float(ldm.scale_factor)       # read once, not every step
         self.mods.train()
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Generator]:
@@ -378,28 +303,30 @@ class LatentDiffusionTraining:
         ldm, B, device = self.ldm, self.config.batch_size, self.device
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + k)
         if self.cache is not None:
-            idx = torch.randint(self.cache["mean"].shape[0], (B,), generator=g)
-            mean, std = self.cache["mean"][idx].to(device), self.cache["std"][idx].to(device)
-            raw = self.cache["raw"][idx].to(device) if ldm.cond_mode != "none" else None
+            idx = torch.randint(self.cache["mean"].shape[0], (B,), generator=g).to(device)
+            mean, std = self.cache["mean"][idx], self.cache["std"][idx]
+            raw = self.cache["raw"][idx] if ldm.cond_mode != "none" else None
         else:
             b = self.dataset.batch(torch.randint(len(self.dataset), (B,), generator=g), device=device)
             mean, std = ldm.latent_moments(b["image"])
             raw = ldm.raw_condition(b)
-        z0 = sample_latent(mean, std, g) * float(ldm.scale_factor)
+        z0 = sample_latent(mean, std, g) * self.scale
+        if self.speed.channels_last:
+            z0 = z0.contiguous(memory_format=torch.channels_last)
         return z0, raw, g
 
     def step(self, step: int) -> dict[str, Any]:
         z0, raw, g = self.batch(step)
         with self.autocast():
-            loss = self.ldm.training_step(z0, raw, generator=g)
-        check_finite(step, loss=loss)
+            loss = self.loss_of(z0, raw, g, self.rows)        # this process's rows (all of them with one)
+        guard(self, step, loss=loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.sched.step()
         if self.ema is not None:
             self.ema.update(self.mods)
-        return {"loss": loss.detach().item(), "lr": self.sched.get_last_lr()[0]}
+        return {"loss": loss.detach(), "lr": self.sched.get_last_lr()[0]}
 
     def evaluate(self) -> dict[str, float]:
         return {}
@@ -415,10 +342,25 @@ class LatentDiffusionTraining:
                 self.mods.train()
 
     def after_step(self, step: int, record: dict) -> None:
-        every = self.config.sample_every
-        if every and step % every == 0:
+        if self.wants_record(step) and self.dist.main:
             with self.ema_weights() as ldm:
                 save_sample_grid(ldm, self.folder / f"samples_{step:06d}.png", title=f"step {step} (EMA weights)")
+
+    def wants_record(self, step: int) -> bool:
+        """True when after_step needs this step's weights (so the loop reads its losses back now)."""
+        return bool(self.config.sample_every) and step % self.config.sample_every == 0
+
+
+class _TrainingLoss(nn.Module):
+    """LatentDiffusion.training_step as a module's forward, so that DDP can wrap it (distributed.py)."""
+
+    def __init__(self, ldm: LatentDiffusion):
+        super().__init__()
+        self.ldm = ldm
+
+    def forward(self, z0: torch.Tensor, raw: torch.Tensor | None, generator: torch.Generator,
+                rows: slice | None) -> torch.Tensor:
+        return self.ldm.training_step(z0, raw, generator=generator, rows=rows)
 
 
 def _check_latents(mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -430,12 +372,13 @@ def _check_latents(mean: torch.Tensor, std: torch.Tensor) -> None:
 def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn.Module, out_dir: str | os.PathLike,
               *, cond: str | None = None, device: str | torch.device | None = None, steps: int | None = None,
               max_minutes: float | None = None, resume: bool = True, seed: int = 0, progress: bool = True,
-              callback: Callback | None = None, dataset: Any = None) -> dict[str, Any]:
+              callback: Callback | None = None, dataset: Any = None, speed: SpeedConfig | None = None) -> dict[str, Any]:
     """Train (or resume) the latent diffusion model in `out_dir`; returns fit()'s result.
 
     `autoencoder` is a checkpoint path (train_autoencoder's autoencoder.pt) or a module; `cond` overrides the
     profile's conditioning mode; `steps` its step count; `max_minutes` stops early with a checkpoint;
-    `dataset` replaces the profile's Shapes training split (it must give what `cond` needs).
+    `dataset` replaces the profile's Shapes training split (it must give what `cond` needs); `speed` the profile's
+    speed section (speed.py). Started by torchrun: see distributed.py.
     """
     profile = get_profile(profile) if profile is None or isinstance(profile, str) else profile
     cfg = profile.ldm
@@ -443,10 +386,19 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
         cfg = dataclasses.replace(cfg, cond=cond)
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=_positive_steps(steps))
-    run = LatentDiffusionTraining(cfg, profile.data, autoencoder, get_device(device), seed, profile.name, out_dir,
-                                  dataset, progress)
+    d, device, speed = *setup_distributed(get_device(device)), speed or profile.speed
+    max_minutes = speed.ldm_minutes if max_minutes is None else max_minutes
+    run = LatentDiffusionTraining(cfg, profile.data, autoencoder, device, seed, profile.name, out_dir, dataset, progress,
+                                  speed, d)
+    _announce(d, cfg.batch_size, cfg.lr, progress)
     return fit(run, out_dir, cfg.steps, max_minutes=max_minutes, resume=resume,
                checkpoint_every=cfg.checkpoint_every, callback=callback, progress=progress)
+
+
+def _announce(d: Dist, batch_size: int, lr: float, progress: bool) -> None:
+    if d.active and d.main and progress:
+        print(f"{d.world} processes × {batch_size // d.world} images = the profile's batch of {batch_size}; "
+              f"learning rate {lr:g}, as with one process (distributed.py)")
 
 
 class SampleSnapshots:

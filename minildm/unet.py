@@ -333,6 +333,17 @@ class UNet(nn.Module):
     ) -> torch.Tensor:
         """ε̂ = ε_θ(z_t, t, τθ(y)): (B, c, h, w) -> (B, out_channels, h, w)."""
         t = self._check_inputs(x, t, context, context_mask, y, concat)
+        body = self.__dict__.get("_compiled_body") or self.body
+        return body(x, t, context, context_mask, y, concat)
+
+    def compile(self, *args, **kwargs) -> None:
+        """torch.compile the network (`body`), not its input checks: they read tensor values (e.g. that every
+        context_mask row keeps a token), which would break the graph; they keep running eagerly before it."""
+        self.__dict__["_compiled_body"] = torch.compile(self.body, *args, **kwargs)
+
+    def body(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None,
+             y: torch.Tensor | None, concat: torch.Tensor | None) -> torch.Tensor:
+        """The network itself, on checked inputs (t a (B,) tensor): what `compile` compiles."""
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))   # (B,) -> (B, 4·mc)
         if self.label_emb is not None:
             emb = emb + self.label_emb(y)                                              # + class embedding

@@ -215,13 +215,13 @@ def test_ddim_when_steps_do_not_divide_T_follows_the_paper_and_diffusers_does_no
 
 
 ROWS = ("Shapes data", "autoencoder step, L1 + LPIPS", "autoencoder step, L1 + KL (matched)", "LDM step",
-        "U-Net step, MSE + AdamW (matched)", "DDIM-5 sampling")
+        "LDM step, bf16 autocast", "U-Net step, MSE + AdamW (matched)", "DDIM-5 sampling")
 
 
 def test_bench_command_runs_end_to_end_and_prints_every_row(capsys, tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--profile", "ci", "--seconds", "0.2", "--steps", "5", "--random-lpips", "--offline",
-                 "--json", str(out)]) == 0
+                 "--json", str(out), "--peak-tflops", "0.5"]) == 0
     text = capsys.readouterr().out
     table = text[text.index("minildm bench, profile ci"):]
     for row in ROWS:
@@ -237,6 +237,28 @@ def test_bench_command_runs_end_to_end_and_prints_every_row(capsys, tmp_path):
             assert r["diffusers"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["diffusers"])
             assert r["params_ours"] == r["params_diffusers"]
     assert result["machine"]["torch_threads"] == torch.get_num_threads()
+    _check_flop_columns(result, peak=0.5)
+    assert "FLOP/call" in table and "% of peak" in table and "of 0.5 TFLOP/s" in table
+
+
+def _check_flop_columns(result, peak):
+    """achieved TFLOP/s = FLOPs per call x calls/s; share of peak = that / peak, only when a peak is known."""
+    assert result["peak_tflops"] == peak
+    for r in result["rows"]:
+        if r["what"].startswith("Shapes data"):           # rendering: no matmul FLOPs to count
+            assert r.get("flops") is None and r["peak_share"] is None
+            continue
+        steps = r["what"].startswith(("autoencoder", "LDM", "U-Net"))
+        assert r["calls_per_s"] == pytest.approx(r["ours"] if steps else r["ours"] / r["batch_size"])
+        assert r["flops"] > 0 and r["tflops"] == pytest.approx(r["flops"] * r["calls_per_s"] / 1e12)
+        assert r["peak_share"] == (None if peak is None else pytest.approx(r["tflops"] / peak))
+        assert r["peak_mem"] is None                       # CPU: no per-call peak memory
+        if r["diffusers"] is not None:
+            assert r["tflops_diffusers"] == pytest.approx(r["flops_diffusers"] * r["calls_per_s_diffusers"] / 1e12)
+            assert r["flops_diffusers"] == pytest.approx(r["flops"], rel=0.05)   # matched: the same computation
+    bf16 = [r for r in result["rows"] if "bf16" in r["what"]]
+    fp32 = [r for r in result["rows"] if r["what"].startswith("LDM step, text")]
+    assert len(bf16) == 1 and bf16[0]["flops"] == fp32[0]["flops"]      # the same step in another precision
 
 
 def test_bench_without_peer_and_without_lpips_weights(capsys, monkeypatch, tmp_path):
@@ -246,7 +268,8 @@ def test_bench_without_peer_and_without_lpips_weights(capsys, monkeypatch, tmp_p
     monkeypatch.setattr(losses, "backbone_path", lambda net: tmp_path / "absent" / f"{net}.pth")
     monkeypatch.delenv(losses.RANDOM_BACKBONE_ENV, raising=False)
     result = bench.run_bench("ci", "cpu", seconds=0.05, peer=False, steps=2, lpips_download=False, log=None)
-    assert len(result["rows"]) == 6
+    assert len(result["rows"]) == 7
+    _check_flop_columns({**result, "rows": [r for r in result["rows"] if not r.get("skipped")]}, peak=None)
     assert all(r["diffusers"] is None and r["ratio"] is None for r in result["rows"])
     skipped = [r for r in result["rows"] if r.get("skipped")]
     assert len(skipped) == 1 and "--random-lpips" in skipped[0]["skipped"]

@@ -11,7 +11,7 @@ import minildm
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "minildm"
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))  # __main__ = the command
 # the paper's core: models, losses, the diffusion process and samplers
 CORE = {"nn", "autoencoder", "losses", "diffusion", "unet", "conditioning", "samplers", "ldm"}
 # what the core must not know: presets, datasets, training, commands, evaluation, studies, pictures

@@ -78,8 +78,8 @@ def poison(monkeypatch, stage, at_step, how):
 
         real_loss = LatentDiffusion.training_step
 
-        def training_step(self, z0, raw, generator=None):
-            loss = real_loss(self, z0, raw, generator)
+        def training_step(self, z0, raw, generator=None, rows=None):
+            loss = real_loss(self, z0, raw, generator, rows)
             return spoil(loss, next(self.unet.parameters())) if calls["k"] == at_step else loss
 
         monkeypatch.setattr(LatentDiffusionTraining, "step", step)

@@ -1,0 +1,7 @@
+"""`python -m minildm …` is the `minildm` command; torchrun starts it as `torchrun … -m minildm train-ldm …`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

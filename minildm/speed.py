@@ -1,0 +1,137 @@
+"""How fast training runs, without changing what it computes: one `SpeedConfig` per profile (profiles.py).
+
+    precision      "auto" (bf16 autocast on CUDA GPUs that support it, else fp32), "fp32" or "bf16" (CPU too).
+                   Under autocast the convolutions and matmuls run in bf16; normalizations, the softmax of
+                   attention, the losses, the decoder's output and LPIPS stay in fp32 (see nn.GroupNorm32).
+    compile        torch.compile the U-Net's body and the autoencoder's encoder and decoder; skipped with a message
+                   where it cannot work (no C compiler for the CPU backend, Windows, Apple MPS). The input checks
+                   stay outside the compiled graph: they read tensor values, which would break the graph.
+    channels_last  NHWC memory layout for the convolutions (faster on GPUs with tensor cores).
+    tf32           TF32 matmuls and convolutions on CUDA (Ampere or newer): fp32 range, 10-bit mantissa.
+    sync_every     read the losses back to the host every this many steps (0: every step on CPU, where it costs
+                   nothing, every 25 steps on a GPU, where each read waits for the device to drain its queue).
+    ae_minutes, ldm_minutes   time caps of every training run in this profile unless the caller gives its own
+                   max_minutes (None: no cap), so that a profile sized for one GPU keeps its promise on a smaller one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["SpeedConfig", "PRECISIONS", "precision_dtype", "autocast", "sync_interval", "compile_unsupported",
+           "maybe_compile", "apply_speed", "NO_COMPILE_ENV"]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+NO_COMPILE_ENV = "MINILDM_NO_COMPILE"     # set to 1 to switch torch.compile off everywhere (e.g. while debugging)
+GPU_SYNC_EVERY = 25
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    precision: str = "auto"
+    compile: bool = False
+    channels_last: bool = False
+    tf32: bool = True
+    sync_every: int = 0
+    ae_minutes: float | None = None
+    ldm_minutes: float | None = None
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"SpeedConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if isinstance(self.sync_every, bool) or not isinstance(self.sync_every, int) or self.sync_every < 0:
+            raise ValueError(f"SpeedConfig.sync_every must be 0 (automatic) or a positive number of steps, "
+                             f"got {self.sync_every!r}")
+        for name in ("ae_minutes", "ldm_minutes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"SpeedConfig.{name} must be None (no cap) or a positive number of minutes, "
+                                 f"got {value!r}")
+
+
+def precision_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and bf16_ok else None
+    if not bf16_ok:
+        raise ValueError(f"precision 'bf16' is not supported on {device} (it needs a CPU or a CUDA GPU of the "
+                         "Ampere generation or newer); use precision 'auto' or 'fp32'")
+    return torch.bfloat16
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch.autocast for `dtype` on `device`; a no-op context when dtype is None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def sync_interval(device: torch.device | str, speed: SpeedConfig) -> int:
+    """How many steps pass between reads of the losses (see the module docstring)."""
+    if speed.sync_every:
+        return speed.sync_every
+    return 1 if torch.device(device).type == "cpu" else GPU_SYNC_EVERY
+
+
+def compile_unsupported(device: torch.device | str | None = None) -> str | None:
+    """Why torch.compile cannot run here, or None when it can."""
+    if os.environ.get(NO_COMPILE_ENV, "").strip() not in ("", "0"):
+        return f"${NO_COMPILE_ENV} is set"
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind == "mps":
+        return "torch.compile does not support Apple MPS well yet"
+    if platform.system() == "Windows":
+        return "torch.compile's default backend needs Triton/a C++ toolchain that Windows setups rarely have"
+    if kind == "cpu" and not any(shutil.which(cc) for cc in (os.environ.get("CXX", ""), "g++", "c++", "clang++")
+                                 if cc):
+        return "no C++ compiler found (torch.compile's CPU backend generates C++); install gcc or clang"
+    return None
+
+
+def maybe_compile(module: nn.Module, enabled: bool = True, what: str = "model",
+                  device: torch.device | str | None = None, **options) -> bool:
+    """`module.compile(**options)` in place (state_dict keys unchanged) when enabled and supported; otherwise
+    print why it was skipped and leave the module eager (same results). Returns whether it was compiled.
+
+    A module that must keep checks outside the graph (the U-Net) overrides `compile` to compile its body only."""
+    if not enabled:
+        return False
+    reason = compile_unsupported(device)
+    if reason is not None:
+        print(f"torch.compile skipped for the {what}: {reason}; running eagerly (same results, slower)")
+        return False
+    module.compile(**options)
+    return True
+
+
+def apply_speed(modules: dict[str, nn.Module], speed: SpeedConfig, device: torch.device) -> list[str]:
+    """Apply a SpeedConfig's switches to the named modules (TF32, channels-last, compile); returns what it did."""
+    done = []
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = speed.tf32
+        torch.backends.cudnn.allow_tf32 = speed.tf32
+        if speed.tf32:
+            done.append("TF32")
+    for what, module in modules.items():
+        if speed.channels_last:
+            module.to(memory_format=torch.channels_last)
+        if maybe_compile(module, speed.compile, what, device):
+            done.append(f"compiled {what}")
+    if speed.channels_last:
+        done.append("channels-last")
+    return done

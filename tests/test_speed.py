@@ -1,0 +1,112 @@
+"""The speed switches (speed.py): bf16 autocast agrees with fp32, compile keeps the input checks and is skipped
+cleanly where it cannot run, losses are read back every few steps without changing the training."""
+
+import pytest
+import torch
+
+from minildm.autoencoder import build_autoencoder
+from minildm.data import ShapesDataset
+from minildm.ldm import LatentDiffusion
+from minildm.profiles import get_profile
+from minildm.speed import (NO_COMPILE_ENV, SpeedConfig, autocast, compile_unsupported, maybe_compile,
+                           precision_dtype, sync_interval)
+from minildm.train import train_ldm
+from minildm.unet import UNet
+
+CI = get_profile("ci")
+
+
+@pytest.fixture(scope="module")
+def ldm():
+    torch.manual_seed(0)
+    ds = ShapesDataset("train", config=CI.data)
+    model = LatentDiffusion(build_autoencoder(CI.ae), CI.ldm, tokenizer=ds.tokenizer)
+    model.set_scale_factor(ds.batch(range(8))["image"])
+    return model, ds
+
+
+def test_precision_names_and_devices():
+    assert precision_dtype("cpu", "auto") is None                   # a CPU runs fp32 unless asked
+    assert precision_dtype("cpu", "fp32") is None
+    assert precision_dtype("cpu", "bf16") is torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        precision_dtype("cpu", "fp16")
+    with pytest.raises(ValueError, match="SpeedConfig.precision"):
+        SpeedConfig(precision="half")
+    with pytest.raises(ValueError, match="sync_every"):
+        SpeedConfig(sync_every=-1)
+    assert sync_interval("cpu", SpeedConfig()) == 1 and sync_interval("cuda", SpeedConfig()) == 25
+    assert sync_interval("cpu", SpeedConfig(sync_every=5)) == 5
+
+
+def test_bf16_training_loss_and_gradients_agree_with_fp32(ldm):
+    model, ds = ldm
+    raw = model.raw_condition(ds.batch(range(16)))
+    z0 = torch.randn(16, 4, 8, 8)
+
+    def loss_and_grad(dtype):
+        model.zero_grad(set_to_none=True)
+        with autocast("cpu", dtype):
+            loss = model.training_step(z0, raw, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        return loss.detach(), torch.cat([p.grad.flatten() for p in model.unet.parameters()])
+
+    (l32, g32), (l16, g16) = loss_and_grad(None), loss_and_grad(torch.bfloat16)
+    assert l16.dtype == torch.float32                               # the loss itself is computed in fp32
+    assert abs(float(l16 - l32)) / float(l32) < 2e-2                # bf16 keeps 8 bits of mantissa: ~0.4 % per op
+    cos = torch.nn.functional.cosine_similarity(g16, g32, dim=0)
+    assert cos > 0.99, f"bf16 gradient direction differs from fp32: cosine {float(cos):.4f}"
+
+
+def test_bf16_sampling_agrees_with_fp32_and_decodes_in_fp32(ldm):
+    model, ds = ldm
+    raw = model.prompt_condition(prompts=["a red circle", "a blue star"])
+    kw = dict(steps=5, guidance_scale=3.0)
+    a = model.sample(raw, generator=torch.Generator().manual_seed(0), **kw)
+    b = model.sample(raw, generator=torch.Generator().manual_seed(0), precision="bf16", **kw)
+    assert a.dtype == b.dtype == torch.float32
+    assert float((a - b).abs().max()) < 0.1 and float((a - b).abs().mean()) < 0.02
+
+
+def test_a_bf16_training_run_follows_the_fp32_run(tmp_path):
+    ae = build_autoencoder(CI.ae)
+    runs = {p: train_ldm("ci", ae, tmp_path / p, steps=10, progress=False, speed=SpeedConfig(precision=p))
+            for p in ("fp32", "bf16")}
+    l32, l16 = ([h["loss"] for h in runs[p]["history"]] for p in ("fp32", "bf16"))
+    assert max(abs(a - b) / a for a, b in zip(l32, l16)) < 5e-2
+
+
+def test_reading_losses_every_few_steps_changes_nothing_but_when_they_are_read(tmp_path):
+    ae = build_autoencoder(CI.ae)
+    every = train_ldm("ci", ae, tmp_path / "a", steps=7, progress=False)
+    batched = train_ldm("ci", ae, tmp_path / "b", steps=7, progress=False, speed=SpeedConfig(sync_every=3))
+    assert every["history"] == batched["history"]               # the same numbers, bit for bit
+    w1, w2 = (torch.load(r["path"], weights_only=True)["state_dict"] for r in (every, batched))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_compile_is_skipped_with_a_message_where_it_cannot_run(monkeypatch, capsys):
+    monkeypatch.setenv(NO_COMPILE_ENV, "1")
+    assert compile_unsupported("cpu") == f"${NO_COMPILE_ENV} is set"
+    net = torch.nn.Linear(3, 2)
+    assert maybe_compile(net, True, "test net") is False
+    assert "torch.compile skipped for the test net" in capsys.readouterr().out
+    assert net(torch.ones(1, 3)).shape == (1, 2)                     # still eager, still works
+    assert compile_unsupported("mps") is not None
+
+
+def test_the_compiled_unet_keeps_its_input_checks_and_has_no_graph_break():
+    torch.manual_seed(0)
+    unet = UNet.from_config(CI.ldm, in_channels=4, cross_attention=True)
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    ctx, mask = torch.randn(2, 5, CI.ldm.context_dim), torch.ones(2, 5, dtype=torch.bool)
+    explained = torch._dynamo.explain(unet.body)(x, t, ctx, mask, None, None)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    eager = unet(x, t, ctx, mask)
+    unet.compile(backend="eager")                                     # dynamo's tracing without code generation
+    assert torch.allclose(unet(x, t, ctx, mask), eager, atol=1e-6)
+    fresh = UNet.from_config(CI.ldm, in_channels=4, cross_attention=True)
+    assert set(unet.state_dict()) == set(fresh.state_dict())          # keys unchanged: checkpoints still load
+    mask[1] = False
+    with pytest.raises(ValueError, match="a context_mask row masks every token"):
+        unet(x, t, ctx, mask)
