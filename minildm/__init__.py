@@ -6,14 +6,17 @@ One file per idea of the paper, data flowing one way:
     stage 1       nn.py (blocks, attention), autoencoder.py (E, D, KL / VQ / pixel), losses.py (LPIPS, GAN)
     stage 2       diffusion.py (q(x_t|x_0), targets, L_simple), unet.py, conditioning.py (τθ),
                   samplers.py (DDPM, DDIM, guidance), ldm.py (LatentDiffusion)
-    training      train.py (one loop for both stages), profiles.py (ci / cpu / gpu presets)
+    training      train.py (both stages' steps), loop.py (the loop they share), profiles.py (ci / cpu / gpu presets),
+                  speed.py (bf16, compile, time caps), distributed.py (torchrun + DDP)
     evaluation    metrics.py (PSNR, SSIM, LPIPS, spectra, FID, KID, P/R, IS), evaluator.py (the Shapes evaluator),
                   shapes_eval.py (Shapes-FID with its floor, prompt accuracy), probes.py (attention maps, word
-                  influence), viz.py (pictures), widgets.py (sliders and a prompt box)
-    studies       experiments.py (the paper's experiments), results.py (tables), bench.py / peer.py (speed)
+                  influence), shape_fidelity.py (small shapes), features.py (FID on other data), viz.py
+                  (pictures), widgets.py (sliders and a prompt box)
+    studies       experiments.py (the paper's experiments), results.py (tables), bench.py / peer.py / flops.py
+                  (speed, FLOPs, the gpu profile's predicted time)
     the course    course.py (setup, claims, exercise checks, models handed from notebook to notebook),
                   course_run.py (`minildm course`, `minildm check`), student.py (the student edition),
-                  pretrained.py (the shipped checkpoints)
+                  pretrained.py (the shipped checkpoints); commands.py and cli.py: the `minildm` command
 
 A notebook needs only `import minildm` (or `from minildm import …`): the names below are the public API,
 and each module's own `__all__` lists the rest of what it offers.
