@@ -14,6 +14,11 @@ import socket  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from minildm.autoencoder import build_autoencoder  # noqa: E402
+from minildm.checkpoint import save_checkpoint  # noqa: E402
+from minildm.profiles import get_profile  # noqa: E402
+from minildm.train import AE_CHECKPOINT  # noqa: E402
+
 # One intra-op thread: the test models are tiny, and two OpenMP threads fighting over two (possibly
 # shared) cores made the suite 5-10x slower here. Results do not depend on the thread count.
 torch.set_num_threads(1)
@@ -28,3 +33,13 @@ def _no_network(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", guard)
     monkeypatch.setattr(socket.socket, "connect", guard)
+
+
+@pytest.fixture(scope="module")
+def ae_path(tmp_path_factory):
+    """A (random) ci autoencoder checkpoint for the second stage to train on."""
+    torch.manual_seed(0)
+    ae = build_autoencoder(get_profile("ci").ae)
+    path = tmp_path_factory.mktemp("ae") / AE_CHECKPOINT
+    save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, path)
+    return path

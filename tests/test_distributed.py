@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
-from minildm.checkpoint import load_checkpoint, save_checkpoint
+from minildm.checkpoint import load_checkpoint
 from minildm.data import ShapesDataset
 from minildm.distributed import Dist
 from minildm.ldm import LatentDiffusion
@@ -23,15 +23,6 @@ from minildm.realdata import ImageFolderDataset
 from minildm.train import AE_CHECKPOINT, LDM_CHECKPOINT
 
 CI = get_profile("ci")
-
-
-@pytest.fixture(scope="module")
-def ae_path(tmp_path_factory):
-    torch.manual_seed(0)
-    ae = build_autoencoder(CI.ae)
-    path = tmp_path_factory.mktemp("ae") / AE_CHECKPOINT
-    save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, path)
-    return path
 
 
 def minildm_command(args, processes):

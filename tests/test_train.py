@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
-from minildm.checkpoint import UnsafeWeightsError, load_checkpoint, save_checkpoint
+from minildm.checkpoint import UnsafeWeightsError, load_checkpoint
 from minildm.ldm import LatentDiffusion
 from minildm.losses import AutoencoderLoss
 from minildm.profiles import get_profile
@@ -22,16 +22,6 @@ CI = get_profile("ci")
 # short runs with a checkpoint every 2 steps (the autoencoder validates at the same steps)
 PROFILE = CI.replace(ae=dict(steps=6, val_every=2, disc_start=1, batch_size=4, val_images=8, ema_decay=0.9),
                      ldm=dict(steps=6, checkpoint_every=2, batch_size=4, cache_size=32))
-
-
-@pytest.fixture(scope="module")
-def ae_path(tmp_path_factory):
-    """A (random) ci autoencoder checkpoint for the second stage to train on."""
-    torch.manual_seed(0)
-    ae = build_autoencoder(CI.ae)
-    path = tmp_path_factory.mktemp("ae") / AE_CHECKPOINT
-    save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, path)
-    return path
 
 
 def run(stage, out, ae_path, profile=PROFILE, **kw):
