@@ -127,7 +127,7 @@ def fit(run: Any, folder: str | os.PathLike, steps: int, *, max_minutes: float |
             pending.append((step + 1, run.step(step)))
             step += 1
             due = (step % sync == 0 or step == steps or (eval_every and step % eval_every == 0)
-                   or (checkpoint_every and step % checkpoint_every == 0) or run.wants_record(step))
+                   or (checkpoint_every and step % checkpoint_every == 0) or _wants_record(run, step))
             records = _read_back(pending, d, getattr(run, "guarded", ("loss",))) if due else []
         except NonFiniteLossError as e:
             raise _stopped(e, run, path, saved_at) from None
@@ -170,6 +170,11 @@ def _resume(run: Any, path: Path) -> tuple[int, list[dict], float]:
     run.load_state(ckpt)
     set_rng_state(ckpt["rng"])
     return int(ckpt["step"]), list(ckpt["history"]), float(ckpt.get("elapsed", 0.0))
+
+
+def _wants_record(run: Any, step: int) -> bool:
+    """Whether the run's after_step needs this step's weights (e.g. it samples), so the losses are read now."""
+    return bool(getattr(run, "wants_record", None) and run.wants_record(step))
 
 
 def _has_eval(record: dict, run: Any) -> bool:
