@@ -43,10 +43,10 @@ from .metrics import reconstruction_metrics
 from .losses import AutoencoderLoss, LPIPSWeightsMissingError, random_backbone_requested
 from .peer import diffusers_available, peer_autoencoder, peer_ddim_sample, peer_scheduler, peer_unet, peer_unet_fn
 from .profiles import Profile, get_profile
-from .speed import maybe_compile, precision_dtype
+from .speed import autocast, maybe_compile, precision_dtype
 from .train import AE_CHECKPOINT, train_autoencoder
 from .unet import UNet
-from .utils import autocast_dtype, count_parameters, fused_optimizer, get_device, seed_everything
+from .utils import count_parameters, fused_optimizer, get_device, seed_everything
 
 __all__ = ["run_bench", "format_table", "machine_info", "bench_data", "bench_autoencoder_step",
            "bench_autoencoder_matched", "bench_ldm_step", "bench_unet_matched", "bench_ddim", "bench_autoencoder", "DEFAULT_SECONDS"]
@@ -101,8 +101,7 @@ def _profile(profile: str | Profile | None) -> Profile:
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None | str = "default"):
-    dtype = autocast_dtype(device) if dtype == "default" else dtype
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    return autocast(device, precision_dtype(device, "auto") if dtype == "default" else dtype)
 
 
 def _result(what: str, unit: str, ours: float, theirs: float | None = None, params_ours: int | None = None,
@@ -391,7 +390,7 @@ def run_bench(profile: str | Profile | None = None, device: str | torch.device |
         say("diffusers is not installed: the peer columns stay empty (pip install 'minildm[peer]')")
         peer = False
     t0 = time.perf_counter()
-    peak = peak or peak_tflops(device, autocast_dtype(device))
+    peak = peak or peak_tflops(device, precision_dtype(device, "auto"))
     out = {"profile": p.name, "machine": machine_info(device), "seconds": seconds, "rounds": rounds, "peer": peer,
            "peak_tflops": peak, "rows": []}
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["get_device", "mps_available", "seed_everything", "randn", "rand", "randint", "autocast_dtype",
+__all__ = ["get_device", "mps_available", "seed_everything", "randn", "rand", "randint",
            "fused_optimizer", "warmup_cosine", "count_parameters", "slerp", "DEVICE_ENV"]
 
 DEVICE_ENV = "MINILDM_DEVICE"
@@ -99,13 +99,6 @@ def randint(high: int, shape: Sequence[int], generator: torch.Generator | None,
     """Integers uniform in {0, …, high − 1} drawn like `randn`: on the generator's device, then moved."""
     gen_device = _generator_device(generator, device)
     return torch.randint(0, high, tuple(shape), generator=generator, device=gen_device).to(device)
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 where the device does it natively (CUDA with bf16 support), else None (run in fp32)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def fused_optimizer(device: torch.device | str) -> dict:
