@@ -67,6 +67,7 @@ class AEConfig:
     disc_layers: int = 3
     # optimization
     lr: float = 2e-4
+    lr_decay: float = 0.0                  # the last fraction of the steps over which lr falls linearly to 0
     batch_size: int = 32
     steps: int = 4_000
     val_every: int = 500                   # validate (PSNR) and checkpoint every this many steps
@@ -85,6 +86,8 @@ class AEConfig:
             raise ValueError(f"AEConfig.lpips_net must be 'vgg', 'alex' or 'squeeze', got {self.lpips_net!r}")
         if self.disc_loss not in ("hinge", "vanilla"):
             raise ValueError(f"AEConfig.disc_loss must be 'hinge' or 'vanilla', got {self.disc_loss!r}")
+        if not 0.0 <= self.lr_decay < 1.0:          # the last fraction of the steps, over which lr falls to 0
+            raise ValueError(f"AEConfig.lr_decay must be a fraction of the steps in [0, 1), got {self.lr_decay!r}")
         # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
@@ -450,13 +453,10 @@ class PixelSpace(nn.Module):
 
 def build_autoencoder(config: AEConfig) -> AutoencoderKL | AutoencoderVQ | PixelSpace:
     """AutoencoderKL, AutoencoderVQ or the identity PixelSpace according to `config.kind`."""
-    if config.kind == "kl":
-        return AutoencoderKL(config)
-    if config.kind == "vq":
-        return AutoencoderVQ(config)
-    if config.kind == "pixel":
-        return PixelSpace(config)
-    raise ValueError(f"unknown autoencoder kind {config.kind!r}; expected 'kl', 'vq' or 'pixel'")
+    builders = {"kl": AutoencoderKL, "vq": AutoencoderVQ, "pixel": PixelSpace}
+    if config.kind not in builders:
+        raise ValueError(f"unknown autoencoder kind {config.kind!r}; expected 'kl', 'vq' or 'pixel'")
+    return builders[config.kind](config)
 
 
 def load_autoencoder(path: str | os.PathLike, device: str | torch.device | None = None,

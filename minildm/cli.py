@@ -94,9 +94,9 @@ def _demo_and_data_commands(add) -> None:
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     _common(p, "profile", "device")
     p.add_argument("--ae-minutes", type=_minutes, default=AE_MINUTES,
-                   help=f"time cap for the autoencoder (default {AE_MINUTES:g})")
+                   help="time cap for the autoencoder (default: none, the profile's steps decide)")
     p.add_argument("--ldm-minutes", type=_minutes, default=LDM_MINUTES,
-                   help=f"time cap for the diffusion model (default {LDM_MINUTES:g})")
+                   help="time cap for the diffusion model (default: none; a cap trades prompt accuracy for time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offline", action="store_true", help="never download (LPIPS weights must be on disk)")
 

@@ -38,10 +38,13 @@ PAIR_PROMPTS = (
     "a small yellow star above a large green triangle",
 )
 
-# Time caps that keep `make demo` inside 15 minutes on a 2-core laptop CPU, install included (see
-# docs/design-notes.md): a slower machine stops training at the cap, with a checkpoint, and samples from it.
-AE_MINUTES = 3.5
-LDM_MINUTES = 9.5
+# No time caps by default: the profile's step counts, not the clock, decide what the demo shows (issue 15). With
+# the old caps (3.5 and 9.5 minutes) a slower or busy laptop stopped the LDM hundreds of steps early and its
+# samples were visibly worse: 2,000 of the 3,200 steps give 92.5 % one-object and 45.5 % two-object prompts
+# right, against 99 % and 80 % (README, "The demo on a slower day"). A lab with a hard limit can still pass
+# `--ae-minutes` / `--ldm-minutes`; the demo then says at which step each stage stopped.
+AE_MINUTES: float | None = None
+LDM_MINUTES: float | None = None
 # The sample grid's sampler: stochastic DDIM (η = 1) at guidance 2.5. On the shipped cpu text model (200 test
 # prompts per type, DDIM-50) it keeps two objects apart far more often than deterministic DDIM at guidance 3:
 # two-object prompts 80.0 % vs 74.5 % (count 87.5 % vs 77 %), one-object 99.0 % vs 100 %, Shapes-FID 48.7 vs 49.3
@@ -67,7 +70,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
                           out / "shapes_preview.png")
     print(f"[0/4] training data preview: {preview}")
 
-    print(f"[1/4] autoencoder: KL-f{profile.ae.downsample_factor}, {profile.ae.steps} steps (at most {ae_minutes} min)")
+    print(f"[1/4] autoencoder: KL-f{profile.ae.downsample_factor}, {profile.ae.steps} steps{_cap(ae_minutes)}")
     missing = lpips_weights_missing(profile.ae.lpips_net, download)
     if missing is not None:
         print(f"NOTE: {missing}\n      The demo continues with a RANDOM LPIPS backbone: the autoencoder still trains "
@@ -78,15 +81,14 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
     psnr = [h["val_psnr"] for h in ae["history"] if "val_psnr" in h]
     print(f"      autoencoder: step {ae['step']}/{profile.ae.steps}"
           + (f", validation PSNR {psnr[-1]:.1f} dB" if psnr else "")
-          + ("" if ae["step"] >= profile.ae.steps else f" (stopped by the {ae_minutes}-min cap: a slower machine; "
-             "reconstructions will be blurrier)"))
+          + ("" if ae["step"] >= profile.ae.steps else " (stopped by its time cap; reconstructions are "
+             "blurrier: run the demo again to resume and finish)"))
 
-    print(f"[2/4] latent diffusion ({profile.ldm.cond}-conditional), {profile.ldm.steps} steps "
-          f"(at most {ldm_minutes} min)")
+    print(f"[2/4] latent diffusion ({profile.ldm.cond}-conditional), {profile.ldm.steps} steps{_cap(ldm_minutes)}")
     run = train_ldm(profile, out / AE_CHECKPOINT, out, device=device, max_minutes=ldm_minutes, seed=seed)
     print(f"      latent diffusion: step {run['step']}/{profile.ldm.steps}"
-          + ("" if run["step"] >= profile.ldm.steps else f" (stopped by the {ldm_minutes}-min cap: a slower "
-             "machine; the further a run stops short of its steps, the less well it follows prompts)"))
+          + ("" if run["step"] >= profile.ldm.steps else " (stopped by its time cap: the further a run stops "
+             "short of its steps, the less well it follows prompts; run the demo again to resume and finish)"))
     ldm = LatentDiffusion.from_checkpoint(out / LDM_CHECKPOINT, device)
 
     steps, s = profile.ldm.sample_steps, profile.ldm.guidance_scale     # cpu and gpu: DDIM-50, guidance 3
@@ -111,3 +113,7 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
     print(f"  samples:   {samples.resolve()}")
     print(f"  filmstrip: {film.resolve()}")
     return {"preview": preview, "samples": samples, "filmstrip": film}
+
+
+def _cap(minutes: float | None) -> str:
+    return "" if minutes is None else f" (at most {minutes:g} min)"

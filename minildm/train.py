@@ -40,7 +40,7 @@ from .metrics import reconstruction_psnr
 from .nn import EMA
 from .profiles import Profile, get_profile
 from .speed import SpeedConfig, apply_speed, autocast, precision_dtype, sync_interval
-from .utils import fused_optimizer, get_device, seed_everything, warmup_cosine
+from .utils import fused_optimizer, get_device, linear_decay, seed_everything, warmup_cosine
 from .viz import save_sample_grid
 
 __all__ = ["fit", "train_autoencoder", "train_ldm", "AutoencoderTraining", "LatentDiffusionTraining", "SampleSnapshots",
@@ -120,6 +120,9 @@ class AutoencoderTraining:
 
     def step(self, step: int) -> dict[str, Any]:
         cfg, x = self.config, next(self.stream)["image"].to(self.device)
+        lr = cfg.lr * linear_decay(step, cfg.steps, cfg.lr_decay)         # a function of the step: resumable
+        for group in (*self.opt_ae.param_groups, *self.opt_d.param_groups):
+            group["lr"] = lr
         if self.speed.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():                                     # 1. generator step: L_AE = L_rec + L_reg + λ·L_GAN
@@ -142,7 +145,7 @@ class AutoencoderTraining:
             d_loss.backward()
             self.opt_d.step()
             logs.update(d_logs)
-        out = {"loss": loss.detach(), **logs}
+        out = {"loss": loss.detach(), **logs, "lr": lr}
         if cfg.kind == "vq":
             out.update(perplexity=info["perplexity"], usage=info["usage"])
         return out

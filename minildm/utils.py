@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 
 __all__ = ["get_device", "mps_available", "seed_everything", "randn", "rand", "randint",
-           "fused_optimizer", "warmup_cosine", "count_parameters", "slerp", "DEVICE_ENV"]
+           "fused_optimizer", "warmup_cosine", "linear_decay", "count_parameters", "slerp", "DEVICE_ENV"]
 
 DEVICE_ENV = "MINILDM_DEVICE"
 _KNOWN_DEVICES = ("cpu", "cuda", "mps")
@@ -119,6 +119,15 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, cosine: bool =
         return warm
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def linear_decay(step: int, total_steps: int, fraction: float) -> float:
+    """Learning-rate multiplier: 1, then over the last `fraction` of `total_steps` a straight line to 0 (step
+    total_steps would get 0; the last step taken gets 1/(fraction·total_steps)). fraction 0: always 1."""
+    start = total_steps * (1.0 - fraction)
+    if fraction <= 0 or step < start:
+        return 1.0
+    return max(0.0, (total_steps - step) / (total_steps - start))
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -27,13 +27,18 @@ def test_demo_writes_pictures_and_checkpoints(demo_dir, capsys):
     assert torch.load(demo_dir / "ldm.pt", weights_only=True)["step"] == 20
 
 
-def test_demo_says_when_a_time_cap_stopped_training(tmp_path, capsys):
+def test_demo_says_when_a_time_cap_stopped_training_and_a_second_run_finishes(tmp_path, capsys):
     # a zero-minute cap stops both stages before their first step; the demo must say so, not pretend
     assert main(["demo", "--profile", "ci", "--offline", "--out", str(tmp_path), "--ae-minutes", "0",
                  "--ldm-minutes", "0"]) == 0
     out = capsys.readouterr().out
-    assert "autoencoder: step 0/20" in out and "stopped by the 0.0-min cap" in out
-    assert "latent diffusion: step 0/20" in out
+    assert "(at most 0 min)" in out and "autoencoder: step 0/20" in out and "stopped by its time cap" in out
+    assert "latent diffusion: step 0/20" in out and "run the demo again to resume and finish" in out
+    # the default has no cap (the steps, not the clock, decide the pictures): a second run resumes and finishes
+    assert main(["demo", "--profile", "ci", "--offline", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "autoencoder: step 20/20" in out and "latent diffusion: step 20/20" in out
+    assert "at most" not in out and "time cap" not in out
 
 
 def test_sample_command(demo_dir, tmp_path, capsys):

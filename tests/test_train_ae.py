@@ -75,3 +75,18 @@ def test_missing_lpips_weights_stop_training_with_the_fix(tmp_path, monkeypatch)
     with pytest.raises(LPIPSWeightsMissingError, match="alexnet-owt-7be5be79.pth"):
         train_autoencoder(_profile(), tmp_path / "run", device="cpu", random_lpips=None, lpips_download=False,
                           progress=False)
+
+
+def test_lr_decay_falls_linearly_to_zero_over_the_last_fraction_in_both_optimizers(tmp_path):
+    # lr_decay 0.5 of 8 steps: full rate for steps 0-4, then (8 - k) / 4 of it: 0.75, 0.5, 0.25 (issue 15: the
+    # cpu autoencoder's decay over its last 30 % gained ~1 dB validation PSNR at the same steps)
+    lr = 1e-3
+    out = _train(_profile(steps=8, lr=lr, lr_decay=0.5), tmp_path / "run")
+    assert [r["lr"] / lr for r in out["history"]] == pytest.approx([1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    ckpt = load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME, kind="autoencoder")
+    for opt in ("opt_ae", "opt_d"):                              # the GAN is on from step 1: D decays too
+        assert ckpt[opt]["param_groups"][0]["lr"] == pytest.approx(0.25 * lr)
+    constant = _train(_profile(steps=3, lr=lr), tmp_path / "constant")             # the reference: lr_decay 0
+    assert [r["lr"] for r in constant["history"]] == [lr] * 3
+    with pytest.raises(ValueError, match="lr_decay"):
+        AEConfig(lr_decay=1.0)
