@@ -98,6 +98,8 @@ def _demo_and_data_commands(add) -> None:
     p.add_argument("--ldm-minutes", type=_minutes, default=LDM_MINUTES,
                    help="time cap for the diffusion model (default: none; a cap trades prompt accuracy for time)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=None, help="fixed CPU thread count (bit-reproducible; "
+                   "default: switch between 1 and all cores, whichever trains faster at the moment)")
     p.add_argument("--offline", action="store_true", help="never download (LPIPS weights must be on disk)")
 
     p = add("preview", commands.cmd_preview, "render a captioned grid of Shapes samples")

@@ -51,7 +51,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(args.out, profile=args.profile, device=args.device, ae_minutes=args.ae_minutes,
-             ldm_minutes=args.ldm_minutes, seed=args.seed, download=not args.offline)
+             ldm_minutes=args.ldm_minutes, seed=args.seed, download=not args.offline, threads=args.threads)
     return 0
 
 

@@ -21,6 +21,7 @@ from .data import ShapesDataset
 from .ldm import LatentDiffusion
 from .losses import lpips_weights_missing
 from .profiles import Profile, get_profile
+from .speed import ThreadGovernor
 from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from .utils import get_device
 from .viz import denoising_filmstrip, image_grid, save_figure
@@ -54,15 +55,22 @@ SAMPLE_ETA, SAMPLE_GUIDANCE = 1.0, 2.5
 
 def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None = None,
              device: str | None = None, ae_minutes: float | None = AE_MINUTES, ldm_minutes: float | None = LDM_MINUTES,
-             seed: int = 0, download: bool = True) -> dict[str, Path]:
+             seed: int = 0, download: bool = True, threads: int | None = None) -> dict[str, Path]:
     """Train (or reuse) both stages and write samples.png and filmstrip.png; returns the paths.
 
-    `download=False` never touches the network (the LPIPS backbone must then be on disk already)."""
+    `download=False` never touches the network (the LPIPS backbone must then be on disk already). On a CPU
+    training switches between one thread and all of them, whichever is faster at the moment (speed.ThreadGovernor:
+    a busy laptop trains 2.6x faster on one thread); `threads=N` fixes the count instead (bit-reproducible)."""
     profile = get_profile(profile)
     device = get_device(device)
     out = Path(out_dir)
     t0 = time.time()
-    print(f"minildm demo: profile={profile.name} device={device} threads={torch.get_num_threads()} out={out}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    all_threads = torch.get_num_threads()
+    governor = (lambda: None) if threads is not None or device.type != "cpu" else (lambda: ThreadGovernor(all_threads))
+    print(f"minildm demo: profile={profile.name} device={device} threads={all_threads}"
+          f"{'' if threads is None and device.type == 'cpu' and all_threads > 1 else ' (fixed)'} out={out}")
 
     data = ShapesDataset("train", profile.data).batch(range(24))
     preview = save_figure(image_grid(data["image"], data["caption"], ncols=8,
@@ -76,8 +84,10 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
         print(f"NOTE: {missing}\n      The demo continues with a RANDOM LPIPS backbone: the autoencoder still trains "
               "(L1 + a random-feature perceptual loss; adversarial loss from disc_start on), but install the "
               "pretrained weights for the paper's perceptual loss.")
-    ae = train_autoencoder(profile, out, device=device, max_minutes=ae_minutes,
+    gov = governor()
+    ae = train_autoencoder(profile, out, device=device, max_minutes=ae_minutes, callback=gov,
                            random_lpips=None if missing is None else True, lpips_download=download)
+    _threads_used(gov, all_threads)
     psnr = [h["val_psnr"] for h in ae["history"] if "val_psnr" in h]
     print(f"      autoencoder: step {ae['step']}/{profile.ae.steps}"
           + (f", validation PSNR {psnr[-1]:.1f} dB" if psnr else "")
@@ -85,7 +95,9 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
              "blurrier: run the demo again to resume and finish)"))
 
     print(f"[2/4] latent diffusion ({profile.ldm.cond}-conditional), {profile.ldm.steps} steps{_cap(ldm_minutes)}")
-    run = train_ldm(profile, out / AE_CHECKPOINT, out, device=device, max_minutes=ldm_minutes, seed=seed)
+    gov = governor()
+    run = train_ldm(profile, out / AE_CHECKPOINT, out, device=device, max_minutes=ldm_minutes, seed=seed, callback=gov)
+    _threads_used(gov, all_threads)
     print(f"      latent diffusion: step {run['step']}/{profile.ldm.steps}"
           + ("" if run["step"] >= profile.ldm.steps else " (stopped by its time cap: the further a run stops "
              "short of its steps, the less well it follows prompts; run the demo again to resume and finish)"))
@@ -113,6 +125,13 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
     print(f"  samples:   {samples.resolve()}")
     print(f"  filmstrip: {film.resolve()}")
     return {"preview": preview, "samples": samples, "filmstrip": film}
+
+
+def _threads_used(governor: ThreadGovernor | None, all_threads: int) -> None:
+    if governor is not None:
+        torch.set_num_threads(all_threads)
+        if sum(governor.steps_at.values()):
+            print(f"      trained with {governor.summary()}")
 
 
 def _cap(minutes: float | None) -> str:

@@ -20,12 +20,14 @@ import contextlib
 import os
 import platform
 import shutil
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["SpeedConfig", "PRECISIONS", "precision_dtype", "autocast", "sync_interval", "compile_unsupported",
+__all__ = ["ThreadGovernor", "SpeedConfig", "PRECISIONS", "precision_dtype", "autocast", "sync_interval", "compile_unsupported",
            "maybe_compile", "apply_speed", "NO_COMPILE_ENV"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -135,3 +137,59 @@ def apply_speed(modules: dict[str, nn.Module], speed: SpeedConfig, device: torch
     if speed.channels_last:
         done.append("channels-last")
     return done
+
+
+class ThreadGovernor:
+    """A fit() callback that keeps a CPU run on whichever thread count trains faster right now (issue 15).
+
+    PyTorch's CPU kernels split each op over `torch.get_num_threads()` threads that wait for each other. When
+    another program keeps one core busy, a two-thread run on a two-core laptop waits at every op for the
+    thread that lost its core: measured on a 2-core CPU with one single-thread process beside it, the cpu
+    LDM step ran 1.11 steps/s at two threads and 2.86 at one (idle: 3.66 and 2.72). So every `every` steps the
+    governor trains `window` steps at each candidate count (the steps are real training steps), keeps the
+    faster one, and records the count in every record ("threads"). The choice depends on timing, so a run is
+    bit-reproducible only with a fixed thread count (`minildm demo --threads N`): 1 and 2 threads agree to
+    float rounding, not bitwise.
+    """
+
+    def __init__(self, most: int | None = None, window: int = 12, every: int = 300):
+        most = most or torch.get_num_threads()
+        self.candidates = sorted({1, most})
+        self.window, self.every = max(2, window), max(1, every)
+        self.rates: dict[int, float] = {}
+        self.trial: list[int] = []             # thread counts still to time in this trial
+        self.mark: tuple[int, float | None] | None = None   # (step, time) where the current window started
+        self.steps_at: dict[int, int] = {n: 0 for n in self.candidates}
+
+    def __call__(self, step: int, record: dict, run: Any = None) -> None:
+        now, threads = time.perf_counter(), torch.get_num_threads()
+        record["threads"] = threads
+        self.steps_at[threads] = self.steps_at.get(threads, 0) + 1
+        if len(self.candidates) == 1:
+            return
+        if self.mark is None:
+            if step == 1 or step % self.every == 0:             # start a trial: time each count in turn
+                self.trial = list(self.candidates)
+                self._switch(self.trial[0], step)
+            return
+        start, t = self.mark
+        if t is None:                                           # the first step at a new count warms it up:
+            self.mark = (step, now)                             # timing starts after it
+        elif step - start >= self.window:
+            self.rates[threads] = (step - start) / (now - t)
+            self.trial.pop(0)
+            if self.trial:
+                self._switch(self.trial[0], step)
+            else:                                               # trial over: keep the faster count
+                self.mark = None
+                torch.set_num_threads(max(self.rates, key=self.rates.get))
+
+    def _switch(self, threads: int, step: int) -> None:
+        torch.set_num_threads(threads)
+        self.mark = (step, None)
+
+    def summary(self) -> str:
+        """How many steps ran at each thread count, and the last measured rates."""
+        steps = ", ".join(f"{n} thread{'s' * (n > 1)}: {k} steps" for n, k in sorted(self.steps_at.items()) if k)
+        rates = ", ".join(f"{n}: {r:.2f} steps/s" for n, r in sorted(self.rates.items()))
+        return f"{steps} (last trial {rates})" if rates else steps

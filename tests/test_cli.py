@@ -39,6 +39,7 @@ def test_demo_says_when_a_time_cap_stopped_training_and_a_second_run_finishes(tm
     out = capsys.readouterr().out
     assert "autoencoder: step 20/20" in out and "latent diffusion: step 20/20" in out
     assert "at most" not in out and "time cap" not in out
+    assert "trained with" in out and "thread" in out             # speed.ThreadGovernor's summary per stage
 
 
 def test_sample_command(demo_dir, tmp_path, capsys):

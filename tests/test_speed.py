@@ -8,8 +8,9 @@ from minildm.autoencoder import build_autoencoder
 from minildm.data import ShapesDataset
 from minildm.ldm import LatentDiffusion
 from minildm.profiles import get_profile
-from minildm.speed import (NO_COMPILE_ENV, SpeedConfig, autocast, compile_unsupported, maybe_compile,
-                           precision_dtype, sync_interval)
+from minildm import speed
+from minildm.speed import (NO_COMPILE_ENV, SpeedConfig, ThreadGovernor, autocast, compile_unsupported,
+                           maybe_compile, precision_dtype, sync_interval)
 from minildm.train import train_ldm
 from minildm.unet import UNet
 
@@ -110,3 +111,51 @@ def test_the_compiled_unet_keeps_its_input_checks_and_has_no_graph_break():
     mask[1] = False
     with pytest.raises(ValueError, match="a context_mask row masks every token"):
         unet(x, t, ctx, mask)
+
+
+def _govern(monkeypatch, seconds_per_step: dict[int, float], steps: int, **kw) -> tuple[ThreadGovernor, list]:
+    """Drive a ThreadGovernor through `steps` callbacks on a fake clock: each step takes seconds_per_step[n] at
+    n threads (n = torch.get_num_threads() when the step ran)."""
+    clock = [0.0]
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock[0])
+    gov, records = ThreadGovernor(most=2, **kw), []
+    for step in range(1, steps + 1):
+        clock[0] += seconds_per_step[torch.get_num_threads()]
+        records.append({"step": step})
+        gov(step, records[-1])
+    return gov, records
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_thread_governor_keeps_the_faster_count_and_records_it(monkeypatch, busy):
+    before = torch.get_num_threads()
+    try:
+        # idle two-core machine: 2 threads 0.27 s/step, 1 thread 0.37; beside another program: 0.9 and 0.35
+        per_step = {1: 0.35, 2: 0.9} if busy else {1: 0.37, 2: 0.27}
+        torch.set_num_threads(2)
+        gov, records = _govern(monkeypatch, per_step, 100, window=5, every=40)
+        winner = 1 if busy else 2
+        assert gov.rates == pytest.approx({n: 1 / per_step[n] for n in (1, 2)})    # rates measured on the clock
+        # trials at steps 1 and 40 and 80, each 1 warm-up + 5 timed steps per count; otherwise the winner runs
+        trial_steps = {s for start in (1, 40, 80) for s in range(start + 1, start + 13)}
+        assert records[0]["threads"] == 2                          # the first step runs before any trial
+        assert all(r["threads"] == winner for r in records[1:] if r["step"] not in trial_steps)
+        assert {r["threads"] for r in records if r["step"] in trial_steps} == {1, 2}
+        assert sum(gov.steps_at.values()) == 100 and gov.steps_at[winner] > 70
+        assert f"{winner} thread" in gov.summary() and "steps/s" in gov.summary()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_governor_with_one_core_never_switches(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        gov = ThreadGovernor(most=1)
+        records = [{"step": k} for k in range(1, 30)]
+        for r in records:
+            gov(r["step"], r)
+        assert gov.candidates == [1] and {r["threads"] for r in records} == {1} and gov.rates == {}
+        assert gov.summary() == "1 thread: 29 steps"
+    finally:
+        torch.set_num_threads(before)
