@@ -60,17 +60,24 @@ def run_demo(out_dir: str | Path = "outputs/demo", profile: str | Profile | None
 
     `download=False` never touches the network (the LPIPS backbone must then be on disk already). On a CPU
     training switches between one thread and all of them, whichever is faster at the moment (speed.ThreadGovernor:
-    a busy laptop trains 2.6x faster on one thread); `threads=N` fixes the count instead (bit-reproducible)."""
-    profile = get_profile(profile)
-    device = get_device(device)
-    out = Path(out_dir)
-    t0 = time.time()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    all_threads = torch.get_num_threads()
-    governor = (lambda: None) if threads is not None or device.type != "cpu" else (lambda: ThreadGovernor(all_threads))
+    a busy laptop trains 2.6x faster on one thread); `threads=N` fixes the count instead (bit-reproducible). The
+    caller's thread count is restored at the end."""
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        return _run_demo(Path(out_dir), get_profile(profile), get_device(device), ae_minutes, ldm_minutes, seed,
+                         download, fixed=threads is not None)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(out: Path, profile: Profile, device: torch.device, ae_minutes: float | None, ldm_minutes: float | None,
+              seed: int, download: bool, fixed: bool) -> dict[str, Path]:
+    t0, all_threads = time.time(), torch.get_num_threads()
+    governor = (lambda: None) if fixed or device.type != "cpu" else (lambda: ThreadGovernor(all_threads))
     print(f"minildm demo: profile={profile.name} device={device} threads={all_threads}"
-          f"{'' if threads is None and device.type == 'cpu' and all_threads > 1 else ' (fixed)'} out={out}")
+          f"{'' if not fixed and device.type == 'cpu' and all_threads > 1 else ' (fixed)'} out={out}")
 
     data = ShapesDataset("train", profile.data).batch(range(24))
     preview = save_figure(image_grid(data["image"], data["caption"], ncols=8,

@@ -29,9 +29,12 @@ def test_demo_writes_pictures_and_checkpoints(demo_dir, capsys):
 
 def test_demo_says_when_a_time_cap_stopped_training_and_a_second_run_finishes(tmp_path, capsys):
     # a zero-minute cap stops both stages before their first step; the demo must say so, not pretend
+    before = torch.get_num_threads()
     assert main(["demo", "--profile", "ci", "--offline", "--out", str(tmp_path), "--ae-minutes", "0",
-                 "--ldm-minutes", "0"]) == 0
+                 "--ldm-minutes", "0", "--threads", "1"]) == 0
     out = capsys.readouterr().out
+    assert "threads=1 (fixed)" in out and "trained with" not in out       # a fixed count: no thread governor
+    assert torch.get_num_threads() == before                                # and the caller's count is restored
     assert "(at most 0 min)" in out and "autoencoder: step 0/20" in out and "stopped by its time cap" in out
     assert "latent diffusion: step 0/20" in out and "run the demo again to resume and finish" in out
     # the default has no cap (the steps, not the clock, decide the pictures): a second run resumes and finishes
