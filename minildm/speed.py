@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ThreadGovernor", "SpeedConfig", "PRECISIONS", "precision_dtype", "autocast", "sync_interval", "compile_unsupported",
-           "maybe_compile", "apply_speed", "NO_COMPILE_ENV"]
+__all__ = ["SpeedConfig", "PRECISIONS", "precision_dtype", "autocast", "sync_interval", "compile_unsupported",
+           "maybe_compile", "apply_speed", "ThreadGovernor", "NO_COMPILE_ENV"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NO_COMPILE_ENV = "MINILDM_NO_COMPILE"     # set to 1 to switch torch.compile off everywhere (e.g. while debugging)
