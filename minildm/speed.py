@@ -20,6 +20,7 @@ import contextlib
 import os
 import platform
 import shutil
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -145,51 +146,75 @@ class ThreadGovernor:
     PyTorch's CPU kernels split each op over `torch.get_num_threads()` threads that wait for each other. When
     another program keeps one core busy, a two-thread run on a two-core laptop waits at every op for the
     thread that lost its core: measured on a 2-core CPU with one single-thread process beside it, the cpu
-    LDM step ran 1.11 steps/s at two threads and 2.86 at one (idle: 3.66 and 2.72). So every `every` steps the
-    governor trains `window` steps at each candidate count (the steps are real training steps), keeps the
-    faster one, and records the count in every record ("threads"). The choice depends on timing, so a run is
-    bit-reproducible only with a fixed thread count (`minildm demo --threads N`): 1 and 2 threads agree to
-    float rounding, not bitwise.
+    LDM step ran 1.11 steps/s at two threads and 2.86 at one (idle: 3.66 and 2.72). So the governor runs
+    trials: it trains `window` steps at each candidate count (real training steps), keeps the faster one, and
+    records the count in every record ("threads"). Trials start on multiples of `every` steps; while a trial
+    confirms the previous winner, the gap to the next one doubles, up to `backoff` × `every` (a trial's slow
+    half is what the governor costs). Between trials it watches the winner's own rate over every `window`
+    steps: when it falls below `slowdown` × the rate the trial measured (another program started), a trial
+    starts at once and the gap returns to `every`. The choice depends on timing, so a run is bit-reproducible
+    only with a fixed thread count (`minildm demo --threads N`): 1 and 2 threads agree to float rounding, not
+    bitwise.
     """
 
-    def __init__(self, most: int | None = None, window: int = 12, every: int = 300):
+    def __init__(self, most: int | None = None, window: int = 12, every: int = 300, backoff: int = 4,
+                 slowdown: float = 0.7):
         most = most or torch.get_num_threads()
         self.candidates = sorted({1, most})
-        self.window, self.every = max(2, window), max(1, every)
-        self.rates: dict[int, float] = {}
-        self.trial: list[int] = []             # thread counts still to time in this trial
-        self.mark: tuple[int, float | None] | None = None   # (step, time) where the current window started
+        self.window, self.every, self.backoff, self.slowdown = max(2, window), max(1, every), max(1, backoff), slowdown
+        self.rates: dict[int, float] = {}      # steps/s per count, measured in the last trial
+        self.trial: list[int] = []             # thread counts still to time in the running trial
+        self.times: list[float] = []           # step durations of the current window
+        self.last: float | None = None         # when the previous step ended
+        self.warmup = False                    # the next step is the first at a new count: not timed
+        self.gap, self.next_trial, self.winner, self.trials, self.first = 1, 1, None, 0, 1
         self.steps_at: dict[int, int] = {n: 0 for n in self.candidates}
 
     def __call__(self, step: int, record: dict, run: Any = None) -> None:
-        now, threads = time.perf_counter(), torch.get_num_threads()
+        now, threads = time.perf_counter(), torch.get_num_threads()      # `threads` ran the step that just ended
+        took, self.last = (None if self.last is None else now - self.last), now
         record["threads"] = threads
         self.steps_at[threads] = self.steps_at.get(threads, 0) + 1
         if len(self.candidates) == 1:
             return
-        if self.mark is None:
-            if step == 1 or step % self.every == 0:             # start a trial: time each count in turn
-                self.trial = list(self.candidates)
-                self._switch(self.trial[0], step)
-            return
-        start, t = self.mark
-        if t is None:                                           # the first step at a new count warms it up:
-            self.mark = (step, now)                             # timing starts after it
-        elif step - start >= self.window:
-            self.rates[threads] = (step - start) / (now - t)
-            self.trial.pop(0)
-            if self.trial:
-                self._switch(self.trial[0], step)
-            else:                                               # trial over: keep the faster count
-                self.mark = None
-                torch.set_num_threads(max(self.rates, key=self.rates.get))
+        if took is not None and not self.warmup:
+            self.times.append(took)
+        self.warmup = False
+        if self.trial:
+            if len(self.times) >= self.window:
+                self.rates[threads] = 1.0 / statistics.median(self.times)   # the median: a validation pass or
+                self.trial.pop(0)                                          # a checkpoint write is one slow step
+                if self.trial:
+                    self._switch(self.trial[0])
+                else:
+                    self._end_trial()
+        elif step == 1 or (step % self.every == 0 and step >= self.next_trial) or self._slowed():
+            self.trial, self.trials, self.first = list(self.candidates), self.trials + 1, step
+            self._switch(self.trial[0])
 
-    def _switch(self, threads: int, step: int) -> None:
+    def _slowed(self) -> bool:
+        """Whether the winner's rate over the last `window` steps fell below `slowdown` × its trial rate."""
+        if self.winner is None or len(self.times) < self.window:
+            return False
+        rate, self.times = 1.0 / statistics.median(self.times), []
+        if rate < self.slowdown * self.rates[self.winner]:
+            self.winner = None                                  # so the trial starts the gaps over at `every`
+            return True
+        return False
+
+    def _end_trial(self) -> None:
+        """Keep the faster count; back off while the winner repeats."""
+        winner = max(self.rates, key=self.rates.get)
+        self.gap = min(2 * self.gap, self.backoff) if winner == self.winner else 1
+        self.winner, self.next_trial = winner, (self.first // self.every + self.gap) * self.every
+        self._switch(winner)
+
+    def _switch(self, threads: int) -> None:
+        self.warmup, self.times = threads != torch.get_num_threads() or bool(self.trial), []
         torch.set_num_threads(threads)
-        self.mark = (step, None)
 
     def summary(self) -> str:
-        """How many steps ran at each thread count, and the last measured rates."""
+        """How many steps ran at each thread count, how many trials, and the last measured rates."""
         steps = ", ".join(f"{n} thread{'s' * (n > 1)}: {k} steps" for n, k in sorted(self.steps_at.items()) if k)
         rates = ", ".join(f"{n}: {r:.2f} steps/s" for n, r in sorted(self.rates.items()))
-        return f"{steps} (last trial {rates})" if rates else steps
+        return f"{steps} ({self.trials} trials, the last {rates})" if rates else steps

@@ -113,38 +113,63 @@ def test_the_compiled_unet_keeps_its_input_checks_and_has_no_graph_break():
         unet(x, t, ctx, mask)
 
 
-def _govern(monkeypatch, seconds_per_step: dict[int, float], steps: int, **kw) -> tuple[ThreadGovernor, list]:
-    """Drive a ThreadGovernor through `steps` callbacks on a fake clock: each step takes seconds_per_step[n] at
-    n threads (n = torch.get_num_threads() when the step ran)."""
+def _govern(monkeypatch, seconds_per_step, steps: int, **kw) -> tuple[ThreadGovernor, list]:
+    """Drive a ThreadGovernor through `steps` callbacks on a fake clock: step k takes seconds_per_step[n] at n
+    threads (n = torch.get_num_threads() when the step ran), or seconds_per_step(k, n) when it is a function."""
     clock = [0.0]
     monkeypatch.setattr(speed.time, "perf_counter", lambda: clock[0])
+    cost = seconds_per_step if callable(seconds_per_step) else lambda k, n: seconds_per_step[n]
     gov, records = ThreadGovernor(most=2, **kw), []
     for step in range(1, steps + 1):
-        clock[0] += seconds_per_step[torch.get_num_threads()]
+        clock[0] += cost(step, torch.get_num_threads())
         records.append({"step": step})
         gov(step, records[-1])
     return gov, records
 
 
-@pytest.mark.parametrize("busy", [False, True])
-def test_thread_governor_keeps_the_faster_count_and_records_it(monkeypatch, busy):
+def _trial_steps(*starts: int, window: int = 5) -> set[int]:
+    """The steps a trial starting at each of `starts` runs: per count one warm-up step and `window` timed ones."""
+    return {s for start in starts for s in range(start + 1, start + 2 * (window + 1) + 1)}
+
+
+@pytest.fixture
+def two_threads():
     before = torch.get_num_threads()
-    try:
-        # idle two-core machine: 2 threads 0.27 s/step, 1 thread 0.37; beside another program: 0.9 and 0.35
-        per_step = {1: 0.35, 2: 0.9} if busy else {1: 0.37, 2: 0.27}
-        torch.set_num_threads(2)
-        gov, records = _govern(monkeypatch, per_step, 100, window=5, every=40)
-        winner = 1 if busy else 2
-        assert gov.rates == pytest.approx({n: 1 / per_step[n] for n in (1, 2)})    # rates measured on the clock
-        # trials at steps 1 and 40 and 80, each 1 warm-up + 5 timed steps per count; otherwise the winner runs
-        trial_steps = {s for start in (1, 40, 80) for s in range(start + 1, start + 13)}
-        assert records[0]["threads"] == 2                          # the first step runs before any trial
-        assert all(r["threads"] == winner for r in records[1:] if r["step"] not in trial_steps)
-        assert {r["threads"] for r in records if r["step"] in trial_steps} == {1, 2}
-        assert sum(gov.steps_at.values()) == 100 and gov.steps_at[winner] > 70
-        assert f"{winner} thread" in gov.summary() and "steps/s" in gov.summary()
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_thread_governor_keeps_the_faster_count_and_records_it(monkeypatch, two_threads, busy):
+    # idle two-core machine: 2 threads 0.27 s/step, 1 thread 0.37; beside another program: 0.9 and 0.35
+    per_step = {1: 0.35, 2: 0.9} if busy else {1: 0.37, 2: 0.27}
+    gov, records = _govern(monkeypatch, per_step, 300, window=5, every=40, backoff=4)
+    winner = 1 if busy else 2
+    assert gov.rates == pytest.approx({n: 1 / per_step[n] for n in (1, 2)})    # rates measured on the clock
+    # trials at step 1 and at multiples of 40; the gap doubles while the winner repeats: 40, 80, 160 (the cap)
+    trial_steps = _trial_steps(1, 40, 120, 280)
+    assert gov.trials == 4 and gov.next_trial == 280 + 160
+    assert records[0]["threads"] == 2                          # the first step runs before any trial
+    assert all(r["threads"] == winner for r in records[1:] if r["step"] not in trial_steps)
+    assert {r["threads"] for r in records if r["step"] in trial_steps} == {1, 2}
+    assert sum(gov.steps_at.values()) == 300 and gov.steps_at[winner] == 300 - len(trial_steps) // 2 - (winner == 1)
+    assert f"{winner} thread" in gov.summary() and "4 trials" in gov.summary() and "steps/s" in gov.summary()
+
+
+def test_thread_governor_reacts_to_load_at_once_and_ignores_one_slow_step(monkeypatch, two_threads):
+    def cost(step, n):                         # idle until step 200, another program from then on;
+        if step == 70:                         # step 70 is a validation pass: one step of 5 s
+            return 5.0
+        return ({1: 0.37, 2: 0.27} if step < 200 else {1: 0.35, 2: 0.9})[n]
+    gov, records = _govern(monkeypatch, cost, 400, window=5, every=40, backoff=4)
+    threads = {r["step"]: r["threads"] for r in records}
+    # idle: trials at 1, 40, 120 (the slow step 70 starts none); the load is seen within two watch windows
+    alarm = next(s for s in range(200, 212) if threads[s + 1] == 1)
+    assert all(threads[s] == 2 for s in range(2, 200) if s not in _trial_steps(1, 40, 120))
+    assert all(threads[s] == 1 for s in range(alarm + 13, 401) if s not in _trial_steps(240, 320))
+    # after the alarm the gaps start over at `every`: trials at 240 (the next multiple of 40), 320 (gap 80)
+    assert gov.trials == 6 and gov.winner == 1 and gov.next_trial == 320 + 160
 
 
 def test_thread_governor_with_one_core_never_switches(monkeypatch):
