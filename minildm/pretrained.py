@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .autoencoder import AEConfig, build_autoencoder
-from .checkpoint import CheckpointError, config_from_dict, load_checkpoint, to_plain, unsafe_tensors
+from .checkpoint import CheckpointError, _umask, config_from_dict, load_checkpoint, to_plain, unsafe_tensors
 from .data import ShapesDataset
 from .ldm import LatentDiffusion, LDMConfig
 from .metrics import reconstruction_psnr
@@ -124,6 +124,7 @@ def _save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) ->
     tmp = path.with_suffix(".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
               metadata={"minildm": json.dumps(to_plain(meta))})
+    os.chmod(tmp, 0o666 & ~_umask())               # safetensors writes 0600; shipped files are for everyone to read
     tmp.replace(path)
     return file_sha256(path)
 

@@ -1,6 +1,7 @@
 """Shipped inference checkpoints: exported from training checkpoints, verified by SHA-256, loaded exactly."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -55,8 +56,11 @@ def test_the_manifest_says_how_each_file_was_made(shipped):
     text = m["ci/ldm-text.safetensors"]
     assert text["command"].startswith("minildm train-ldm") and text["metrics"] == {"one_object": 0.5}
     assert set(text["spot_check"]) == {"one_object_accuracy"} and set(m["ci/ldm-class.safetensors"]["spot_check"]) == {"accuracy"}
-    for entry in m.values():
+    mask = os.umask(0)
+    os.umask(mask)
+    for name, entry in m.items():
         assert len(entry["sha256"]) == 64 and entry["torch"] == torch.__version__ and entry["bytes"] > 0
+        assert (shipped / name).stat().st_mode & 0o777 == 0o666 & ~mask     # readable by all, as the umask allows
     assert not pretrained.available("cpu", root=shipped) and pretrained.load_ldm("ci", "layout", root=shipped) is None
 
 
