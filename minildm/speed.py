@@ -148,7 +148,8 @@ class ThreadGovernor:
     thread that lost its core: measured on a 2-core CPU with one single-thread process beside it, the cpu
     LDM step ran 1.11 steps/s at two threads and 2.86 at one (idle: 3.66 and 2.72). So the governor runs
     trials: it trains `window` steps at each candidate count (real training steps), keeps the faster one, and
-    records the count in every record ("threads"). Trials start on multiples of `every` steps; while a trial
+    records the count in every record ("threads"). Trials start at the first step (of a run or of its
+    resumption) and on multiples of `every` steps; while a trial
     confirms the previous winner, the gap to the next one doubles, up to `backoff` × `every` (a trial's slow
     half is what the governor costs). Between trials it watches the winner's own rate over every `window`
     steps: when it falls below `slowdown` × the rate the trial measured (another program started), a trial
@@ -188,7 +189,7 @@ class ThreadGovernor:
                     self._switch(self.trial[0])
                 else:
                     self._end_trial()
-        elif step == 1 or (step % self.every == 0 and step >= self.next_trial) or self._slowed():
+        elif not self.trials or (step % self.every == 0 and step >= self.next_trial) or self._slowed():
             self.trial, self.trials, self.first = list(self.candidates), self.trials + 1, step
             self._switch(self.trial[0])
 

@@ -113,14 +113,15 @@ def test_the_compiled_unet_keeps_its_input_checks_and_has_no_graph_break():
         unet(x, t, ctx, mask)
 
 
-def _govern(monkeypatch, seconds_per_step, steps: int, **kw) -> tuple[ThreadGovernor, list]:
+def _govern(monkeypatch, seconds_per_step, steps: int, first: int = 1, **kw) -> tuple[ThreadGovernor, list]:
     """Drive a ThreadGovernor through `steps` callbacks on a fake clock: step k takes seconds_per_step[n] at n
-    threads (n = torch.get_num_threads() when the step ran), or seconds_per_step(k, n) when it is a function."""
+    threads (n = torch.get_num_threads() when the step ran), or seconds_per_step(k, n) when it is a function;
+    `first`: the step a resumed run starts at."""
     clock = [0.0]
     monkeypatch.setattr(speed.time, "perf_counter", lambda: clock[0])
     cost = seconds_per_step if callable(seconds_per_step) else lambda k, n: seconds_per_step[n]
     gov, records = ThreadGovernor(most=2, **kw), []
-    for step in range(1, steps + 1):
+    for step in range(first, first + steps):
         clock[0] += cost(step, torch.get_num_threads())
         records.append({"step": step})
         gov(step, records[-1])
@@ -184,3 +185,11 @@ def test_thread_governor_with_one_core_never_switches(monkeypatch):
         assert gov.summary() == "1 thread: 29 steps"
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_governor_times_a_resumed_run_at_once(monkeypatch, two_threads):
+    gov, records = _govern(monkeypatch, {1: 0.35, 2: 0.9}, 100, first=1001, window=5, every=40)
+    threads = {r["step"]: r["threads"] for r in records}
+    assert threads[1001] == 2 and threads[1002] == 1                  # the trial starts at the first step
+    assert all(threads[s] == 1 for s in range(1014, 1101) if s not in _trial_steps(1040))
+    assert gov.trials == 2 and gov.next_trial == 1120                 # 1040 confirmed 1 thread: gap 80
