@@ -42,7 +42,7 @@ PAIR_PROMPTS = (
 # No time caps by default: the profile's step counts, not the clock, decide what the demo shows (issue 15). With
 # the old caps (3.5 and 9.5 minutes) a slower or busy laptop stopped the LDM hundreds of steps early and its
 # samples were visibly worse: 2,000 of the 3,200 steps give 92.5 % one-object and 45.5 % two-object prompts
-# right, against 99 % and 80 % (docs/design-notes.md; README, three fresh clones). A lab with a hard limit can pass
+# right, against 99 % and 80 % (docs/design-notes.md; README, fresh clones). A lab with a hard limit can pass
 # `--ae-minutes` / `--ldm-minutes`; the demo then says at which step each stage stopped.
 AE_MINUTES: float | None = None
 LDM_MINUTES: float | None = None
