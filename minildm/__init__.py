@@ -1,66 +1,109 @@
 """minildm: a compact, readable Latent Diffusion Model (Rombach et al., CVPR 2022).
 
-One file per idea of the paper, data flowing one way:
+The paper's model sits at the top of the package, one part per file, data flowing one way:
 
-    data          shapes.py (the Shapes world), tokenizer.py, data.py (datasets), realdata.py (folders, MNIST)
-    stage 1       nn.py (blocks, attention), autoencoder.py (E, D, KL / VQ / pixel), losses.py (LPIPS, GAN)
-    stage 2       diffusion.py (q(x_t|x_0), targets, L_simple), unet.py, conditioning.py (τθ),
-                  samplers.py (DDPM, DDIM, guidance), ldm.py (LatentDiffusion)
-    training      train.py (both stages' steps), loop.py (the loop they share), profiles.py (ci / cpu / gpu presets),
-                  speed.py (bf16, compile, time caps), distributed.py (torchrun + DDP)
-    evaluation    metrics.py (PSNR, SSIM, LPIPS, spectra, FID, KID, P/R, IS), evaluator.py (the Shapes evaluator),
-                  shapes_eval.py (Shapes-FID with its floor, prompt accuracy), probes.py (attention maps, word
-                  influence), shape_fidelity.py (small shapes), features.py (FID on other data), viz.py
-                  (pictures), widgets.py (sliders and a prompt box)
-    studies       experiments.py (the paper's experiments), results.py (tables), bench.py / peer.py / flops.py
-                  (speed, FLOPs, the gpu profile's predicted time)
-    the course    course.py (setup, claims, exercise checks, models handed from notebook to notebook),
-                  course_run.py (`minildm course`, `minildm check`), student.py (the student edition),
-                  pretrained.py (the shipped checkpoints); commands.py and cli.py: the `minildm` command
+    nn.py            shared blocks: normalization, timestep embedding, attention (recordable), EMA
+    autoencoder.py   stage 1: encoder E, decoder D, the Gaussian posterior; KL / VQ / pixel first stages
+    perceptual.py    LPIPS, the perceptual distance, and where its backbone weights come from
+    losses.py        stage 1's objective: L1 + LPIPS + patch GAN with the adaptive weight
+    diffusion.py     stage 2: noise schedules, q(x_t|x_0), the posterior, targets, L_simple
+    unet.py          the denoiser: ResBlocks, SpatialTransformer (self + cross attention), down / up path
+    conditioning.py  τθ: class, text (with its tokenizer), layout and low-resolution encoders
+    samplers.py      DDPM and DDIM steps and loops, inversion, img2img, classifier-free guidance
+    ldm.py           LatentDiffusion: frozen autoencoder + scale factor + U-Net + τθ
+    utils.py         devices, seeding, seeded noise, the checkpoint file format
 
-A notebook needs only `import minildm` (or `from minildm import …`): the names below are the public API,
-and each module's own `__all__` lists the rest of what it offers.
+Everything that serves the lab lives in folders named after whom it serves:
+
+    data/     the Shapes world and the datasets            train/   the two training loops, presets, speed, DDP
+    eval/     metrics, the Shapes judge, probes             course/  setup and checks of the notebooks, pictures,
+    tools/    the command line, studies, bench, FLOPs                widgets, shipped checkpoints, student edition
+
+The files at the top import only each other; a folder imports the top and the folders before it in the order
+data, eval, train, course, tools. A notebook needs only `import minildm` (or `from minildm import …`).
 """
 
 __version__ = "0.2.0"
 
-from . import (autoencoder, checkpoint, conditioning, course, data, diffusion, evaluator, experiments, ldm,  # noqa: E402
-               losses, metrics, nn, probes, profiles, realdata, results, samplers, shapes, shapes_eval, tokenizer,
-               train, unet, utils, viz, widgets)
-from .autoencoder import (AEConfig, AutoencoderKL, AutoencoderVQ, DiagonalGaussian, PixelSpace,  # noqa: E402
-                          build_autoencoder, load_autoencoder, reconstruct)
-from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder  # noqa: E402
-from .data import DataConfig, ShapesDataset  # noqa: E402
+from . import autoencoder, conditioning, course, data, diffusion, eval, ldm, losses, nn, samplers, train, unet, utils  # noqa: E402  # noqa: E402
+from .autoencoder import (  # noqa: E402
+                          AEConfig,
+                          AutoencoderKL,
+                          AutoencoderVQ,
+                          DiagonalGaussian,
+                          PixelSpace,
+                          build_autoencoder,
+                          load_autoencoder,
+                          reconstruct,
+)
+from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer  # noqa: E402
+from .course import attention_overlay, check_answer, denoising_filmstrip, image_grid, latent_grid, save_figure, setup  # noqa: E402
+from .data import (  # noqa: E402
+                          MNIST,
+                          NUM_CLASSES,
+                          DataConfig,
+                          ImageFolderDataset,
+                          ShapesDataset,
+                          ShapesTokenizer,
+                          class_id,
+                          class_name,
+                          parse_caption,
+                          parse_layout,
+                          render_scenes,
+                          sample_scene,
+                          scene_from_caption,
+)
 from .diffusion import GaussianDiffusion, make_beta_schedule  # noqa: E402
-from .evaluator import load_evaluator  # noqa: E402
+from .eval import (  # noqa: E402
+                          attention_mass,
+                          class_accuracy,
+                          fid_from_features,
+                          latent_statistics,
+                          layout_accuracy,
+                          load_evaluator,
+                          log_spectrum_distance,
+                          lpips,
+                          object_mask,
+                          precision_recall,
+                          prompt_accuracy,
+                          psnr,
+                          radial_power_spectrum,
+                          shapes_features,
+                          shapes_generative_metrics,
+                          ssim,
+                          word_attention_maps,
+                          word_influence,
+)
 from .ldm import LatentDiffusion, LDMConfig  # noqa: E402
-from .losses import LPIPS, AutoencoderLoss, NLayerDiscriminator, adaptive_weight, hinge_d_loss  # noqa: E402
-from .course import check_answer, setup  # noqa: E402
-from .metrics import (fid_from_features, latent_statistics, log_spectrum_distance, lpips, precision_recall,  # noqa: E402
-                      psnr, radial_power_spectrum, ssim)
-from .nn import (EMA, CrossAttention, attention_explicit, attention_sdpa, layer_shapes, record_attention,  # noqa: E402
-                 timestep_embedding)
-from .profiles import PROFILES, Profile, get_profile  # noqa: E402
-from .realdata import MNIST, ImageFolderDataset  # noqa: E402
-from .samplers import (ddim_invert, ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step,  # noqa: E402
-                       guided_model_output, img2img)
-from .shapes import (NUM_CLASSES, ShapesTokenizer, class_id, class_name, parse_caption, parse_layout,  # noqa: E402
-                     render_scenes, sample_scene, scene_from_caption)
-from .probes import attention_mass, object_mask, word_attention_maps, word_influence  # noqa: E402
-from .shapes_eval import (class_accuracy, layout_accuracy, prompt_accuracy, shapes_features,  # noqa: E402
-                          shapes_generative_metrics)
-from .tokenizer import WordTokenizer  # noqa: E402
-from .train import fit, train_autoencoder, train_ldm  # noqa: E402
+from .losses import AutoencoderLoss, NLayerDiscriminator, adaptive_weight, hinge_d_loss
+from .nn import (  # noqa: E402
+                          EMA,
+                          CrossAttention,
+                          attention_explicit,
+                          attention_sdpa,
+                          layer_shapes,
+                          record_attention,
+                          timestep_embedding,
+)
+from .perceptual import LPIPS  # noqa: E402
+from .samplers import (  # noqa: E402
+                          ddim_invert,
+                          ddim_sample,
+                          ddim_step,
+                          ddim_timesteps,
+                          ddpm_sample,
+                          ddpm_step,
+                          guided_model_output,
+                          img2img,
+)
+from .train import PROFILES, Profile, fit, get_profile, train_autoencoder, train_ldm  # noqa: E402
 from .unet import UNet  # noqa: E402
-from .utils import count_parameters, get_device, seed_everything, slerp  # noqa: E402
-from .viz import attention_overlay, denoising_filmstrip, image_grid, latent_grid, save_figure  # noqa: E402
+from .utils import count_parameters, get_device, load_checkpoint, save_checkpoint, seed_everything, slerp  # noqa: E402
 
 __all__ = [
     # modules
-    "autoencoder", "checkpoint", "conditioning", "course", "data", "diffusion", "evaluator", "experiments", "ldm",
-    "losses", "metrics", "nn", "probes", "profiles", "realdata", "results", "samplers", "shapes", "shapes_eval",
-    "tokenizer", "train", "unet", "utils", "viz", "widgets",
+    "autoencoder", "conditioning", "diffusion", "ldm", "losses", "nn", "samplers", "unet", "utils", "course", "data",
+    "eval", "train",
     # the names a notebook reaches for first
     "AEConfig", "AutoencoderKL", "AutoencoderVQ", "DiagonalGaussian", "PixelSpace", "build_autoencoder",
     "load_autoencoder", "reconstruct", "load_checkpoint", "save_checkpoint", "ClassEmbedder", "LayoutEncoder",

@@ -27,9 +27,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .checkpoint import check_config_matches, config_from_dict, load_checkpoint, to_plain
 from .nn import RecordableAttention, Upsample, check_attention_factors, group_norm
-from .utils import get_device, randn
+from .utils import check_config_matches, config_from_dict, get_device, load_checkpoint, randn, to_plain
 
 __all__ = ["AEConfig", "ResnetBlock", "AttnBlock", "Downsample", "Encoder", "Decoder", "DiagonalGaussian",
            "AutoencoderKL", "VectorQuantizer", "AutoencoderVQ", "PixelSpace", "build_autoencoder",

@@ -29,14 +29,12 @@ import torch
 from torch import nn
 
 from .autoencoder import AEConfig, build_autoencoder
-from .checkpoint import config_from_dict, load_checkpoint
-from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder
+from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
 from .diffusion import PREDICTION_TYPES, GaussianDiffusion
-from .samplers import ddim_invert, ddim_sample, ddpm_sample, img2img as ddim_img2img
-from .speed import autocast, precision_dtype
-from .tokenizer import WordTokenizer
+from .samplers import ddim_invert, ddim_sample, ddpm_sample
+from .samplers import img2img as ddim_img2img
 from .unet import UNet
-from .utils import get_device, randn
+from .utils import autocast, config_from_dict, get_device, load_checkpoint, precision_dtype, randn
 
 __all__ = ["LDMConfig", "LatentDiffusion", "sample_latent", "COND_MODES", "BATCH_KEYS", "CHECKPOINT_KIND"]
 

@@ -15,9 +15,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from minildm.autoencoder import build_autoencoder  # noqa: E402
-from minildm.checkpoint import save_checkpoint  # noqa: E402
-from minildm.profiles import get_profile  # noqa: E402
-from minildm.train import AE_CHECKPOINT  # noqa: E402
+from minildm.train.profiles import get_profile  # noqa: E402
+from minildm.train.stages import AE_CHECKPOINT  # noqa: E402
+from minildm.utils import save_checkpoint  # noqa: E402
 
 # One intra-op thread: the test models are tiny, and two OpenMP threads fighting over two (possibly
 # shared) cores made the suite 5-10x slower here. Results do not depend on the thread count.

@@ -6,10 +6,16 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from minildm.autoencoder import (AutoencoderKL, AutoencoderVQ, DiagonalGaussian, Downsample, VectorQuantizer,
-                                 build_autoencoder)
-from minildm.autoencoder import AEConfig
-from minildm.profiles import PROFILES
+from minildm.autoencoder import (
+    AEConfig,
+    AutoencoderKL,
+    AutoencoderVQ,
+    DiagonalGaussian,
+    Downsample,
+    VectorQuantizer,
+    build_autoencoder,
+)
+from minildm.train.profiles import PROFILES
 
 TINY = dict(ch=8, num_res_blocks=1, z_channels=3)
 
@@ -192,9 +198,8 @@ def test_posterior_is_fp32_for_half_precision_moments():
 
 def test_pixel_space_is_the_identity_first_stage():
     """f = 1 (the paper's LDM-1): encode and decode are the identity, nothing to train."""
-    from minildm.autoencoder import PixelSpace, build_autoencoder
-    from minildm.autoencoder import AEConfig
-    from minildm.train import train_autoencoder
+    from minildm.autoencoder import AEConfig, PixelSpace, build_autoencoder
+    from minildm.train.stages import train_autoencoder
 
     ps = build_autoencoder(AEConfig(kind="pixel", ch_mult=(1,), z_channels=3))
     assert isinstance(ps, PixelSpace) and ps.downsample_factor == 1 and ps.z_channels == 3

@@ -15,13 +15,14 @@ import torch  # noqa: E402
 
 pytest.importorskip("diffusers")                             # CI installs it (the `test` extra)
 
-from minildm import bench, peer  # noqa: E402
-from minildm.cli import main  # noqa: E402
+from minildm import perceptual  # noqa: E402
 from minildm.autoencoder import AutoencoderKL  # noqa: E402
 from minildm.diffusion import GaussianDiffusion  # noqa: E402
 from minildm.ldm import LDMConfig  # noqa: E402
-from minildm.profiles import get_profile  # noqa: E402
 from minildm.samplers import ddim_sample, ddim_timesteps  # noqa: E402
+from minildm.tools import bench, peer  # noqa: E402
+from minildm.tools.cli import main  # noqa: E402
+from minildm.train.profiles import get_profile  # noqa: E402
 from minildm.unet import UNet  # noqa: E402
 
 T = 1000
@@ -266,7 +267,7 @@ def test_bench_without_peer_and_without_lpips_weights(capsys, monkeypatch, tmp_p
     import minildm.losses as losses
 
     monkeypatch.setattr(losses, "backbone_path", lambda net: tmp_path / "absent" / f"{net}.pth")
-    monkeypatch.delenv(losses.RANDOM_BACKBONE_ENV, raising=False)
+    monkeypatch.delenv(perceptual.RANDOM_BACKBONE_ENV, raising=False)
     result = bench.run_bench("ci", "cpu", seconds=0.05, peer=False, steps=2, lpips_download=False, log=None)
     assert len(result["rows"]) == 7
     _check_flop_columns({**result, "rows": [r for r in result["rows"] if not r.get("skipped")]}, peak=None)

@@ -11,8 +11,8 @@ import zipfile
 import pytest
 import torch
 
-from minildm import checkpoint as ck
-from minildm.profiles import get_profile
+from minildm import utils as ck
+from minildm.train.profiles import get_profile
 
 WHAT_TO_DO = "train again from the previous checkpoint"
 

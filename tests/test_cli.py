@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from minildm.cli import main
-from minildm.shapes import parse_layout
+from minildm.data.shapes import parse_layout
+from minildm.tools.cli import main
 
 
 @pytest.fixture(scope="module")

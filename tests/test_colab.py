@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from minildm.course import COLAB_CELL
+from minildm.course.lesson import COLAB_CELL
 
 
 @pytest.fixture
@@ -55,6 +55,6 @@ def test_on_colab_without_minildm_it_installs_the_release(recorded, monkeypatch)
 
 def test_the_release_the_cell_installs_is_this_version():
     import minildm
-    from minildm.course import COLAB_CELL
+    from minildm.course.lesson import COLAB_CELL
 
     assert f'"v{minildm.__version__}"' in COLAB_CELL, "bump MINILDM_TAG's default in course.COLAB_CELL with the version"

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from minildm.conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder
 
 try:
-    from minildm.shapes import ShapesTokenizer
+    from minildm.data.shapes import ShapesTokenizer
 except ImportError:  # pragma: no cover - data.py is written in parallel
     ShapesTokenizer = None
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from minildm.conditioning import TextEncoder
+from minildm.data.shapes import ShapesTokenizer
 from minildm.diffusion import GaussianDiffusion, moment_z_scores
 from minildm.nn import parameters_by_block, parameters_with_gradient
-from minildm.shapes import ShapesTokenizer
 from minildm.unet import UNet, parameters_by_kind
 
 T = 1000

@@ -10,12 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from minildm.autoencoder import AEConfig, build_autoencoder
-from minildm.evaluator import predict_cells, readable_scenes
+from minildm.eval.accuracy import real_images
+from minildm.eval.judge import predict_cells, readable_scenes
+from minildm.eval.metrics import (
+    bicubic_roundtrip,
+    latent_statistics,
+    peak_in_boxes,
+    psnr,
+    radial_power_spectrum,
+    side_for_values,
+)
 from minildm.ldm import LatentDiffusion, LDMConfig
 from minildm.losses import adaptive_weight, hinge_d_loss
-from minildm.metrics import (bicubic_roundtrip, latent_statistics, peak_in_boxes, psnr, radial_power_spectrum,
-                             side_for_values)
-from minildm.shapes_eval import real_images
 from minildm.utils import slerp
 
 TINY = AEConfig(ch=8, ch_mult=(1, 2, 2), z_channels=4)
@@ -152,7 +158,7 @@ def test_messages_for_bad_input():
 
 
 def test_lpips_instances_are_copies_of_one_build_equal_but_independent():
-    from minildm.losses import LPIPS
+    from minildm.perceptual import LPIPS
 
     a, b = LPIPS("alex", download=False, random_backbone=True), LPIPS("alex", download=False, random_backbone=True)
     x, y = real_images(2), real_images(2, start=2)

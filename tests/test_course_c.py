@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
-from minildm.checkpoint import save_checkpoint
-from minildm.data import ShapesDataset
+from minildm.data.datasets import ShapesDataset
 from minildm.ldm import LatentDiffusion
-from minildm.profiles import get_profile
 from minildm.samplers import ddim_invert, ddim_sample, img2img
-from minildm.train import AE_CHECKPOINT, LDM_CHECKPOINT, SampleSnapshots, loss_trend, train_ldm
+from minildm.train.profiles import get_profile
+from minildm.train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, SampleSnapshots, loss_trend, train_ldm
+from minildm.utils import save_checkpoint
 
 CI = get_profile("ci")
 PROMPTS = ["a large red circle in the top left", "a small blue square in the center"]

@@ -10,18 +10,33 @@ import torch
 import torch.nn.functional as F
 
 from minildm.autoencoder import build_autoencoder
-from minildm.data import ShapesDataset
+from minildm.data.datasets import ShapesDataset
+from minildm.data.shapes import NUM_CLASSES, class_id, class_name, parse_layout
+from minildm.eval.accuracy import (
+    GUIDANCE_SCALES,
+    evaluate_class_model,
+    evaluate_guidance,
+    evaluate_layout_model,
+    evaluate_sr_model,
+    evaluate_unconditional,
+    super_resolve,
+)
+from minildm.eval.metrics import psnr
+from minildm.eval.probes import (
+    STEP_RANGES,
+    attention_mass_study,
+    autoencoder_fingerprint,
+    cross_attention_layers,
+    first_conv_input,
+    record_word_attention,
+    summarize_attention_mass,
+    token_maps,
+    word_attention_maps,
+)
 from minildm.ldm import LatentDiffusion
-from minildm.metrics import psnr
 from minildm.nn import record_attention
-from minildm.probes import (STEP_RANGES, attention_mass_study, autoencoder_fingerprint, cross_attention_layers,
-                            first_conv_input, record_word_attention, summarize_attention_mass, token_maps,
-                            word_attention_maps)
-from minildm.profiles import get_profile
 from minildm.samplers import guided_model_output
-from minildm.shapes import NUM_CLASSES, class_id, class_name, parse_layout
-from minildm.shapes_eval import (GUIDANCE_SCALES, evaluate_class_model, evaluate_guidance, evaluate_layout_model,
-                                 evaluate_sr_model, evaluate_unconditional, super_resolve)
+from minildm.train.profiles import get_profile
 from minildm.unet import coordinate_grid
 
 CI = get_profile("ci")

@@ -12,9 +12,9 @@ import torch
 from nbclient import NotebookClient
 from PIL import Image, ImageDraw
 
-from minildm import course as C
+from minildm.course import lesson as C
+from minildm.data.realdata import ImageFolderDataset
 from minildm.ldm import LatentDiffusion
-from minildm.realdata import ImageFolderDataset
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

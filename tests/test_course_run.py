@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from minildm import course_run
-from minildm.cli import main
-from minildm.course import NOTEBOOKS
+from minildm.course import runner as course_run
+from minildm.course.lesson import NOTEBOOKS
+from minildm.tools.cli import main
 
 
 def test_run_course_times_one_notebook_and_a_partial_run_keeps_the_others(tmp_path):

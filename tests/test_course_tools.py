@@ -6,19 +6,19 @@ import math
 import pytest
 import torch
 
-from minildm import course as C
 from minildm.autoencoder import AEConfig, build_autoencoder
-from minildm.data import ShapesDataset
+from minildm.course import lesson as C
+from minildm.course.widgets import frame_slider, prompt_explorer
+from minildm.data.datasets import ShapesDataset
+from minildm.data.shapes import COLORS, Scene, ShapeObject, render_scenes
+from minildm.eval.metrics import log_spectrum_distance, radial_power_spectrum
+from minildm.eval.probes import attention_mass, object_mask, word_attention_maps
 from minildm.ldm import LatentDiffusion
 from minildm.losses import AutoencoderLoss
-from minildm.metrics import log_spectrum_distance, radial_power_spectrum
 from minildm.nn import layer_shapes
-from minildm.probes import attention_mass, object_mask, word_attention_maps
-from minildm.profiles import get_profile
-from minildm.shapes import COLORS, ShapeObject, Scene, render_scenes
+from minildm.train.profiles import get_profile
 from minildm.unet import UNet
 from minildm.utils import slerp
-from minildm.widgets import frame_slider, prompt_explorer
 
 CI = get_profile("ci")
 

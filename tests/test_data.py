@@ -8,9 +8,21 @@ import sys
 import pytest
 import torch
 
-from minildm.data import ShapesDataset, shapes_collate
-from minildm.shapes import (COLOR_NAMES, COLORS, GRID, JITTER, NUM_CLASSES, POSITIONS, SHAPES, SIZES, ShapesTokenizer,
-                            class_name, low_res, parse_caption)
+from minildm.data.datasets import ShapesDataset, shapes_collate
+from minildm.data.shapes import (
+    COLOR_NAMES,
+    COLORS,
+    GRID,
+    JITTER,
+    NUM_CLASSES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapesTokenizer,
+    class_name,
+    low_res,
+    parse_caption,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +56,7 @@ def test_sample_is_pure_function_of_seed_split_index(ds, batch):
 
 
 def test_deterministic_across_processes(batch):
-    code = ("import hashlib,torch; from minildm.data import ShapesDataset;"
+    code = ("import hashlib,torch; from minildm.data.datasets import ShapesDataset;"
             "x=ShapesDataset('train', size=1000).batch(range(200))['image'];"
             "print(hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -95,7 +107,7 @@ def test_labels_and_layout(batch, ds):
 
 def _analytic_area(shape: str, size: float) -> float:
     """Area of the shape in units of the image side², from elementary geometry (independent of the SDF)."""
-    from minildm.shapes import _GEOMETRY
+    from minildm.data.shapes import _GEOMETRY
 
     n, inner, _, scale = _GEOMETRY[shape]
     R = scale * size

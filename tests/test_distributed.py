@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
-from minildm.checkpoint import load_checkpoint
-from minildm.data import ShapesDataset
-from minildm.distributed import Dist
+from minildm.data.datasets import ShapesDataset
+from minildm.data.realdata import ImageFolderDataset
 from minildm.ldm import LatentDiffusion
-from minildm.profiles import get_profile
-from minildm.realdata import ImageFolderDataset
-from minildm.train import AE_CHECKPOINT, LDM_CHECKPOINT
+from minildm.train.distributed import Dist
+from minildm.train.profiles import get_profile
+from minildm.train.stages import AE_CHECKPOINT, LDM_CHECKPOINT
+from minildm.utils import load_checkpoint
 
 CI = get_profile("ci")
 

@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from minildm import evaluator as EV, metrics as M, shapes_eval as SE
-from minildm.data import ShapesDataset
-from minildm.shapes import NUM_CLASSES, render_scenes
+from minildm.data.datasets import ShapesDataset
+from minildm.data.shapes import NUM_CLASSES, render_scenes
+from minildm.eval import judge as EV
+from minildm.eval import metrics as M
+from minildm.eval import accuracy as SE
 
 # --------------------------------------------------------------------------------------------------------
 # FID

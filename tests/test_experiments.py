@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from minildm import experiments as E, results as R
-from minildm.cli import main
 from minildm.autoencoder import PixelSpace, build_autoencoder
-from minildm.profiles import Profile, get_profile
+from minildm.eval.accuracy import evaluate_text_ldm, evaluate_text_model
 from minildm.ldm import LatentDiffusion
-from minildm.shapes_eval import evaluate_text_ldm, evaluate_text_model
+from minildm.course import results as R
+from minildm.tools import studies as E
+from minildm.tools.cli import main
+from minildm.train.profiles import Profile, get_profile
 
 load_ldm = LatentDiffusion.from_checkpoint
 

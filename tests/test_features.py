@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from minildm import features as FT
-from minildm.features import FEATURE_NAMES, available_features, feature_file, fid_with_floor, offline_features
+from minildm.eval import features as FT
+from minildm.eval.features import FEATURE_NAMES, available_features, feature_file, fid_with_floor, offline_features
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ the plan's prediction recomputed from its own counts."""
 import pytest
 import torch
 
-from minildm import flops
-from minildm.profiles import get_profile
+from minildm.tools import flops
+from minildm.train.profiles import get_profile
 
 
 def test_linear_forward_is_2_b_in_out_and_a_training_step_of_a_linear_stack_is_3x_forward():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minildm.nn import EMA, num_groups
-from minildm.profiles import PROFILES, get_profile
+from minildm.train.profiles import PROFILES, get_profile
 from minildm.utils import get_device, seed_everything
 
 

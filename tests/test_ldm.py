@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
-from minildm.checkpoint import load_checkpoint
-from minildm.data import ShapesDataset
+from minildm.data.datasets import ShapesDataset
 from minildm.ldm import LatentDiffusion
-from minildm.profiles import get_profile
-from minildm.train import train_ldm
+from minildm.train.profiles import get_profile
+from minildm.train.stages import train_ldm
+from minildm.utils import load_checkpoint
 
 load_ldm = LatentDiffusion.from_checkpoint
 
@@ -168,7 +168,7 @@ def test_sampling_is_seeded_and_guidance_one_skips_uncond(ae, batch):
 def test_a_checkpoint_rebuilds_the_whole_model(ae, tmp_path):
     """from_checkpoint needs nothing but the file: autoencoder, tokenizer, resolution and weights come back,
     and the rebuilt model samples exactly what the trained one does."""
-    from minildm.checkpoint import save_checkpoint
+    from minildm.utils import save_checkpoint
 
     ae_path = tmp_path / "ae.pt"
     save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, ae_path)
@@ -214,7 +214,7 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
 
 
 def test_word_influence_is_zero_for_a_model_that_ignores_the_prompt(ae, batch):
-    from minildm.probes import word_influence
+    from minildm.eval.probes import word_influence
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])
@@ -228,7 +228,7 @@ def test_word_influence_is_zero_for_a_model_that_ignores_the_prompt(ae, batch):
 @pytest.mark.parametrize("words", [("circle", "square"), ("red", "blue"), ("small", "large")])
 def test_word_influence_measures_where_the_prediction_lands(ae, batch, words):
     """An oracle whose x̂_0 is λ·z_a + (1 − λ)·z_b, with λ set by the caption, has influence λ_a − λ_b exactly."""
-    from minildm.probes import word_influence, word_pair_latents
+    from minildm.eval.probes import word_influence, word_pair_latents
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])
@@ -255,7 +255,7 @@ def test_word_influence_measures_where_the_prediction_lands(ae, batch, words):
 
 
 def test_word_influence_errors(ae, batch):
-    from minildm.probes import word_influence
+    from minildm.eval.probes import word_influence
 
     ldm = make(ae)
     ldm.set_scale_factor(batch["image"])

@@ -7,11 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from minildm import losses
-from minildm.autoencoder import AutoencoderKL
-from minildm.losses import (LPIPS, AutoencoderLoss, LPIPSWeightsMissingError, NLayerDiscriminator, adaptive_weight,
-                            generator_loss, hinge_d_loss, vanilla_d_loss)
-from minildm.autoencoder import AEConfig
+from minildm import losses, perceptual
+from minildm.autoencoder import AEConfig, AutoencoderKL
+from minildm.losses import (
+    AutoencoderLoss,
+    NLayerDiscriminator,
+    adaptive_weight,
+    generator_loss,
+    hinge_d_loss,
+    vanilla_d_loss,
+)
+from minildm.perceptual import LPIPS, LPIPSWeightsMissingError
 
 SMALL = dict(ch=8, ch_mult=(1, 2), z_channels=3, disc_ndf=8, disc_layers=2, lpips_net="alex")
 
@@ -145,24 +151,24 @@ def test_lpips_is_fp32_under_autocast(random_lpips):
 
 def test_missing_pretrained_weights_give_a_helpful_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.delenv(losses.RANDOM_BACKBONE_ENV, raising=False)
+    monkeypatch.delenv(perceptual.RANDOM_BACKBONE_ENV, raising=False)
     with pytest.raises(LPIPSWeightsMissingError) as e:
         LPIPS("vgg", download=False)
     msg = str(e.value)
     assert "vgg16-397923af.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg
-    assert "random_backbone=True" in msg and losses.RANDOM_BACKBONE_ENV in msg
+    assert "random_backbone=True" in msg and perceptual.RANDOM_BACKBONE_ENV in msg
 
     def offline(net, path):
         raise urllib.error.URLError("no network in tests")
-    monkeypatch.setattr(losses, "_download_backbone", offline)
+    monkeypatch.setattr(perceptual, "_download_backbone", offline)
     with pytest.raises(LPIPSWeightsMissingError, match="download failed: URLError"):
         LPIPS("alex", download=True)
 
 
 def test_random_backbone_opt_in_by_env_prints_one_notice(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv(losses.RANDOM_BACKBONE_ENV, "1")
-    monkeypatch.setattr(losses, "_random_notice_shown", set())
+    monkeypatch.setenv(perceptual.RANDOM_BACKBONE_ENV, "1")
+    monkeypatch.setattr(perceptual, "_random_notice_shown", set())
     a, b = LPIPS("alex", download=False), LPIPS("alex", download=False)
     out = capsys.readouterr().out
     assert out.count("RANDOM alex backbone") == 1 and "NOT a meaningful" in out
@@ -175,7 +181,7 @@ def test_pretrained_backbone_file_is_loaded_into_the_trunk(tmp_path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     torch.manual_seed(123)
     state = tv.alexnet(weights=None).state_dict()
-    path = losses.backbone_path("alex")
+    path = perceptual.backbone_path("alex")
     assert path == tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     path.parent.mkdir(parents=True)
     torch.save(state, path)

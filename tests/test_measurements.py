@@ -7,13 +7,18 @@ A "perfect model" here draws, for each caption, a fresh scene that the caption d
 
 import torch
 
-from minildm import pretrained
-from minildm.data import ShapesDataset
+from minildm.course import pretrained
+from minildm.data.datasets import ShapesDataset
+from minildm.data.shapes import render_scenes, scene_from_caption
+from minildm.eval.accuracy import (
+    evaluate_class_model,
+    evaluate_text_ldm,
+    evaluate_text_model,
+    shapes_generative_metrics,
+)
 from minildm.ldm import LatentDiffusion
-from minildm.profiles import get_profile
-from minildm.shapes import render_scenes, scene_from_caption
-from minildm.shapes_eval import evaluate_class_model, evaluate_text_ldm, evaluate_text_model, shapes_generative_metrics
-from minildm.train import train_ldm
+from minildm.train.profiles import get_profile
+from minildm.train.stages import train_ldm
 
 N = 200
 

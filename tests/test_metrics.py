@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from minildm.metrics import latent_statistics, lpips, psnr, ssim
+from minildm.eval.metrics import latent_statistics, lpips, psnr, ssim
 
 
 def test_psnr_closed_form():

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minildm.course import COLAB_CELL, NOTEBOOKS
+from minildm.course.lesson import COLAB_CELL, NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent / "notebooks"
 PATHS = sorted(p for p in ROOT.glob("[0-9][0-9]_*.ipynb"))

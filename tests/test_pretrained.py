@@ -6,13 +6,13 @@ import os
 import pytest
 import torch
 
-from minildm import pretrained
 from minildm.autoencoder import load_autoencoder
-from minildm.checkpoint import CheckpointError
-from minildm.cli import main
+from minildm.course import pretrained
 from minildm.ldm import LatentDiffusion
-from minildm.profiles import get_profile
-from minildm.train import train_autoencoder, train_ldm
+from minildm.tools.cli import main
+from minildm.train.profiles import get_profile
+from minildm.train.stages import train_autoencoder, train_ldm
+from minildm.utils import CheckpointError
 
 CI = get_profile("ci")
 

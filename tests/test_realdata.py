@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from minildm import realdata
-from minildm.realdata import (
+from minildm.data import realdata
+from minildm.data.realdata import (
     MNIST,
     ChecksumError,
     CorruptImageError,
@@ -433,7 +433,7 @@ def test_class_subfolders_become_labels(tmp_path):
 
 
 def test_datasets_by_name(tmp_path):
-    from minildm.data import DataConfig, ShapesDataset, make_dataset
+    from minildm.data.datasets import DataConfig, ShapesDataset, make_dataset
 
     assert isinstance(make_dataset("shapes", "val"), ShapesDataset) and make_dataset("shapes", "val").split == "val"
     write_mnist(tmp_path / "mnist", "train", *digits(4))

@@ -7,8 +7,18 @@ import pytest
 import torch
 
 from minildm.diffusion import GaussianDiffusion
-from minildm.samplers import (concat_cond, ddim_coefficients, ddim_invert, ddim_sample, ddim_step, ddim_timesteps,
-                              ddpm_sample, ddpm_step, guided_model_output, img2img)
+from minildm.samplers import (
+    concat_cond,
+    ddim_coefficients,
+    ddim_invert,
+    ddim_sample,
+    ddim_step,
+    ddim_timesteps,
+    ddpm_sample,
+    ddpm_step,
+    guided_model_output,
+    img2img,
+)
 
 T = 1000
 LDM = dict(schedule="scaled_linear", timesteps=T, beta_start=0.0015, beta_end=0.0195)

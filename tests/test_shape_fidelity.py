@@ -17,12 +17,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minildm import evaluator as EV
 from minildm.autoencoder import PixelSpace
-from minildm.shape_fidelity import (autoencoder_shape_fidelity, by_shape_and_size, count_by_sizes, fidelity_lines,
-                                    fidelity_scenes)
-from minildm.shapes import SHAPES, SIZE_NAMES, parse_caption, render_scenes, scene_from_caption
-from minildm.shapes_eval import _test_captions, evaluate_text_ldm, text_report
+from minildm.data.shapes import SHAPES, SIZE_NAMES, parse_caption, render_scenes, scene_from_caption
+from minildm.eval import judge as EV
+from minildm.eval.accuracy import _test_captions, evaluate_text_ldm, text_report
+from minildm.eval.fidelity import (
+    autoencoder_shape_fidelity,
+    by_shape_and_size,
+    count_by_sizes,
+    fidelity_lines,
+    fidelity_scenes,
+)
 
 
 @pytest.fixture(scope="module")

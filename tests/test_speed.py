@@ -5,13 +5,21 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
-from minildm.data import ShapesDataset
+from minildm.data.datasets import ShapesDataset
 from minildm.ldm import LatentDiffusion
-from minildm.profiles import get_profile
-from minildm import speed
-from minildm.speed import (NO_COMPILE_ENV, SpeedConfig, ThreadGovernor, autocast, compile_unsupported,
-                           maybe_compile, precision_dtype, sync_interval)
-from minildm.train import train_ldm
+from minildm.train import speed
+from minildm.train.profiles import get_profile
+from minildm.train.speed import (
+    NO_COMPILE_ENV,
+    SpeedConfig,
+    ThreadGovernor,
+    autocast,
+    compile_unsupported,
+    maybe_compile,
+    precision_dtype,
+    sync_interval,
+)
+from minildm.train.stages import train_ldm
 from minildm.unet import UNet
 
 CI = get_profile("ci")

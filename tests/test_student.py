@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from minildm.student import ANSWER_PROMPT, STUDENT_DIR, student_notebook, write_student_edition
+from minildm.course.student import ANSWER_PROMPT, STUDENT_DIR, student_notebook, write_student_edition
 
 SOURCE = STUDENT_DIR.parent
 PATHS = sorted(SOURCE.glob("[0-9][0-9]_*.ipynb"))

@@ -10,12 +10,19 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
-from minildm.checkpoint import UnsafeWeightsError, load_checkpoint
 from minildm.ldm import LatentDiffusion
 from minildm.losses import AutoencoderLoss
-from minildm.profiles import get_profile
-from minildm.train import (AE_CHECKPOINT, LDM_CHECKPOINT, AutoencoderTraining, LatentDiffusionTraining,
-                           NonFiniteLossError, train_autoencoder, train_ldm)
+from minildm.train.profiles import get_profile
+from minildm.train.stages import (
+    AE_CHECKPOINT,
+    LDM_CHECKPOINT,
+    AutoencoderTraining,
+    LatentDiffusionTraining,
+    NonFiniteLossError,
+    train_autoencoder,
+    train_ldm,
+)
+from minildm.utils import UnsafeWeightsError, load_checkpoint
 
 STAGES = ("autoencoder", "ldm")
 CI = get_profile("ci")

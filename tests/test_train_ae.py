@@ -5,14 +5,15 @@
 import pytest
 import torch
 
-from minildm import losses
-from minildm.autoencoder import build_autoencoder
-from minildm.data import ShapesDataset
-from minildm.checkpoint import load_checkpoint
-from minildm.losses import AutoencoderLoss, LPIPSWeightsMissingError
-from minildm.autoencoder import AEConfig, load_autoencoder
-from minildm.profiles import PROFILES
-from minildm.train import AE_CHECKPOINT as CHECKPOINT_NAME, train_autoencoder
+from minildm import perceptual
+from minildm.autoencoder import AEConfig, build_autoencoder, load_autoencoder
+from minildm.data.datasets import ShapesDataset
+from minildm.losses import AutoencoderLoss
+from minildm.perceptual import LPIPSWeightsMissingError
+from minildm.train.profiles import PROFILES
+from minildm.train.stages import AE_CHECKPOINT as CHECKPOINT_NAME
+from minildm.train.stages import train_autoencoder
+from minildm.utils import load_checkpoint
 
 CI = PROFILES["ci"]
 
@@ -71,7 +72,7 @@ def test_loading_into_a_different_config_is_a_clear_error(tmp_path):
 
 def test_missing_lpips_weights_stop_training_with_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(losses.RANDOM_BACKBONE_ENV, raising=False)
+    monkeypatch.delenv(perceptual.RANDOM_BACKBONE_ENV, raising=False)
     with pytest.raises(LPIPSWeightsMissingError, match="alexnet-owt-7be5be79.pth"):
         train_autoencoder(_profile(), tmp_path / "run", device="cpu", random_lpips=None, lpips_download=False,
                           progress=False)

@@ -5,7 +5,7 @@ import torch
 
 from minildm.conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder
 from minildm.nn import record_attention
-from minildm.profiles import get_profile
+from minildm.train.profiles import get_profile
 from minildm.unet import SpatialTransformer, UNet
 
 B, C, H = 2, 4, 8          # batch, latent channels, latent size

@@ -20,9 +20,9 @@ from typing import Any, Callable
 
 import torch
 
-from .nn import num_groups
-from .samplers import concat_cond
-from .unet import coordinate_grid
+from ..nn import num_groups
+from ..samplers import concat_cond
+from ..unet import coordinate_grid
 
 __all__ = ["diffusers_available", "peer_unet", "peer_autoencoder", "peer_scheduler", "peer_ddim_sample",
            "peer_unet_fn"]

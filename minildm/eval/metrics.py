@@ -23,8 +23,8 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from .autoencoder import reconstruct
-from .losses import LPIPS, random_backbone_requested
+from ..autoencoder import reconstruct
+from ..perceptual import LPIPS, random_backbone_requested
 
 __all__ = ["psnr", "ssim", "lpips", "radial_power_spectrum", "log_spectrum_distance", "latent_statistics",
            "side_for_values", "bicubic_roundtrip", "peak_in_boxes", "reconstruction_psnr",
@@ -96,7 +96,7 @@ def lpips(x: torch.Tensor, y: torch.Tensor, net: str = "alex", download: bool = 
           random_backbone: bool | None = None) -> torch.Tensor:
     """LPIPS distance per image (B,) (Zhang et al. 2018), lower is better; the network is built once and cached.
 
-    See losses.LPIPS for how the pretrained backbone is found; with a random backbone the number is not a
+    See perceptual.LPIPS for how the pretrained backbone is found; with a random backbone the number is not a
     meaningful perceptual metric.
     """
     rb = random_backbone_requested() if random_backbone is None else bool(random_backbone)

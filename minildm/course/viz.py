@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .data import ShapesDataset
-from .shapes import class_name
+from ..data.datasets import ShapesDataset
+from ..data.shapes import class_name
 
 __all__ = ["to_display", "image_grid", "save_figure", "filmstrip", "denoising_filmstrip", "save_sample_grid",
            "latent_grid", "attention_overlay", "DEFAULT_PROMPTS"]

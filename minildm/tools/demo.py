@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from .data import ShapesDataset
-from .ldm import LatentDiffusion
-from .losses import lpips_weights_missing
-from .profiles import Profile, get_profile
-from .speed import ThreadGovernor
-from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
-from .utils import get_device
-from .viz import denoising_filmstrip, image_grid, save_figure
+from ..course.viz import denoising_filmstrip, image_grid, save_figure
+from ..data.datasets import ShapesDataset
+from ..ldm import LatentDiffusion
+from ..perceptual import lpips_weights_missing
+from ..train.profiles import Profile, get_profile
+from ..train.speed import ThreadGovernor
+from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
+from ..utils import get_device
 
 __all__ = ["run_demo", "AE_MINUTES", "LDM_MINUTES", "SINGLE_PROMPTS", "PAIR_PROMPTS"]
 

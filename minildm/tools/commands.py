@@ -15,27 +15,28 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, pretrained
-from .autoencoder import load_autoencoder
+from .. import __version__
+from ..autoencoder import load_autoencoder
+from ..course import pretrained
+from ..course.lesson import REPO_ROOT, RESULTS_DIR
+from ..course.results import experiment_markdown
+from ..course.runner import run_course, self_check
+from ..course.student import write_student_edition
+from ..course.viz import image_grid, save_figure
+from ..data.datasets import ShapesDataset, benchmark, make_dataset
+from ..data.shapes import NUM_CLASSES, class_name, parse_layout
+from ..eval.accuracy import evaluate_text_ldm, text_report
+from ..eval.fidelity import autoencoder_shape_fidelity, fidelity_lines
+from ..eval.judge import train_evaluator
+from ..ldm import LatentDiffusion
+from ..train.distributed import main_process
+from ..train.profiles import PROFILES, default_profile_name, get_profile
+from ..train.stages import AE_CHECKPOINT, train_autoencoder, train_ldm
+from ..utils import get_device
 from .bench import bench_autoencoder, bench_ddim, bench_ldm_step, format_table, machine_info, run_bench
-from .course import REPO_ROOT, RESULTS_DIR
-from .course_run import run_course, self_check
-from .data import ShapesDataset, benchmark, make_dataset
 from .demo import run_demo
-from .distributed import main_process
-from .evaluator import train_evaluator
-from .experiments import DEFAULT_CHECKPOINT, EXPERIMENTS, ExperimentBudget, run_experiment
 from .flops import ASSUMED_UTILIZATION, H100_BF16_TFLOPS, format_plan, plan_profile
-from .ldm import LatentDiffusion
-from .profiles import PROFILES, default_profile_name, get_profile
-from .results import experiment_markdown
-from .shape_fidelity import autoencoder_shape_fidelity, fidelity_lines
-from .shapes import NUM_CLASSES, class_name, parse_layout
-from .shapes_eval import evaluate_text_ldm, text_report
-from .student import write_student_edition
-from .train import AE_CHECKPOINT, train_autoencoder, train_ldm
-from .utils import get_device
-from .viz import image_grid, save_figure
+from .studies import DEFAULT_CHECKPOINT, EXPERIMENTS, ExperimentBudget, run_experiment
 
 __all__ = ["cmd_info", "cmd_demo", "cmd_preview", "cmd_bench_data", "cmd_train_ae", "cmd_bench_ae",
            "cmd_train_ldm", "cmd_sample", "cmd_evaluate_ldm", "cmd_bench_ldm", "cmd_bench", "cmd_train_evaluator",

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .data import ShapesDataset
-from .ldm import LatentDiffusion
-from .nn import AttentionMaps, record_attention
-from .shapes import COLOR_NAMES, COLORS, SHAPES, SIZE_NAMES, parse_caption, render_scenes
+from ..data.datasets import ShapesDataset
+from ..data.shapes import COLOR_NAMES, COLORS, SHAPES, SIZE_NAMES, parse_caption, render_scenes
+from ..ldm import LatentDiffusion
+from ..nn import AttentionMaps, record_attention
 
 __all__ = ["word_attention_maps", "record_word_attention", "token_maps", "cross_attention_layers", "object_mask",
            "attention_mass", "attention_mass_study", "summarize_attention_mass", "word_influence",

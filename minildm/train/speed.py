@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import shutil
@@ -28,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils import PRECISIONS, autocast, precision_dtype
+
 __all__ = ["SpeedConfig", "PRECISIONS", "precision_dtype", "autocast", "sync_interval", "compile_unsupported",
            "maybe_compile", "apply_speed", "ThreadGovernor", "NO_COMPILE_ENV"]
 
-PRECISIONS = ("auto", "fp32", "bf16")
 NO_COMPILE_ENV = "MINILDM_NO_COMPILE"     # set to 1 to switch torch.compile off everywhere (e.g. while debugging)
 GPU_SYNC_EVERY = 25
 
@@ -57,29 +57,6 @@ class SpeedConfig:
             if value is not None and not value > 0:
                 raise ValueError(f"SpeedConfig.{name} must be None (no cap) or a positive number of minutes, "
                                  f"got {value!r}")
-
-
-def precision_dtype(device: torch.device | str, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
-    device = torch.device(device)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" and bf16_ok else None
-    if not bf16_ok:
-        raise ValueError(f"precision 'bf16' is not supported on {device} (it needs a CPU or a CUDA GPU of the "
-                         "Ampere generation or newer); use precision 'auto' or 'fp32'")
-    return torch.bfloat16
-
-
-def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """torch.autocast for `dtype` on `device`; a no-op context when dtype is None (fp32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def sync_interval(device: torch.device | str, speed: SpeedConfig) -> int:

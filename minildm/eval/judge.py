@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data import ShapesDataset
-from .shapes import COLOR_NAMES, POSITIONS, SHAPES, SIZE_NAMES, render_scenes, sample_scene
-from .utils import get_device, seed_everything, warmup_cosine
+from ..data.datasets import ShapesDataset
+from ..data.shapes import COLOR_NAMES, POSITIONS, SHAPES, SIZE_NAMES, render_scenes, sample_scene
+from ..utils import get_device, load_checkpoint, save_checkpoint, seed_everything, warmup_cosine
 
 __all__ = ["EvaluatorConfig", "ShapesEvaluator", "train_evaluator", "load_evaluator", "predict_cells",
            "detect_objects", "attribute_accuracy", "scene_targets", "split_logits", "evaluator_loss", "degrade",
@@ -37,7 +36,7 @@ NUM_CELLS = 9                                                  # the 3×3 grid o
 ATTRIBUTES = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES}
 HEAD_WIDTH = 1 + sum(len(v) for v in ATTRIBUTES.values())       # occupancy logit + 4 + 6 + 2 = 13 per cell
 EVALUATOR_KIND = "shapes_evaluator"
-DEFAULT_EVALUATOR_PATH = Path(__file__).resolve().parent.parent / "data" / "shapes_evaluator.pt"
+DEFAULT_EVALUATOR_PATH = Path(__file__).resolve().parent.parent.parent / "data" / "shapes_evaluator.pt"
 _HFLIP_CELLS = [3 * r + (2 - c) for r in range(3) for c in range(3)]   # cell index after a horizontal mirror
 
 

@@ -25,20 +25,24 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .autoencoder import AEConfig, build_autoencoder
-from .checkpoint import CheckpointError, _umask, config_from_dict, load_checkpoint, to_plain, unsafe_tensors
-from .data import ShapesDataset
-from .ldm import LatentDiffusion, LDMConfig
-from .metrics import reconstruction_psnr
-from .realdata import sha256_of
-from .shapes_eval import (evaluate_class_model, evaluate_layout_model, evaluate_sr_model, prompt_accuracy,
-                          sample_prompts)
-from .tokenizer import WordTokenizer
-from .utils import get_device
+from ..autoencoder import AEConfig, build_autoencoder
+from ..conditioning import WordTokenizer
+from ..data.datasets import ShapesDataset
+from ..data.realdata import sha256_of
+from ..eval.accuracy import (
+    evaluate_class_model,
+    evaluate_layout_model,
+    evaluate_sr_model,
+    prompt_accuracy,
+    sample_prompts,
+)
+from ..eval.metrics import reconstruction_psnr
+from ..ldm import LatentDiffusion, LDMConfig
+from ..utils import CheckpointError, _umask, config_from_dict, get_device, load_checkpoint, to_plain, unsafe_tensors
 
 __all__ = ["DIR", "available", "load_autoencoder", "load_ldm", "export", "file_sha256", "manifest", "spot_check"]
 
-DIR = Path(__file__).resolve().parent.parent / "data" / "pretrained"
+DIR = Path(__file__).resolve().parent.parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
 
 

@@ -23,10 +23,18 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .autoencoder import reconstruct
-from .evaluator import ShapesEvaluator, predict_cells
-from .shapes import (COLOR_NAMES, POSITIONS, SHAPES, SIZE_NAMES, Scene, parse_caption, render_scenes,
-                     scene_from_caption)
+from ..autoencoder import reconstruct
+from ..data.shapes import (
+    COLOR_NAMES,
+    POSITIONS,
+    SHAPES,
+    SIZE_NAMES,
+    Scene,
+    parse_caption,
+    render_scenes,
+    scene_from_caption,
+)
+from .judge import ShapesEvaluator, predict_cells
 
 __all__ = ["accuracy_by", "by_shape_and_size", "count_by_sizes", "fidelity_scenes", "autoencoder_shape_fidelity",
            "shape_size_lines", "fidelity_lines"]

@@ -16,13 +16,14 @@ import argparse
 import os
 import sys
 
-from . import commands, pretrained
+from ..course import pretrained
+from ..course.student import STUDENT_DIR
+from ..data.datasets import DATASETS
+from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig
+from . import commands
 from .bench import DEFAULT_SECONDS
-from .data import DATASETS
 from .demo import AE_MINUTES, LDM_MINUTES
-from .evaluator import DEFAULT_EVALUATOR_PATH, EvaluatorConfig
-from .experiments import DEFAULT_CHECKPOINT, EXPERIMENTS
-from .student import STUDENT_DIR
+from .studies import DEFAULT_CHECKPOINT, EXPERIMENTS
 
 __all__ = ["main", "build_parser"]
 

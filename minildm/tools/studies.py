@@ -31,17 +31,18 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .autoencoder import CHECKPOINT_KIND as AE_KIND, AEConfig, PixelSpace, load_autoencoder, reconstruct
-from .checkpoint import load_checkpoint, to_plain
-from .data import ShapesDataset
-from .ldm import CHECKPOINT_KIND as LDM_KIND, LatentDiffusion
-from .losses import lpips_weights_missing
-from .metrics import lpips, psnr, ssim
-from .profiles import BUDGETS, ExperimentBudget, Profile, get_profile
-from .results import EXPERIMENTS, Row, load_json, write_json, write_results
-from .shapes_eval import evaluate_text_model, shapes_generative_metrics
-from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
-from .utils import get_device
+from ..autoencoder import CHECKPOINT_KIND as AE_KIND
+from ..autoencoder import AEConfig, PixelSpace, load_autoencoder, reconstruct
+from ..course.results import EXPERIMENTS, Row, load_json, write_json, write_results
+from ..data.datasets import ShapesDataset
+from ..eval.accuracy import evaluate_text_model, shapes_generative_metrics
+from ..eval.metrics import lpips, psnr, ssim
+from ..ldm import CHECKPOINT_KIND as LDM_KIND
+from ..ldm import LatentDiffusion
+from ..perceptual import lpips_weights_missing
+from ..train.profiles import BUDGETS, ExperimentBudget, Profile, get_profile
+from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
+from ..utils import get_device, load_checkpoint, to_plain
 
 __all__ = ["ExperimentBudget", "BUDGETS", "EXPERIMENTS", "f_study", "sampler_sweep", "guidance_sweep",
            "rate_distortion", "run_experiment", "train_first_stage", "autoencoder_config", "latent_rate",

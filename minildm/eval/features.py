@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import BACKBONE_FILES, backbone_path
+from ..perceptual import BACKBONE_FILES, backbone_path
 from .metrics import extract_features, fid_from_features
 
 __all__ = ["Features", "offline_features", "available_features", "feature_file", "fid_with_floor",

@@ -30,22 +30,21 @@ from typing import Any, Callable
 
 import torch
 
-from .autoencoder import load_autoencoder
-from .checkpoint import load_checkpoint
-from .data import ShapesDataset, make_dataset
-from .ldm import LatentDiffusion
+from ..autoencoder import load_autoencoder
+from ..data.datasets import ShapesDataset, make_dataset
+from ..ldm import LatentDiffusion
+from ..perceptual import lpips_weights_missing
+from ..train.profiles import Profile, get_profile
+from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
+from ..utils import get_device, load_checkpoint, seed_everything
 from . import pretrained
-from .losses import lpips_weights_missing
-from .profiles import Profile, get_profile
 from .results import load_json, write_json
-from .train import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
-from .utils import get_device, seed_everything
 
 __all__ = ["setup", "Course", "check_answer", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
            "DATA_ENV", "ANY_DATA", "load_json", "COLAB_CELL", "RESULTS_DIR", "measured_minutes"]
 
 COURSE_DIR_ENV, STRICT_ENV, DATA_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT", "MINILDM_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # the notebooks that run on $MINILDM_DATA (what needs Shapes in them says so and is skipped); the rest need Shapes
 ANY_DATA = ("01_perceptual_compression", "05_training_the_ldm", "08_other_conditions")
 NOTEBOOKS = ("00_setup_and_shapes", "01_perceptual_compression", "02_latent_space", "03_forward_diffusion",

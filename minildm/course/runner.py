@@ -23,14 +23,13 @@ import torch
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from ..perceptual import lpips_weights_missing
+from ..train.profiles import get_profile
+from ..train.stages import AutoencoderTraining, LatentDiffusionTraining
+from ..utils import CheckpointError, get_device
 from . import pretrained
-from .checkpoint import CheckpointError
-from .course import COURSE_DIR_ENV, NOTEBOOKS, REPO_ROOT, RESULTS_DIR, STRICT_ENV
-from .losses import lpips_weights_missing
-from .profiles import get_profile
+from .lesson import COURSE_DIR_ENV, NOTEBOOKS, REPO_ROOT, RESULTS_DIR, STRICT_ENV
 from .results import load_json
-from .train import AutoencoderTraining, LatentDiffusionTraining
-from .utils import get_device
 
 __all__ = ["run_course", "speed_probe", "self_check"]
 

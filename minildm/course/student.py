@@ -18,7 +18,7 @@ import nbformat
 
 __all__ = ["student_notebook", "write_student_edition", "STUDENT_DIR", "ANSWER_PROMPT"]
 
-STUDENT_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "student"
+STUDENT_DIR = Path(__file__).resolve().parent.parent.parent / "notebooks" / "student"
 ANSWER_PROMPT = "*Your answer:*"
 _EXERCISE = re.compile(r"#\s*(Exercise \d+\.\d+):\s*(.+)")
 

@@ -167,7 +167,6 @@ def benchmark(resolution: int = 32, batch_size: int = 256, seconds: float = 3.0,
 # Real images for users who have them (image folders, MNIST / Fashion-MNIST) live in realdata.py.
 from .realdata import MNIST, ImageFolderDataset  # noqa: E402
 
-
 DATASETS = ("shapes", "mnist", "fashion-mnist", "folder:PATH")
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .autoencoder import AEConfig
-from .data import DataConfig
-from .ldm import LDMConfig
+from ..autoencoder import AEConfig
+from ..data.datasets import DataConfig
+from ..ldm import LDMConfig
 from .speed import SpeedConfig
 
 __all__ = ["Profile", "PROFILES", "get_profile", "default_profile_name", "PROFILE_ENV", "ExperimentBudget",

@@ -32,13 +32,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from tqdm.auto import tqdm
 
-from .data import ShapesDataset
-from .evaluator import ShapesEvaluator, _get_evaluator, detect_objects, predict_cells, split_logits
-from .probes import INFLUENCE_PAIRS, word_influence
-from .shape_fidelity import accuracy_by, by_shape_and_size, count_by_sizes, shape_size_lines
-from .conditioning import LowResConcat
+from ..conditioning import LowResConcat
+from ..data.datasets import ShapesDataset
+from ..data.shapes import COLOR_NAMES, GRID, SHAPES, parse_caption, relation_holds, render_scenes, scene_from_caption
+from .fidelity import accuracy_by, by_shape_and_size, count_by_sizes, shape_size_lines
+from .judge import ShapesEvaluator, _get_evaluator, detect_objects, predict_cells, split_logits
 from .metrics import fid_from_features, metrics_from_features, psnr
-from .shapes import COLOR_NAMES, GRID, SHAPES, parse_caption, relation_holds, render_scenes, scene_from_caption
+from .probes import INFLUENCE_PAIRS, word_influence
 
 __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
            "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "sample_prompts",

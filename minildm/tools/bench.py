@@ -33,20 +33,29 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .autoencoder import AutoencoderKL, build_autoencoder, load_autoencoder
-from .data import ShapesDataset
-from .flops import (PERF_HEADER, format_perf, max_rss_bytes, peak_tflops, perf_columns, perf_footer, with_flops,
-                    with_peak)
-from .diffusion import GaussianDiffusion
-from .ldm import LatentDiffusion
-from .metrics import reconstruction_metrics
-from .losses import AutoencoderLoss, LPIPSWeightsMissingError, random_backbone_requested
+from ..autoencoder import AutoencoderKL, build_autoencoder, load_autoencoder
+from ..data.datasets import ShapesDataset
+from ..diffusion import GaussianDiffusion
+from ..eval.metrics import reconstruction_metrics
+from ..ldm import LatentDiffusion
+from ..losses import AutoencoderLoss
+from ..perceptual import LPIPSWeightsMissingError, random_backbone_requested
+from ..train.profiles import Profile, get_profile
+from ..train.speed import autocast, maybe_compile, precision_dtype
+from ..train.stages import AE_CHECKPOINT, train_autoencoder
+from ..unet import UNet
+from ..utils import count_parameters, fused_optimizer, get_device, seed_everything
+from .flops import (
+    PERF_HEADER,
+    format_perf,
+    max_rss_bytes,
+    peak_tflops,
+    perf_columns,
+    perf_footer,
+    with_flops,
+    with_peak,
+)
 from .peer import diffusers_available, peer_autoencoder, peer_ddim_sample, peer_scheduler, peer_unet, peer_unet_fn
-from .profiles import Profile, get_profile
-from .speed import autocast, maybe_compile, precision_dtype
-from .train import AE_CHECKPOINT, train_autoencoder
-from .unet import UNet
-from .utils import count_parameters, fused_optimizer, get_device, seed_everything
 
 __all__ = ["run_bench", "format_table", "machine_info", "bench_data", "bench_autoencoder_step",
            "bench_autoencoder_matched", "bench_ldm_step", "bench_unet_matched", "bench_ddim", "bench_autoencoder", "DEFAULT_SECONDS"]

@@ -20,8 +20,15 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import (UnsafeWeightsError, check_config_matches, load_checkpoint, remove_stale_temporaries,
-                         rng_state, save_checkpoint, set_rng_state)
+from ..utils import (
+    UnsafeWeightsError,
+    check_config_matches,
+    load_checkpoint,
+    remove_stale_temporaries,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .distributed import Dist
 
 __all__ = ["fit", "NonFiniteLossError", "check_finite", "guard", "Callback"]

@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .tokenizer import WordTokenizer
+from ..conditioning import WordTokenizer
 
 __all__ = [
     "SHAPES", "COLORS", "COLOR_NAMES", "SIZES", "SIZE_NAMES", "ROWS", "COLS", "GRID", "JITTER", "POSITIONS",

@@ -29,19 +29,30 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .autoencoder import AEConfig, CHECKPOINT_KIND as AE_KIND, build_autoencoder, load_autoencoder
-from .checkpoint import load_checkpoint, save_checkpoint, to_plain, unsafe_tensors
-from .data import DataConfig, ShapesDataset
+from ..autoencoder import CHECKPOINT_KIND as AE_KIND
+from ..autoencoder import AEConfig, build_autoencoder, load_autoencoder
+from ..course.viz import save_sample_grid
+from ..data.datasets import DataConfig, ShapesDataset
+from ..eval.metrics import reconstruction_psnr
+from ..ldm import CHECKPOINT_KIND as LDM_KIND
+from ..ldm import LatentDiffusion, LDMConfig, sample_latent
+from ..losses import AutoencoderLoss
+from ..nn import EMA
+from ..utils import (
+    fused_optimizer,
+    get_device,
+    linear_decay,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    to_plain,
+    unsafe_tensors,
+    warmup_cosine,
+)
 from .distributed import Dist, setup_distributed, wrap_ddp
-from .ldm import CHECKPOINT_KIND as LDM_KIND, LatentDiffusion, LDMConfig, sample_latent
 from .loop import Callback, NonFiniteLossError, _positive_steps, check_finite, fit, guard
-from .losses import AutoencoderLoss
-from .metrics import reconstruction_psnr
-from .nn import EMA
 from .profiles import Profile, get_profile
 from .speed import SpeedConfig, apply_speed, autocast, precision_dtype, sync_interval
-from .utils import fused_optimizer, get_device, linear_decay, seed_everything, warmup_cosine
-from .viz import save_sample_grid
 
 __all__ = ["fit", "train_autoencoder", "train_ldm", "AutoencoderTraining", "LatentDiffusionTraining", "SampleSnapshots",
            "loss_trend", "NonFiniteLossError", "check_finite", "encode_cache", "AE_CHECKPOINT", "LDM_CHECKPOINT"]

@@ -24,10 +24,10 @@ import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .autoencoder import build_autoencoder
-from .data import ShapesDataset
-from .profiles import Profile, get_profile
-from .train import AutoencoderTraining, LatentDiffusionTraining
+from ..autoencoder import build_autoencoder
+from ..data.datasets import ShapesDataset
+from ..train.profiles import Profile, get_profile
+from ..train.stages import AutoencoderTraining, LatentDiffusionTraining
 
 __all__ = ["PEAKS", "H100_BF16_TFLOPS", "ASSUMED_UTILIZATION", "OP_MICROSECONDS", "count_flops", "measure_call", "perf_columns",
            "peak_tflops", "achieved", "max_rss_bytes", "count_ae_step", "count_ldm_step", "count_encode",
