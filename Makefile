@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	MINILDM_PROFILE=$${MINILDM_PROFILE:-ci} $(PY) -m pytest
 
+# The fast tier: the math, the models and the errors, without notebooks or training runs (about a minute).
+test-fast: $(STAMP)
+	MINILDM_PROFILE=$${MINILDM_PROFILE:-ci} $(PY) -m pytest -m "not slow"
+
 bench: $(STAMP)
 	$(VENV)/bin/minildm bench
 

@@ -59,6 +59,7 @@ from .eval import (  # noqa: E402
                           class_accuracy,
                           fid_from_features,
                           latent_statistics,
+                          layer_shapes,
                           layout_accuracy,
                           load_evaluator,
                           log_spectrum_distance,
@@ -75,13 +76,12 @@ from .eval import (  # noqa: E402
                           word_influence,
 )
 from .ldm import LatentDiffusion, LDMConfig  # noqa: E402
-from .losses import AutoencoderLoss, NLayerDiscriminator, adaptive_weight, hinge_d_loss
+from .losses import AutoencoderLoss, LossConfig, NLayerDiscriminator, adaptive_weight, hinge_d_loss
 from .nn import (  # noqa: E402
                           EMA,
                           CrossAttention,
                           attention_explicit,
                           attention_sdpa,
-                          layer_shapes,
                           record_attention,
                           timestep_embedding,
 )
@@ -96,7 +96,7 @@ from .samplers import (  # noqa: E402
                           guided_model_output,
                           img2img,
 )
-from .train import PROFILES, Profile, fit, get_profile, train_autoencoder, train_ldm  # noqa: E402
+from .train import PROFILES, Profile, get_profile, train_autoencoder, train_ldm  # noqa: E402
 from .unet import UNet  # noqa: E402
 from .utils import count_parameters, get_device, load_checkpoint, save_checkpoint, seed_everything, slerp  # noqa: E402
 
@@ -108,14 +108,14 @@ __all__ = [
     "AEConfig", "AutoencoderKL", "AutoencoderVQ", "DiagonalGaussian", "PixelSpace", "build_autoencoder",
     "load_autoencoder", "reconstruct", "load_checkpoint", "save_checkpoint", "ClassEmbedder", "LayoutEncoder",
     "LowResConcat", "TextEncoder", "DataConfig", "ShapesDataset", "GaussianDiffusion", "make_beta_schedule",
-    "load_evaluator", "LatentDiffusion", "LDMConfig", "LPIPS", "AutoencoderLoss", "NLayerDiscriminator",
+    "load_evaluator", "LatentDiffusion", "LDMConfig", "LPIPS", "AutoencoderLoss", "LossConfig", "NLayerDiscriminator",
     "adaptive_weight", "hinge_d_loss", "fid_from_features", "latent_statistics", "lpips", "precision_recall",
     "psnr", "ssim", "CrossAttention", "EMA", "attention_explicit", "attention_sdpa", "record_attention",
     "timestep_embedding", "PROFILES", "Profile", "get_profile", "MNIST", "ImageFolderDataset", "ddim_invert",
     "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "guided_model_output", "img2img",
     "NUM_CLASSES", "ShapesTokenizer", "class_id", "class_name", "parse_caption", "parse_layout", "render_scenes",
     "sample_scene", "scene_from_caption", "class_accuracy", "layout_accuracy", "prompt_accuracy",
-    "shapes_features", "shapes_generative_metrics", "word_influence", "WordTokenizer", "fit", "train_autoencoder",
+    "shapes_features", "shapes_generative_metrics", "word_influence", "WordTokenizer", "train_autoencoder",
     "train_ldm", "UNet", "count_parameters", "get_device", "seed_everything", "denoising_filmstrip", "image_grid",
     "save_figure", "__version__", "setup", "check_answer", "radial_power_spectrum", "log_spectrum_distance",
     "layer_shapes", "slerp", "latent_grid", "attention_overlay", "attention_mass", "object_mask",

@@ -20,7 +20,7 @@ Differences from the reference implementation, on purpose:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -28,23 +28,21 @@ from einops import rearrange
 from torch import nn
 
 from .nn import RecordableAttention, Upsample, check_attention_factors, group_norm
-from .utils import check_config_matches, config_from_dict, get_device, load_checkpoint, randn, to_plain
+from .utils import config_from_dict, get_device, load_checkpoint, randn
 
 __all__ = ["AEConfig", "ResnetBlock", "AttnBlock", "Downsample", "Encoder", "Decoder", "DiagonalGaussian",
            "AutoencoderKL", "VectorQuantizer", "AutoencoderVQ", "PixelSpace", "build_autoencoder",
-           "load_autoencoder", "reconstruct", "CHECKPOINT_KIND", "ARCHITECTURE_FIELDS"]
+           "load_autoencoder", "reconstruct", "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "autoencoder"
-# fields that decide the weights' shapes and meaning (checked by load_autoencoder when a config is passed)
-ARCHITECTURE_FIELDS = ("kind", "ch", "ch_mult", "num_res_blocks", "z_channels", "attn_resolutions", "n_embed")
 
 
 @dataclass(frozen=True)
 class AEConfig:
-    """The first stage: architecture (this file), objective (losses.py) and training (train.py)."""
+    """The first stage's network: what builds it, stored with its weights. Its objective is losses.LossConfig,
+    how it is trained train.AETrainConfig."""
 
     kind: str = "kl"                       # "kl" (KL-regularized), "vq" (vector-quantized), "pixel" (f = 1, identity)
-    # architecture
     ch: int = 32                           # base width
     ch_mult: tuple[int, ...] = (1, 2, 2)   # f = 2 ** (len(ch_mult) - 1)
     num_res_blocks: int = 1                # per encoder level; the decoder uses num_res_blocks + 1
@@ -53,40 +51,12 @@ class AEConfig:
     dropout: float = 0.0
     n_embed: int = 256                     # VQ codebook size
     beta: float = 0.25                     # VQ commitment weight (on ‖z − sg[e]‖², the VQ-VAE form)
-    # loss
-    pixel_loss: str = "l1"                 # "l1" (the paper's |x − x̃|) or "l2" ((x − x̃)², for comparison)
-    lpips_net: str = "alex"                # "vgg" (paper), "alex", "squeeze"
-    perceptual_weight: float = 1.0
-    kl_weight: float = 1e-6
-    codebook_weight: float = 1.0
-    disc_start: int = 2_000                # GAN terms are zero and D is not trained before this step
-    disc_weight: float = 0.5
-    disc_loss: str = "hinge"               # "hinge" or "vanilla"
-    disc_ndf: int = 32
-    disc_layers: int = 3
-    # optimization
-    lr: float = 2e-4
-    lr_decay: float = 0.0                  # the last fraction of the steps over which lr falls linearly to 0
-    batch_size: int = 32
-    steps: int = 4_000
-    val_every: int = 500                   # validate (PSNR) and checkpoint every this many steps
-    val_images: int = 256                  # validation-split images used for PSNR
-    ema_decay: float = 0.0                 # 0 disables the EMA copy
-    seed: int = 0
 
     def __post_init__(self):
         if self.kind not in ("kl", "vq", "pixel"):
             raise ValueError(f"AEConfig.kind must be 'kl', 'vq' or 'pixel', got {self.kind!r}")
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
             raise ValueError(f"AEConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
-        if self.pixel_loss not in ("l1", "l2"):
-            raise ValueError(f"AEConfig.pixel_loss must be 'l1' or 'l2', got {self.pixel_loss!r}")
-        if self.lpips_net not in ("vgg", "alex", "squeeze"):
-            raise ValueError(f"AEConfig.lpips_net must be 'vgg', 'alex' or 'squeeze', got {self.lpips_net!r}")
-        if self.disc_loss not in ("hinge", "vanilla"):
-            raise ValueError(f"AEConfig.disc_loss must be 'hinge' or 'vanilla', got {self.disc_loss!r}")
-        if not 0.0 <= self.lr_decay < 1.0:          # the last fraction of the steps, over which lr falls to 0
-            raise ValueError(f"AEConfig.lr_decay must be a fraction of the steps in [0, 1), got {self.lr_decay!r}")
         # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
@@ -157,7 +127,6 @@ class Encoder(nn.Module):
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, out_channels: int,
                  attn_resolutions: tuple[int, ...] = (), dropout: float = 0.0, in_channels: int = 3):
         super().__init__()
-        check_attention_factors(len(ch_mult), tuple(attn_resolutions), "attn_resolutions")
         self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.levels = nn.ModuleList()
         block_in = ch
@@ -192,7 +161,6 @@ class Decoder(nn.Module):
     def __init__(self, *, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int, z_channels: int,
                  attn_resolutions: tuple[int, ...] = (), dropout: float = 0.0, out_channels: int = 3):
         super().__init__()
-        check_attention_factors(len(ch_mult), tuple(attn_resolutions), "attn_resolutions")
         block_in = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
         self.mid = nn.Sequential(ResnetBlock(block_in, block_in, dropout), AttnBlock(block_in),
@@ -253,32 +221,12 @@ class DiagonalGaussian:
         return 0.5 * torch.sum(self.mean.pow(2) + self.var - 1.0 - self.logvar, dim=(1, 2, 3))
 
 
-def _check_image(x: torch.Tensor, f: int, in_channels: int = 3) -> None:
-    """Clear errors for the wrong rank, channel count, or a size the autoencoder cannot downsample."""
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"expected images of shape (B, {in_channels}, H, W) in [-1, 1], got {tuple(x.shape)}")
-    for size in x.shape[-2:]:
-        if size % f:
-            lower, upper = (size // f) * f, (size // f + 1) * f
-            use = f"{lower} or {upper}" if lower > 0 else f"{upper}"
-            raise ValueError(
-                f"image size {size} is not divisible by the autoencoder's downsampling factor f={f}; use {use}"
-            )
-
-
-def _check_latent(z: torch.Tensor, z_channels: int) -> None:
-    """Clear errors for latents of the wrong rank or channel count (e.g. an image passed to decode)."""
-    if z.dim() != 4 or z.shape[1] != z_channels:
-        hint = ("; an image? encode it first" if z.dim() == 4 and z.shape[1] == 3 != z_channels else
-                "; add a batch dimension: z[None]" if z.dim() == 3 else "")
-        raise ValueError(f"expected latents of shape (B, {z_channels}, h, w), got {tuple(z.shape)}{hint}")
-
-
 class _AutoencoderBase(nn.Module):
     """What both autoencoders share: config, encoder/decoder construction, f and z_channels."""
 
     def __init__(self, config: AEConfig, encoder_out: int):
         super().__init__()
+        check_attention_factors(len(config.ch_mult), tuple(config.attn_resolutions), "attn_resolutions")
         self.config = config
         arch = dict(ch=config.ch, ch_mult=tuple(config.ch_mult), num_res_blocks=config.num_res_blocks,
                     attn_resolutions=tuple(config.attn_resolutions), dropout=config.dropout)
@@ -298,13 +246,18 @@ class _AutoencoderBase(nn.Module):
     def last_layer(self) -> torch.Tensor:
         return self.decoder.last_layer
 
+    def _check_size(self, x: torch.Tensor) -> None:
+        """Students call encode on their own images: a side that f does not divide would come back cropped."""
+        f = self.downsample_factor
+        if x.shape[-1] % f or x.shape[-2] % f:
+            raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the autoencoder's downsampling "
+                             f"factor f={f}; resize or crop it to a multiple of {f}, e.g. {x.shape[-1] // f * f}")
+
 
 class AutoencoderKL(_AutoencoderBase):
     """KL-regularized autoencoder (Sec. 3.1): x → E → quant_conv → q(z|x); z → post_quant_conv → D → x̃."""
 
     def __init__(self, config: AEConfig):
-        if config.kind != "kl":
-            raise ValueError(f"AutoencoderKL needs config.kind='kl', got {config.kind!r}; use build_autoencoder")
         super().__init__(config, encoder_out=2 * config.z_channels)
         c = config.z_channels
         self.quant_conv = nn.Conv2d(2 * c, 2 * c, 1)
@@ -312,13 +265,12 @@ class AutoencoderKL(_AutoencoderBase):
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """q(z|x): the posterior over latents."""
-        _check_image(x, self.downsample_factor)
+        self._check_size(x)
         moments = self.quant_conv(self.encoder(x))                # (B, 3, H, W) -> (B, 2c, H/f, W/f)
         return DiagonalGaussian(moments)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """x̃ = D(z)."""
-        _check_latent(z, self.z_channels)
         return self.decoder(self.post_quant_conv(z))              # (B, c, h, w) -> (B, 3, f·h, f·w)
 
     def encode_latent(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -390,8 +342,6 @@ class AutoencoderVQ(_AutoencoderBase):
     """
 
     def __init__(self, config: AEConfig):
-        if config.kind != "vq":
-            raise ValueError(f"AutoencoderVQ needs config.kind='vq', got {config.kind!r}; use build_autoencoder")
         super().__init__(config, encoder_out=config.z_channels)
         c = config.z_channels
         self.quant_conv = nn.Conv2d(c, c, 1)
@@ -400,12 +350,11 @@ class AutoencoderVQ(_AutoencoderBase):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The pre-quantization latent h = quant_conv(E(x))."""
-        _check_image(x, self.downsample_factor)
+        self._check_size(x)
         return self.quant_conv(self.encoder(x))                   # (B, 3, H, W) -> (B, c, H/f, W/f)
 
     def decode(self, h: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
         """x̃ = D(VQ(h)); `force_not_quantize=True` skips the codebook (decodes h directly)."""
-        _check_latent(h, self.z_channels)
         z_q = h if force_not_quantize else self.quantize(h)[0]
         return self.decoder(self.post_quant_conv(z_q))           # (B, c, h, w) -> (B, 3, f·h, f·w)
 
@@ -438,7 +387,6 @@ class PixelSpace(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z = x (deterministic, like the VQ pre-quantization latent)."""
-        _check_image(x, 1)
         return x
 
     def encode_latent(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -446,30 +394,29 @@ class PixelSpace(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """x̃ = z."""
-        _check_latent(z, 3)
         return z
 
 
 def build_autoencoder(config: AEConfig) -> AutoencoderKL | AutoencoderVQ | PixelSpace:
     """AutoencoderKL, AutoencoderVQ or the identity PixelSpace according to `config.kind`."""
-    builders = {"kl": AutoencoderKL, "vq": AutoencoderVQ, "pixel": PixelSpace}
-    if config.kind not in builders:
-        raise ValueError(f"unknown autoencoder kind {config.kind!r}; expected 'kl', 'vq' or 'pixel'")
-    return builders[config.kind](config)
+    return {"kl": AutoencoderKL, "vq": AutoencoderVQ, "pixel": PixelSpace}[config.kind](config)   # AEConfig checks kind
 
 
 def load_autoencoder(path: str | os.PathLike, device: str | torch.device | None = None,
                      config: AEConfig | None = None, use_ema: bool = True) -> AutoencoderKL | AutoencoderVQ:
     """Rebuild the autoencoder from a checkpoint's own config (EMA weights if stored), in eval mode.
 
-    Passing `config` checks that its architecture fields (ARCHITECTURE_FIELDS) match the checkpoint's; a
-    mismatch is a clear error.
+    Passing `config` checks that it is the checkpoint's; a mismatch is a clear error. (Older checkpoints store the
+    loss and training fields with the architecture: config_from_dict leaves them out.)
     """
     ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
     saved = config_from_dict(AEConfig, ckpt["config"])
     if config is not None:
-        arch = lambda c: {k: v for k, v in to_plain(c).items() if k in ARCHITECTURE_FIELDS}  # noqa: E731
-        check_config_matches(arch(saved), arch(config), what="autoencoder architecture")
+        diffs = [f"{f.name}: checkpoint={getattr(saved, f.name)!r} current={getattr(config, f.name)!r}"
+                 for f in fields(AEConfig) if getattr(saved, f.name) != getattr(config, f.name)]
+        if diffs:
+            raise ValueError(f"{path} holds another autoencoder architecture than `config` ({'; '.join(diffs)}); "
+                             "load it without `config` to use its own")
     model = build_autoencoder(saved)
     state = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt["state_dict"]
     try:

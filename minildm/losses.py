@@ -18,16 +18,42 @@ adaptive weight λ makes the GAN term independent of that choice.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .autoencoder import AEConfig
 from .perceptual import LPIPS
 
-__all__ = ["NLayerDiscriminator", "hinge_d_loss", "vanilla_d_loss", "generator_loss", "adaptive_weight",
+__all__ = ["LossConfig", "NLayerDiscriminator", "hinge_d_loss", "vanilla_d_loss", "generator_loss", "adaptive_weight",
            "AutoencoderLoss"]
+
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The first stage's objective L_AE: its terms and weights, and the discriminator of its GAN term."""
+
+    pixel_loss: str = "l1"                 # "l1" (the paper's |x − x̃|) or "l2" ((x − x̃)², for comparison)
+    lpips_net: str = "alex"                # "vgg" (paper), "alex", "squeeze"
+    perceptual_weight: float = 1.0
+    kl_weight: float = 1e-6
+    codebook_weight: float = 1.0
+    disc_start: int = 2_000                # GAN terms are zero and D is not trained before this step
+    disc_weight: float = 0.5
+    disc_loss: str = "hinge"               # "hinge" or "vanilla"
+    disc_ndf: int = 32
+    disc_layers: int = 3
+
+    def __post_init__(self):
+        if self.pixel_loss not in ("l1", "l2"):
+            raise ValueError(f"LossConfig.pixel_loss must be 'l1' or 'l2', got {self.pixel_loss!r}")
+        if self.lpips_net not in ("vgg", "alex", "squeeze"):
+            raise ValueError(f"LossConfig.lpips_net must be 'vgg', 'alex' or 'squeeze', got {self.lpips_net!r}")
+        if self.disc_loss not in ("hinge", "vanilla"):
+            raise ValueError(f"LossConfig.disc_loss must be 'hinge' or 'vanilla', got {self.disc_loss!r}")
+
 
 # --- Patch discriminator (pix2pix, Isola et al. 2017) -------------------------------------------------------
 
@@ -43,8 +69,6 @@ class NLayerDiscriminator(nn.Module):
 
     def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"the discriminator needs n_layers >= 1, got {n_layers}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
@@ -97,11 +121,15 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: to
 
 
 class AutoencoderLoss(nn.Module):
-    """L_AE for the generator step and L_D for the discriminator step, with weights from an AEConfig."""
+    """L_AE for the generator step and L_D for the discriminator step, with weights from a LossConfig; `kind` is
+    the autoencoder's ("kl" or "vq": which regularizer, and how L_rec is reduced)."""
 
-    def __init__(self, config: AEConfig, lpips_download: bool = True, random_backbone: bool | None = None):
+    def __init__(self, config: LossConfig, lpips_download: bool = True, random_backbone: bool | None = None, *,
+                 kind: str = "kl"):
         super().__init__()
-        self.config = config
+        if kind not in ("kl", "vq"):
+            raise ValueError(f"AutoencoderLoss needs the autoencoder's kind, 'kl' or 'vq', got {kind!r}")
+        self.config, self.kind = config, kind
         self.perceptual = (LPIPS(config.lpips_net, lpips_download, random_backbone)
                            if config.perceptual_weight > 0 else None)
         self.discriminator = NLayerDiscriminator(3, config.disc_ndf, config.disc_layers)
@@ -124,14 +152,14 @@ class AutoencoderLoss(nn.Module):
             rec = pixel + self.config.perceptual_weight * p.view(-1, 1, 1, 1)   # LPIPS broadcast over pixels
         else:
             p, rec = torch.zeros(x.shape[0], device=x.device), pixel
-        rec = rec.sum() / x.shape[0] if self.config.kind == "kl" else rec.mean()
+        rec = rec.sum() / x.shape[0] if self.kind == "kl" else rec.mean()
         return rec, {"l1": l1.mean().detach(), "lpips": p.mean().detach()}
 
     def generator_loss(self, x: torch.Tensor, recon: torch.Tensor, reg_loss: torch.Tensor, step: int,
                        last_layer: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """L_AE = L_rec + w_reg·L_reg + λ·L_GAN for one batch; reg_loss is KL per sample (B,) or L_vq (scalar)."""
         rec, logs = self.reconstruction_loss(x, recon)
-        if self.config.kind == "kl":
+        if self.kind == "kl":
             reg = self.config.kl_weight * reg_loss.float().mean()  # KL summed over C,H,W, averaged over B
         else:
             reg = self.config.codebook_weight * reg_loss.float().mean()

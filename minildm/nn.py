@@ -19,8 +19,7 @@ from torch import nn
 
 __all__ = ["num_groups", "check_attention_factors", "group_norm", "group_norm32", "GroupNorm32", "zero_module",
            "EMA", "Upsample", "timestep_embedding", "attention_explicit", "attention_sdpa", "RecordableAttention",
-           "CrossAttention", "AttentionMaps", "record_attention", "layer_shapes", "parameters_by_block",
-           "parameters_with_gradient"]
+           "CrossAttention", "AttentionMaps", "record_attention"]
 
 
 def num_groups(channels: int, max_groups: int = 32) -> int:
@@ -29,8 +28,6 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
 
     The reference always uses 32 groups because its widths are ≥ 128; minildm's small widths need this rule.
     """
-    if channels <= 0:
-        raise ValueError(f"channels must be positive, got {channels}")
     for g in range(max(1, min(max_groups, channels // 4)), 0, -1):
         if channels % g == 0:
             return g
@@ -39,7 +36,7 @@ def num_groups(channels: int, max_groups: int = 32) -> int:
 
 def check_attention_factors(levels: int, factors: tuple[int, ...], name: str) -> None:
     """Attention resolutions are downsampling factors (1, 2, 4, ...) of a network with `levels` levels,
-    not pixel sizes; anything else is a clear error."""
+    not pixel sizes (the reference's are pixel sizes); anything else is a clear error."""
     valid = [2**i for i in range(levels)]
     bad = [f for f in factors if f not in valid]
     if bad:
@@ -66,8 +63,6 @@ class EMA:
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay, self.warmup, self.num_updates = decay, warmup, 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -148,8 +143,6 @@ def timestep_embedding(t: torch.Tensor | float | int, dim: int, max_period: floa
 
     t: (B,) or a scalar (integer or continuous steps) -> (B, dim) float32; an odd `dim` gets a zero last column.
     """
-    if dim < 2:
-        raise ValueError(f"timestep embedding dim must be >= 2, got {dim}")
     t = torch.as_tensor(t).reshape(-1).float()                                  # (B,)
     half = dim // 2
     i = torch.arange(half, dtype=torch.float32, device=t.device)
@@ -164,22 +157,6 @@ def timestep_embedding(t: torch.Tensor | float | int, dim: int, max_period: floa
 # --- Attention(Q, K, V) = softmax(QKᵀ/√d)·V   (LDM Sec. 3.3, Vaswani et al. 2017) ---------------------------
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> None:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(
-            f"attention expects q, k, v of shape (B, heads, N, d); got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)} (split heads with rearrange(x, 'b n (h d) -> b h n d', h=heads))"
-        )
-    if k.shape[:3] != v.shape[:3] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"attention shapes do not fit: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if mask is not None:
-        if mask.dtype != torch.bool or mask.shape != (k.shape[0], k.shape[2]):
-            raise ValueError(
-                f"key padding mask must be bool of shape (B, N_k) = {(k.shape[0], k.shape[2])} with True = real "
-                f"token; got dtype {mask.dtype}, shape {tuple(mask.shape)}"
-            )
-
-
 def attention_explicit(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +165,6 @@ def attention_explicit(
     mask: (B, N_k) bool, True = real key; masked keys get probability exactly 0. Every row needs one real key.
     The softmax runs in float32 whatever the input dtype.
     """
-    _check_qkv(q, k, v, mask)
     d = q.shape[-1]
     scores = torch.einsum("bhid,bhjd->bhij", q, k).float() / math.sqrt(d)   # QKᵀ/√d: (B, h, N_q, N_k)
     if mask is not None:
@@ -202,7 +178,6 @@ def attention_sdpa(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """The same softmax(QKᵀ/√d)·V through torch's fused `scaled_dot_product_attention` (fast; no probabilities)."""
-    _check_qkv(q, k, v, mask)
     attn_mask = None if mask is None else mask[:, None, None, :]        # (B, 1, 1, N_k), True = attend
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
@@ -242,12 +217,7 @@ class CrossAttention(RecordableAttention):
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4, dim_head: int | None = None):
         super().__init__()
-        if dim_head is None:
-            if query_dim % heads:
-                raise ValueError(
-                    f"query_dim={query_dim} is not divisible by heads={heads}; pick heads dividing it or pass dim_head"
-                )
-            dim_head = query_dim // heads
+        dim_head = query_dim // heads if dim_head is None else dim_head
         inner = heads * dim_head
         self.heads, self.dim_head = heads, dim_head
         self.context_dim = query_dim if context_dim is None else context_dim
@@ -269,11 +239,6 @@ class CrossAttention(RecordableAttention):
         """
         kind = "self" if context is None else "cross"
         ctx = x if context is None else context
-        if ctx.shape[-1] != self.context_dim:
-            raise ValueError(
-                f"{kind}-attention expects context of width {self.context_dim}, got {tuple(ctx.shape)}; "
-                f"the conditioning encoder's width must equal the model's context_dim"
-            )
         h = self.heads
         q = rearrange(self.to_q(x), "b n (h d) -> b h n d", h=h)      # (B, N_q, h·d) -> (B, h, N_q, d)
         k = rearrange(self.to_k(ctx), "b n (h d) -> b h n d", h=h)    # (B, N_k, h·d) -> (B, h, N_k, d)
@@ -298,8 +263,6 @@ class AttentionMaps(dict):
 
     def of_kind(self, kind: str) -> dict:
         """Only the "self" or only the "cross" attention maps."""
-        if kind not in ("self", "cross"):
-            raise ValueError(f"kind must be 'self' or 'cross', got {kind!r}")
         return {name: m for name, m in self.items() if self.kind[name] == kind}
 
 
@@ -315,12 +278,8 @@ def record_attention(model: nn.Module, keep: str = "last") -> Iterator[Attention
     sampling step). Maps are detached float32 tensors on the model's device. On exit every layer is put
     back on the fast SDPA path and nothing more is stored.
     """
-    if keep not in ("last", "all"):
-        raise ValueError(f"keep must be 'last' or 'all', got {keep!r}")
     maps = AttentionMaps()
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, RecordableAttention)]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no attention layers to record")
 
     def make_recorder(name: str):
         def recorder(kind: str, probs: torch.Tensor, hw: tuple[int, int] | None) -> None:
@@ -341,43 +300,3 @@ def record_attention(model: nn.Module, keep: str = "last") -> Iterator[Attention
         for (_, m), prev in zip(layers, previous):
             m.recorder = prev
 
-
-@torch.no_grad()
-def layer_shapes(model: nn.Module, *args, depth: int = 1, **kwargs) -> list[tuple[str, tuple[int, ...]]]:
-    """Run model(*args, **kwargs) once and return (name, output shape) of every submodule `depth` levels down
-    (module paths with depth + 1 parts: depth=1 -> "input_blocks.0", depth=0 -> "input_blocks"), in call order."""
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if name and name.count(".") == depth:
-            def hook(mod, inp, out, name=name):
-                if torch.is_tensor(out):
-                    shapes.append((name, tuple(out.shape)))
-            handles.append(module.register_forward_hook(hook))
-    try:
-        model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return shapes
-
-
-def parameters_by_block(model: nn.Module, depth: int = 1) -> list[tuple[str, int]]:
-    """(name, number of parameters) per submodule `depth` levels down (module paths with depth + 1 parts, as in
-    `layer_shapes`), in the order the model registers them; the counts add up to all of the model's parameters
-    (a parameter held directly by a shallower module is listed under its own name)."""
-    if depth < 0:
-        raise ValueError(f"depth must be ≥ 0 (0 = the model's direct children), got {depth}")
-    counts: dict[str, int] = {}
-    for name, p in model.named_parameters():
-        block = ".".join(name.split(".")[:depth + 1])            # "input_blocks.1.0.conv1.weight" -> "input_blocks.1"
-        counts[block] = counts.get(block, 0) + p.numel()
-    return list(counts.items())
-
-
-def parameters_with_gradient(model: nn.Module) -> list[str]:
-    """Names of the parameters whose .grad holds a non-zero entry (after a backward pass), in model order.
-
-    With zero-initialized output layers (the U-Net), the first backward pass reaches only the last layer:
-    everything before it is multiplied by its zero weights."""
-    return [name for name, p in model.named_parameters() if p.grad is not None and bool(p.grad.ne(0).any())]

@@ -23,6 +23,9 @@ samplers draw z only at steps whose noise scale is non-zero, so DDPM and DDIM(η
 the same random stream.
 
 x̂_0 is never clipped unless asked (`clip_x0=(lo, hi)`, for pixel-space models): latents are unbounded.
+
+The loops check their arguments once, before the first model call (`steps` in `ddim_timesteps`, η, strength);
+the steps and the coefficient table trust theirs.
 """
 
 from __future__ import annotations
@@ -44,15 +47,6 @@ SPACINGS = ("trailing", "leading", "linspace")
 
 
 # --- Classifier-free guidance -------------------------------------------------------------------------------
-def _batch_size(cond: Cond) -> int | None:
-    if isinstance(cond, torch.Tensor):
-        return cond.shape[0]
-    if isinstance(cond, Mapping):
-        sizes = {v.shape[0] for v in cond.values() if isinstance(v, torch.Tensor)}
-        return sizes.pop() if len(sizes) == 1 else None
-    return None
-
-
 def _expand(value: torch.Tensor | None, batch: int, what: str) -> torch.Tensor | None:
     """A batch-1 null condition is broadcast to the batch; any other mismatch is an error."""
     if value is None or value.shape[0] == batch:
@@ -68,17 +62,14 @@ def concat_cond(cond: Cond, uncond: Cond, batch: int) -> Cond:
     if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
         return torch.cat([_expand(cond, batch, "cond"), _expand(uncond, batch, "uncond")])
     if isinstance(cond, Mapping) and isinstance(uncond, Mapping):
-        if set(cond) != set(uncond):
-            raise ValueError(f"cond and uncond must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
         out = {}
         for key in cond:
             c, u = _expand(cond[key], batch, f"cond[{key!r}]"), _expand(uncond[key], batch, f"uncond[{key!r}]")
-            if (c is None) != (u is None):
-                raise ValueError(f"cond[{key!r}] and uncond[{key!r}] must both be tensors or both be None")
             out[key] = None if c is None else torch.cat([c, u])
         return out
-    raise TypeError(f"cond and uncond must both be tensors or both be dicts of tensors for guidance, got "
-                    f"{type(cond).__name__} and {type(uncond).__name__}")
+    raise TypeError(f"guidance needs `cond` and the null condition `uncond` (empty caption / null class) the model "
+                    f"was trained with, both tensors or both dicts of tensors; got {type(cond).__name__} and "
+                    f"{type(uncond).__name__} (guidance_scale=1.0 needs no uncond)")
 
 
 def _expand_cond(cond: Cond, batch: int, what: str) -> Cond:
@@ -98,23 +89,16 @@ def guided_model_output(
     if isinstance(t, int):
         t = torch.full((batch,), t, dtype=torch.long, device=x_t.device)
     s = float(guidance_scale)
-    if not math.isfinite(s):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
     if s == 1.0:                                                   # conditional only
         return model_fn(x_t, t, _expand_cond(cond, batch, "cond"))
-    if uncond is None:
-        raise ValueError(f"guidance_scale={s} needs `uncond`, the null condition (empty caption / null class) the "
-                         f"model was trained with; pass it, or use guidance_scale=1.0 for no guidance")
     if s == 0.0:                                                   # unconditional only
         return model_fn(x_t, t, _expand_cond(uncond, batch, "uncond"))
-    if cond is None:
-        raise ValueError(f"guidance_scale={s} needs a condition `cond` to guide towards; got cond=None")
     out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), concat_cond(cond, uncond, batch))  # (2B, C, h, w)
     out_cond, out_uncond = out.chunk(2)
     return out_uncond + s * (out_cond - out_uncond)
 
 
-# --- Shared plumbing: device, initial noise, callback and intermediates -------------------------------------
+# --- Shared plumbing: device, callback and intermediates ---------------------------------------------------
 def _resolve_device(device: torch.device | str | None, x: torch.Tensor | None, cond: Cond) -> torch.device:
     if device is not None:
         return torch.device(device)
@@ -127,17 +111,6 @@ def _resolve_device(device: torch.device | str | None, x: torch.Tensor | None, c
             if isinstance(v, torch.Tensor):
                 return v.device
     return torch.device("cpu")
-
-
-def _initial_noise(shape: Sequence[int] | None, x_T: torch.Tensor | None, generator: torch.Generator | None,
-                   device: torch.device) -> torch.Tensor:
-    if x_T is not None:
-        if shape is not None and tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}; pass one or make them agree")
-        return x_T.to(device)
-    if shape is None:
-        raise ValueError("give the sample `shape` (B, C, h, w) or a starting noise `x_T`")
-    return randn(tuple(shape), generator, device)                 # x_T ~ N(0, I)
 
 
 class _Trajectory:
@@ -186,7 +159,7 @@ def ddpm_sample(
     x_t[i] is the sampler's state at timesteps[i] and pred_x0[i] the x̂_0 predicted from it.
     """
     device = _resolve_device(device, x_T, cond)
-    x = _initial_noise(shape, x_T, generator, device)
+    x = randn(tuple(shape), generator, device) if x_T is None else x_T.to(device)         # x_T ~ N(0, I)
     trajectory = _Trajectory(callback, return_intermediates)
     T = diffusion.num_timesteps
     for step, t in enumerate(tqdm(range(T - 1, -1, -1), desc="DDPM", disable=not progress, mininterval=0.5)):
@@ -210,7 +183,7 @@ def ddpm_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, 
     mean, _, _ = diffusion.posterior_mean_variance(x0_hat, x_t, t)       # μ̃_t(x_t, x̂_0)
     if t == 0:
         return mean, x0_hat                                               # μ̃_0 = x̂_0: no noise at the last step
-    std = diffusion.coefficient("posterior_variance", t, x_t).sqrt()      # √β̃_t, (B, 1, 1, 1)
+    std = diffusion.coefficient("posterior_variance", t, x_t).sqrt()      # √β̃_t, broadcast over x_t
     return mean + std * randn(x_t.shape, generator, x_t.device, x_t.dtype), x0_hat
 
 
@@ -235,7 +208,7 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailin
     Gaussian oracle, LDM betas, s = 0.3: std 0.158 vs 0.186 at S = 10; 0.248 vs 0.262 at S = 50).
     """
     T, S = num_train_timesteps, steps
-    if not isinstance(S, int) or isinstance(S, bool) or not 1 <= S <= T:
+    if not isinstance(S, int) or not 1 <= S <= T:
         raise ValueError(f"steps must be an int in [1, {T}] (the number of training timesteps T), got {steps!r}")
     if spacing == "trailing":
         return [T * (S - i) // S - 1 for i in range(S)]
@@ -252,33 +225,16 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailin
 def ddim_coefficients(
     diffusion: GaussianDiffusion, timesteps: Sequence[int], eta: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ᾱ_t, ᾱ_prev, σ) per step in float64, σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev) (DDIM Eq. 16).
+    """(ᾱ_t, ᾱ_prev, σ) per step of a decreasing list of timesteps, in float64 (DDIM Eq. 16).
 
     ᾱ_prev is ᾱ of the *next entry of the list* (not t − T/S); after the last entry it is 1, the clean
     data, so the last step returns x̂_0 (and σ = 0 there).
     """
-    ts = torch.as_tensor(list(timesteps), dtype=torch.long)
-    if ts.ndim != 1 or len(ts) == 0 or (ts[1:] >= ts[:-1]).any():
-        raise ValueError(f"timesteps must be a non-empty strictly decreasing list, got {list(timesteps)}")
-    alpha_bar = diffusion.alpha_bar[diffusion.check_timesteps(ts, len(ts), "cpu")]               # ᾱ_t
+    alpha_bar = diffusion.alpha_bar[torch.as_tensor(list(timesteps), dtype=torch.long)]          # ᾱ_t
     alpha_bar_prev = torch.cat([alpha_bar[1:], torch.ones(1, dtype=torch.float64)])              # ᾱ_prev
-    sigma = _ddim_sigma(alpha_bar, alpha_bar_prev, eta, ts)
-    return alpha_bar, alpha_bar_prev, sigma
-
-
-def _ddim_sigma(alpha_bar: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float,
-                ts: torch.Tensor) -> torch.Tensor:
-    """σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev) per step (float64), with a clear error when η is so large
-    that √(1 − ᾱ_prev − σ²) is not real."""
-    if not math.isfinite(eta) or eta < 0:
-        raise ValueError(f"eta must be ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
+    # σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)
     sigma = eta * ((1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)).sqrt()
-    bad = (1 - alpha_bar_prev - sigma**2) < 0                      # √(1 − ᾱ_prev − σ²) must be real
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        raise ValueError(f"eta={eta} is too large: at step {i} (t={int(ts[i])}) σ² = {float(sigma[i] ** 2):.4g} "
-                         f"exceeds 1 − ᾱ_prev = {float(1 - alpha_bar_prev[i]):.4g}; use eta ≤ 1")
-    return sigma
+    return alpha_bar, alpha_bar_prev, sigma
 
 
 def ddim_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
@@ -292,13 +248,8 @@ def ddim_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, 
     t_prev = −1 means the clean data (ᾱ_prev = 1): the step returns x̂_0. z is drawn with `generator` only
     when σ > 0, so η = 0 is deterministic.
     """
-    if not -1 <= t_prev < t:
-        raise ValueError(f"a DDIM step goes from t to an earlier t_prev (−1 = clean data), got t={t}, t_prev={t_prev}")
-    ts = torch.tensor([t])
-    alpha_bar = diffusion.alpha_bar[diffusion.check_timesteps(ts, 1, "cpu")]                     # ᾱ_t, float64
-    alpha_bar_prev = (diffusion.alpha_bar[t_prev:t_prev + 1] if t_prev >= 0
-                      else torch.ones(1, dtype=torch.float64))                                   # ᾱ_prev
-    sigma = _ddim_sigma(alpha_bar, alpha_bar_prev, eta, ts)
+    # ᾱ_prev and σ: the first row of the table for the list [t, t_prev] ([t] alone when t_prev = −1)
+    _, alpha_bar_prev, sigma = ddim_coefficients(diffusion, [t, t_prev] if t_prev >= 0 else [t], eta)
     x0_hat, eps_hat = diffusion.predict_x0_and_eps(x_t, t, model_output)
     if clip_x0 is not None:                                       # keep ε̂ consistent with the clipped x̂_0
         x0_hat = _clip(x0_hat, clip_x0)
@@ -316,8 +267,10 @@ def _ddim_loop(model_fn: ModelFn, diffusion: GaussianDiffusion, x: torch.Tensor,
                trajectory: _Trajectory, clip_x0: tuple[float, float] | None, progress: bool,
                desc: str = "DDIM") -> torch.Tensor:
     """`ddim_step` over `timesteps` (each step goes to the next entry, the last one to the clean data),
-    shared by ddim_sample and img2img."""
-    ddim_coefficients(diffusion, timesteps, eta)                  # checks the list and η before any model call
+    shared by ddim_sample and img2img, which check η here, before the first model call."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like; a larger η can push σ² past "
+                         f"1 − ᾱ_prev, and √(1 − ᾱ_prev − σ²) must be real), got {eta!r}")
     for step, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, mininterval=0.5)):
         out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
         t_prev = timesteps[step + 1] if step + 1 < len(timesteps) else -1
@@ -353,7 +306,7 @@ def ddim_sample(
     Returns like `ddpm_sample`.
     """
     device = _resolve_device(device, x_T, cond)
-    x = _initial_noise(shape, x_T, generator, device)
+    x = randn(tuple(shape), generator, device) if x_T is None else x_T.to(device)         # x_T ~ N(0, I)
     timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
     trajectory = _Trajectory(callback, return_intermediates)
     x = _ddim_loop(model_fn, diffusion, x, timesteps, cond, uncond, guidance_scale, eta, generator,
@@ -424,8 +377,7 @@ def img2img(
     strength = 1 starts at t = T−1 (close to sampling from scratch).
     """
     if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"strength must lie in [0, 1] (0 = keep the input, 1 = start from pure noise), "
-                         f"got {strength!r}")
+        raise ValueError(f"strength must lie in [0, 1] (0 keeps the input, 1 starts from pure noise), got {strength!r}")
     timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
     n = int(round(strength * steps))
     timesteps = timesteps[steps - n:]

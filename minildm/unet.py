@@ -25,13 +25,7 @@ from torch import nn
 from .nn import CrossAttention, Upsample, check_attention_factors, group_norm32, timestep_embedding, zero_module
 
 __all__ = ["UNet", "ResBlock", "Downsample", "TransformerBlock", "SpatialTransformer", "GEGLU", "UNetStage",
-           "coordinate_grid", "parameters_by_kind", "PARAMETER_KINDS"]
-
-# What each parameter of the U-Net does, in the order notebook 04 tabulates them (see `parameters_by_kind`).
-PARAMETER_KINDS = ("time embedding (MLP)", "class embedding", "input / output convolutions",
-                   "ResBlocks (convolutions + time projection)", "down- / upsampling",
-                   "self-attention", "cross-attention (text / layout)", "feed-forward (GEGLU)",
-                   "transformer norms and 1×1 projections")
+           "coordinate_grid"]
 
 
 class ResBlock(nn.Module):
@@ -108,8 +102,6 @@ class SpatialTransformer(nn.Module):
 
     def __init__(self, channels: int, heads: int, context_dim: int | None, depth: int = 1, dropout: float = 0.0):
         super().__init__()
-        if channels % heads:
-            raise ValueError(f"SpatialTransformer width {channels} is not divisible by num_heads={heads}")
         self.norm = group_norm32(channels)
         self.proj_in = nn.Conv2d(channels, channels, 1)
         self.blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim, dropout) for _ in range(depth))
@@ -181,17 +173,10 @@ class UNet(nn.Module):
         super().__init__()
         channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
         check_attention_factors(len(channel_mult), attention_resolutions, "attention_resolutions")
-        widths = [model_channels * m for m in channel_mult]
-        if any(c % num_heads for c in widths):
-            raise ValueError(f"every level width model_channels·channel_mult = {widths} must be divisible by "
-                             f"num_heads={num_heads}; change num_heads or model_channels")
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 or None, got {num_classes}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.model_channels, self.channel_mult = model_channels, channel_mult
         self.context_dim, self.num_classes, self.concat_channels = context_dim, num_classes, concat_channels
         self.coord_channels = coord_channels
-        self.downsampling = 2 ** (len(channel_mult) - 1)   # latent h, w must be multiples of this
 
         # Time (and class) embedding: sinusoid(t) -> Linear -> SiLU -> Linear, width 4·model_channels.
         emb_dim = 4 * model_channels
@@ -262,66 +247,6 @@ class UNet(nn.Module):
             coord_channels=getattr(cfg, "coord_channels", False),
         )
 
-    def _check_inputs(self, x, t, context, context_mask, y, concat) -> torch.Tensor:
-        """Validate the inputs with errors that say how to fix them; returns t as a (B,) tensor."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected latents of shape (B, {self.in_channels}, h, w), got {tuple(x.shape)}")
-        B, _, h, w = x.shape
-        m = self.downsampling
-        if h % m or w % m:
-            raise ValueError(
-                f"latent size {h}×{w} cannot be halved {len(self.channel_mult) - 1} times by this U-Net "
-                f"(channel_mult={self.channel_mult}); h and w must be multiples of {m}, e.g. "
-                f"{max(m, h // m * m)}×{max(m, w // m * m)} or {-(-h // m) * m}×{-(-w // m) * m}"
-            )
-        t = torch.as_tensor(t, device=x.device)
-        if t.dim() == 0:
-            t = t.expand(B)
-        if t.shape != (B,):
-            raise ValueError(f"expected timesteps t of shape ({B},) or a scalar, got {tuple(t.shape)}")
-
-        if self.context_dim is None:
-            if context is not None or context_mask is not None:
-                raise ValueError("this U-Net has no cross-attention (context_dim=None) but a context was given; "
-                                 "build it with context_dim=<encoder width> or drop the context")
-        else:
-            if context is None:
-                raise ValueError(f"this U-Net conditions on a context (context_dim={self.context_dim}); pass "
-                                 f"context (B, L, {self.context_dim}) — for 'unconditional' use the encoder's null_condition")
-            if context.dim() != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
-                raise ValueError(f"expected context of shape ({B}, L, {self.context_dim}), got {tuple(context.shape)}; "
-                                 f"the encoder width must equal the U-Net's context_dim")
-            if context_mask is not None:
-                if context_mask.dtype != torch.bool or context_mask.shape != context.shape[:2]:
-                    raise ValueError(f"expected context_mask bool of shape {tuple(context.shape[:2])} (True = real "
-                                     f"token), got {context_mask.dtype} {tuple(context_mask.shape)}")
-                if not bool(context_mask.any(dim=1).all()):
-                    raise ValueError("a context_mask row masks every token; keep at least one real token "
-                                     "(the text encoder's bos token or the layout encoder's null token)")
-
-        if self.num_classes is None:
-            if y is not None:
-                raise ValueError("this U-Net was built without num_classes but class labels y were given")
-        else:
-            if y is None:
-                raise ValueError(f"this U-Net is class-conditional; pass y (B,) in 0..{self.num_classes} "
-                                 f"({self.num_classes} = null class for unconditional)")
-            if y.shape != (B,) or y.dtype not in (torch.int32, torch.int64):
-                raise ValueError(f"expected integer class labels y of shape ({B},), got {y.dtype} {tuple(y.shape)}")
-            if bool((y < 0).any() | (y > self.num_classes).any()):
-                raise ValueError(f"class labels must lie in 0..{self.num_classes} ({self.num_classes} = null class), "
-                                 f"got min {int(y.min())}, max {int(y.max())}")
-
-        if self.concat_channels == 0:
-            if concat is not None:
-                raise ValueError("this U-Net has concat_channels=0 but a concat condition was given; "
-                                 "build it with concat_channels=<channels of the condition>")
-        elif concat is None or concat.shape != (B, self.concat_channels, h, w):
-            got = None if concat is None else tuple(concat.shape)
-            raise ValueError(f"expected concat condition of shape {(B, self.concat_channels, h, w)} (resized to the "
-                             f"latent grid), got {got}")
-        return t
-
     def forward(
         self,
         x: torch.Tensor,
@@ -331,19 +256,12 @@ class UNet(nn.Module):
         y: torch.Tensor | None = None,
         concat: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """ε̂ = ε_θ(z_t, t, τθ(y)): (B, c, h, w) -> (B, out_channels, h, w)."""
-        t = self._check_inputs(x, t, context, context_mask, y, concat)
-        body = self.__dict__.get("_compiled_body") or self.body
-        return body(x, t, context, context_mask, y, concat)
+        """ε̂ = ε_θ(z_t, t, τθ(y)): (B, c, h, w) -> (B, out_channels, h, w).
 
-    def compile(self, *args, **kwargs) -> None:
-        """torch.compile the network (`body`), not its input checks: they read tensor values (e.g. that every
-        context_mask row keeps a token), which would break the graph; they keep running eagerly before it."""
-        self.__dict__["_compiled_body"] = torch.compile(self.body, *args, **kwargs)
-
-    def body(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None, context_mask: torch.Tensor | None,
-             y: torch.Tensor | None, concat: torch.Tensor | None) -> torch.Tensor:
-        """The network itself, on checked inputs (t a (B,) tensor): what `compile` compiles."""
+        t (B,) or one step for the whole batch; y (B,) in 0..num_classes; context (B, L, context_dim) with
+        context_mask (B, L), True = real token (each row keeps one); concat (B, concat_channels, h, w); h and w
+        multiples of 2^(len(channel_mult) − 1). LatentDiffusion checks what users pass; here they are trusted."""
+        t = torch.as_tensor(t, device=x.device).expand(x.shape[0])                    # a scalar step -> (B,)
         emb = self.time_embed(timestep_embedding(t, self.model_channels).to(x.dtype))   # (B,) -> (B, 4·mc)
         if self.label_emb is not None:
             emb = emb + self.label_emb(y)                                              # + class embedding
@@ -371,33 +289,3 @@ def coordinate_grid(x: torch.Tensor) -> torch.Tensor:
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), 0)                 # (2, h, w): x, y
     return grid.expand(B, -1, -1, -1)
 
-
-def _kind_of(path: list[tuple[str, nn.Module]]) -> str:
-    """The kind of a parameter from the chain of (attribute name, module) that holds it, innermost last."""
-    for attr, module in reversed(path):
-        if attr == "cross_attn":
-            return "cross-attention (text / layout)"
-        if attr == "self_attn":
-            return "self-attention"
-        if attr == "ff":
-            return "feed-forward (GEGLU)"
-        if isinstance(module, (TransformerBlock, SpatialTransformer)):
-            return "transformer norms and 1×1 projections"
-        if isinstance(module, ResBlock):
-            return "ResBlocks (convolutions + time projection)"
-        if isinstance(module, (Downsample, Upsample)):
-            return "down- / upsampling"
-    top = path[0][0] if path else ""
-    return {"time_embed": "time embedding (MLP)", "label_emb": "class embedding"}.get(top, "input / output convolutions")
-
-
-def parameters_by_kind(unet: UNet) -> dict[str, int]:
-    """Number of parameters per kind of layer (keys: PARAMETER_KINDS, in that order, 0 where absent); they add
-    up to all of the U-Net's parameters. Shows, e.g., what share cross-attention (the condition's entry) takes."""
-    counts = dict.fromkeys(PARAMETER_KINDS, 0)
-    modules = dict(unet.named_modules())
-    for name, p in unet.named_parameters():
-        parts = name.split(".")[:-1]                                       # the modules that hold it, outermost first
-        path = [(parts[i], modules[".".join(parts[:i + 1])]) for i in range(len(parts))]
-        counts[_kind_of(path)] += p.numel()
-    return counts

@@ -15,6 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from minildm.autoencoder import build_autoencoder  # noqa: E402
+from minildm.data.datasets import ShapesDataset  # noqa: E402
+from minildm.ldm import LatentDiffusion  # noqa: E402
 from minildm.train.profiles import get_profile  # noqa: E402
 from minildm.train.stages import AE_CHECKPOINT  # noqa: E402
 from minildm.utils import save_checkpoint  # noqa: E402
@@ -43,3 +45,26 @@ def ae_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("ae") / AE_CHECKPOINT
     save_checkpoint({"kind": "autoencoder", "config": ae.config, "state_dict": ae.state_dict()}, path)
     return path
+
+
+def _untrained_ldm(cond: str) -> LatentDiffusion:
+    """An untrained ci-profile model for `cond`, with a measured scale factor, in eval mode (seed 0: two models
+    built by it share their weights)."""
+    ci = get_profile("ci")
+    torch.manual_seed(0)
+    ds = ShapesDataset("train", ci.data)
+    ldm = LatentDiffusion(build_autoencoder(ci.ae), ci.ldm.__class__(**{**ci.ldm.__dict__, "cond": cond}),
+                          tokenizer=ds.tokenizer, num_classes=ds.num_classes, max_objects=ds.max_objects)
+    ldm.set_scale_factor(ds.batch(range(8))["image"])
+    return ldm.eval()
+
+
+@pytest.fixture(scope="session")
+def untrained_ldm():
+    """The factory `untrained_ldm(cond)` for tests that judge or probe a model's plumbing, not its quality."""
+    return _untrained_ldm
+
+
+@pytest.fixture(scope="module")
+def text_ldm():
+    return _untrained_ldm("text")

@@ -66,14 +66,6 @@ def test_explicit_equals_sdpa_and_float64(masked):
         assert torch.all(probs.masked_select(~mask[:, None, None, :].expand_as(probs)) == 0)
 
 
-def test_attention_rejects_bad_mask():
-    q, k, v = random_qkv()
-    with pytest.raises(ValueError, match="key padding mask"):
-        attention_sdpa(q, k, v, torch.ones(2, 7))                     # float, not bool
-    with pytest.raises(ValueError, match="key padding mask"):
-        attention_explicit(q, k, v, torch.ones(2, 5, dtype=torch.bool))
-
-
 def test_cross_attention_module_matches_float64_formula():
     torch.manual_seed(0)
     attn = CrossAttention(query_dim=12, context_dim=6, heads=3, dim_head=4)
@@ -100,16 +92,11 @@ def test_cross_attention_ignores_padded_keys():
     assert not torch.allclose(attn(x, ctx), attn(x, ctx2))                   # without the mask they matter
 
 
-def test_self_attention_when_context_is_none_and_width_errors():
+def test_self_attention_when_context_is_none():
     torch.manual_seed(2)
     attn = CrossAttention(8, heads=2)
     x = torch.randn(1, 4, 8)
     torch.testing.assert_close(attn(x), attn(x, x))
-    cross = CrossAttention(8, context_dim=6, heads=2)
-    with pytest.raises(ValueError, match="width 6"):
-        cross(x, torch.randn(1, 3, 5))
-    with pytest.raises(ValueError, match="divisible"):
-        CrossAttention(10, heads=3)
 
 
 def test_recording_gives_probabilities_without_changing_outputs():
@@ -152,6 +139,3 @@ def test_record_all_calls_and_restore_on_error():
         with record_attention(attn):
             raise RuntimeError("boom")
     assert attn.recorder is None
-    with pytest.raises(ValueError, match="no attention layers"):
-        with record_attention(torch.nn.Linear(2, 2)):
-            pass

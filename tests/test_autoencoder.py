@@ -13,9 +13,12 @@ from minildm.autoencoder import (
     DiagonalGaussian,
     Downsample,
     VectorQuantizer,
+    CHECKPOINT_KIND,
     build_autoencoder,
+    load_autoencoder,
 )
 from minildm.train.profiles import PROFILES
+from minildm.utils import save_checkpoint
 
 TINY = dict(ch=8, num_res_blocks=1, z_channels=3)
 
@@ -40,24 +43,24 @@ def test_f16_shapes():
     assert m.encode_latent(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 2, 2)
 
 
-def test_size_not_divisible_by_f_is_a_clear_error():
-    m = build_autoencoder(AEConfig(ch_mult=(1, 2, 2), **TINY))
-    with pytest.raises(ValueError, match=r"image size 30 is not divisible by the autoencoder's downsampling "
-                                         r"factor f=4; use 28 or 32"):
-        m.encode_latent(torch.zeros(1, 3, 30, 32))
-    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\)"):
-        m.encode(torch.zeros(1, 1, 32, 32))
-    with pytest.raises(ValueError, match=r"expected latents of shape \(B, 3, h, w\)"):
-        m.decode(torch.zeros(1, 4, 8, 8))
-
-
 def test_bad_config_errors():
     with pytest.raises(ValueError, match="kind"):
         AEConfig(kind="vae")
     with pytest.raises(ValueError, match="factors, not pixel sizes"):
         build_autoencoder(AEConfig(ch_mult=(1, 2), attn_resolutions=(32,), **TINY))
-    with pytest.raises(ValueError, match="kind='vq'"):
-        AutoencoderVQ(AEConfig(kind="kl", **TINY))
+
+
+def test_load_autoencoder_rebuilds_from_its_config_and_refuses_another_architecture(tmp_path):
+    torch.manual_seed(0)
+    config = AEConfig(ch_mult=(1, 2), **TINY)
+    model = build_autoencoder(config)
+    old_style = {**dataclasses.asdict(config), "steps": 1, "lr": 1e-3, "disc_start": 5}   # before the configs were split
+    save_checkpoint({"kind": CHECKPOINT_KIND, "config": old_style, "state_dict": model.state_dict()}, tmp_path / "ae.pt")
+    loaded = load_autoencoder(tmp_path / "ae.pt", "cpu", config=config)
+    assert loaded.config == config
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(ValueError, match=r"z_channels: checkpoint=3 current=4"):
+        load_autoencoder(tmp_path / "ae.pt", config=dataclasses.replace(config, z_channels=4))
 
 
 def test_downsample_is_asymmetric_pad_then_stride2_conv():
@@ -207,6 +210,14 @@ def test_pixel_space_is_the_identity_first_stage():
     assert torch.equal(ps.decode(ps.encode(x)), x)
     assert sum(p.numel() for p in ps.parameters()) == 0
     with pytest.raises(ValueError, match="z_channels=3"):
-        PixelSpace(AEConfig(kind="pixel", ch_mult=(1,), z_channels=4))
+        build_autoencoder(AEConfig(kind="pixel", ch_mult=(1,), z_channels=4))
     with pytest.raises(ValueError, match="nothing to train"):
         train_autoencoder(AEConfig(kind="pixel", ch_mult=(1,), z_channels=3), "/nonexistent")
+
+
+def test_an_image_size_that_f_does_not_divide_is_a_clear_error():
+    """Strided convolutions would silently crop a 30×30 image; encode says so and how to fix it."""
+    ae = build_autoencoder(AEConfig(ch=8, ch_mult=(1, 2, 2), z_channels=4))
+    with pytest.raises(ValueError, match=r"not divisible by the autoencoder's downsampling factor f=4.*e\.g\. 28"):
+        ae.encode(torch.zeros(1, 3, 30, 30))
+    assert ae.encode(torch.zeros(1, 3, 32, 32)).mean.shape == (1, 4, 8, 8)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minildm.conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder
+from minildm.conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
 
 try:
     from minildm.data.shapes import ShapesTokenizer
@@ -22,15 +22,11 @@ def text_encoder(**kw) -> TextEncoder:
 # ----------------------------------------------------------------------------------------- class labels
 
 
-def test_class_embedder_null_class_and_validation():
+def test_class_embedder_null_class():
     enc = ClassEmbedder(num_classes=6)
     y = enc(torch.tensor([0, 5, -1, 6]))["y"]
     assert y.tolist() == [0, 5, 6, 6]                 # -1 ("no single class") and 6 both mean the null class
     assert enc.null_condition(3).tolist() == [6, 6, 6]
-    with pytest.raises(ValueError, match=r"-1\.\.6"):
-        enc(torch.tensor([7]))
-    with pytest.raises(ValueError, match="integer"):
-        enc(torch.tensor([0.5]))
 
 
 def test_drop_rate_and_determinism():
@@ -42,8 +38,6 @@ def test_drop_rate_and_determinism():
     rate = (dropped == 6).float().mean().item()
     assert abs(rate - 0.1) < 4 * (0.1 * 0.9 / 4000) ** 0.5        # Bernoulli(0.1): within 4 standard errors
     assert torch.equal(dropped, enc.drop(labels, 0.1, torch.Generator().manual_seed(0)))
-    with pytest.raises(ValueError, match="probability"):
-        enc.drop(labels, 1.5)
 
 
 # ----------------------------------------------------------------------------------------- text
@@ -117,14 +111,13 @@ def test_text_null_condition_is_the_empty_caption():
         assert torch.equal(dropped, tok.encode_batch(["", ""]))
 
 
-def test_text_encoder_errors():
-    enc = text_encoder()
-    with pytest.raises(ValueError, match="only padding"):
-        enc(torch.zeros(1, 8, dtype=torch.long))
-    with pytest.raises(ValueError, match="context_length=8"):
-        enc(torch.ones(1, 9, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"0\.\.11"):
-        enc(torch.tensor([[1, 12, 2]]))
+def test_tokenizer_names_unknown_words_and_captions_too_long():
+    tok = WordTokenizer(["a", "red", "circle"], context_length=5, examples=("a red circle",))
+    assert tok.encode("A red circle.").tolist() == [1, 3, 4, 5, 2]
+    with pytest.raises(ValueError, match=r"unknown word\(s\) \['dragon'\].*Example prompts: 'a red circle'"):
+        tok.encode("a red dragon")
+    with pytest.raises(ValueError, match="has 4 words; at most 3 fit"):
+        tok.encode("a red red circle")
 
 
 # ----------------------------------------------------------------------------------------- layout
@@ -165,19 +158,13 @@ def test_layout_padding_values_and_object_order_do_not_matter():
     torch.testing.assert_close(out_sw["context"][0, [0, 2, 1]], out["context"][0, :3])
 
 
-def test_layout_null_condition_and_errors():
+def test_layout_null_condition():
     enc = LayoutEncoder(num_classes=4, max_objects=3, width=16)
     null = enc.null_condition(2)
     assert null.shape == (2, 3, 5) and torch.all(null == -1)
     assert enc(null)["context_mask"].tolist() == [[True, False, False, False]] * 2   # only the null token
     dropped = enc.drop(layout_batch(), 1.0)
     assert torch.equal(dropped, null)
-    with pytest.raises(ValueError, match=r"0\.\.3"):
-        enc(torch.tensor([[[4, 0.1, 0.1, 0.2, 0.2]]]))
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        enc(torch.tensor([[[1, 0.1, 0.1, 1.2, 0.2]]]))
-    with pytest.raises(ValueError, match="N<=3"):
-        enc(torch.zeros(1, 4, 5))
 
 
 # ----------------------------------------------------------------------------------------- low-res concat
@@ -203,12 +190,7 @@ def test_low_res_degrade_and_null():
     torch.testing.assert_close(low, torch.full_like(low, 0.3))      # a constant image stays constant
     ramp = torch.linspace(-1, 1, 16).expand(1, 3, 16, 16)
     torch.testing.assert_close(LowResConcat.degrade(ramp, 4).mean(), ramp.mean(), atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match="divisible"):
-        LowResConcat.degrade(torch.zeros(1, 3, 10, 10), 4)
-    enc = LowResConcat(channels=3)
-    assert torch.all(enc.null_condition(low) == 0)
-    with pytest.raises(ValueError, match=r"\(B, 3, h, w\)"):
-        enc(torch.zeros(1, 1, 4, 4))
+    assert torch.all(LowResConcat(channels=3).null_condition(low) == 0)
 
 
 def test_low_res_bilinear_matches_torch_interpolate():

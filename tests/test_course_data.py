@@ -13,8 +13,10 @@ from nbclient import NotebookClient
 from PIL import Image, ImageDraw
 
 from minildm.course import lesson as C
-from minildm.data.realdata import ImageFolderDataset
+from minildm.data.datasets import ImageFolderDataset
 from minildm.ldm import LatentDiffusion
+
+pytestmark = pytest.mark.slow      # trains, runs notebooks or several processes
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

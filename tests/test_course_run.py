@@ -9,6 +9,8 @@ from minildm.course import runner as course_run
 from minildm.course.lesson import NOTEBOOKS
 from minildm.tools.cli import main
 
+pytestmark = pytest.mark.slow      # trains, runs notebooks or several processes
+
 
 def test_run_course_times_one_notebook_and_a_partial_run_keeps_the_others(tmp_path):
     results = tmp_path / "results"

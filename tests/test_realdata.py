@@ -1,11 +1,9 @@
-"""Real-image loaders: image folders, IDX files, checked downloads, MNIST. Offline: every file is made here."""
+"""Real images: folders of pictures and MNIST / Fashion-MNIST through torchvision. Offline: every file is made
+here (tiny PNG folders, tiny IDX files where torchvision looks for them), and the network is never touched."""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import io
-import re
 import struct
 import urllib.error
 import urllib.request
@@ -16,17 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minildm.data import realdata
-from minildm.data.realdata import (
-    MNIST,
-    ChecksumError,
-    CorruptImageError,
-    IDXFormatError,
-    ImageFolderDataset,
-    OfflineError,
-    download_file,
-    read_idx,
-)
+from minildm.data.datasets import MNIST, CorruptImageError, DataConfig, ImageFolderDataset, ShapesDataset, make_dataset
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -151,152 +139,55 @@ def test_batches_are_stacked_and_seeded(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# IDX files
+# MNIST / Fashion-MNIST: tiny IDX files in torchvision's layout, <root>/MNIST/raw/train-images-idx3-ubyte, ...
 # ---------------------------------------------------------------------------------------------------------
 
-def write_idx(path, arr: np.ndarray, code: int) -> bytes:
-    """Our own IDX writer: 00 00 code ndim, big-endian uint32 dims, big-endian data."""
-    big = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}[code]
-    raw = bytes([0, 0, code, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(big).tobytes()
-    path.write_bytes(gzip.compress(raw) if str(path).endswith(".gz") else raw)
+def write_idx(path, arr: np.ndarray, gz: bool = False) -> None:
+    """uint8 IDX: 00 00 08 ndim, big-endian uint32 dims, the bytes."""
+    raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes()
+    if gz:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+
+
+def digits(n=5, seed=0, labels=None):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.array(labels or range(n), dtype=np.uint8)
+
+
+def write_mnist(root, train=None, test=None, folder="MNIST", gz=False):
+    """All four files (torchvision wants both splits on disk): images and labels of train and t10k."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, (images, labels) in (("train", train or digits()), ("t10k", test or digits(3, seed=1))):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images, gz)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels, gz)
     return raw
 
 
-@pytest.mark.parametrize("code,dtype", [(0x08, np.uint8), (0x09, np.int8), (0x0B, np.int16),
-                                        (0x0C, np.int32), (0x0D, np.float32), (0x0E, np.float64)])
-@pytest.mark.parametrize("suffix", ["", ".gz"])
-def test_idx_round_trip(tmp_path, code, dtype, suffix):
-    rng = np.random.default_rng(code)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        arr = rng.integers(info.min, info.max, size=(3, 4, 5), endpoint=True).astype(dtype)
-    else:
-        arr = rng.standard_normal((3, 4, 5)).astype(dtype) * 1e3
-    write_idx(tmp_path / f"x.idx{suffix}", arr, code)
-    out = read_idx(tmp_path / f"x.idx{suffix}")
-    assert out.dtype == np.dtype(dtype) and out.shape == (3, 4, 5)
-    np.testing.assert_array_equal(out, arr)
-    torch.from_numpy(out)  # native byte order, usable by torch
-
-
-def test_idx_hand_written_bytes(tmp_path):
-    # int16, 2 dims of 2: values 1, -1, 256, 32767 written out byte by byte
-    raw = bytes.fromhex("00000b02" "00000002" "00000002" "0001" "ffff" "0100" "7fff")
-    (tmp_path / "h.idx").write_bytes(raw)
-    assert read_idx(tmp_path / "h.idx").tolist() == [[1, -1], [256, 32767]]
-
-
-def test_idx_truncated_and_too_long(tmp_path):
-    arr = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
-    raw = write_idx(tmp_path / "t.idx", arr, 0x08)
-    assert len(raw) == 16 + 2 * 784
-    (tmp_path / "t.idx").write_bytes(raw[:-100])
-    with pytest.raises(IDXFormatError, match=r"t\.idx(.|\n)*truncated(.|\n)*1584(.|\n)*1484(.|\n)*[Dd]elete"):
-        read_idx(tmp_path / "t.idx")
-    (tmp_path / "t.idx").write_bytes(raw[:10])                   # cut inside the header
-    with pytest.raises(IDXFormatError, match=r"truncated(.|\n)*16(.|\n)*10 bytes"):
-        read_idx(tmp_path / "t.idx")
-    (tmp_path / "t.idx").write_bytes(raw + b"\x00" * 7)
-    with pytest.raises(IDXFormatError, match=r"longer(.|\n)*1584(.|\n)*1591"):
-        read_idx(tmp_path / "t.idx")
-    gz = gzip.compress(raw)
-    (tmp_path / "t.idx.gz").write_bytes(gz[: len(gz) // 2])      # an interrupted download of a .gz
-    with pytest.raises(IDXFormatError, match=rf"t\.idx\.gz(.|\n)*{len(gz) // 2}(.|\n)*[Dd]elete"):
-        read_idx(tmp_path / "t.idx.gz")
-
-
-def test_idx_bad_magic(tmp_path):
-    (tmp_path / "page.gz").write_bytes(b"<html>404 Not Found</html>")
-    with pytest.raises(IDXFormatError, match=r"page\.gz(.|\n)*not an IDX file(.|\n)*[Dd]elete"):
-        read_idx(tmp_path / "page.gz")
-    (tmp_path / "code.idx").write_bytes(bytes([0, 0, 0x07, 1, 0, 0, 0, 1, 5]))  # 0x07 is no IDX dtype
-    with pytest.raises(IDXFormatError, match="not an IDX file"):
-        read_idx(tmp_path / "code.idx")
-    (tmp_path / "empty.idx").write_bytes(b"")
-    with pytest.raises(IDXFormatError, match="empty"):
-        read_idx(tmp_path / "empty.idx")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Downloads (file:// URLs and a patched urlopen; never the network)
-# ---------------------------------------------------------------------------------------------------------
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def test_download_writes_file_when_checksum_matches(tmp_path):
-    payload = bytes(range(256)) * 1000
-    (tmp_path / "src.bin").write_bytes(payload)
-    dest = tmp_path / "out" / "file.bin"
-    assert download_file((tmp_path / "src.bin").as_uri(), dest, sha(payload), progress=False) == dest
-    assert dest.read_bytes() == payload
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]   # no temporary files left
-
-
-def test_download_checksum_mismatch_leaves_nothing(tmp_path):
-    payload = b"the wrong file"
-    (tmp_path / "src.bin").write_bytes(payload)
-    dest = tmp_path / "out" / "file.bin"
-    expected = sha(b"the right file")
-    with pytest.raises(ChecksumError) as err:
-        download_file((tmp_path / "src.bin").as_uri(), dest, expected, progress=False)
-    assert expected in str(err.value) and sha(payload) in str(err.value)
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
-
-
-def test_download_tries_mirrors_in_order(tmp_path):
-    payload = b"digits" * 100
-    (tmp_path / "good.bin").write_bytes(payload)
-    urls = [(tmp_path / "missing.bin").as_uri(), (tmp_path / "good.bin").as_uri()]
-    dest = download_file(urls, tmp_path / "out" / "f.bin", sha(payload), progress=False)
-    assert dest.read_bytes() == payload
-
-
-def test_download_offline_is_a_clear_error(tmp_path, monkeypatch):
+@pytest.fixture
+def offline(monkeypatch):
+    """Every URL fails as on a machine without network; -> the list of URLs tried."""
     calls = []
 
-    def offline(url, timeout=None):
-        calls.append(url)
+    def urlopen(url, *args, **kwargs):
+        calls.append(getattr(url, "full_url", url))
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    dest = tmp_path / "out" / "f.bin"
-    with pytest.raises(OfflineError, match=r"offline(.|\n)*place it at") as err:
-        download_file(["https://a.example/f.bin", "https://b.example/f.bin"], dest, "0" * 64, progress=False)
-    assert str(dest) in str(err.value) and calls == ["https://a.example/f.bin", "https://b.example/f.bin"]
-    assert not dest.exists() and list(dest.parent.iterdir()) == []
-
-    dest.write_bytes(b"already here")                          # a correct file on disk needs no network
-    assert download_file("https://a.example/f.bin", dest, sha(b"already here")) == dest
-
-
-# ---------------------------------------------------------------------------------------------------------
-# MNIST / Fashion-MNIST from small IDX files written here
-# ---------------------------------------------------------------------------------------------------------
-
-def write_mnist(folder, prefix, images, labels, gz=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    suffix = ".gz" if gz else ""
-    write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, 0x08)
-    write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, 0x08)
-
-
-def digits(n=5, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n, dtype=np.uint8)
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return calls
 
 
 def test_mnist_pads_to_32_and_keeps_values(tmp_path):
     images, labels = digits()
-    write_mnist(tmp_path / "mnist", "train", images, labels)
+    write_mnist(tmp_path, train=(images, labels))
     ds = MNIST(root=tmp_path, split="train", resolution=32)
-    assert len(ds) == 5
+    assert len(ds) == 5 and ds.num_classes == 10 and ds.tokenizer is None and ds.max_objects is None
     for i in range(5):
         item = ds[i]
         x = item["image"]
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32
-        assert x.min() >= -1 and x.max() <= 1
         assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])          # gray replicated to RGB
         expected = images[i].astype(np.float64) / 255 * 2 - 1              # p/255 in [0, 1] -> [-1, 1]
         np.testing.assert_allclose(x[0, 2:30, 2:30].numpy(), expected, atol=1e-6)
@@ -312,94 +203,54 @@ def test_mnist_pads_to_32_and_keeps_values(tmp_path):
 
 def test_mnist_other_resolutions_resize(tmp_path):
     images, labels = digits()
-    images[0] = 255                                    # a constant image stays constant under resizing
-    images[1] = 0
-    write_mnist(tmp_path / "mnist", "train", images, labels)
+    images[0], images[1] = 255, 0                      # a constant image stays constant under resizing
+    write_mnist(tmp_path, train=(images, labels))
     for r in (16, 64):
         ds = MNIST(root=tmp_path, resolution=r)
-        assert ds[2]["image"].shape == (3, r, r)
         assert torch.allclose(ds[0]["image"], torch.ones(3, r, r))
         assert torch.allclose(ds[1]["image"], -torch.ones(3, r, r))
         x = ds.batch(range(5))["image"]
-        assert x.min() >= -1 and x.max() <= 1
+        assert x.shape == (5, 3, r, r) and x.min() >= -1 and x.max() <= 1
     with pytest.raises(ValueError, match="multiple of 8"):
         MNIST(root=tmp_path, resolution=28)
 
 
-def test_fashion_test_split_reads_uncompressed_files(tmp_path):
-    images, labels = digits(4, seed=1)
-    labels = np.array([9, 0, 8, 5], dtype=np.uint8)
-    write_mnist(tmp_path / "fashion-mnist", "t10k", images, labels, gz=False)
+def test_fashion_test_split_from_gzipped_files_put_there_by_hand(tmp_path):
+    raw = write_mnist(tmp_path, test=digits(4, seed=1, labels=[9, 0, 8, 5]), folder="FashionMNIST", gz=True)
     ds = MNIST(root=tmp_path, split="test", variant="fashion")
-    assert [ds[i]["caption"] for i in range(4)] == ["ankle boot", "t-shirt", "bag", "sandal"]
+    assert [ds[i]["caption"] for i in range(4)] == ["ankle boot", "t-shirt/top", "bag", "sandal"]
     assert ds.batch([0, 3])["label"].tolist() == [9, 5]
+    assert (raw / "t10k-images-idx3-ubyte").is_file()                     # extracted next to the .gz
 
 
-def test_mnist_bad_inputs(tmp_path):
+def test_mnist_bad_arguments_missing_and_damaged_files(tmp_path, offline):
     with pytest.raises(ValueError, match="split"):
         MNIST(root=tmp_path, split="val")
     with pytest.raises(ValueError, match="variant"):
         MNIST(root=tmp_path, variant="kmnist")
     with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz(.|\n)*download=True") as err:
         MNIST(root=tmp_path)
-    assert str(tmp_path / "mnist") in str(err.value) and "train-labels-idx1-ubyte.gz" in str(err.value)
-    images, _ = digits()
-    write_mnist(tmp_path / "mnist", "train", images, np.array([0, 1, 2, 3, 12], dtype=np.uint8))
-    with pytest.raises(IDXFormatError, match="labels in 0..9"):
+    assert str(tmp_path / "MNIST" / "raw") in str(err.value) and offline == []   # download=False: no network
+    raw = write_mnist(tmp_path, train=digits(5, labels=[0, 1, 2, 3, 12]))
+    with pytest.raises(ValueError, match=r"damaged mnist(.|\n)*labels in 0..9(.|\n)*download them again"):
         MNIST(root=tmp_path)
-
-
-def test_mnist_download_offline_fails_fast(tmp_path, monkeypatch):
-    calls = []
-
-    def offline(url, timeout=None):
-        calls.append(url)
-        raise urllib.error.URLError("Network is unreachable")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(OfflineError) as err:
+    write_mnist(tmp_path)
+    (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"damaged mnist files in .*MNIST"):   # an interrupted copy
         MNIST(root=tmp_path, download=True)
+    assert offline == []                                                  # on disk: download=True asks nothing
+
+
+def test_mnist_download_offline_is_a_clear_error(tmp_path, offline):
+    with pytest.raises(RuntimeError, match=r"could not download fashion(.|\n)*offline") as err:
+        MNIST(root=tmp_path, variant="fashion", download=True)
     msg = str(err.value)
-    assert "train-images-idx3-ubyte.gz" in msg and "train-labels-idx1-ubyte.gz" in msg
-    assert str(tmp_path / "mnist") in msg
-    assert len(calls) == len(realdata.MNIST_MIRRORS["mnist"])           # one try per mirror, then stop
-    assert not (tmp_path / "mnist").exists() or list((tmp_path / "mnist").iterdir()) == []
-
-
-def test_mnist_download_from_a_fake_mirror(tmp_path, monkeypatch):
-    images, labels = digits(3)
-    served = {}
-    for name, arr in (("train-images-idx3-ubyte.gz", images), ("train-labels-idx1-ubyte.gz", labels)):
-        write_idx(tmp_path / name, arr, 0x08)
-        served[name] = (tmp_path / name).read_bytes()
-        monkeypatch.setitem(realdata.MNIST_FILES["mnist"], name, sha(served[name]))
-
-    class Response(io.BytesIO):
-        headers = {}
-
-    def fake_urlopen(url, timeout=None):
-        assert url.startswith(realdata.MNIST_MIRRORS["mnist"][0])
-        return Response(served[url.rsplit("/", 1)[1]])
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    ds = MNIST(root=tmp_path / "data", download=True)
-    assert len(ds) == 3 and ds[2]["label"] == 2
-    saved = tmp_path / "data" / "mnist" / "train-images-idx3-ubyte.gz"
-    assert saved.read_bytes() == served["train-images-idx3-ubyte.gz"]
-
-
-def test_official_checksum_table_is_complete():
-    for variant, files in realdata.MNIST_FILES.items():
-        assert sorted(files) == sorted(f"{p}-{k}-idx{d}-ubyte.gz" for p in ("train", "t10k")
-                                       for k, d in (("images", 3), ("labels", 1)))
-        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in files.values())
-    hashes = [h for files in realdata.MNIST_FILES.values() for h in files.values()]
-    assert len(set(hashes)) == 8
+    assert "train-labels-idx1-ubyte.gz" in msg and str(tmp_path / "FashionMNIST" / "raw") in msg
+    assert offline and all(u.startswith("http://fashion-mnist.s3") for u in offline)
 
 
 def test_random_batches_resume_and_cover_each_epoch(tmp_path):
-    images, labels = digits(10)
-    write_mnist(tmp_path / "mnist", "train", images, labels)
+    write_mnist(tmp_path, train=digits(10))
     ds = MNIST(root=tmp_path)
     it = ds.random_batches(5, seed=1)
     run = [next(it)["label"] for _ in range(4)]
@@ -409,6 +260,8 @@ def test_random_batches_resume_and_cover_each_epoch(tmp_path):
     assert torch.equal(next(resumed)["label"], run[3])
     other = ds.random_batches(5, seed=2)                   # another seed, another order
     assert torch.cat([next(other)["label"] for _ in range(2)]).tolist() != torch.cat(run[:2]).tolist()
+    rows = ds.random_batches(5, seed=1, start=3, rows=slice(1, 3))   # one process's share of batch 3
+    assert torch.equal(next(rows)["label"], run[3][1:3])
     tiny = ds.random_batches(16, seed=0)                   # more than the dataset: drawn with replacement
     assert next(tiny)["image"].shape == (16, 3, 32, 32)
 
@@ -433,16 +286,13 @@ def test_class_subfolders_become_labels(tmp_path):
 
 
 def test_datasets_by_name(tmp_path):
-    from minildm.data.datasets import DataConfig, ShapesDataset, make_dataset
-
     assert isinstance(make_dataset("shapes", "val"), ShapesDataset) and make_dataset("shapes", "val").split == "val"
-    write_mnist(tmp_path / "mnist", "train", *digits(4))
-    write_mnist(tmp_path / "mnist", "t10k", *digits(3, seed=1))
+    write_mnist(tmp_path, train=digits(4), test=digits(3, seed=1))
     train, test = (make_dataset("mnist", s, DataConfig(resolution=32), root=tmp_path) for s in ("train", "val"))
     assert (len(train), len(test), train.num_classes) == (4, 3, 10) and train.tokenizer is None
     folder = make_dataset(f"folder:{make_folder(tmp_path)}", config=DataConfig(resolution=16))
     assert isinstance(folder, ImageFolderDataset) and folder[0]["image"].shape == (3, 16, 16)
-    with pytest.raises(FileNotFoundError, match="fashion train files not found.*place them in.*fashion-mnist"):
+    with pytest.raises(FileNotFoundError, match="fashion files not found.*FashionMNIST.*--download"):
         make_dataset("fashion-mnist", root=tmp_path)
     with pytest.raises(ValueError, match="unknown dataset 'cifar'.*folder:PATH"):
         make_dataset("cifar")

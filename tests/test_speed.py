@@ -1,5 +1,5 @@
-"""The speed switches (speed.py): bf16 autocast agrees with fp32, compile keeps the input checks and is skipped
-cleanly where it cannot run, losses are read back every few steps without changing the training."""
+"""The speed switches (speed.py): bf16 autocast agrees with fp32, compile traces the U-Net in one graph and is
+skipped cleanly where it cannot run, losses are read back every few steps without changing the training."""
 
 import pytest
 import torch
@@ -77,6 +77,7 @@ def test_bf16_sampling_agrees_with_fp32_and_decodes_in_fp32(ldm):
     assert float((a - b).abs().max()) < 0.1 and float((a - b).abs().mean()) < 0.02
 
 
+@pytest.mark.slow
 def test_a_bf16_training_run_follows_the_fp32_run(tmp_path):
     ae = build_autoencoder(CI.ae)
     runs = {p: train_ldm("ci", ae, tmp_path / p, steps=10, progress=False, speed=SpeedConfig(precision=p))
@@ -85,6 +86,7 @@ def test_a_bf16_training_run_follows_the_fp32_run(tmp_path):
     assert max(abs(a - b) / a for a, b in zip(l32, l16)) < 5e-2
 
 
+@pytest.mark.slow
 def test_reading_losses_every_few_steps_changes_nothing_but_when_they_are_read(tmp_path):
     ae = build_autoencoder(CI.ae)
     every = train_ldm("ci", ae, tmp_path / "a", steps=7, progress=False)
@@ -104,21 +106,19 @@ def test_compile_is_skipped_with_a_message_where_it_cannot_run(monkeypatch, caps
     assert compile_unsupported("mps") is not None
 
 
-def test_the_compiled_unet_keeps_its_input_checks_and_has_no_graph_break():
+@pytest.mark.slow
+def test_the_compiled_unet_has_no_graph_break():
     torch.manual_seed(0)
     unet = UNet.from_config(CI.ldm, in_channels=4, cross_attention=True)
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
     ctx, mask = torch.randn(2, 5, CI.ldm.context_dim), torch.ones(2, 5, dtype=torch.bool)
-    explained = torch._dynamo.explain(unet.body)(x, t, ctx, mask, None, None)
+    explained = torch._dynamo.explain(unet)(x, t, ctx, mask)
     assert explained.graph_break_count == 0, explained.break_reasons
     eager = unet(x, t, ctx, mask)
-    unet.compile(backend="eager")                                     # dynamo's tracing without code generation
+    unet.compile(backend="eager")                     # nn.Module.compile: dynamo's tracing without code generation
     assert torch.allclose(unet(x, t, ctx, mask), eager, atol=1e-6)
     fresh = UNet.from_config(CI.ldm, in_channels=4, cross_attention=True)
     assert set(unet.state_dict()) == set(fresh.state_dict())          # keys unchanged: checkpoints still load
-    mask[1] = False
-    with pytest.raises(ValueError, match="a context_mask row masks every token"):
-        unet(x, t, ctx, mask)
 
 
 def _govern(monkeypatch, seconds_per_step, steps: int, first: int = 1, **kw) -> tuple[ThreadGovernor, list]:

@@ -83,6 +83,7 @@ def test_exercises_are_leaves(path):
 
 
 @pytest.mark.parametrize("name", ["00_setup_and_shapes", "04_unet_and_cross_attention"])
+@pytest.mark.slow
 def test_the_student_edition_runs_and_fails_only_where_a_student_has_work(name, tmp_path, monkeypatch):
     monkeypatch.setenv("MINILDM_PROFILE", "ci")
     monkeypatch.setenv("MINILDM_COURSE_DIR", str(tmp_path))

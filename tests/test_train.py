@@ -1,4 +1,5 @@
-"""The training loop both stages share (train.fit): resume, time cap, NaN guard, safe checkpoints, callback.
+"""The training loops of both stages and the chores they share (train.loop.Run): resume, time cap, NaN guard, safe
+checkpoints, callback.
 
 Each test runs once per stage of the paper: the autoencoder (first stage) and the latent diffusion model
 (second stage), through the package's own train_autoencoder / train_ldm.
@@ -10,25 +11,19 @@ import pytest
 import torch
 
 from minildm.autoencoder import build_autoencoder
+from minildm.course.viz import SampleGrids
 from minildm.ldm import LatentDiffusion
 from minildm.losses import AutoencoderLoss
+from minildm.train.loop import Run
 from minildm.train.profiles import get_profile
-from minildm.train.stages import (
-    AE_CHECKPOINT,
-    LDM_CHECKPOINT,
-    AutoencoderTraining,
-    LatentDiffusionTraining,
-    NonFiniteLossError,
-    train_autoencoder,
-    train_ldm,
-)
+from minildm.train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, NonFiniteLossError, train_autoencoder, train_ldm
 from minildm.utils import UnsafeWeightsError, load_checkpoint
 
 STAGES = ("autoencoder", "ldm")
 CI = get_profile("ci")
 # short runs with a checkpoint every 2 steps (the autoencoder validates at the same steps)
-PROFILE = CI.replace(ae=dict(steps=6, val_every=2, disc_start=1, batch_size=4, val_images=8, ema_decay=0.9),
-                     ldm=dict(steps=6, checkpoint_every=2, batch_size=4, cache_size=32))
+PROFILE = CI.replace(ae_train=dict(steps=6, val_every=2, batch_size=4, val_images=8, ema_decay=0.9),
+                     ae_loss=dict(disc_start=1), ldm_train=dict(steps=6, checkpoint_every=2, batch_size=4, cache_size=32))
 
 
 def run(stage, out, ae_path, profile=PROFILE, **kw):
@@ -67,23 +62,18 @@ def poison(monkeypatch, stage, at_step, how):
 
         monkeypatch.setattr(AutoencoderLoss, "generator_loss", generator_loss)
     else:
-        real_step, calls = LatentDiffusionTraining.step, {}
+        real_loss, calls = LatentDiffusion.training_step, []          # one call per step: the k-th is step k
 
-        def step(self, k):
-            calls["k"] = k
-            return real_step(self, k)
+        def training_step(self, z0, raw, generator=None, rows=None, **kw):
+            loss = real_loss(self, z0, raw, generator, rows, **kw)
+            calls.append(1)
+            return spoil(loss, next(self.unet.parameters())) if len(calls) - 1 == at_step else loss
 
-        real_loss = LatentDiffusion.training_step
-
-        def training_step(self, z0, raw, generator=None, rows=None):
-            loss = real_loss(self, z0, raw, generator, rows)
-            return spoil(loss, next(self.unet.parameters())) if calls["k"] == at_step else loss
-
-        monkeypatch.setattr(LatentDiffusionTraining, "step", step)
         monkeypatch.setattr(LatentDiffusion, "training_step", training_step)
 
 
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.slow
 def test_resume_is_bit_identical_to_an_uninterrupted_run(stage, tmp_path, ae_path):
     full = run(stage, tmp_path / "full", ae_path)
     first = run(stage, tmp_path / "split", ae_path, steps=3)
@@ -103,6 +93,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(stage, tmp_path, ae_pat
 
 
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.slow
 def test_time_cap_stops_early_with_a_checkpoint(stage, tmp_path, ae_path):
     def slow(step, record, run_):
         time.sleep(0.05)
@@ -131,6 +122,7 @@ def test_nan_loss_before_any_checkpoint_says_none_was_written(stage, tmp_path, a
 
 
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.slow
 def test_a_diverged_update_never_overwrites_the_last_good_checkpoint(stage, tmp_path, ae_path, monkeypatch):
     """An infinite gradient at step 3 (finite loss) turns the weights into NaN; the checkpoint due after step 4
     is refused, and the one from step 2 stays on disk, bit for bit."""
@@ -149,8 +141,8 @@ def test_a_diverged_update_never_overwrites_the_last_good_checkpoint(stage, tmp_
 def test_an_absurd_learning_rate_never_saves_absurd_weights(stage, tmp_path, ae_path):
     """lr = 1e8 with a checkpoint after every step: Adam's first step moves each weight by ~1e8, still finite,
     so only the size check stands between it and the disk."""
-    change = ({"ae": {"lr": 1e8, "val_every": 1}} if stage == "autoencoder"
-              else {"ldm": {"lr": 1e8, "warmup_steps": 1, "checkpoint_every": 1}})
+    change = ({"ae_train": {"lr": 1e8, "val_every": 1}} if stage == "autoencoder"
+              else {"ldm_train": {"lr": 1e8, "warmup_steps": 1, "checkpoint_every": 1}})
     expected = r"diverged after step 1: .*max \|w\| = \d(\.\d+)?e\+0[678].*no checkpoint exists"
     with pytest.raises(UnsafeWeightsError, match=expected):
         run(stage, tmp_path, ae_path, profile=PROFILE.replace(**change))
@@ -158,6 +150,7 @@ def test_an_absurd_learning_rate_never_saves_absurd_weights(stage, tmp_path, ae_
 
 
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.slow
 def test_stale_temporary_files_of_killed_writes_are_removed(stage, tmp_path, ae_path):
     name = AE_CHECKPOINT if stage == "autoencoder" else LDM_CHECKPOINT
     tmp_path.mkdir(exist_ok=True)
@@ -176,8 +169,7 @@ def test_callback_sees_every_step_with_its_record_and_the_run(stage, tmp_path, a
     r = run(stage, tmp_path, ae_path, steps=3, callback=lambda step, record, run_: seen.append((step, record, run_)))
     assert [s for s, _, _ in seen] == [1, 2, 3]
     assert [rec for _, rec, _ in seen] == r["history"] and all("loss" in rec for _, rec, _ in seen)
-    expected = AutoencoderTraining if stage == "autoencoder" else LatentDiffusionTraining
-    assert isinstance(seen[0][2], expected) and isinstance(seen[0][2].model, torch.nn.Module)
+    assert isinstance(seen[0][2], Run) and isinstance(seen[0][2].model, torch.nn.Module)
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -205,11 +197,11 @@ def test_an_autoencoder_with_nan_latents_is_named(tmp_path):
     assert not (tmp_path / LDM_CHECKPOINT).exists()
 
 
+@pytest.mark.slow
 def test_sample_grids_during_training_use_the_ema_and_change_nothing(tmp_path, ae_path):
-    """sample_every writes a grid with the EMA weights swapped in; afterwards training goes on exactly as
-    without the grids (the raw weights are put back bit for bit and sampling draws no training randomness)."""
-    with_grids = PROFILE.replace(ldm={"sample_every": 2})
-    a = run("ldm", tmp_path / "grids", ae_path, profile=with_grids)
+    """The SampleGrids callback writes a grid with the EMA weights swapped in; afterwards training goes on exactly
+    as without the grids (the raw weights are put back bit for bit and sampling draws no training randomness)."""
+    a = run("ldm", tmp_path / "grids", ae_path, callback=SampleGrids(2, tmp_path / "grids"))
     b = run("ldm", tmp_path / "plain", ae_path)
     assert sorted(p.name for p in (tmp_path / "grids").glob("samples_*.png")) == [
         "samples_000002.png", "samples_000004.png", "samples_000006.png"]
@@ -224,13 +216,13 @@ def test_ema_weights_swaps_in_the_shadow_and_restores_the_raw_weights(tmp_path, 
 
     def look(step, record, run_):
         if step == 3:
-            raw = {k: v.clone() for k, v in run_.mods.state_dict().items()}
+            raw = {k: v.clone() for k, v in run_.trained.state_dict().items()}
             with run_.ema_weights() as ldm:
                 seen["inside"] = {k: v.clone() for k, v in ldm.denoiser_modules().state_dict().items()}
                 seen["eval"] = not ldm.unet.training
-            seen["after"] = {k: v.clone() for k, v in run_.mods.state_dict().items()}
+            seen["after"] = {k: v.clone() for k, v in run_.trained.state_dict().items()}
             seen["raw"], seen["shadow"] = raw, {k: v.clone() for k, v in run_.ema.shadow.items()}
-            seen["train"] = run_.mods.training
+            seen["train"] = run_.trained.training
 
     run("ldm", tmp_path, ae_path, steps=3, callback=look)
     assert all(torch.equal(seen["inside"][k], seen["shadow"][k]) for k in seen["shadow"])

@@ -137,6 +137,7 @@ def test_recorded_maps_cover_self_and_cross_attention():
     assert {maps.spatial[n] for n in cross} == {(8, 8), (4, 4)}
 
 
+@pytest.mark.slow
 def test_overfits_one_batch():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)       # tiny tensors: threading overhead dominates on a shared machine
@@ -161,28 +162,6 @@ def _overfit():
         losses.append(loss.item())
     assert losses[0] == pytest.approx(eps.square().mean().item(), rel=1e-5)   # zero output at init
     assert losses[-1] < losses[0] / 50
-
-
-def test_bad_inputs_give_clear_errors():
-    unet = tiny_unet(context_dim=WIDTH, channel_mult=(1, 2, 2))
-    ctx = torch.randn(B, 3, WIDTH)
-    with pytest.raises(ValueError, match=r"6×6.*multiples of 4"):
-        unet(torch.randn(B, C, 6, 6), torch.tensor([1, 2]), context=ctx)
-    with pytest.raises(ValueError, match=r"context of shape \(2, L, 8\)"):
-        unet(torch.randn(B, C, 8, 8), torch.tensor([1, 2]), context=torch.randn(B, 3, 5))
-    with pytest.raises(ValueError, match="needs|conditions on a context"):
-        unet(torch.randn(B, C, 8, 8), torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="no cross-attention"):
-        tiny_unet()(torch.randn(B, C, 8, 8), torch.tensor([1, 2]), context=ctx)
-    with pytest.raises(ValueError, match="masks every token"):
-        unet(torch.randn(B, C, 8, 8), 1, context=ctx, context_mask=torch.tensor([[True] * 3, [False] * 3]))
-    cls_unet = tiny_unet(num_classes=NUM_CLASSES)
-    with pytest.raises(ValueError, match=r"0\.\.5"):
-        cls_unet(torch.randn(B, C, 8, 8), 1, y=torch.tensor([0, 6]))
-    with pytest.raises(ValueError, match="concat"):
-        tiny_unet(concat_channels=3)(torch.randn(B, C, 8, 8), 1, concat=torch.randn(B, 3, 4, 4))
-    with pytest.raises(ValueError, match="expected latents"):
-        tiny_unet()(torch.randn(B, 3, 8, 8), 1)
 
 
 def test_from_config_builds_the_ci_profile():

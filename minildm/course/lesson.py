@@ -23,7 +23,6 @@ import operator
 import os
 import platform
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +40,7 @@ from . import pretrained
 from .results import load_json, write_json
 
 __all__ = ["setup", "Course", "check_answer", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
-           "DATA_ENV", "ANY_DATA", "load_json", "COLAB_CELL", "RESULTS_DIR", "measured_minutes"]
+           "DATA_ENV", "ANY_DATA", "COLAB_CELL", "RESULTS_DIR", "measured_minutes"]
 
 COURSE_DIR_ENV, STRICT_ENV, DATA_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT", "MINILDM_DATA"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -76,11 +75,9 @@ class ClaimFailed(AssertionError):
 
 
 def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-5) -> None:
-    """An exercise's check: `got` (the student's answer) must equal `expected` (the package's) within tolerance.
-
-    Tensors are compared elementwise (shapes must match), numbers with math.isclose, anything else with ==.
-    Passes silently with a ✓; otherwise raises AssertionError saying what differs and by how much.
-    """
+    """An exercise's check: the student's answer `got` must equal the package's `expected` within tolerance
+    (tensors elementwise, numbers with math.isclose, anything else with ==); prints ✓, or raises AssertionError
+    saying what differs and by how much."""
     if got is None or got is NotImplemented:
         raise AssertionError(f"{name}: no answer yet — fill in the cell above and run it again")
     if torch.is_tensor(expected):
@@ -171,8 +168,6 @@ class Course:
     # ---------------------------------------------------------------- claims and results
     def claim(self, name: str, measured: float, op: str, threshold: float, exact: bool = False) -> bool:
         """Check `measured op threshold`, print ✓/✗ with the value, record it; raise if strict (or exact)."""
-        if op not in _OPS:
-            raise ValueError(f"op must be one of {sorted(_OPS)}, got {op!r}")
         measured = float(measured)
         ok = bool(_OPS[op](measured, float(threshold)))
         print(f"{'✓' if ok else '✗'} {name}: measured {measured:.4g} {op} {float(threshold):.4g}"
@@ -208,30 +203,39 @@ class Course:
         """Where this profile's course keeps the student's own model: "autoencoder" or "ldm-<cond>"."""
         return self.folder / AE_CHECKPOINT if what == "autoencoder" else self.folder / what / LDM_CHECKPOINT
 
+    def _handed_on(self, what: str, label: str, load: Callable[[Path, torch.device], Any],
+                   shipped: Callable[[], Any], steps: int, train: Callable[[], Any], train_minutes: float | None,
+                   verbose: bool):
+        """The student's own `what` (`own(what)`, from an earlier notebook) opened with `load`, else the shipped
+        one (Shapes only), else trained now by `train`, after saying so; `label` names it in what is printed."""
+        say = print if verbose else (lambda *a: None)
+        path = self.own(what)
+        if path.is_file():
+            say(f"{label}: your own, {path}")
+            return load(path, self.device)
+        model = shipped() if self.data == "shapes" else None
+        if model is not None:
+            say(f"{label}: the shipped one for the {self.profile.name} profile ({pretrained.DIR})")
+            return model
+        say(f"no {label} yet: training the {self.profile.name} profile's ({steps} steps"
+            + (f", at most {train_minutes} min" if train_minutes else "") + f") into {path.parent}")
+        train()
+        return load(path, self.device)
+
     def autoencoder(self, train_minutes: float | None = None, verbose: bool = True):
         """The course's autoencoder: the student's own (notebook 01), else the shipped one, else trained now
         (after saying so)."""
-        path = self.own("autoencoder")
-        if path.is_file():
-            if verbose:
-                print(f"autoencoder: your own, {path}")
-            return load_autoencoder(path, self.device)
-        shipped = pretrained.load_autoencoder(self.profile.name, self.device) if self.data == "shapes" else None
-        if shipped is not None:
-            if verbose:
-                print(f"autoencoder: the shipped one for the {self.profile.name} profile ({pretrained.DIR})")
-            return shipped
-        cfg = self.profile.ae
-        if verbose:
-            print(f"no autoencoder yet: training the {self.profile.name} profile's ({cfg.steps} steps"
-                  + (f", at most {train_minutes} min" if train_minutes else "") + f") into {self.folder}")
-        missing = lpips_weights_missing(cfg.lpips_net, download=self.profile.name != "ci")
-        other = self.data != "shapes"                  # the shipped autoencoder knows Shapes only
-        train_autoencoder(self.profile, self.folder, device=self.device, max_minutes=train_minutes,
-                          random_lpips=None if missing is None else True, lpips_download=self.profile.name != "ci",
-                          progress=verbose, dataset=self.dataset("train") if other else None,
-                          val_dataset=self.dataset("val") if other else None)
-        return load_autoencoder(path, self.device)
+        def train() -> None:
+            missing = lpips_weights_missing(self.profile.ae_loss.lpips_net, download=self.profile.name != "ci")
+            other = self.data != "shapes"                  # the shipped autoencoder knows Shapes only
+            train_autoencoder(self.profile, self.folder, device=self.device, max_minutes=train_minutes,
+                              random_lpips=None if missing is None else True, lpips_download=self.profile.name != "ci",
+                              progress=verbose, dataset=self.dataset("train") if other else None,
+                              val_dataset=self.dataset("val") if other else None)
+
+        return self._handed_on("autoencoder", "autoencoder", load_autoencoder,
+                               lambda: pretrained.load_autoencoder(self.profile.name, self.device),
+                               self.profile.ae_train.steps, train, train_minutes, verbose)
 
     def ldm(self, cond: str = "text", train_minutes: float | None = None, verbose: bool = True) -> LatentDiffusion:
         """The course's latent diffusion model for `cond`: the student's own (notebooks 05, 08), else the shipped
@@ -240,25 +244,17 @@ class Course:
             raise ValueError(f"there is no {cond} model on {self.data}: text and layout models need Shapes, class "
                              f"models labels; use course.second_stage() ({self.second_stage()!r}), or `minildm "
                              f"train-ldm --data {self.data}`")
-        path = self.own(f"ldm-{cond}")
-        if path.is_file():
-            if verbose:
-                print(f"{cond} model: your own, {path}")
-            return LatentDiffusion.from_checkpoint(path, self.device)
-        shipped = pretrained.load_ldm(self.profile.name, cond, self.device) if self.data == "shapes" else None
-        if shipped is not None:
-            if verbose:
-                print(f"{cond} model: the shipped one for the {self.profile.name} profile ({pretrained.DIR})")
-            return shipped
-        if not self.own("autoencoder").is_file():
-            self.autoencoder(verbose=verbose)
-        if verbose:
-            print(f"no {cond} model yet: training the {self.profile.name} profile's ({self.profile.ldm.steps} steps"
-                  + (f", at most {train_minutes} min" if train_minutes else "") + f") into {path.parent}")
-        train_ldm(self.profile, self.own("autoencoder"), path.parent, cond=cond, device=self.device,
-                  max_minutes=train_minutes, seed=self.seed, progress=verbose,
-                  dataset=None if self.data == "shapes" else self.dataset("train"))
-        return LatentDiffusion.from_checkpoint(path, self.device)
+
+        def train() -> None:
+            if not self.own("autoencoder").is_file():
+                self.autoencoder(verbose=verbose)
+            train_ldm(self.profile, self.own("autoencoder"), self.own(f"ldm-{cond}").parent, cond=cond,
+                      device=self.device, max_minutes=train_minutes, seed=self.seed, progress=verbose,
+                      dataset=None if self.data == "shapes" else self.dataset("train"))
+
+        return self._handed_on(f"ldm-{cond}", f"{cond} model", LatentDiffusion.from_checkpoint,
+                               lambda: pretrained.load_ldm(self.profile.name, cond, self.device),
+                               self.profile.ldm_train.steps, train, train_minutes, verbose)
 
     def trained_steps(self, what: str) -> int | None:
         """How many steps the student's own `what` ("autoencoder", "ldm-text", …) was trained for, or None."""
@@ -303,7 +299,7 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
     if results.pop(notebook, None) is not None:       # a rerun records afresh: no claim of an older version stays
         write_json(results, folder / "results.json")
     strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-    missing = lpips_weights_missing(profile.ae.lpips_net, download=False)
+    missing = lpips_weights_missing(profile.ae_loss.lpips_net, download=False)
     minutes = measured_minutes(profile.name).get(notebook)
     print(f"minildm course, notebook {notebook}")
     print(f"  profile {profile.name} (set $MINILDM_PROFILE to ci, cpu or gpu), device {device} "
@@ -325,9 +321,3 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
               " not results")
     return Course(notebook, profile, device, seed, folder, strict, data=data)
 
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """(result, seconds) of fn()."""
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0

@@ -1,20 +1,15 @@
 """Shipped checkpoints for labs: small inference files for the `cpu` profile, so any notebook can start first.
 
-data/pretrained/<profile>/ holds one safetensors file per model (no pickle: nothing executes on load; a JSON
-header anyone can read) and data/pretrained/manifest.json says how each was made: the command, seed, commit,
-torch version, machine, minutes, the metrics measured on it, and its SHA-256, which loading verifies.
-
-    autoencoder.safetensors     the first stage (weights + its config in the header)
-    ldm-<cond>.safetensors      the EMA weights of a second stage (U-Net, τθ), its config, tokenizer, class
-                                count, resolution and scale factor; the autoencoder is stored once and named
-                                by its SHA-256 in the header
-
-`export(ae_checkpoint, ldm_checkpoints, ...)` writes them from the training checkpoints that `minildm train-ae`
-and `minildm train-ldm` produce (`minildm pretrained export`); `load_autoencoder` / `load_ldm` read them.
+data/pretrained/<profile>/ holds one safetensors file per model (no pickle: nothing executes on load), its
+config in the JSON header: autoencoder.safetensors, and ldm-<cond>.safetensors with the EMA weights of a second
+stage, which names its autoencoder by SHA-256. data/pretrained/manifest.json says how each was made (command,
+seed, commit, torch, machine, minutes, metrics) and its SHA-256, which loading verifies. `export` writes them
+from training checkpoints (`minildm export-pretrained`); `load_autoencoder` / `load_ldm` read them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -23,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from ..autoencoder import AEConfig, build_autoencoder
 from ..conditioning import WordTokenizer
 from ..data.datasets import ShapesDataset
-from ..data.realdata import sha256_of
 from ..eval.accuracy import (
     evaluate_class_model,
     evaluate_layout_model,
@@ -38,7 +32,8 @@ from ..eval.accuracy import (
 )
 from ..eval.metrics import reconstruction_psnr
 from ..ldm import LatentDiffusion, LDMConfig
-from ..utils import CheckpointError, _umask, config_from_dict, get_device, load_checkpoint, to_plain, unsafe_tensors
+from ..utils import CheckpointError, config_from_dict, get_device, load_checkpoint, to_plain, unsafe_tensors
+from .results import load_json, write_json
 
 __all__ = ["DIR", "available", "load_autoencoder", "load_ldm", "export", "file_sha256", "manifest", "spot_check"]
 
@@ -46,21 +41,23 @@ DIR = Path(__file__).resolve().parent.parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
 
 
-file_sha256 = sha256_of           # hex SHA-256 of a file (the same helper the dataset downloader verifies with)
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file (the shipped files are a few MB each)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def manifest(root: Path = DIR) -> dict[str, Any]:
     """The manifest of the shipped files: {"files": {"cpu/autoencoder.safetensors": {...}, ...}}."""
-    path = root / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else {"files": {}}
+    return load_json(root / "manifest.json") or {"files": {}}
 
 
 def available(profile: str, root: Path = DIR) -> bool:
     return (root / profile / AE_FILE).is_file()
 
 
-def _verified(profile: str, name: str, root: Path) -> Path | None:
-    """The shipped file, after checking its SHA-256 against the manifest; None when it is not shipped."""
+def _read(profile: str, name: str, root: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """(its header's minildm metadata, its tensors) of a shipped file, after checking its SHA-256 against the
+    manifest; None when it is not shipped."""
     path = root / profile / name
     if not path.is_file():
         return None
@@ -68,47 +65,43 @@ def _verified(profile: str, name: str, root: Path) -> Path | None:
     if entry is None:
         raise CheckpointError(f"{path} is not listed in {root / 'manifest.json'}; restore both from the "
                               "repository (git checkout data/pretrained) or delete the stray file")
-    if file_sha256(path) != entry["sha256"]:
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise CheckpointError(f"shipped checkpoint {path} is damaged: its SHA-256 differs from the manifest's. "
                               "Restore it from the repository (git checkout data/pretrained) or download it again.")
-    return path
-
-
-def _header(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return json.loads(json.loads(f.read(n))["__metadata__"]["minildm"])
+    n = int.from_bytes(data[:8], "little")            # a safetensors file: header length, JSON header, tensors
+    return json.loads(json.loads(data[8:8 + n])["__metadata__"]["minildm"]), load(data)
 
 
 def load_autoencoder(profile: str, device: str | torch.device | None = None, root: Path = DIR):
     """The shipped autoencoder of `profile` in eval mode, or None when none is shipped."""
-    path = _verified(profile, AE_FILE, Path(root))
-    if path is None:
+    shipped = _read(profile, AE_FILE, Path(root))
+    if shipped is None:
         return None
-    model = build_autoencoder(config_from_dict(AEConfig, _header(path)["config"]))
-    model.load_state_dict(load_file(path))
+    meta, weights = shipped
+    model = build_autoencoder(config_from_dict(AEConfig, meta["config"]))
+    model.load_state_dict(weights)
     return model.to(get_device(device)).eval()
 
 
 def load_ldm(profile: str, cond: str, device: str | torch.device | None = None,
              root: Path = DIR) -> LatentDiffusion | None:
     """The shipped `cond` model of `profile` (with the shipped autoencoder), in eval mode, or None."""
-    root = Path(root)
-    path = _verified(profile, f"ldm-{cond}.safetensors", root)
-    if path is None:
+    root, name = Path(root), f"ldm-{cond}.safetensors"
+    shipped = _read(profile, name, root)
+    if shipped is None:
         return None
-    meta = _header(path)
-    ae_path = _verified(profile, AE_FILE, root)
-    if ae_path is None or file_sha256(ae_path) != meta["autoencoder_sha256"]:
-        raise CheckpointError(f"{path} was trained on another autoencoder than the shipped {AE_FILE}; restore "
-                              "data/pretrained from the repository")
-    ae = load_autoencoder(profile, "cpu", root)
+    meta, weights = shipped
+    ae = load_autoencoder(profile, "cpu", root)                     # checked against the manifest's SHA-256
+    if ae is None or manifest(root)["files"][f"{profile}/{AE_FILE}"]["sha256"] != meta["autoencoder_sha256"]:
+        raise CheckpointError(f"{root / profile / name} was trained on another autoencoder than the shipped "
+                              f"{AE_FILE}; restore data/pretrained from the repository")
     c = meta["conditioning"]
     tok = None if c["tokenizer"] is None else WordTokenizer.from_dict(c["tokenizer"])
     ldm = LatentDiffusion(ae, config_from_dict(LDMConfig, meta["config"]), tokenizer=tok,
                           num_classes=c["num_classes"], max_objects=c["max_objects"], resolution=meta["resolution"],
                           scale_factor=meta["scale_factor"])
-    ldm.denoiser_modules().load_state_dict(load_file(path))
+    ldm.denoiser_modules().load_state_dict(weights)
     return ldm.to(get_device(device)).eval()
 
 
@@ -121,14 +114,15 @@ def _git_commit() -> str:
 
 
 def _save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> str:
+    """Write one shipped file (EMA weights, `meta` in its header); returns its SHA-256."""
     bad = unsafe_tensors({"weights": tensors}, ("weights",))
     if bad:
         raise ValueError(f"refusing to ship diverged weights: {'; '.join(bad[:3])}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-              metadata={"minildm": json.dumps(to_plain(meta))})
-    os.chmod(tmp, 0o666 & ~_umask())               # safetensors writes 0600; shipped files are for everyone to read
+    # the bytes written by Python, not safetensors' save_file (which makes the file 0600): readable by everyone
+    tmp.write_bytes(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                         metadata={"minildm": json.dumps(to_plain(meta))}))
     tmp.replace(path)
     return file_sha256(path)
 
@@ -165,17 +159,13 @@ def export(ae_checkpoint: str | os.PathLike, ldm_checkpoints: dict[str, str | os
     for name, entry in entries.items():
         entry["bytes"] = (out / name).stat().st_size
         full["files"][f"{profile}/{name}"] = entry
-    _write_manifest(full, root)
+    write_json(full, root / "manifest.json", sort_keys=True)
     if spot_checks:                                # measured on the written files, as a user would load them
         checks = spot_check(profile, root)
         for name, entry in entries.items():
             entry["spot_check"] = checks.get(name.removesuffix(".safetensors"), {})
-        _write_manifest(full, root)
+        write_json(full, root / "manifest.json", sort_keys=True)
     return full
-
-
-def _write_manifest(full: dict[str, Any], root: Path) -> None:
-    (root / "manifest.json").write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
 
 
 @torch.no_grad()

@@ -1,10 +1,5 @@
-"""Results as tables: markdown for the README and the notebooks, JSON for the record.
-
-`results_table(rows, columns)` renders rows (dicts of plain numbers) as a markdown table; `load_json` and
-`write_json` read and (atomically) write the JSON files the experiments and the course record results in;
-`write_results` merges one experiment's rows (experiments.py) into <out>/results.json and rewrites
-<out>/results.md, with the f-study's summary and verdict.
-"""
+"""Results as tables: markdown for the README and the notebooks (results_table), JSON for the record
+(load_json, write_json), and the experiments' results.json / results.md (write_results)."""
 
 from __future__ import annotations
 
@@ -25,11 +20,12 @@ def load_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+def write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
+    """Write JSON atomically (temporary file, then rename); sort_keys for files kept in git, so that a rewrite
+    shows only what changed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=sort_keys, default=str) + "\n")
     tmp.replace(path)
 
 
@@ -37,12 +33,8 @@ def _cell(value: Any, fmt: str | None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if fmt == "d":
-            return str(int(round(value)))
-        return format(value, fmt)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+        return str(int(round(value))) if fmt == "d" else format(value, fmt)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def results_table(rows: Sequence[Row], columns: Sequence[str | tuple[str, str] | tuple[str, str, str]] | None = None

@@ -1,35 +1,32 @@
 """Run the course's notebooks in order in one profile, time each, and collect its claims and figures
-(`minildm course --profile cpu --strict`).
-
-Each notebook runs in a fresh kernel (nbclient) with $MINILDM_PROFILE, $MINILDM_COURSE_DIR (so that later
-notebooks find the models earlier ones trained) and, with --strict, $MINILDM_STRICT=1 (a failed claim stops
-the run). The result, written to docs/course/<profile>.json with the figures beside it, is what the README's
-course table shows and what `setup()` prints as each notebook's measured run time.
-"""
+(`minildm course --profile cpu --strict`), each in a fresh kernel with $MINILDM_PROFILE, $MINILDM_COURSE_DIR (later
+notebooks find the models earlier ones trained) and $MINILDM_STRICT. The record, docs/course/<profile>.json with
+the figures beside it, is the README's course table and the run time `setup()` prints."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import nbformat
 import torch
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from ..autoencoder import build_autoencoder
 from ..perceptual import lpips_weights_missing
 from ..train.profiles import get_profile
-from ..train.stages import AutoencoderTraining, LatentDiffusionTraining
+from ..train.stages import train_autoencoder, train_ldm
 from ..utils import CheckpointError, get_device
 from . import pretrained
 from .lesson import COURSE_DIR_ENV, NOTEBOOKS, REPO_ROOT, RESULTS_DIR, STRICT_ENV
-from .results import load_json
+from .results import load_json, write_json
 
 __all__ = ["run_course", "speed_probe", "self_check"]
 
@@ -45,12 +42,10 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
     course_dir = Path(course_dir)
     course_dir.mkdir(parents=True, exist_ok=True)
     env = {"MINILDM_PROFILE": profile, COURSE_DIR_ENV: str(course_dir), STRICT_ENV: "1" if strict else "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     record: dict[str, Any] = {"profile": profile, "strict": strict, "notebooks": {},
                               "speed": speed_probe(profile, probe_seconds),
                               "machine": f"{os.cpu_count()} CPUs, {get_device()}, torch {torch.__version__}"}
-    try:
+    with mock.patch.dict(os.environ, env):           # the kernels inherit it; put back as it was afterwards
         for name in names:
             path = REPO_ROOT / "notebooks" / f"{name}.ipynb"
             nb = nbformat.read(path, as_version=4)
@@ -71,12 +66,6 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
                 + (f"; failed: {', '.join(failed)}" if failed else "") + (f"; ERROR: {error}" if error else ""))
             if error and strict:
                 break
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     if results_dir is not None:            # a partial run (--notebooks) updates those notebooks' entries only
         earlier = load_json(Path(results_dir) / f"{profile}.json") or {}
         if notebooks and earlier.get("profile") == profile:
@@ -90,7 +79,7 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
         for nb_record in record["notebooks"].values():
             for fig in nb_record["figures"]:
                 shutil.copy2(course_dir / "figures" / fig, out / profile / fig)
-        (out / f"{profile}.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        write_json(record, out / f"{profile}.json", sort_keys=True)
     return record
 
 
@@ -99,24 +88,24 @@ def speed_probe(profile: str, seconds: float = 10.0) -> dict[str, float]:
     seconds each): what `minildm check` compares with the machine that recorded the course's run times."""
     p = get_profile(profile)
     device = get_device()
-    def rate(step_fn) -> float:
-        step_fn(0)                                                # warm-up
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds / 2:
-            n += 1
-            step_fn(n)
-        return n / (time.perf_counter() - t0)
 
-    out = {}
-    ae = AutoencoderTraining(p.ae, p.data, device, random_lpips=True, lpips_download=False)
-    ae.start(0, 10**9, False)
-    out["autoencoder_steps_per_s"] = rate(ae.step)
-    with tempfile.TemporaryDirectory() as d:
-        ldm = LatentDiffusionTraining(dataclasses.replace(p.ldm, cache_size=256), p.data, ae.model, device, folder=d,
-                                      progress=False)
-        ldm.start(0, 10**9, False)
-        out["ldm_steps_per_s"] = rate(ldm.step)
-    return out
+    class Enough(Exception):
+        pass
+
+    def rate(train, *args, **kwargs) -> float:        # steps/s after the first (warm-up) step
+        ends = []
+
+        def tick(step, record, run):
+            ends.append(time.perf_counter())
+            if ends[-1] - ends[0] >= seconds / 2:
+                raise Enough
+
+        with tempfile.TemporaryDirectory() as d, contextlib.suppress(Enough):
+            train(*args, d, device=device, steps=10**9, progress=False, callback=tick, **kwargs)
+        return (len(ends) - 1) / (ends[-1] - ends[0])
+
+    return {"autoencoder_steps_per_s": rate(train_autoencoder, p, random_lpips=True, lpips_download=False),
+            "ldm_steps_per_s": rate(train_ldm, p.replace(ldm_train={"cache_size": 256}), build_autoencoder(p.ae))}
 
 
 def self_check(profile: str | None = None, seconds: float = 10.0, log=print) -> dict[str, Any]:
@@ -127,7 +116,7 @@ def self_check(profile: str | None = None, seconds: float = 10.0, log=print) -> 
     report: dict[str, Any] = {"profile": p.name, "device": str(get_device()), "torch": torch.__version__,
                               "threads": torch.get_num_threads()}
     log(f"device {report['device']}, profile {p.name}, torch {report['torch']}, {report['threads']} threads")
-    missing = lpips_weights_missing(p.ae.lpips_net, download=False)
+    missing = lpips_weights_missing(p.ae_loss.lpips_net, download=False)
     report["lpips"] = "pretrained" if missing is None else f"random backbone ({missing})"
     log(f"LPIPS: {report['lpips']}")
     try:

@@ -14,7 +14,7 @@ from ..data.datasets import ShapesDataset
 from ..data.shapes import class_name
 
 __all__ = ["to_display", "image_grid", "save_figure", "filmstrip", "denoising_filmstrip", "save_sample_grid",
-           "latent_grid", "attention_overlay", "DEFAULT_PROMPTS"]
+           "SampleGrids", "latent_grid", "attention_overlay", "DEFAULT_PROMPTS"]
 
 DEFAULT_PROMPTS = (
     "a large red circle in the top left", "a small blue square in the center",
@@ -69,6 +69,18 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     return path
 
 
+def _label_cells(axes: Any, column_titles: Sequence[str], row_titles: Sequence[str] | None, wrap: int) -> None:
+    """A grid of axes without ticks: column titles over the first row, (wrapped) row titles left of the first
+    column."""
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, text in zip(axes[0], column_titles):
+        ax.set_title(text, fontsize=7)
+    for ax, text in zip(axes[:, 0], row_titles or ()):
+        ax.set_ylabel("\n".join(textwrap.wrap(text, wrap)), fontsize=6.5, rotation=0, ha="right", va="center")
+
+
 def filmstrip(frames: Sequence[torch.Tensor], column_titles: Sequence[str], row_titles: Sequence[str] | None = None,
               cell_inches: float = 1.2, title: str | None = None):
     """Rows = samples, columns = denoising steps: frames[j] is a (B, 3, H, W) batch shown in column j."""
@@ -82,15 +94,8 @@ def filmstrip(frames: Sequence[torch.Tensor], column_titles: Sequence[str], row_
                                                     nrows * cell_inches + 0.5), squeeze=False)
     for i in range(nrows):
         for j in range(ncols):
-            ax = axes[i, j]
-            ax.imshow(cols[j][i].numpy(), interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(column_titles[j], fontsize=7)
-            if j == 0 and row_titles:
-                ax.set_ylabel("\n".join(textwrap.wrap(row_titles[i], 22)), fontsize=6.5,
-                              rotation=0, ha="right", va="center")
+            axes[i, j].imshow(cols[j][i].numpy(), interpolation="nearest")
+    _label_cells(axes, column_titles, row_titles, wrap=22)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -152,15 +157,8 @@ def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title:
     fig, axes = plt.subplots(B, C, figsize=(C * cell_inches + 1.2, B * cell_inches + 0.4), squeeze=False)
     for i in range(B):
         for c in range(C):
-            ax = axes[i, c]
-            im = ax.imshow(z[i, c].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(f"channel {c}", fontsize=7)
-            if c == 0 and row_titles:
-                ax.set_ylabel("\n".join(textwrap.wrap(row_titles[i], 18)), fontsize=6.5, rotation=0, ha="right",
-                              va="center")
+            im = axes[i, c].imshow(z[i, c].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+    _label_cells(axes, [f"channel {c}" for c in range(C)], row_titles, wrap=18)
     fig.colorbar(im, ax=axes, shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -191,3 +189,17 @@ def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[s
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+class SampleGrids:
+    """A train_ldm callback: every `every` steps, a grid of samples with the run's EMA weights (save_sample_grid)
+    into folder/samples_<step>.png. Sampling draws no training randomness and the raw weights are put back bit for
+    bit, so the run goes on exactly as without it (`minildm train-ldm --sample-every N`)."""
+
+    def __init__(self, every: int, folder: str | os.PathLike):
+        self.every, self.folder = every, Path(folder)
+
+    def __call__(self, step: int, record: dict, run: Any) -> None:
+        if self.every and step % self.every == 0:
+            with run.ema_weights() as ldm:
+                save_sample_grid(ldm, self.folder / f"samples_{step:06d}.png", title=f"step {step} (EMA weights)")

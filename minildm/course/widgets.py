@@ -12,7 +12,7 @@ JupyterLab, VS Code and Colab; where widgets do not render, the static figure is
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -30,7 +30,6 @@ class View:
     figure: Callable[..., Any]
     show: Callable[..., Any] | None = None
     generate: Callable[..., Any] | None = None
-    state: dict = field(default_factory=dict)
 
 
 def _output(fig_fn: Callable[[], Any], out: Any) -> None:
@@ -87,8 +86,9 @@ def prompt_explorer(ldm: Any, prompt: str = "a large red circle in the top left"
         raw = ldm.prompt_condition(prompts=[p] * n)
         return ldm.sample(raw, steps=steps, guidance_scale=s, generator=torch.Generator().manual_seed(seed)).cpu()
 
-    def figure(p: str = prompt, s: float = guidance_scale):
-        return image_grid(images(p, s), [p] * n, ncols=n, title=f"guidance s = {s:g}, DDIM-{steps}, seed {seed}")
+    def figure(p: str = prompt, s: float = guidance_scale, x: torch.Tensor | None = None):   # x: already drawn
+        return image_grid(images(p, s) if x is None else x, [p] * n, ncols=n,
+                          title=f"guidance s = {s:g}, DDIM-{steps}, seed {seed}")
 
     def generate(p: str, s: float) -> torch.Tensor | None:
         try:
@@ -98,7 +98,7 @@ def prompt_explorer(ldm: Any, prompt: str = "a large red circle in the top left"
             with out:
                 print(f"cannot sample: {e}")
             return None
-        _output(lambda: image_grid(x, [p] * n, ncols=n, title=f"guidance s = {s:g}, DDIM-{steps}, seed {seed}"), out)
+        _output(lambda: figure(p, s, x), out)
         return x
 
     button.on_click(lambda _: generate(text.value, scale.value))

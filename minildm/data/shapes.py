@@ -155,12 +155,15 @@ class Scene:
 
 def _relation(a: ShapeObject, b: ShapeObject, rng: random.Random) -> str:
     """A true spatial relation 'a <rel> b' from the grid cells (a random one when two hold)."""
-    options = []
-    if a.col != b.col:
-        options.append("to the left of" if a.col < b.col else "to the right of")
-    if a.row != b.row:
-        options.append("above" if a.row < b.row else "below")
+    options = [r for r in RELATIONS if relation_holds(r, (a.row, a.col), (b.row, b.col))]
     return options[0] if len(options) == 1 else rng.choice(options)
+
+
+def _placed(shape: str, color: str, size: str, cell: int, rng: random.Random) -> ShapeObject:
+    """An object in grid cell `cell` (0..8, row by row), its centre jittered within the cell."""
+    row, col = divmod(cell, 3)
+    return ShapeObject(shape, color, size, row, col, cx=GRID[col] + rng.uniform(-JITTER, JITTER),
+                       cy=GRID[row] + rng.uniform(-JITTER, JITTER))
 
 
 def sample_scene(seed: int, min_objects: int = 1, max_objects: int = 2) -> Scene:
@@ -168,14 +171,8 @@ def sample_scene(seed: int, min_objects: int = 1, max_objects: int = 2) -> Scene
     rng = random.Random(seed)
     n = rng.randint(min_objects, max_objects)
     for _ in range(1000):  # rejection sampling: objects may touch but not hide each other
-        cells = rng.sample(range(9), n)
-        objs = []
-        for cell in cells:
-            row, col = divmod(cell, 3)
-            objs.append(ShapeObject(
-                shape=rng.choice(SHAPES), color=rng.choice(COLOR_NAMES), size=rng.choice(SIZE_NAMES),
-                row=row, col=col,
-                cx=GRID[col] + rng.uniform(-JITTER, JITTER), cy=GRID[row] + rng.uniform(-JITTER, JITTER)))
+        objs = [_placed(rng.choice(SHAPES), rng.choice(COLOR_NAMES), rng.choice(SIZE_NAMES), cell, rng)
+                for cell in rng.sample(range(9), n)]
         if _apart(objs):
             break
     else:  # pragma: no cover - only reachable with absurd max_objects, which the dataset rejects
@@ -237,6 +234,16 @@ def _render_background(bg: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> to
     return (lum[:, None] + tint).clamp(0, 1)
 
 
+def _object_params(o: ShapeObject) -> list[float]:
+    """[present, polygon centre x, y, R, inner ratio, n, phi0, is circle, r, g, b] of an object for rendering."""
+    n, inner, phi0, scale = _GEOMETRY[o.shape]
+    size = SIZES[o.size]
+    x0, y0, x1, y1 = _UNIT_BBOX[o.shape]
+    # polygon centre = bbox centre − size·(bbox midpoint of the unit shape)
+    ccx, ccy = o.cx - size * (x0 + x1) / 2, o.cy - size * (y0 + y1) / 2
+    return [1.0, ccx, ccy, scale * size, inner, max(n, 1), phi0, float(n == 0), *COLORS[o.color]]
+
+
 def render_scenes(scenes: Sequence[Scene], resolution: int,
                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Render scenes -> (images (B, 3, H, W) in [-1, 1], segmentation (B, H, W) int64).
@@ -252,21 +259,8 @@ def render_scenes(scenes: Sequence[Scene], resolution: int,
     image = _render_background(bg, X, Y)
     seg = torch.zeros(B, resolution, resolution, dtype=torch.int64, device=device)
     # object parameters, (B, K) each; absent slots get zero coverage
-    rows = []
-    for s in scenes:
-        r = []
-        for k in range(K):
-            if k < len(s.objects):
-                o = s.objects[k]
-                n, inner, phi0, scale = _GEOMETRY[o.shape]
-                size = SIZES[o.size]
-                x0, y0, x1, y1 = _UNIT_BBOX[o.shape]
-                # polygon centre = bbox centre − size·(bbox midpoint of the unit shape)
-                ccx, ccy = o.cx - size * (x0 + x1) / 2, o.cy - size * (y0 + y1) / 2
-                r.append([1.0, ccx, ccy, scale * size, inner, max(n, 1), phi0, float(n == 0), *COLORS[o.color]])
-            else:
-                r.append([0.0, 0.5, 0.5, 0.1, 0.5, 1, 0.0, 1.0, 0.0, 0.0, 0.0])
-        rows.append(r)
+    absent = [0.0, 0.5, 0.5, 0.1, 0.5, 1, 0.0, 1.0, 0.0, 0.0, 0.0]
+    rows = [[_object_params(o) for o in s.objects] + [absent] * (K - len(s.objects)) for s in scenes]
     P = torch.tensor(rows, dtype=torch.float32, device=device)  # (B, K, 11)
     # Each object is rasterised in a W×W window around its centre (W covers the largest shape), which is
     # then scattered into the full image: ~3× fewer pixels than evaluating every SDF everywhere.
@@ -384,10 +378,7 @@ def scene_from_caption(caption: str, seed: int = 0) -> Scene:
     for _ in range(1000):
         if relation is not None:
             cells = rng.sample(range(9), 2)
-        objs = [ShapeObject(shape=o["shape"], color=o["color"], size=o["size"], row=c // 3, col=c % 3,
-                            cx=GRID[c % 3] + rng.uniform(-JITTER, JITTER),
-                            cy=GRID[c // 3] + rng.uniform(-JITTER, JITTER))
-                for o, c in zip(spec, cells)]
+        objs = [_placed(o["shape"], o["color"], o["size"], c, rng) for o, c in zip(spec, cells)]
         holds = relation is None or relation_holds(relation, (objs[0].row, objs[0].col), (objs[1].row, objs[1].col))
         if holds and _apart(objs):
             return Scene(objects=tuple(objs), relation=relation, background=_draw_background(rng))

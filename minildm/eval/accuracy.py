@@ -1,16 +1,7 @@
-"""Judging generated Shapes images: Shapes-FID with a fair floor, prompt / class / layout accuracy, and probes.
-
-    shapes_generative_metrics   Shapes-FID, KID, precision, recall of generated images, with the floor of the
-                                same protocol (see below)
-    prompt_accuracy             does the image show every condition of its caption? (shape, color, size,
-                                position or relation, and the object count), read by the Shapes evaluator
-    class_accuracy, layout_accuracy   the same for class- and layout-conditional samples
-    evaluate_text_model         sample test-split captions with DDIM and measure all of the above at once
-    evaluate_guidance           the same at several classifier-free guidance scales s (one floor for all)
-    evaluate_class_model, evaluate_layout_model, evaluate_sr_model, evaluate_unconditional
-                                the other conditioning modes of the paper on the same test split
-    super_resolve               low-res input, bicubic, LDM output and ground truth with per-image PSNR
-(Looking inside a model, word_influence and attention maps, is probes.py's job.)
+"""Judging generated Shapes images with the Shapes judge (judge.py): Shapes-FID with a fair floor
+(shapes_generative_metrics), prompt / class / layout accuracy (does the image show every condition of its
+caption, class or layout?), breakdowns by shape and size, the evaluation of each conditioning mode on the test
+split (evaluate_*), and whether every shape survives the first stage at every size (autoencoder_shape_fidelity).
 
 Like with like (FID protocols). A model asked for the captions of test scenes [0, n) can be compared with
   * the independent real scenes [n, 2n): "unpaired" (the default). Its floor compares real [0, n) with the
@@ -19,49 +10,63 @@ Like with like (FID protocols). A model asked for the captions of test scenes [0
     captions drawn again with fresh randomness (`shapes.scene_from_caption`). Paired FIDs are lower: the two
     sets share their captions, so an unpaired floor next to a paired FID reads as "better than real data".
 A reconstruction FID (rFID) is paired by nature: a perfect autoencoder scores exactly 0.
+
+The first stage bounds the second: a small star the autoencoder turns into a blob is a small star no LDM on
+that autoencoder will get right (issue 15), hence the per-shape, per-size readings.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 import time
-from typing import Any, Sequence
+from collections import defaultdict
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from tqdm.auto import tqdm
 
+from ..autoencoder import reconstruct
 from ..conditioning import LowResConcat
 from ..data.datasets import ShapesDataset
-from ..data.shapes import COLOR_NAMES, GRID, SHAPES, parse_caption, relation_holds, render_scenes, scene_from_caption
-from .fidelity import accuracy_by, by_shape_and_size, count_by_sizes, shape_size_lines
-from .judge import ShapesEvaluator, _get_evaluator, detect_objects, predict_cells, split_logits
+from ..data.shapes import (
+    COLOR_NAMES,
+    GRID,
+    POSITIONS,
+    SHAPES,
+    SIZE_NAMES,
+    Scene,
+    parse_caption,
+    relation_holds,
+    scene_from_caption,
+)
+from .judge import (ATTRIBUTES, ShapesEvaluator, detect_objects, predict_cells, render_images, run_evaluator,
+                    split_logits)
 from .metrics import fid_from_features, metrics_from_features, psnr
-from .probes import INFLUENCE_PAIRS, word_influence
+from .probes import INFLUENCE_PAIRS, require_mode, word_influence
 
 __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
-           "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "sample_prompts",
-           "evaluate_text_model", "evaluate_text_ldm", "text_report", "evaluate_guidance", "accuracy_by",
-           "evaluate_class_model",
-           "evaluate_layout_model", "evaluate_sr_model", "super_resolve", "evaluate_unconditional", "PROTOCOLS",
-           "GUIDANCE_SCALES"]
+           "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "by_shape_and_size",
+           "count_by_sizes", "shape_size_lines", "sample_prompts", "evaluate_text_model", "evaluate_guidance",
+           "evaluate_text_ldm", "text_report", "evaluate_class_model", "evaluate_layout_model", "super_resolve",
+           "evaluate_sr_model", "evaluate_unconditional", "fidelity_scenes", "autoencoder_shape_fidelity",
+           "fidelity_lines", "PROTOCOLS", "GUIDANCE_SCALES"]
 
 PROTOCOLS = ("unpaired", "paired")
 GUIDANCE_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)     # s = 0: unconditional, 1: conditional, > 1: guided
 
 
-@torch.no_grad()
+# --- Shapes-FID ---------------------------------------------------------------------------------------------
+
+
 def shapes_features(images: torch.Tensor, evaluator: ShapesEvaluator | None = None,
                     batch_size: int = 500) -> torch.Tensor:
     """Shapes-FID features: the evaluator's penultimate layer, images (N, 3, H, W) in [-1, 1] -> (N, 256)."""
-    ev = _get_evaluator(evaluator)
-    dev = next(ev.parameters()).device
-    return torch.cat([ev.features(ev.prepare(images[i:i + batch_size].to(dev))).cpu()
-                      for i in range(0, len(images), batch_size)])
+    return run_evaluator(images, evaluator, batch_size, features=True)
 
 
-@torch.no_grad()
 def shapes_class_logits(images: torch.Tensor, evaluator: ShapesEvaluator | None = None) -> torch.Tensor:
     """(N, 24) log p(shape × color) of the most confidently detected object, for `inception_score` on Shapes."""
     c = predict_cells(images, evaluator)
@@ -86,8 +91,13 @@ def real_images(num_samples: int, split: str = "test", max_objects: int = 2, res
 def _rerendered(num_samples: int, split: str, max_objects: int, resolution: int, seed: int = 1) -> torch.Tensor:
     """The captions of scenes [0, n) of a split drawn again with fresh randomness (scene_from_caption)."""
     ds = ShapesDataset(split, size=max(num_samples, 1), max_objects=max_objects, resolution=resolution)
-    scenes = [scene_from_caption(ds.scene(i).caption, seed=seed * 1_000_003 + i) for i in range(num_samples)]
-    return torch.cat([render_scenes(scenes[i:i + 500], resolution)[0] for i in range(0, num_samples, 500)])
+    return render_images([scene_from_caption(ds.scene(i).caption, seed=seed * 1_000_003 + i) for i in range(num_samples)],
+                   resolution)
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS} (see eval/accuracy.py's docstring), got {protocol!r}")
 
 
 def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", max_objects: int = 2,
@@ -102,8 +112,7 @@ def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", ma
 
     The keys ending in "_floor" hold the floor; "protocol" says which one was used.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS} (see shapes_eval's docstring), got {protocol!r}")
+    _check_protocol(protocol)
     n, res = len(fake_images), fake_images.shape[-1]
     real = real_images(2 * n if protocol == "unpaired" else n, split, max_objects, res)
     reference = real[n:] if protocol == "unpaired" else real[:n]
@@ -124,8 +133,7 @@ def shapes_fid_floor(num_samples: int, split: str = "test", max_objects: int = 2
     shapes_generative_metrics), from finite-sample noise alone. return_all adds KID, precision and recall."""
     if num_samples < 2:
         raise ValueError(f"the FID floor needs num_samples ≥ 2 per set, got {num_samples}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    _check_protocol(protocol)
     real = real_images(2 * num_samples if protocol == "unpaired" else num_samples, split, max_objects, resolution)
     a = real[:num_samples]
     b = real[num_samples:] if protocol == "unpaired" else _rerendered(num_samples, split, max_objects, resolution)
@@ -142,7 +150,7 @@ def _match(prompt: dict, seen: list[dict]) -> tuple[list[dict], bool | None]:
     objs, rel = prompt["objects"], prompt["relation"]
 
     def checks(p: dict, o: dict | None) -> dict:
-        c = {a: o is not None and o[a] == p[a] for a in ("shape", "color", "size")}
+        c = {a: o is not None and o[a] == p[a] for a in ATTRIBUTES}
         if p["position"] is not None:
             c["position"] = o is not None and o["position"] == p["position"]
         return c
@@ -167,15 +175,14 @@ def _match(prompt: dict, seen: list[dict]) -> tuple[list[dict], bool | None]:
 def prompt_accuracy(images: torch.Tensor, captions: Sequence[str], evaluator: ShapesEvaluator | None = None,
                     exact_count: bool = True) -> dict[str, Any]:
     """Fraction of images in which EVERY condition of their prompt holds (shape, color, size of each object,
-    its position or the relation between the two), read by the Shapes evaluator; with `exact_count` the
-    image must also hold exactly as many objects as the prompt names. Broken down by prompt type
-    ("one_object", "two_objects_relation", "objects_with_positions") and by attribute; "correct" is (N,) bool,
-    "count_ok" (N,) bool, "objects" per prompt per prompt object which of its conditions hold.
+    its position or the relation between the two); with `exact_count` the image must also hold exactly as many
+    objects as the prompt names. Broken down by prompt type ("one_object", "two_objects_relation",
+    "objects_with_positions") and by attribute; "correct" and "count_ok" are (N,) bool, "objects" per prompt
+    per prompt object which of its conditions hold.
     """
-    if isinstance(captions, str):
-        raise TypeError("prompt_accuracy expects one caption per image (a list of strings), got a single string")
-    if len(images) != len(captions):
-        raise ValueError(f"got {len(images)} images but {len(captions)} captions; pass one caption per image")
+    if isinstance(captions, str) or len(images) != len(captions):
+        raise ValueError(f"pass one caption per image (a list of strings): got {len(images)} images and "
+                         f"{'a single string' if isinstance(captions, str) else f'{len(captions)} captions'}")
     prompts = [parse_caption(c) for c in captions]
     seen = detect_objects(images, evaluator)
     correct, types, objects = [], [], []
@@ -209,11 +216,10 @@ def class_accuracy(images: torch.Tensor, labels: torch.Tensor | Sequence[int],
     """Class-conditional samples: fraction whose (most confident) object has the label's shape and color
     (class = shape_index·6 + color_index, data.class_id); with `exact_count`, exactly one object must be seen."""
     labels = torch.as_tensor(labels, dtype=torch.int64).flatten()
-    if len(labels) != len(images):
-        raise ValueError(f"got {len(images)} images but {len(labels)} labels; pass one label per image")
-    if (labels < 0).any() or (labels >= len(SHAPES) * len(COLOR_NAMES)).any():
-        raise ValueError(f"labels must be classes in [0, {len(SHAPES) * len(COLOR_NAMES)}) (one-object scenes); "
-                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
+    classes = len(SHAPES) * len(COLOR_NAMES)
+    if len(labels) != len(images) or (labels < 0).any() or (labels >= classes).any():
+        raise ValueError(f"labels must be one class in [0, {classes}) per image (one-object scenes); got "
+                         f"{len(labels)} labels for {len(images)} images: {labels[:8].tolist()}")
     c = predict_cells(images, evaluator)
     cell = c["p_occupied"].argmax(1)
     pick = torch.arange(len(cell))
@@ -256,6 +262,62 @@ def layout_accuracy(images: torch.Tensor, layout: torch.Tensor, evaluator: Shape
             "count": float(count_ok.float().mean()), "n": len(images), "correct": correct}
 
 
+# --- by shape and size (issue 15: small stars come out as blobs) -------------------------------------------
+
+
+def _table(groups: dict[tuple[str, str], dict[str, list[bool]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{(shape, size): {measure: [bool, …]}} -> {shape: {size: {measure: mean or None, "n": count}}}."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for shape in SHAPES:
+        for size in SIZE_NAMES:
+            g = groups.get((shape, size), {})
+            n = max((len(v) for v in g.values()), default=0)
+            cell = {k: (sum(v) / len(v) if v else None) for k, v in g.items()}
+            out.setdefault(shape, {})[size] = {**cell, "n": n}
+    return out
+
+
+def by_shape_and_size(captions: Sequence[str], objects: Sequence[Sequence[dict[str, bool]]],
+                      correct: torch.Tensor | Sequence[bool]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every object of every prompt, grouped by the shape and size its prompt asks for; `objects` and `correct`
+    are prompt_accuracy's. -> {shape: {size: {"shape": share of those objects whose matched object has the
+    asked shape, "accuracy": share whose whole prompt holds, "n": number of objects}}}."""
+    groups: dict[tuple[str, str], dict[str, list[bool]]] = defaultdict(lambda: {"shape": [], "accuracy": []})
+    for caption, checks, ok in zip(captions, objects, torch.as_tensor(correct).tolist()):
+        for spec, c in zip(parse_caption(caption)["objects"], checks):
+            g = groups[(spec["shape"], spec["size"])]
+            g["shape"].append(bool(c["shape"]))
+            g["accuracy"].append(bool(ok))
+    return _table(groups)
+
+
+def count_by_sizes(captions: Sequence[str], count_ok: torch.Tensor | Sequence[bool]) -> dict[str, dict[str, Any]]:
+    """Share of prompts whose image holds exactly as many objects as the prompt names, by the sizes asked for
+    ("large+large", "large+small", "small+small" for two-object prompts: small neighbours merge into one blob)
+    and "all"; each {"count", "n"}."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for caption, ok in zip(captions, torch.as_tensor(count_ok).tolist()):
+        sizes = sorted(o["size"] for o in parse_caption(caption)["objects"])
+        groups["+".join(sizes)].append(bool(ok))
+        groups["all"].append(bool(ok))
+    return {k: {"count": sum(v) / len(v), "n": len(v)} for k, v in sorted(groups.items())}
+
+
+def _pct(v: float | None) -> str:
+    return "  —  " if v is None else f"{v:4.0%}"
+
+
+def shape_size_lines(table: dict[str, dict[str, dict[str, Any]]], measures: Sequence[str] = ("accuracy", "shape"),
+                     indent: str = "    ") -> list[str]:
+    """One line per shape of a `by_shape_and_size` table: per size, the measures joined by " / ", and n."""
+    lines = []
+    for shape, sizes in table.items():
+        cells = [f"{size} " + " / ".join(_pct(v.get(m)) for m in measures) + f" (n={v['n']})"
+                 for size, v in sizes.items()]
+        lines.append(f"{indent}{shape:9s} " + "   ".join(cells))
+    return lines
+
+
 # --- a text-conditional model on the test split -------------------------------------------------------------
 
 
@@ -281,16 +343,22 @@ def sample_prompts(ldm: Any, captions: list[str], steps: int = 50, eta: float = 
                            seed, batch_size, steps=steps, eta=eta, guidance_scale=guidance_scale)
 
 
+def _fid_row(images: torch.Tensor, protocol: str = "unpaired", with_floor: bool = True) -> dict[str, float]:
+    """Shapes-FID, KID, precision, recall (and their floors) of samples for test scenes [0, n), 1-2 objects."""
+    m = shapes_generative_metrics(images, split="test", max_objects=2, protocol=protocol, with_floor=with_floor)
+    return {k: float(v) for k, v in m.items() if k.startswith(("fid", "kid", "precision", "recall"))}
+
+
+def _scored(acc: dict[str, Any], return_images: bool, **images: torch.Tensor) -> dict[str, Any]:
+    """An accuracy result without its per-sample "correct", or (return_images) with it and the `images`."""
+    return {k: v for k, v in acc.items() if k != "correct"} | (
+        {**images, "correct": acc["correct"]} if return_images else {})
+
+
 def _test_captions(n: int, resolution: int, min_objects: int, max_objects: int) -> list[str]:
     ds = ShapesDataset("test", size=max(n, 1000), resolution=resolution, min_objects=min_objects,
                        max_objects=max_objects)
     return [ds.scene(i).caption for i in range(n)]
-
-
-def _require_text(ldm: Any, what: str) -> None:
-    if getattr(ldm, "cond_mode", None) != "text":
-        raise ValueError(f"{what} needs a text-conditional model trained on Shapes captions, this one is "
-                         f"{getattr(ldm, 'cond_mode', None)!r}")
 
 
 @torch.no_grad()
@@ -300,13 +368,12 @@ def evaluate_text_model(ldm: Any, num_samples: int = 200, steps: int = 50, eta: 
     """Sample the captions of test scenes [0, n) (1-2 objects) with DDIM(steps, η) and guidance s; -> Shapes-FID,
     KID, precision, recall with the floor of `protocol`, prompt accuracy (all, one-object, two-object prompts)
     and sampling images/s, all from one set of samples."""
-    _require_text(ldm, "evaluate_text_model")
+    require_mode(ldm, "text", "evaluate_text_model")
     n = int(num_samples)
     captions = _test_captions(n, ldm.resolution, 1, 2)
     t0 = time.perf_counter()
     images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size)
     seconds = time.perf_counter() - t0
-    m = shapes_generative_metrics(images, split="test", max_objects=2, protocol=protocol, with_floor=with_floor)
     acc = prompt_accuracy(images, captions)
     counts = torch.tensor([len(parse_caption(c)["objects"]) for c in captions])
     correct = acc["correct"].float()
@@ -314,7 +381,7 @@ def evaluate_text_model(ldm: Any, num_samples: int = 200, steps: int = 50, eta: 
     def mean_or_none(mask: torch.Tensor) -> float | None:
         return float(correct[mask].mean()) if mask.any() else None
 
-    row = {k: float(v) for k, v in m.items() if k.startswith(("fid", "kid", "precision", "recall"))}
+    row = _fid_row(images, protocol, with_floor)
     row.update(protocol=protocol, accuracy=float(acc["accuracy"]), one_object_accuracy=mean_or_none(counts == 1),
                two_object_accuracy=mean_or_none(counts == 2), samples=n, sample_images_per_s=n / seconds)
     return row
@@ -325,9 +392,8 @@ def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_s
                       seed: int = 0, batch_size: int = 100, protocol: str = "unpaired",
                       progress: bool = False) -> list[dict[str, Any]]:
     """`evaluate_text_model` at every classifier-free guidance scale s, ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)), on the same
-    captions and seeds (so only s differs): one row per s with "guidance_scale", Shapes-FID, KID, precision,
-    recall, prompt accuracy (all, one-object, two-object). The floor does not depend on s: it is measured
-    once and repeated in every row. progress: a bar over the scales."""
+    captions and seeds (so only s differs): one row per s with "guidance_scale" and evaluate_text_model's keys.
+    The floor does not depend on s: it is measured once and repeated in every row."""
     if not scales or any(not float(s) >= 0 for s in scales):
         raise ValueError(f"guidance scales must be a non-empty list of numbers ≥ 0, got {scales!r}")
     rows: list[dict[str, Any]] = []
@@ -344,11 +410,10 @@ def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_s
 def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps: int = 50, seed: int = 0,
                       batch_size: int = 100, fid: bool = True, eta: float = 0.0,
                       word_pairs: Sequence[tuple[str, str]] = INFLUENCE_PAIRS) -> dict[str, Any]:
-    """What `minildm evaluate-ldm` prints: prompt accuracy on n one-object and n two-object test captions
-    (judged by the Shapes evaluator), per prompt type also by the shape and size asked for ("by_shape_and_size":
-    prompt and shape accuracy, n) and the count by the sizes asked for ("count_by_sizes"), Shapes-FID of n mixed
-    test captions with its unpaired floor (`evaluate_text_model`), and `word_influence` per attribute."""
-    _require_text(ldm, "evaluate_text_ldm")
+    """What `minildm evaluate-ldm` prints: prompt accuracy on n one-object and n two-object test captions,
+    per prompt type also `by_shape_and_size` and `count_by_sizes`, Shapes-FID of n mixed test captions with its
+    unpaired floor (`evaluate_text_model`), and `word_influence` per word pair."""
+    require_mode(ldm, "text", "evaluate_text_ldm")
     out: dict[str, Any] = {}
     for label, objects in (("one_object", 1), ("two_objects", 2)):
         captions = _test_captions(n, ldm.resolution, objects, objects)
@@ -358,8 +423,6 @@ def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps
                       "by_attribute": {k: float(v) for k, v in acc["by_attribute"].items()},
                       "by_shape_and_size": by_shape_and_size(captions, acc["objects"], acc["correct"]),
                       "count_by_sizes": count_by_sizes(captions, acc["count_ok"])}
-        if objects == 1:
-            out[label]["by_size_and_shape"] = accuracy_by(captions, acc["correct"])
     if fid:
         out["fid"] = evaluate_text_model(ldm, n, steps, eta, guidance_scale, seed, batch_size)
     out["word_influence"] = {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in word_pairs}
@@ -393,42 +456,32 @@ def text_report(r: dict[str, Any], n: int) -> list[str]:
     return lines
 
 
-# --- class-, layout- and super-resolution models on the test split -----------------------------------------------
-
-
-def _require(ldm: Any, mode: str) -> None:
-    if getattr(ldm, "cond_mode", None) != mode:
-        raise ValueError(f"this evaluation needs a {mode}-conditional model, got {getattr(ldm, 'cond_mode', None)!r}")
+# --- class-, layout-, super-resolution and unconditional models on the test split --------------------------
 
 
 @torch.no_grad()
 def evaluate_class_model(ldm: Any, per_class: int = 10, steps: int = 50, guidance_scale: float = 3.0,
                          seed: int = 0, batch_size: int = 120, return_images: bool = False) -> dict[str, Any]:
-    """Sample `per_class` images of every class (DDIM, guidance s) and read them with the evaluator: the share
-    whose object has the class's shape and color (and is the only object), by class-accuracy's rules.
-    return_images adds the samples ("images", class after class) and their "labels"."""
-    _require(ldm, "class")
+    """Sample `per_class` images of every class (DDIM, guidance s) and score them with `class_accuracy`.
+    return_images adds the samples ("images", class after class), their "labels" and "correct"."""
+    require_mode(ldm, "class", "evaluate_class_model")
     labels = torch.arange(ldm.num_classes).repeat_interleave(per_class)
     images = _sample_batches(ldm, len(labels), lambda a, b: ldm.prompt_condition(labels=labels[a:b].tolist()),
                              seed, batch_size, steps=steps, guidance_scale=guidance_scale)
-    acc = class_accuracy(images, labels)
-    return {k: v for k, v in acc.items() if k != "correct"} | (
-        {"images": images, "labels": labels, "correct": acc["correct"]} if return_images else {})
+    return _scored(class_accuracy(images, labels), return_images, images=images, labels=labels)
 
 
 @torch.no_grad()
 def evaluate_layout_model(ldm: Any, n: int = 200, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0,
                           batch_size: int = 100, return_images: bool = False) -> dict[str, Any]:
-    """Sample the layouts of test scenes [0, n) and check each box's object (class and cell) with the evaluator.
+    """Sample the layouts of test scenes [0, n) and score them with `layout_accuracy`.
     return_images adds the samples ("images"), their "layouts" (n, max_objects, 5) and "correct" (n,)."""
-    _require(ldm, "layout")
+    require_mode(ldm, "layout", "evaluate_layout_model")
     ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, max_objects=ldm.max_objects)
     layouts = ds.batch(range(n))["layout"]
     images = _sample_batches(ldm, n, lambda a, b: ldm.prompt_condition(layouts=layouts[a:b]), seed, batch_size,
                              steps=steps, guidance_scale=guidance_scale)
-    acc = layout_accuracy(images, layouts)
-    return {k: v for k, v in acc.items() if k != "correct"} | (
-        {"images": images, "layouts": layouts, "correct": acc["correct"]} if return_images else {})
+    return _scored(layout_accuracy(images, layouts), return_images, images=images, layouts=layouts)
 
 
 @torch.no_grad()
@@ -437,7 +490,7 @@ def super_resolve(ldm: Any, truth: torch.Tensor, steps: int = 50, seed: int = 0)
     antialiased: `LowResConcat.degrade`), then upsample the low-res input twice, with the LDM (DDIM, seeded,
     no guidance: the low-res image is concatenated to z_t) and with plain bicubic interpolation.
     -> {"low", "bicubic", "sr", "truth", "psnr" (B,), "psnr_bicubic" (B,)}, PSNR against the truth."""
-    _require(ldm, "sr")
+    require_mode(ldm, "sr", "super_resolve")
     truth = truth.cpu()
     low = LowResConcat.degrade(truth, ldm.config.sr_factor)                       # (B, 3, H/k, W/k)
     out = ldm.sample(low.to(ldm.scale_factor.device), steps=steps, guidance_scale=1.0,
@@ -450,10 +503,10 @@ def super_resolve(ldm: Any, truth: torch.Tensor, steps: int = 50, seed: int = 0)
 @torch.no_grad()
 def evaluate_sr_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, batch_size: int = 100,
                       return_images: bool = False) -> dict[str, Any]:
-    """Super-resolve test images [0, n) from their ×sr_factor low-res copies (`super_resolve`, batch i seeded
-    with seed·7919 + i) and compare with the ground truth: mean PSNR of the LDM's output and of bicubic
-    upsampling of the same low-res input. return_images adds every tensor of `super_resolve` ("images")."""
-    _require(ldm, "sr")
+    """Super-resolve test images [0, n) (`super_resolve`, batch i seeded with seed·7919 + i): mean PSNR of the
+    LDM's output and of bicubic upsampling of the same low-res input. return_images adds every tensor of
+    `super_resolve` ("images")."""
+    require_mode(ldm, "sr", "evaluate_sr_model")
     x = real_images(n, "test", ldm.max_objects or 2, ldm.resolution)
     parts = [super_resolve(ldm, x[i:i + batch_size], steps, seed * 7919 + i) for i in range(0, n, batch_size)]
     every = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
@@ -468,13 +521,95 @@ def evaluate_unconditional(ldm: Any, num_samples: int = 200, steps: int = 50, se
     """Unconditional samples (DDIM, batch i seeded with seed·7919 + i) against 1-2-object test scenes:
     Shapes-FID, KID, precision, recall with the unpaired floor, and "scene_like": the share of samples in
     which the evaluator sees 1 or 2 objects (real scenes: all of them)."""
-    if getattr(ldm, "cond_mode", None) != "none":
-        raise ValueError(f"evaluate_unconditional needs an unconditional model (cond='none'), got "
-                         f"{getattr(ldm, 'cond_mode', None)!r}")
+    require_mode(ldm, "none", "evaluate_unconditional")
     n = int(num_samples)
     images = _sample_batches(ldm, n, lambda a, b: None, seed, batch_size, steps=steps)
-    m = shapes_generative_metrics(images, split="test", max_objects=2, protocol="unpaired")
     counts = torch.tensor([len(objs) for objs in detect_objects(images)])
-    row = {k: float(v) for k, v in m.items() if k.startswith(("fid", "kid", "precision", "recall"))}
+    row = _fid_row(images)
     row.update(scene_like=float(((counts >= 1) & (counts <= 2)).float().mean()), samples=n)
     return row | ({"images": images} if return_images else {})
+
+
+# --- the first stage: does every shape survive at every size? ----------------------------------------------
+
+
+def fidelity_scenes(n: int = 25, seed: int = 0) -> list[Scene]:
+    """n one-object scenes per (shape, size), shape after shape, size after size (SHAPES × SIZE_NAMES order);
+    color, grid cell, jitter and background drawn from `seed` (the same seed, the same scenes)."""
+    rng = random.Random(seed)
+    scenes = []
+    for shape in SHAPES:
+        for size in SIZE_NAMES:
+            for _ in range(n):
+                caption = f"a {size} {rng.choice(COLOR_NAMES)} {shape} in the {rng.choice(POSITIONS)}"
+                scenes.append(scene_from_caption(caption, seed=rng.getrandbits(48)))
+    return scenes
+
+
+def _shape_seen(images: torch.Tensor, scenes: Sequence[Scene], evaluator: ShapesEvaluator | None) -> list[bool]:
+    """Per one-object scene: the evaluator sees an object in the object's grid cell and reads its shape right."""
+    c = predict_cells(images, evaluator)
+    out = []
+    for b, s in enumerate(scenes):
+        o = s.objects[0]
+        cell = 3 * o.row + o.col
+        out.append(bool(c["occupied"][b, cell]) and SHAPES[int(c["shape"][b, cell])] == o.shape)
+    return out
+
+
+@torch.no_grad()
+def _reconstructions(autoencoder: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     batch_size: int) -> torch.Tensor:
+    """D(E(x)) for a first-stage model (autoencoder.reconstruct, on the model's device), or any function of the
+    image batch (B, 3, H, W) in [-1, 1]; clamped to [-1, 1]."""
+    if isinstance(autoencoder, torch.nn.Module):
+        device = next(iter(autoencoder.parameters()), torch.empty(0)).device
+        was = autoencoder.training
+        autoencoder.eval()
+        parts = [reconstruct(autoencoder, images[i:i + batch_size].to(device)).float().cpu()
+                 for i in range(0, len(images), batch_size)]
+        autoencoder.train(was)
+    else:
+        parts = [autoencoder(images[i:i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)]
+    out = torch.cat(parts)
+    if out.shape != images.shape:
+        raise ValueError(f"the autoencoder returned {tuple(out.shape)} for images {tuple(images.shape)}")
+    return out.clamp(-1, 1)
+
+
+def autoencoder_shape_fidelity(autoencoder: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor], n: int = 25,
+                               seed: int = 0, resolution: int = 32, evaluator: ShapesEvaluator | None = None,
+                               batch_size: int = 100) -> dict[str, Any]:
+    """Reconstruct the `fidelity_scenes(n, seed)` with `autoencoder` (a first-stage model or any function
+    images -> images) and let the Shapes evaluator read the shape of the object in its cell, in the
+    reconstruction and in the original (what the evaluator itself can read).
+
+    -> {"reconstruction", "original": {shape: {size: {"shape": accuracy, "n"}}},
+        "by_size": {size: {"reconstruction", "original", "n"}}, "n", "seed", "resolution"}."""
+    scenes = fidelity_scenes(n, seed)
+    images = render_images(scenes, resolution)
+    seen = {"original": _shape_seen(images, scenes, evaluator),
+            "reconstruction": _shape_seen(_reconstructions(autoencoder, images, batch_size), scenes, evaluator)}
+    out: dict[str, Any] = {"n": n, "seed": seed, "resolution": resolution, "by_size": {}}
+    for which, ok in seen.items():
+        groups: dict[tuple[str, str], dict[str, list[bool]]] = defaultdict(lambda: {"shape": []})
+        for s, right in zip(scenes, ok):
+            groups[(s.objects[0].shape, s.objects[0].size)]["shape"].append(right)
+        out[which] = _table(groups)
+        for size in SIZE_NAMES:
+            mine = [right for s, right in zip(scenes, ok) if s.objects[0].size == size]
+            out["by_size"].setdefault(size, {"n": len(mine)})[which] = sum(mine) / len(mine)
+    return out
+
+
+def fidelity_lines(r: dict[str, Any]) -> list[str]:
+    """The report of `autoencoder_shape_fidelity`'s result: per shape and size, reconstruction | original."""
+    lines = [f"autoencoder shape fidelity: the Shapes evaluator reads the object's shape in the reconstruction | "
+             f"in the original, {r['n']} one-object scenes per shape and size (seed {r['seed']}):"]
+    for shape in r["original"]:
+        cells = [f"{size} {_pct(r['reconstruction'][shape][size]['shape'])} | {_pct(v['shape'])} (n={v['n']})"
+                 for size, v in r["original"][shape].items()]
+        lines.append(f"  {shape:9s} " + "   ".join(cells))
+    lines.append("  all shapes " + "   ".join(f"{size} {v['reconstruction']:.1%} | {v['original']:.1%} (n={v['n']})"
+                                              for size, v in r["by_size"].items()))
+    return lines

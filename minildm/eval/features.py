@@ -1,8 +1,7 @@
 """FID on real images without a network connection: the best feature extractor this machine already has, named.
 
-FID compares Gaussians fitted to *features* of two image sets (metrics.fid_from_features); which network makes
-the features decides what the number means. On Shapes the course uses the Shapes evaluator (shapes_eval); on
-other data (MNIST, a folder of pictures) this module picks, without ever downloading anything:
+Which network makes the features decides what an FID means. On Shapes the course uses the Shapes judge
+(accuracy.py); on other data (MNIST, a folder of pictures) this module picks, without ever downloading:
 
     inception-v3   torchvision's ImageNet Inception-v3, pool features (2048), if its weight file is already in
                    $TORCH_HOME/hub/checkpoints: the usual FID network, though not the TensorFlow weights of
@@ -16,8 +15,8 @@ other data (MNIST, a folder of pictures) this module picks, without ever downloa
     r = fid_with_floor(samples, dataset)  # {"fid", "fid_floor", "n", "features", "features_label"}
 
 Every FID comes with its floor: the FID between two disjoint sets of n real images with the same features,
-what a perfect model would score at that n (finite-sample noise alone; shapes_eval has the same for Shapes).
-Images of any size and 1 or 3 channels in [-1, 1] are resized (and grey is repeated to RGB) as the network needs.
+what a perfect model would score at that n (finite-sample noise alone). Images of any size and 1 or 3 channels
+in [-1, 1] are resized (and grey is repeated to RGB) as the network needs.
 """
 
 from __future__ import annotations
@@ -56,8 +55,6 @@ _built: dict[tuple, nn.Module] = {}
 
 def feature_file(name: str) -> Path | None:
     """Where torchvision keeps the weights of extractor `name` ($TORCH_HOME/hub/checkpoints/...); None for random."""
-    if name not in FEATURE_NAMES:
-        raise ValueError(f"unknown features {name!r}; expected one of {', '.join(FEATURE_NAMES)}")
     if name == "random":
         return None
     if name == "inception-v3":
@@ -80,10 +77,6 @@ class Features:
     size: int = 224
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    @property
-    def random(self) -> bool:
-        return self.name == "random"
-
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = _prepare(images, self.size, imagenet_norm=self.name != "inception-v3").to(self.device)
@@ -101,7 +94,7 @@ def _prepare(images: torch.Tensor, size: int, imagenet_norm: bool) -> torch.Tens
     x = images.float()
     if x.numel() and (float(x.min()) < -1.5 or float(x.max()) > 1.5):
         raise ValueError(f"expected images in [-1, 1], got values from {float(x.min()):.3g} to {float(x.max()):.3g}; "
-                         "map pixels p in 0..255 with p / 127.5 - 1 (realdata.to_model_range)")
+                         "map pixels p in 0..255 with p / 127.5 - 1 (datasets.to_model_range)")
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)                                         # grey -> RGB
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=x.shape[-1] > size, align_corners=False)

@@ -1,11 +1,10 @@
-"""The Shapes evaluator: a small CNN that reads every attribute of a Shapes scene, cell by cell.
+"""The Shapes judge: a small CNN that reads every attribute of a Shapes scene, cell by cell.
 
-Generated images are judged by it (shapes_eval.py): its penultimate layer is the feature space of
-"Shapes-FID", and its per-cell reading (is there an object in each of the 9 grid cells, and its shape, color
-and size) turns "does the image follow the prompt?" into a number. It is trained once on rendered scenes with
-random degradations that mimic generated images (blur, resampling, JPEG-like blocks, noise, color shifts),
-and shipped as data/shapes_evaluator.pt (`minildm train-evaluator` retrains it). `readable_scenes` asks
-whether it reads a well-formed scene at all (real scenes: always; decoded noise: almost never).
+Its penultimate layer is the feature space of "Shapes-FID", and its per-cell reading (is there an object in
+each of the 9 grid cells, and its shape, color and size) turns "does the image follow the prompt?" into a
+number (accuracy.py). It is trained once on rendered scenes with random degradations that mimic generated
+images (blur, resampling, JPEG-like blocks, noise, color shifts) and shipped as data/shapes_evaluator.pt
+(`minildm train-evaluator` retrains it).
 """
 
 from __future__ import annotations
@@ -22,14 +21,16 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.datasets import ShapesDataset
 from ..data.shapes import COLOR_NAMES, POSITIONS, SHAPES, SIZE_NAMES, render_scenes, sample_scene
 from ..utils import get_device, load_checkpoint, save_checkpoint, seed_everything, warmup_cosine
+from .metrics import extract_features
 
-__all__ = ["EvaluatorConfig", "ShapesEvaluator", "train_evaluator", "load_evaluator", "predict_cells",
+__all__ = ["EvaluatorConfig", "ShapesEvaluator", "train_evaluator", "load_evaluator", "run_evaluator", "predict_cells",
            "detect_objects", "attribute_accuracy", "scene_targets", "split_logits", "evaluator_loss", "degrade",
-           "calibrate_feature_scale", "readable_scenes", "ATTRIBUTES", "NUM_CELLS", "HEAD_WIDTH", "EVALUATOR_KIND",
+           "calibrate_feature_scale", "readable_scenes", "render_images", "ATTRIBUTES", "NUM_CELLS", "HEAD_WIDTH", "EVALUATOR_KIND",
            "DEFAULT_EVALUATOR_PATH"]
 
 NUM_CELLS = 9                                                  # the 3×3 grid of data.py
@@ -77,23 +78,15 @@ class EvaluatorConfig:
     noise_prob: float = 0.5
     noise_std_max: float = 0.08           # additive Gaussian noise σ (units of the [-1, 1] range)
 
-    def __post_init__(self):
-        if len(self.widths) != len(self.strides) or not self.widths:
-            raise ValueError(f"EvaluatorConfig.widths and strides must be non-empty and of equal length, got "
-                             f"{self.widths} and {self.strides}")
-        if len(self.object_count_probs) != 5 or abs(sum(self.object_count_probs) - 1) > 1e-6:
-            raise ValueError(f"object_count_probs must be 5 probabilities (0..4 objects) summing to 1, "
-                             f"got {self.object_count_probs}")
+    def __post_init__(self):                  # a checkpoint's config may hold lists
         for name in ("widths", "strides", "object_count_probs", "jpeg_step_range", "saturation"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
 
 class ShapesEvaluator(nn.Module):
-    """CNN: image (B, 3, 32, 32) -> per-cell logits (B, 9, 13) = [occupied | shape 4 | color 6 | size 2].
-
-    Positions follow from which cells are occupied, relations from the cells of two objects.
-    `features(x)` is the penultimate layer (B, feature_dim): the Shapes-FID feature space.
-    """
+    """CNN: image (B, 3, 32, 32) -> per-cell logits (B, 9, 13) = [occupied | shape 4 | color 6 | size 2];
+    `features(x)` is the penultimate layer (B, 256), the Shapes-FID feature space. Positions follow from which
+    cells are occupied, relations from the cells of two objects."""
 
     def __init__(self, config: EvaluatorConfig | None = None):
         super().__init__()
@@ -125,11 +118,9 @@ class ShapesEvaluator(nn.Module):
         return x.clamp(-1, 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 32, 32) -> (B, feature_dim), scaled by `feature_scale`."""
         return self.embed(self.trunk(x)) * self.feature_scale    # (B, 3, 32, 32) -> (B, 256)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 32, 32) -> (B, 9, 13) logits per cell."""
         h = self.embed(self.trunk(x))                             # (B, 3, 32, 32) -> (B, 256)
         return rearrange(self.head(h), "b (cell k) -> b cell k", cell=NUM_CELLS)
 
@@ -138,9 +129,7 @@ class ShapesEvaluator(nn.Module):
 def calibrate_feature_scale(model: ShapesEvaluator, images: torch.Tensor) -> float:
     """Set model.feature_scale = 1/√(mean over dimensions of Var[feature]) on real images; returns it."""
     model.feature_scale.fill_(1.0)
-    dev = model.feature_scale.device
-    f = torch.cat([model.features(images[i:i + 500].to(dev)).cpu() for i in range(0, len(images), 500)]).double()
-    scale = float(f.var(0).mean().rsqrt())
+    scale = float(run_evaluator(images, model, features=True).double().var(0).mean().rsqrt())
     model.feature_scale.fill_(scale)
     return scale
 
@@ -286,10 +275,13 @@ def _training_scenes(cfg: EvaluatorConfig, n: int) -> list:
     return [sample_scene(base | i, int(c), int(c)) for i, c in enumerate(counts.tolist())]
 
 
+def render_images(scenes: Sequence, resolution: int, chunk: int = 500) -> torch.Tensor:
+    """Render scenes (N, 3, resolution, resolution) in [-1, 1], `chunk` at a time (bounded memory)."""
+    return torch.cat([render_scenes(scenes[i:i + chunk], resolution)[0] for i in range(0, len(scenes), chunk)])
+
+
 def _render_pool(cfg: EvaluatorConfig, progress: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Render the training pool once: images as uint8 (N, 3, H, W) and their per-cell targets."""
-    from tqdm.auto import tqdm
-
     scenes = _training_scenes(cfg, cfg.pool_size)
     chunks = []
     for i in tqdm(range(0, len(scenes), 500), desc="rendering pool", disable=not progress, mininterval=2.0):
@@ -304,8 +296,6 @@ def train_evaluator(out_path: str | os.PathLike = DEFAULT_EVALUATOR_PATH, steps:
                     progress: bool = True) -> dict[str, Any]:
     """Train the Shapes evaluator on degraded renders and save it (fp16 weights, with its config and
     test accuracy) to `out_path`; returns the checkpoint's "metrics" and "train" records."""
-    from tqdm.auto import tqdm
-
     cfg = config or EvaluatorConfig()
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=int(steps))
@@ -318,7 +308,6 @@ def train_evaluator(out_path: str | os.PathLike = DEFAULT_EVALUATOR_PATH, steps:
     t_pool = time.perf_counter() - t0
     model = ShapesEvaluator(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: warmup_cosine(k, cfg.warmup_steps, cfg.steps))
     deadline = None if max_minutes is None else t0 + 60 * max_minutes
     bar = tqdm(range(cfg.steps), desc="Shapes evaluator", disable=not progress, mininterval=2.0)
@@ -358,14 +347,13 @@ def _finalize(model: ShapesEvaluator, clean_images: torch.Tensor) -> tuple[dict,
     scale on clean renders, then measure accuracy on the test split -> (fp16 state_dict, metrics)."""
     model.eval()
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.load_state_dict(state)                                   # copied into the fp32 parameters
     calibrate_feature_scale(model, clean_images)
     state["feature_scale"] = model.feature_scale.detach().clone()          # kept in fp32
     cfg = model.config
     test = ShapesDataset("test", max_objects=2, resolution=cfg.resolution)
     scenes = [test.scene(i) for i in range(len(test))]
-    images = torch.cat([render_scenes(scenes[i:i + 500], cfg.resolution)[0] for i in range(0, len(scenes), 500)])
-    return state, attribute_accuracy(images, scenes, evaluator=model)
+    return state, attribute_accuracy(render_images(scenes, cfg.resolution), scenes, evaluator=model)
 
 
 _EVALUATORS: dict[tuple[str, str], ShapesEvaluator] = {}
@@ -384,24 +372,27 @@ def load_evaluator(path: str | os.PathLike | None = None, device: str | torch.de
         known = {f.name for f in dataclasses.fields(EvaluatorConfig)}
         cfg = EvaluatorConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
         model = ShapesEvaluator(cfg)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
+        model.load_state_dict(ckpt["state_dict"])                  # fp16 weights into fp32 parameters
         _EVALUATORS[key] = model.to(device).eval().requires_grad_(False)
     return _EVALUATORS[key]
 
 
-def _get_evaluator(evaluator: ShapesEvaluator | None) -> ShapesEvaluator:
-    return evaluator if evaluator is not None else load_evaluator()
-
-
 @torch.no_grad()
+def run_evaluator(images: torch.Tensor, evaluator: ShapesEvaluator | None = None, batch_size: int = 500,
+                  features: bool = False) -> torch.Tensor:
+    """The evaluator (default: the shipped one) over images (N, 3, H, W) in [-1, 1], in batches: per-cell
+    logits (N, 9, 13), or with `features` the Shapes-FID features (N, 256); on the CPU."""
+    ev = evaluator if evaluator is not None else load_evaluator()
+    dev = next(ev.parameters()).device
+    run = ev.features if features else ev
+    return extract_features(images, lambda x: run(ev.prepare(x.to(dev))), batch_size)
+
+
 def predict_cells(images: torch.Tensor, evaluator: ShapesEvaluator | None = None, threshold: float = 0.5,
                   batch_size: int = 500) -> dict[str, torch.Tensor]:
     """Read scenes cell by cell: occupied (N, 9) bool, p_occupied (N, 9), shape/color/size (N, 9) indices
     into data.SHAPES / COLOR_NAMES / SIZE_NAMES (meaningful where occupied), and the raw logits."""
-    ev = _get_evaluator(evaluator)
-    dev = next(ev.parameters()).device
-    logits = torch.cat([ev(ev.prepare(images[i:i + batch_size].to(dev))).cpu()
-                        for i in range(0, len(images), batch_size)])
+    logits = run_evaluator(images, evaluator, batch_size)
     parts = split_logits(logits)
     p = parts["occupied"].sigmoid()
     out = {"occupied": p > threshold, "p_occupied": p, "logits": logits}
@@ -418,9 +409,8 @@ def detect_objects(images: torch.Tensor, evaluator: ShapesEvaluator | None = Non
         objs = []
         for cell in c["occupied"][b].nonzero().flatten().tolist():
             row, col = divmod(cell, 3)
-            objs.append({"shape": SHAPES[c["shape"][b, cell]], "color": COLOR_NAMES[c["color"][b, cell]],
-                         "size": SIZE_NAMES[c["size"][b, cell]], "row": row, "col": col,
-                         "position": POSITIONS[cell], "p": float(c["p_occupied"][b, cell])})
+            objs.append({**{name: values[c[name][b, cell]] for name, values in ATTRIBUTES.items()}, "row": row,
+                         "col": col, "position": POSITIONS[cell], "p": float(c["p_occupied"][b, cell])})
         out.append(objs)
     return out
 
@@ -449,20 +439,18 @@ def attribute_accuracy(images: torch.Tensor, scenes: Sequence, evaluator: Shapes
 
 def readable_scenes(cells: dict[str, torch.Tensor], min_objects: int = 1, max_objects: int = 2,
                     confidence: float = 0.9) -> torch.Tensor:
-    """(N,) bool: does the Shapes evaluator read a well-formed scene in each image? `cells` is
-    evaluator.predict_cells(images). An image is readable when
+    """(N,) bool: does the Shapes evaluator read a well-formed scene in `cells` = predict_cells(images)? (Real
+    scenes: always; decoded noise: almost never.) An image is readable when
         every cell is confidently empty or occupied     p_occupied ≥ confidence or ≤ 1 − confidence
         the count is one the world allows               min_objects ≤ #occupied ≤ max_objects
         every object has a confident shape, color, size  max softmax ≥ confidence in each occupied cell
-    Real Shapes scenes are all readable; images without a scene (noise, blobs) almost never are."""
-    if not 0.5 < confidence < 1:
-        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    """
     p, occupied = cells["p_occupied"], cells["occupied"]          # (N, 9), (N, 9)
     sure = ((p >= confidence) | (p <= 1 - confidence)).all(1)     # (N,)
     count = occupied.sum(1)
     ok = sure & (count >= min_objects) & (count <= max_objects)
     parts = split_logits(cells["logits"])
-    for name in ("shape", "color", "size"):
+    for name in ATTRIBUTES:
         top = parts[name].softmax(-1).amax(-1)                    # (N, 9) probability of the chosen value
         ok &= ((top >= confidence) | ~occupied).all(1)
     return ok

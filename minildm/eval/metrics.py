@@ -8,11 +8,11 @@
                                    precision/recall (Kynkäänniemi et al. 2019), Inception Score
 
 Image functions take images in [-1, 1], shape (B, 3, H, W), and return one value per image unless noted.
-The generative metrics compare *features* (N, D), so any feature extractor plugs in; on Shapes it is the
-Shapes evaluator (`shapes_eval.shapes_features`: "Shapes-FID"), since Inception-v3 features would be
-meaningless on 32×32 synthetic scenes and need a download. An FID means little without its floor: two
-disjoint sets of *real* images also have FID > 0 (finite-sample noise); see shapes_eval for how minildm
-reports it (and why a floor must be of the same kind, paired or unpaired, as the FID next to it).
+The generative metrics compare *features* (N, D), so any feature extractor plugs in: on Shapes the Shapes
+judge's ("Shapes-FID", accuracy.shapes_features; Inception-v3 would be meaningless on 32×32 synthetic scenes),
+on other data features.py's. An FID means little without its floor: two disjoint sets of *real* images also
+have FID > 0 (finite-sample noise); accuracy.py says how minildm reports it (and why a floor must be of the
+same kind, paired or unpaired, as the FID next to it).
 """
 
 from __future__ import annotations
@@ -28,12 +28,9 @@ from ..perceptual import LPIPS, random_backbone_requested
 
 __all__ = ["psnr", "ssim", "lpips", "radial_power_spectrum", "log_spectrum_distance", "latent_statistics",
            "side_for_values", "bicubic_roundtrip", "peak_in_boxes", "reconstruction_psnr",
-           "reconstruction_metrics", "frechet_distance",
-           "feature_statistics", "fid_from_features", "polynomial_kernel", "mmd2_unbiased", "kid_from_features",
-           "knn_radii", "precision_recall", "inception_score", "extract_features", "generative_metrics",
-           "metrics_from_features", "FeatureExtractor"]
-
-FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]   # images (B, 3, H, W) in [-1, 1] -> (B, D)
+           "reconstruction_metrics", "frechet_distance", "feature_statistics", "fid_from_features", "mmd2_unbiased",
+           "kid_from_features", "knn_radii", "precision_recall", "inception_score", "extract_features",
+           "metrics_from_features"]
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5     # Wang et al. 2004
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -52,13 +49,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Ten
     return (10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-20))).float()
 
 
-def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Normalized 1-D Gaussian g(i) ∝ exp(−(i − c)² / 2σ²) over `size` taps."""
-    i = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-i.pow(2) / (2 * sigma**2))
-    return g / g.sum()
-
-
 def ssim(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     """Mean SSIM per image (B,) (Wang et al. 2004): Gaussian window 11, σ 1.5, K1 0.01, K2 0.03, 'valid' windows.
 
@@ -74,7 +64,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW, sigma: flo
     x, y = (x.double() + 1) / 2, (y.double() + 1) / 2             # [-1, 1] -> [0, 1]
     data_range = 1.0
     C = x.shape[1]
-    g = _gaussian_window(window, sigma, x.dtype, x.device)
+    i = torch.arange(window, dtype=x.dtype, device=x.device) - (window - 1) / 2
+    g = torch.exp(-i.pow(2) / (2 * sigma**2))                     # g(i) ∝ exp(−(i − c)² / 2σ²), normalized:
+    g = g / g.sum()
     kernel = (g[:, None] * g[None, :]).expand(C, 1, window, window)   # separable 2-D Gaussian, per channel
 
     def blur(t: torch.Tensor) -> torch.Tensor:
@@ -248,18 +240,14 @@ def reconstruction_metrics(model: torch.nn.Module, dataset, batch_size: int = 10
 
 
 def _check_features(*feats: torch.Tensor, what: str, min_n: int = 2) -> None:
-    for f in feats:
-        if not torch.is_tensor(f) or f.dim() != 2:
-            raise ValueError(f"{what} expects feature tensors of shape (N, D), got "
-                             f"{tuple(f.shape) if torch.is_tensor(f) else type(f).__name__}; "
-                             "extract features first (e.g. shapes_features(images))")
-        if f.shape[0] < min_n:
-            raise ValueError(f"{what} needs at least {min_n} samples per set, got {f.shape[0]}")
-        if not torch.isfinite(f).all():
-            raise ValueError(f"{what} got non-finite features (NaN/inf); check the images fed to the extractor")
+    shapes = [tuple(f.shape) if torch.is_tensor(f) else type(f).__name__ for f in feats]
+    if not all(torch.is_tensor(f) and f.dim() == 2 for f in feats):
+        raise ValueError(f"{what} expects feature tensors of shape (N, D), got {shapes}; extract features first "
+                         "(e.g. shapes_features(images))")
     if len({f.shape[1] for f in feats}) > 1:
-        raise ValueError(f"{what}: feature dimensions differ: {[f.shape[1] for f in feats]}; "
-                         "use the same extractor for both sets")
+        raise ValueError(f"{what}: feature dimensions differ: {shapes}; use the same extractor for both sets")
+    if min(f.shape[0] for f in feats) < min_n or not all(torch.isfinite(f).all() for f in feats):
+        raise ValueError(f"{what} needs at least {min_n} finite (not NaN/inf) samples per set, got {shapes}")
 
 
 def _sqrt_psd(a: torch.Tensor) -> torch.Tensor:
@@ -293,7 +281,6 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 
 def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ, Σ) of features (N, D) in float64; Σ is the unbiased sample covariance (divides by N − 1)."""
-    _check_features(features, what="feature_statistics")
     f = features.double()
     mu = f.mean(0)
     c = f - mu
@@ -306,19 +293,15 @@ def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     return frechet_distance(*feature_statistics(real), *feature_statistics(fake))
 
 
-def polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """KID's kernel k(x, y) = (xᵀy / d + 1)³ for all pairs: (N, D), (M, D) -> (N, M)."""
-    return (x @ y.T / x.shape[1] + 1) ** 3
-
-
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Unbiased MMD² with the polynomial kernel (Bińkowski et al. 2018), float64.
+    """Unbiased MMD² with KID's polynomial kernel k(a, b) = (aᵀb / d + 1)³ (Bińkowski et al. 2018), float64.
 
         MMD²_u = Σ_{i≠j} k(x_i, x_j)/(m(m−1)) + Σ_{i≠j} k(y_i, y_j)/(n(n−1)) − 2·Σ_{i,j} k(x_i, y_j)/(mn)
     """
     x, y = x.double(), y.double()
     m, n = x.shape[0], y.shape[0]
-    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3             # noqa: E731  (N, D), (M, D) -> (N, M)
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
     return float((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
                  + (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1)) - 2 * kxy.mean())
 
@@ -347,29 +330,19 @@ def _pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min(0).sqrt()
 
 
-def _rows_per_chunk(n_cols: int, max_bytes: int) -> int:
-    return max(1, max_bytes // (8 * max(n_cols, 1)))
+def _by_rows(a: torch.Tensor, b: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor],
+             max_bytes: int) -> torch.Tensor:
+    """reduce(distances (rows, M) from a chunk of a's rows to all of b), chunk after chunk, concatenated: the
+    float64 distances of one chunk take at most `max_bytes`, so 10k × 10k runs in bounded memory."""
+    a, b = a.double(), b.double()
+    rows = max(1, max_bytes // (8 * max(b.shape[0], 1)))
+    return torch.cat([reduce(_pairwise_distances(a[i:i + rows], b)) for i in range(0, a.shape[0], rows)])
 
 
 def knn_radii(features: torch.Tensor, k: int = 3, max_bytes: int = 256 * 2**20) -> torch.Tensor:
     """Distance from each sample to its k-th nearest neighbour in the same set (itself excluded), (N,)."""
-    f = features.double()
-    n = f.shape[0]
-    if not 1 <= k < n:
-        raise ValueError(f"k must be in [1, N−1] = [1, {n - 1}], got k={k}; use more samples or a smaller k")
-    rows = _rows_per_chunk(n, max_bytes)
-    radii = [_pairwise_distances(f[i:i + rows], f).topk(k + 1, dim=1, largest=False).values[:, k]
-             for i in range(0, n, rows)]                         # the 0-th neighbour is the sample itself
-    return torch.cat(radii)
-
-
-def _inside_manifold(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor,
-                     max_bytes: int) -> torch.Tensor:
-    """(Q,) bool: query q lies in ∪_i Ball(support_i, radius_i), computed in row chunks."""
-    q, s = queries.double(), support.double()
-    rows = _rows_per_chunk(s.shape[0], max_bytes)
-    return torch.cat([(_pairwise_distances(q[i:i + rows], s) <= radii[None]).any(1)
-                      for i in range(0, q.shape[0], rows)])
+    # the 0-th neighbour is the sample itself
+    return _by_rows(features, features, lambda d: d.topk(k + 1, dim=1, largest=False).values[:, k], max_bytes)
 
 
 def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
@@ -383,10 +356,12 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
     Distances are computed in row chunks of at most `max_bytes`, so 10k × 10k runs in bounded memory.
     """
     _check_features(real, fake, what="precision_recall", min_n=k + 1)
-    r_real, r_fake = knn_radii(real, k, max_bytes), knn_radii(fake, k, max_bytes)
-    precision = _inside_manifold(fake, real, r_real, max_bytes).double().mean()
-    recall = _inside_manifold(real, fake, r_fake, max_bytes).double().mean()
-    return {"precision": float(precision), "recall": float(recall)}
+
+    def inside(queries: torch.Tensor, support: torch.Tensor) -> float:    # share of queries in ∪ Ball(s_i, r_i)
+        radii = knn_radii(support, k, max_bytes)
+        return float(_by_rows(queries, support, lambda d: (d <= radii[None]).any(1), max_bytes).double().mean())
+
+    return {"precision": inside(fake, real), "recall": inside(real, fake)}
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
@@ -397,12 +372,9 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
     It is 1 when every prediction is the same (or uniform) and K when predictions are confident and
     spread evenly over K classes. The samples are cut into `splits` consecutive chunks.
     """
-    if not torch.is_tensor(logits) or logits.dim() != 2:
-        raise ValueError(f"inception_score expects logits of shape (N, K), got "
-                         f"{tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}")
-    n = logits.shape[0]
-    if not 1 <= splits <= n:
-        raise ValueError(f"splits must be in [1, N] = [1, {n}], got {splits}")
+    if logits.dim() != 2 or not 1 <= splits <= len(logits):
+        raise ValueError(f"inception_score expects logits (N, K) and 1 ≤ splits ≤ N, got {tuple(logits.shape)} "
+                         f"and splits={splits}")
     log_p = F.log_softmax(logits.double(), dim=1)                 # log p(y|x), (N, K)
     scores = []
     for chunk in torch.tensor_split(log_p, splits):
@@ -414,21 +386,10 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
 
 
 @torch.no_grad()
-def extract_features(images: torch.Tensor, extractor: FeatureExtractor, batch_size: int = 500) -> torch.Tensor:
-    """Run `extractor` over images (N, 3, H, W) in batches -> features (N, D) on the CPU."""
-    if not torch.is_tensor(images) or images.dim() != 4:
-        raise ValueError(f"expected images (N, 3, H, W), got "
-                         f"{tuple(images.shape) if torch.is_tensor(images) else type(images).__name__}")
+def extract_features(images: torch.Tensor, extractor: Callable[[torch.Tensor], torch.Tensor],
+                     batch_size: int = 500) -> torch.Tensor:
+    """Run `extractor` (images (B, 3, H, W) in [-1, 1] -> (B, D)) over images in batches -> (N, D) on the CPU."""
     return torch.cat([extractor(images[i:i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
-
-
-def generative_metrics(real_images: torch.Tensor, fake_images: torch.Tensor, extractor: FeatureExtractor,
-                       k: int = 3, kid_subset_size: int = 1000, kid_subsets: int = 100, seed: int = 0
-                       ) -> dict[str, float]:
-    """FID, KID (mean, std), precision and recall of fake vs real images in one extractor's feature space
-    (on Shapes: `shapes_eval.shapes_features`, i.e. Shapes-FID)."""
-    fr, ff = extract_features(real_images, extractor), extract_features(fake_images, extractor)
-    return metrics_from_features(fr, ff, k, kid_subset_size, kid_subsets, seed)
 
 
 def metrics_from_features(real: torch.Tensor, fake: torch.Tensor, k: int = 3, kid_subset_size: int = 1000,

@@ -12,6 +12,8 @@
     word_influence        how far swapping one word of the prompt moves the denoiser's prediction x̂_0
     first_conv_input      what the U-Net's first convolution sees: z_t, concatenated conditions, coordinates
     autoencoder_fingerprint  a short hash of a first stage's weights: models that share it share one autoencoder
+    layer_shapes, parameters_by_block / _by_kind / _with_gradient   inside any network (notebook 04): each
+                          block's output shape, where the parameters sit, what a backward pass reaches
 """
 
 from __future__ import annotations
@@ -27,19 +29,34 @@ from tqdm.auto import tqdm
 from ..data.datasets import ShapesDataset
 from ..data.shapes import COLOR_NAMES, COLORS, SHAPES, SIZE_NAMES, parse_caption, render_scenes
 from ..ldm import LatentDiffusion
-from ..nn import AttentionMaps, record_attention
+from ..nn import AttentionMaps, Upsample, record_attention
+from ..unet import Downsample, ResBlock, SpatialTransformer, TransformerBlock, UNet
+from .judge import ATTRIBUTES
 
 __all__ = ["word_attention_maps", "record_word_attention", "token_maps", "cross_attention_layers", "object_mask",
            "attention_mass", "attention_mass_study", "summarize_attention_mass", "word_influence",
-           "word_pair_latents", "first_conv_input", "autoencoder_fingerprint", "INFLUENCE_PAIRS",
-           "STEP_RANGES"]
+           "word_pair_latents", "first_conv_input", "autoencoder_fingerprint", "require_mode", "layer_shapes",
+           "parameters_by_block", "parameters_with_gradient", "parameters_by_kind", "INFLUENCE_PAIRS", "STEP_RANGES",
+           "PARAMETER_KINDS"]
 
 # word_influence pairs that evaluate-ldm reports: one per attribute, circle/square being the closest shapes
 INFLUENCE_PAIRS = (("circle", "square"), ("red", "blue"), ("small", "large"))
 
-
 # The sampling run cut in halves: at high noise the layout is decided, at low noise the details
 STEP_RANGES = {"all steps": (0.0, 1.0), "noisy half": (0.0, 0.5), "clean half": (0.5, 1.0)}
+
+# What each parameter of the U-Net does, in the order notebook 04 tabulates them (see `parameters_by_kind`).
+PARAMETER_KINDS = ("time embedding (MLP)", "class embedding", "input / output convolutions",
+                   "ResBlocks (convolutions + time projection)", "down- / upsampling",
+                   "self-attention", "cross-attention (text / layout)", "feed-forward (GEGLU)",
+                   "transformer norms and 1×1 projections")
+
+
+def require_mode(ldm: Any, mode: str, what: str) -> None:
+    """Raise unless `ldm` is conditioned on `mode` ("text", "class", "layout", "sr" or "none")."""
+    if getattr(ldm, "cond_mode", None) != mode:
+        kind = "an unconditional (cond='none')" if mode == "none" else f"a {mode}-conditional"
+        raise ValueError(f"{what} needs {kind} model, this one is {getattr(ldm, 'cond_mode', None)!r}")
 
 
 @torch.no_grad()
@@ -49,8 +66,7 @@ def record_word_attention(ldm: LatentDiffusion, prompt: str, steps: int = 50, gu
     {"image": (3, H, W), "words": [w1, …], "recorded": AttentionMaps of the cross-attention layers, each a list
     of one (B', heads, h·w, L) tensor per sampling step (row 0: the conditional sample; with guidance row 1 is
     the unconditional one), "steps": steps}."""
-    if ldm.cond_mode != "text":
-        raise ValueError(f"word attention needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    require_mode(ldm, "text", "word attention")
     raw = ldm.prompt_condition(prompts=[prompt])
     with record_attention(ldm.unet, keep="all") as recorded:
         image = ldm.sample(raw, steps=steps, guidance_scale=guidance_scale,
@@ -96,16 +112,9 @@ def token_maps(recorded: AttentionMaps, n_tokens: int, resolution: int, layers: 
 def word_attention_maps(ldm: LatentDiffusion, prompt: str, steps: int = 50, guidance_scale: float = 3.0,
                         seed: int = 0, step_range: tuple[float, float] = (0.0, 1.0),
                         layers: Sequence[str] | None = None) -> dict[str, Any]:
-    """Sample one image for `prompt` and record every cross-attention map on the way.
-
-    For each token, the attention its key receives from every latent pixel (averaged over heads, over the
-    cross-attention `layers` (default all), each upsampled to the image size, and over the sampling steps in
-    `step_range`, fractions of the run: (0, 0.5) is the noisier first half) -> {"image": (3, H, W), "words":
-    [w1, …], "maps": (n_words, H, W), "bos": (H, W), "eos": (H, W)}. Each pixel's attention over all tokens
-    sums to 1, so the maps of the words, bos and eos add up to 1 at every pixel.
-    """
-    if ldm.cond_mode != "text":
-        raise ValueError(f"word_attention_maps needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    """`record_word_attention` then `token_maps` (over `layers`, default all, and the steps in `step_range`) ->
+    {"image": (3, H, W), "words": [w1, …], "maps": (n_words, H, W), "bos": (H, W), "eos": (H, W)}. Each pixel's
+    attention over all tokens sums to 1, so the maps of the words, bos and eos add up to 1 at every pixel."""
     if not 0.0 <= step_range[0] < step_range[1] <= 1.0:
         raise ValueError(f"step_range must be (start, end) with 0 <= start < end <= 1, got {step_range}")
     r = record_word_attention(ldm, prompt, steps, guidance_scale, seed)
@@ -161,8 +170,7 @@ def attention_mass_study(ldm: LatentDiffusion, prompts: Sequence[str], steps: in
     Objects whose color another object of the prompt shares are skipped (their masks would merge).
     progress: a bar over the prompts.
     """
-    if ldm.cond_mode != "text":
-        raise ValueError(f"attention_mass_study needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    require_mode(ldm, "text", "attention_mass_study")
     step_ranges = STEP_RANGES if step_ranges is None else step_ranges
     rows = []
     for i, prompt in enumerate(tqdm(prompts, desc="prompts", disable=not progress, mininterval=1.0)):
@@ -244,8 +252,7 @@ def word_pair_latents(ldm: LatentDiffusion, words: tuple[str, str],
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n (scene pairs) must be a positive int, got {n!r}")
-    attributes = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES}
-    found = [next((a for a, values in attributes.items() if w in values), None) for w in words]
+    found = [next((a for a, values in ATTRIBUTES.items() if w in values), None) for w in words]
     if len(words) != 2 or None in found or found[0] != found[1] or words[0] == words[1]:
         raise ValueError(f"expected two different words naming the same attribute, e.g. ('circle', 'square'), "
                          f"('red', 'blue') or ('small', 'large'); got {tuple(words)!r}. Shapes: {', '.join(SHAPES)}; "
@@ -274,8 +281,7 @@ def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "sq
     scenes and both starting latents: 0 when the model ignores the word, 1 when the word alone decides.
     Returns one dict per t: {"t", "snr", "influence", "p_a", "p_b"} (p_a, p_b: the mean p per caption).
     """
-    if ldm.cond_mode != "text":
-        raise ValueError(f"word_influence needs a text-conditional model, this one is {ldm.cond_mode!r}")
+    require_mode(ldm, "text", "word_influence")
     z_a, z_b, caps_a, caps_b = word_pair_latents(ldm, words, n)
     d = z_a - z_b
     d2 = d.flatten(1).pow(2).sum(1)                                                 # ‖z_a − z_b‖², (n,)
@@ -286,7 +292,7 @@ def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "sq
     ldm.unet.eval()
     rows = []
     for t in timesteps:
-        tt = ldm.diffusion.check_timesteps(torch.full((n,), int(t)), n, z_a.device)
+        tt = torch.full((n,), int(t), device=z_a.device)
         p = []
         for cond in conds:
             per_start = []
@@ -299,3 +305,76 @@ def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "sq
                      "p_a": p[0], "p_b": p[1]})
     ldm.unet.train(was_training)
     return rows
+
+
+# --- Inside a network: what shape each block outputs, where the parameters sit, what a backward pass reaches --
+
+
+@torch.no_grad()
+def layer_shapes(model: torch.nn.Module, *args, depth: int = 1, **kwargs) -> list[tuple[str, tuple[int, ...]]]:
+    """Run model(*args, **kwargs) once and return (name, output shape) of every submodule `depth` levels down
+    (module paths with depth + 1 parts: depth=1 -> "input_blocks.0", depth=0 -> "input_blocks"), in call order."""
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    handles = []
+    for name, module in model.named_modules():
+        if name and name.count(".") == depth:
+            def hook(mod, inp, out, name=name):
+                if torch.is_tensor(out):
+                    shapes.append((name, tuple(out.shape)))
+            handles.append(module.register_forward_hook(hook))
+    try:
+        model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def parameters_by_block(model: torch.nn.Module, depth: int = 1) -> list[tuple[str, int]]:
+    """(name, number of parameters) per submodule `depth` levels down (module paths with depth + 1 parts, as in
+    `layer_shapes`), in the order the model registers them; the counts add up to all of the model's parameters
+    (a parameter held directly by a shallower module is listed under its own name)."""
+    counts: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        block = ".".join(name.split(".")[:depth + 1])            # "input_blocks.1.0.conv1.weight" -> "input_blocks.1"
+        counts[block] = counts.get(block, 0) + p.numel()
+    return list(counts.items())
+
+
+def parameters_with_gradient(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters whose .grad holds a non-zero entry (after a backward pass), in model order.
+
+    With zero-initialized output layers (the U-Net), the first backward pass reaches only the last layer:
+    everything before it is multiplied by its zero weights."""
+    return [name for name, p in model.named_parameters() if p.grad is not None and bool(p.grad.ne(0).any())]
+
+
+def _kind_of(path: list[tuple[str, torch.nn.Module]]) -> str:
+    """The kind of a parameter from the chain of (attribute name, module) that holds it, innermost last."""
+    for attr, module in reversed(path):
+        if attr == "cross_attn":
+            return "cross-attention (text / layout)"
+        if attr == "self_attn":
+            return "self-attention"
+        if attr == "ff":
+            return "feed-forward (GEGLU)"
+        if isinstance(module, (TransformerBlock, SpatialTransformer)):
+            return "transformer norms and 1×1 projections"
+        if isinstance(module, ResBlock):
+            return "ResBlocks (convolutions + time projection)"
+        if isinstance(module, (Downsample, Upsample)):
+            return "down- / upsampling"
+    top = path[0][0] if path else ""
+    return {"time_embed": "time embedding (MLP)", "label_emb": "class embedding"}.get(top, "input / output convolutions")
+
+
+def parameters_by_kind(unet: UNet) -> dict[str, int]:
+    """Number of parameters per kind of layer (keys: PARAMETER_KINDS, in that order, 0 where absent); they add
+    up to all of the U-Net's parameters. Shows, e.g., what share cross-attention (the condition's entry) takes."""
+    counts = dict.fromkeys(PARAMETER_KINDS, 0)
+    modules = dict(unet.named_modules())
+    for name, p in unet.named_parameters():
+        parts = name.split(".")[:-1]                                       # the modules that hold it, outermost first
+        path = [(parts[i], modules[".".join(parts[:i + 1])]) for i in range(len(parts))]
+        counts[_kind_of(path)] += p.numel()
+    return counts

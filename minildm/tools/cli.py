@@ -1,38 +1,50 @@
-"""The `minildm` command: every command's arguments, each calling one function of the package (commands.py).
+"""minildm: latent diffusion (Rombach et al. 2022) at mini scale: train, sample, evaluate, benchmark.
 
-    demo             both stages on Shapes, then samples and a denoising filmstrip (demo.run_demo)
-    train-ae         the first stage (train.train_autoencoder)        bench-ae   its quality after N minutes
-    train-ldm        the second stage (train.train_ldm)               sample     images from a checkpoint
-    evaluate-ldm     prompt accuracy, Shapes-FID, word influence (shapes_eval.evaluate_text_ldm)
-    experiments      the paper's experiments at mini scale (experiments.run_experiment)
-    bench            every speed next to diffusers (bench.run_bench)  bench-data, bench-ldm: single rows
-    train-evaluator  the Shapes evaluator (evaluator.train_evaluator)
-    info, preview    the device and profile; a captioned grid of the data
-"""
+Every command's arguments are declared in build_parser; each `cmd_<command>` below it reads them, calls the
+package and prints what a user wants to see; it returns an exit status, or None for 0."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
+import time
+from pathlib import Path
 
+import torch
+
+from .. import __version__
 from ..course import pretrained
-from ..course.student import STUDENT_DIR
-from ..data.datasets import DATASETS
-from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig
-from . import commands
-from .bench import DEFAULT_SECONDS
-from .demo import AE_MINUTES, LDM_MINUTES
-from .studies import DEFAULT_CHECKPOINT, EXPERIMENTS
+from ..course.lesson import REPO_ROOT, RESULTS_DIR
+from ..course.results import EXPERIMENTS, experiment_markdown
+from ..course.runner import run_course, self_check
+from ..course.student import STUDENT_DIR, write_student_edition
+from ..course.viz import SampleGrids, image_grid, save_figure
+from ..data.datasets import DATASETS, ShapesDataset, make_dataset
+from ..data.shapes import NUM_CLASSES, class_name, parse_layout
+from ..eval.accuracy import autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, text_report
+from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
+from ..ldm import LatentDiffusion
+from ..train.distributed import main_process
+from ..train.profiles import PROFILES, default_profile_name, get_profile
+from ..train.stages import train_autoencoder, train_ldm
+from ..utils import get_device
+from .bench import (DEFAULT_SECONDS, bench_autoencoder, bench_data, bench_ddim, bench_ldm_step, format_plan,
+                    format_table, machine_info, run_bench)
+from .demo import AE_MINUTES, LDM_MINUTES, run_demo
+from .flops import ASSUMED_UTILIZATION, H100_BF16_TFLOPS, plan_profile
+from .studies import DEFAULT_CHECKPOINT, run_experiment
 
 __all__ = ["main", "build_parser"]
 
 
-def _number(kind: type, minimum: float, strict: bool, what: str):
+def _number(kind: type, minimum: float, strict: bool, what: str, maximum: float = float("inf")):
     """An argparse type: a number of `kind` above (strict) or at least `minimum`, else a clear message."""
     def parse(text: str):
         value = kind(text)
-        if value < minimum or (strict and value == minimum):
+        if value < minimum or (strict and value == minimum) or value > maximum:
             raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
         return value
     return parse
@@ -41,20 +53,19 @@ def _number(kind: type, minimum: float, strict: bool, what: str):
 _positive_int = _number(int, 1, False, "a positive whole number")
 _positive_float = _number(float, 0.0, True, "a positive number")
 _minutes = _number(float, 0.0, False, "0 or more minutes (a time cap)")
-
-
-PROFILE_HELP = "ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)"
-DEVICE_HELP = "cpu, cuda, mps (default: best available)"
-RANDOM_LPIPS_HELP = "use a random LPIPS backbone when the pretrained one is not available (offline)"
+_share = _number(float, 0.0, True, "a share of the peak above 0 and at most 1", maximum=1.0)
 
 
 def _common(p: argparse.ArgumentParser, *names: str) -> None:
     if "profile" in names:
-        p.add_argument("--profile", default=None, help=PROFILE_HELP)
+        p.add_argument("--profile", default=None, help="ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)")
     if "device" in names:
-        p.add_argument("--device", default=None, help=DEVICE_HELP)
+        p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     if "random-lpips" in names:
-        p.add_argument("--random-lpips", action="store_true", help=RANDOM_LPIPS_HELP)
+        p.add_argument("--random-lpips", action="store_const", const=True, default=None,
+                       help="use a random LPIPS backbone when the pretrained one is not available (offline)")
+    if "offline" in names:
+        p.add_argument("--offline", action="store_true", help="never download (LPIPS weights must be on disk)")
     if "data" in names:
         p.add_argument("--data", default="shapes", help=f"{', '.join(DATASETS)} (default shapes)")
         p.add_argument("--data-root", default="data/downloads", help="where MNIST files are (default %(default)s)")
@@ -71,8 +82,7 @@ def _sampling(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minildm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="minildm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func, help: str) -> argparse.ArgumentParser:
@@ -80,20 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    _demo_and_data_commands(add)
-    _training_commands(add)
-    _sampling_commands(add)
-    _study_commands(add)
-    return parser
+    add("info", cmd_info, "show the device and profile minildm would use")
 
-
-def _demo_and_data_commands(add) -> None:
-    """info, demo, preview, bench-data."""
-    add("info", commands.cmd_info, "show the device and profile minildm would use")
-
-    p = add("demo", commands.cmd_demo, "train a small LDM on Shapes (or reuse it) and write samples + a filmstrip")
+    p = add("demo", cmd_demo, "train a small LDM on Shapes (or reuse it) and write samples + a filmstrip")
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    _common(p, "profile", "device")
+    _common(p, "profile", "device", "offline")
     p.add_argument("--ae-minutes", type=_minutes, default=AE_MINUTES,
                    help="time cap for the autoencoder (default: none, the profile's steps decide)")
     p.add_argument("--ldm-minutes", type=_minutes, default=LDM_MINUTES,
@@ -101,24 +102,20 @@ def _demo_and_data_commands(add) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive_int, default=None, help="fixed CPU thread count (bit-reproducible; "
                    "default: switch between 1 and all cores, whichever trains faster at the moment)")
-    p.add_argument("--offline", action="store_true", help="never download (LPIPS weights must be on disk)")
 
-    p = add("preview", commands.cmd_preview, "render a captioned grid of Shapes samples")
+    p = add("preview", cmd_preview, "render a captioned grid of Shapes samples")
     p.add_argument("--out", default="outputs/shapes_preview.png")
     p.add_argument("--resolution", type=_positive_int, default=32)
     p.add_argument("-n", type=_positive_int, default=24)
     p.add_argument("--ncols", type=_positive_int, default=8)
 
-    p = add("bench-data", commands.cmd_bench_data, "measure Shapes rendering speed (images/s)")
+    p = add("bench-data", cmd_bench_data, "measure Shapes rendering speed (images/s)")
     p.add_argument("--resolutions", type=_positive_int, nargs="+", default=[32, 64])
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seconds", type=_positive_float, default=5.0)
     _common(p, "device")
 
-
-def _training_commands(add) -> None:
-    """train-ae, bench-ae, train-ldm."""
-    p = add("train-ae", commands.cmd_train_ae, "train the first-stage autoencoder (KL or VQ)")
+    p = add("train-ae", cmd_train_ae, "train the first-stage autoencoder (KL or VQ)")
     _common(p, "profile", "device", "random-lpips", "data")
     p.add_argument("--kind", choices=("kl", "vq"), default=None, help="override the profile's autoencoder kind")
     p.add_argument("--out", default=None, help="output folder (default runs/ae-<profile>-<kind>)")
@@ -126,15 +123,15 @@ def _training_commands(add) -> None:
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
 
-    p = add("bench-ae", commands.cmd_bench_ae, "train an autoencoder for N minutes on Shapes, report PSNR/SSIM/LPIPS "
-                                               "and shape fidelity by shape and size")
+    p = add("bench-ae", cmd_bench_ae, "train an autoencoder for N minutes on Shapes, report PSNR/SSIM/LPIPS "
+                                      "and shape fidelity by shape and size")
     _common(p, "profile", "device", "random-lpips")
     p.add_argument("--kind", choices=("kl", "vq"), default="kl")
     p.add_argument("--minutes", type=_positive_float, default=10.0)
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     p.add_argument("--no-progress", action="store_true")
 
-    p = add("train-ldm", commands.cmd_train_ldm, "train the latent diffusion model on a trained autoencoder")
+    p = add("train-ldm", cmd_train_ldm, "train the latent diffusion model on a trained autoencoder")
     p.add_argument("--autoencoder", required=True, help="autoencoder checkpoint (from `minildm train-ae`)")
     _common(p, "profile", "device", "data")
     p.add_argument("--cond", choices=("text", "class", "layout", "sr", "none"), default=None,
@@ -144,52 +141,46 @@ def _training_commands(add) -> None:
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes (checkpoint kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--sample-every", type=_number(int, 0, False, "0 (never) or a number of steps"), default=None,
+                   help="write a grid of EMA samples every N steps (default: the profile's ldm_train.sample_every)")
 
-
-def _sampling_commands(add) -> None:
-    """sample, evaluate-ldm."""
-    p = add("sample", commands.cmd_sample, "sample images from a trained LDM checkpoint")
+    p = add("sample", cmd_sample, "sample images from a trained LDM checkpoint")
     _sampling(p)
-    p.add_argument("--prompt", default=None, help='e.g. "a red circle in the top left" (text models)')
-    p.add_argument("--class", dest="label", type=int, default=None, help="class id, e.g. 0..23 (class models)")
-    p.add_argument("--layout", default=None, help='e.g. "red circle@0.1,0.1,0.45,0.45; blue star@0.5,0.5,0.9,0.9"')
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--prompt", default=None, help='e.g. "a red circle in the top left" (text models)')
+    given.add_argument("--class", dest="label", type=int, default=None, help="class id, e.g. 0..23 (class models)")
+    given.add_argument("--layout", default=None, help='e.g. "red circle@0.1,0.1,0.45,0.45; blue star@0.5,0.5,0.9,0.9"')
     p.add_argument("-n", type=_positive_int, default=8, help="number of samples")
     p.add_argument("--out", default="samples.png")
 
-    p = add("evaluate-ldm", commands.cmd_evaluate_ldm, "prompt accuracy and Shapes-FID of a text-conditional LDM")
+    p = add("evaluate-ldm", cmd_evaluate_ldm, "prompt accuracy and Shapes-FID of a text-conditional LDM")
     _sampling(p)
     p.add_argument("-n", type=_positive_int, default=200, help="prompts per type (one-object, two-object)")
     p.add_argument("--no-fid", action="store_true", help="skip Shapes-FID")
 
-
-def _study_commands(add) -> None:
-    """bench-ldm, bench, train-evaluator, experiments."""
-    p = add("bench-ldm", commands.cmd_bench_ldm, "LDM training steps/s and DDIM sampling images/s")
+    p = add("bench-ldm", cmd_bench_ldm, "LDM training steps/s and DDIM sampling images/s")
     _common(p, "profile", "device")
     p.add_argument("--seconds", type=_positive_float, default=20.0)
     p.add_argument("--steps", type=_positive_int, default=50)
     p.add_argument("--sample-batch", type=_positive_int, default=64)
 
-    p = add("bench", commands.cmd_bench, "measure data, autoencoder and LDM training, and DDIM sampling speed "
-                                 "(next to diffusers when it is installed)")
-    _common(p, "profile", "device")
+    p = add("bench", cmd_bench, "measure data, autoencoder and LDM training, and DDIM sampling speed "
+                                "(next to diffusers when it is installed)")
+    _common(p, "profile", "device", "random-lpips", "offline")
     p.add_argument("--seconds", type=_positive_float, default=DEFAULT_SECONDS,
                    help=f"seconds per measurement and side (default {DEFAULT_SECONDS:g}: ~4 min in all on a 2-core CPU)")
     p.add_argument("--no-peer", action="store_true", help="skip the diffusers comparison")
     p.add_argument("--sample-batch", type=_positive_int, default=None, help="DDIM batch size (default: the profile's)")
     p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--random-lpips", action="store_true",
-                   help="use a random LPIPS backbone when the pretrained one is not available (speed is the same)")
-    p.add_argument("--offline", action="store_true", help="never download LPIPS weights")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
     p.add_argument("--peak-tflops", type=_positive_float, default=None, help="the device's peak for the %% of peak "
                    "column (default: the datasheet value of a known GPU; none on CPU)")
     p.add_argument("--compile", action="store_true", help="add a row with the compiled U-Net (compiling takes minutes)")
     p.add_argument("--plan", default=None, metavar="PROFILE", help="measure nothing: predict PROFILE's course training "
                    "time from counted FLOPs at --assume-util of --peak-tflops (default: an H100's bf16 peak)")
-    p.add_argument("--assume-util", type=_positive_float, default=None, help="assumed share of the peak for --plan")
+    p.add_argument("--assume-util", type=_share, default=None, help="assumed share of the peak for --plan")
 
-    p = add("train-evaluator", commands.cmd_train_evaluator, "train the Shapes evaluator (Shapes-FID features, prompt accuracy)")
+    p = add("train-evaluator", cmd_train_evaluator, "train the Shapes evaluator (Shapes-FID features, prompt accuracy)")
     p.add_argument("--out", default=str(DEFAULT_EVALUATOR_PATH), help="checkpoint path (default: %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=None, help=f"training steps (default {EvaluatorConfig.steps})")
     p.add_argument("--seed", type=int, default=None, help=f"seed (default {EvaluatorConfig.seed})")
@@ -198,31 +189,31 @@ def _study_commands(add) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true")
 
-    p = add("course", commands.cmd_course, "run the course's notebooks in order in one profile, timing each")
-    p.add_argument("--profile", default=None, help=PROFILE_HELP)
+    p = add("course", cmd_course, "run the course's notebooks in order in one profile, timing each")
+    _common(p, "profile")
     p.add_argument("--strict", action="store_true", help="a failed claim stops the notebook (and the run)")
     p.add_argument("--notebooks", nargs="*", default=None, help="only these (prefixes: 00 03 …)")
     p.add_argument("--course-dir", default=None, help="the course folder (default outputs/course/<profile>)")
     p.add_argument("--no-record", action="store_true", help="do not write docs/course/<profile>.json")
 
-    p = add("check", commands.cmd_check, "before a lab: device, LPIPS weights, shipped checkpoints, expected run times here")
-    p.add_argument("--profile", default=None, help=PROFILE_HELP)
+    p = add("check", cmd_check, "before a lab: device, LPIPS weights, shipped checkpoints, expected run times here")
+    _common(p, "profile")
     p.add_argument("--seconds", type=_positive_float, default=10.0, help="length of the speed probe")
 
-    p = add("student", commands.cmd_student, "write the student edition of the notebooks (solutions taken out)")
+    p = add("student", cmd_student, "write the student edition of the notebooks (solutions taken out)")
     p.add_argument("--source", default=str(STUDENT_DIR.parent), help="the course notebooks (default: %(default)s)")
     p.add_argument("--out", default=str(STUDENT_DIR), help="where to write (default: %(default)s)")
 
-    p = add("export-pretrained", commands.cmd_export, "write the shipped inference checkpoints (safetensors + manifest)")
+    p = add("export-pretrained", cmd_export, "write the shipped inference checkpoints (safetensors + manifest)")
     p.add_argument("--profile", required=True, help="the profile the checkpoints were trained in")
     p.add_argument("--autoencoder", required=True, help="autoencoder.pt from `minildm train-ae`")
     p.add_argument("--ldm", nargs="*", default=[], metavar="COND=PATH", help="e.g. text=runs/ldm-cpu-text/ldm.pt")
     p.add_argument("--provenance", default=None, help="JSON file: per file, the command, seed, minutes, metrics")
     p.add_argument("--root", default=str(pretrained.DIR), help="where to write (default: %(default)s)")
 
-    p = add("experiments", commands.cmd_experiments, "the paper's experiments at mini scale; writes results.md/.json")
+    p = add("experiments", cmd_experiments, "the paper's experiments at mini scale; writes results.md/.json")
     p.add_argument("experiment", choices=(*EXPERIMENTS, "all"))
-    _common(p, "profile", "device")
+    _common(p, "profile", "device", "offline")
     p.add_argument("--checkpoint", default=None, help=f"text LDM for the sweeps (default {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", default=None, help="output folder (default outputs/experiments/<profile>)")
     p.add_argument("--equal", choices=("time", "steps"), default="time",
@@ -232,7 +223,206 @@ def _study_commands(add) -> None:
     p.add_argument("--ldm-minutes", type=_positive_float, default=None, help="training minutes per LDM (f-study)")
     p.add_argument("--segments", type=_positive_int, default=None, help="f-study evaluations along the LDM budget")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--offline", action="store_true", help="never download (LPIPS weights must be on disk)")
+    return parser
+
+
+# --- Commands ---------------------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int | None:
+    print(f"minildm {__version__}, torch {torch.__version__}")
+    print(f"device: {get_device()} (override with $MINILDM_DEVICE)")
+    print(f"profile: {default_profile_name()} (override with $MINILDM_PROFILE; available: {', '.join(PROFILES)})")
+
+
+def cmd_demo(args: argparse.Namespace) -> int | None:
+    run_demo(args.out, profile=args.profile, device=args.device, ae_minutes=args.ae_minutes,
+             ldm_minutes=args.ldm_minutes, seed=args.seed, download=not args.offline, threads=args.threads)
+
+
+def cmd_preview(args: argparse.Namespace) -> int | None:
+    b = ShapesDataset("train", resolution=args.resolution).batch(range(args.n))
+    fig = image_grid(b["image"], b["caption"], ncols=args.ncols,
+                     title=f"Shapes {args.resolution}x{args.resolution}: samples 0-{args.n - 1} of the train split")
+    print(f"wrote {save_figure(fig, args.out)}")
+
+
+def cmd_bench_data(args: argparse.Namespace) -> int | None:
+    device = get_device(args.device)
+    print(f"Shapes rendering on {device}, torch threads={torch.get_num_threads()}, batch {args.batch_size}")
+    for res in args.resolutions:
+        rate = bench_data(get_profile().replace(data={"resolution": res}), args.seconds, device,
+                          args.batch_size)["ours"]
+        print(f"  {res}x{res}: {rate:,.0f} images/s")
+
+
+def _dataset(args: argparse.Namespace, profile, split: str):
+    """--data as a dataset (None for Shapes: the training code's own default)."""
+    if args.data == "shapes":
+        return None
+    return make_dataset(args.data, split, profile.data, root=args.data_root, download=args.download)
+
+
+def cmd_train_ae(args: argparse.Namespace) -> int | None:
+    profile = get_profile(args.profile)
+    out = args.out or os.path.join("runs", f"ae-{profile.name}-{args.kind or profile.ae.kind}")
+    train, val = (_dataset(args, profile, split) for split in ("train", "val"))
+    r = train_autoencoder(profile, out, device=args.device, max_minutes=args.minutes, kind=args.kind,
+                          steps=args.steps, random_lpips=args.random_lpips, resume=not args.no_resume,
+                          dataset=train, val_dataset=val)
+    vals = [h["val_psnr"] for h in r["history"] if "val_psnr" in h]
+    if main_process():
+        print(f"trained to step {r['step']}; checkpoint {r['path']}" + (f"; val PSNR {vals[-1]:.2f} dB" if vals else ""))
+
+
+def cmd_bench_ae(args: argparse.Namespace) -> int | None:
+    out = args.out or tempfile.mkdtemp(prefix=f"minildm-bench-ae-{args.kind}-")
+    for line in bench_autoencoder(args.profile, args.kind, args.minutes, out, args.device,
+                                  args.random_lpips, progress=not args.no_progress):
+        print(line)
+
+
+def cmd_train_ldm(args: argparse.Namespace) -> int | None:
+    profile = get_profile(args.profile)
+    data, cond = _dataset(args, profile, "train"), args.cond
+    if data is not None and cond is None:           # text and layouts are Shapes features; labels when there are
+        cond = "class" if data.num_classes else "none"
+    if data is not None and cond in ("text", "layout"):
+        raise ValueError(f"--cond {cond} needs Shapes (captions and boxes are Shapes features); on --data "
+                         f"{args.data} use --cond class (labelled images) or --cond none")
+    out = Path(args.out or f"runs/ldm-{profile.name}-{cond or profile.ldm.cond}")
+    every = profile.ldm_train.sample_every if args.sample_every is None else args.sample_every
+    r = train_ldm(profile, args.autoencoder, out, cond=cond, device=args.device, steps=args.steps,
+                  max_minutes=args.minutes, resume=not args.no_resume, seed=args.seed, dataset=data,
+                  callback=SampleGrids(every, out) if every else None)
+    if main_process():
+        print(f"trained {r['step']} steps in {r['minutes']:.1f} min; checkpoint: {r['path']}")
+
+
+def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace) -> tuple[torch.Tensor | None, list | None]:
+    """The raw condition for `minildm sample`, with errors in the command line's words."""
+    n, mode = args.n, ldm.cond_mode
+    flags = {"text": "--prompt", "class": "--class", "layout": "--layout"}
+    given = next((f for f, v in zip(flags.values(), (args.prompt, args.label, args.layout)) if v is not None), None)
+    if mode == "sr":
+        raise ValueError("`minildm sample` does not sample super-resolution models; use the Python API "
+                         "(LatentDiffusion.sample with a low-res image)")
+    if mode == "none":
+        if given:
+            raise ValueError(f"this is an unconditional model: it takes no {given}")
+        return None, None
+    if given != flags[mode]:
+        wanted = {"text": '--prompt "a large red circle in the top left"', "class": f"--class N (0..{NUM_CLASSES - 1})",
+                  "layout": '--layout "red circle@0.1,0.1,0.45,0.45"'}[mode]
+        raise ValueError(f"this is a {mode}-conditional model: give {wanted}" + (f" (not {given})" if given else ""))
+    if mode == "text":
+        return ldm.prompt_condition(prompts=[args.prompt] * n), [args.prompt] * n
+    if mode == "class":
+        if not 0 <= args.label < ldm.num_classes:
+            raise ValueError(f"--class must be between 0 and {ldm.num_classes - 1}, got {args.label}")
+        names = [class_name(args.label) if ldm.num_classes == NUM_CLASSES else f"class {args.label}"] * n
+        return ldm.prompt_condition(labels=[args.label] * n), names
+    layout = parse_layout(args.layout, ldm.max_objects)
+    return ldm.prompt_condition(layouts=layout.expand(n, -1, -1)), [args.layout] * n
+
+
+def cmd_sample(args: argparse.Namespace) -> int | None:
+    ldm = LatentDiffusion.from_checkpoint(args.checkpoint, args.device)
+    raw, captions = _sample_condition(ldm, args)
+    g = torch.Generator().manual_seed(args.seed)
+    images = ldm.sample(raw, num_samples=args.n if raw is None else None, steps=args.steps, eta=args.eta,
+                        guidance_scale=args.guidance, generator=g)
+    title = f"DDIM {args.steps} steps, η={args.eta}, guidance {args.guidance}, seed {args.seed}"
+    print(f"wrote {save_figure(image_grid(images, captions, ncols=min(8, args.n), title=title), args.out)}")
+
+
+def cmd_evaluate_ldm(args: argparse.Namespace) -> int | None:
+    ldm = LatentDiffusion.from_checkpoint(args.checkpoint, args.device)
+    t0 = time.time()
+    r = evaluate_text_ldm(ldm, n=args.n, guidance_scale=args.guidance, steps=args.steps, seed=args.seed,
+                          fid=not args.no_fid, eta=args.eta)
+    print(f"{args.checkpoint}: DDIM-{args.steps}, η={args.eta}, guidance {args.guidance}, {args.n} prompts per type "
+          f"(judged by the Shapes evaluator; all conditions must hold)")
+    print("\n".join(text_report(r, args.n)))
+    print("  " + "\n  ".join(fidelity_lines(autoencoder_shape_fidelity(ldm.autoencoder, resolution=ldm.resolution))))
+    print(f"  ({time.time() - t0:.0f} s)")
+
+
+def cmd_bench_ldm(args: argparse.Namespace) -> int | None:
+    device, t0 = get_device(args.device), time.perf_counter()
+    rows = [bench_ldm_step(args.profile, args.seconds, device, rounds=1),
+            bench_ddim(args.profile, args.seconds, device, batch_size=args.sample_batch, steps=args.steps,
+                       peer=False, rounds=1)]
+    print(format_table({"machine": machine_info(device), "profile": get_profile(args.profile).name, "rows": rows,
+                        "rounds": 1, "seconds": args.seconds, "wall_s": time.perf_counter() - t0}))
+
+
+def cmd_bench(args: argparse.Namespace) -> int | None:
+    if args.plan:
+        print(format_plan(plan_profile(args.plan, args.peak_tflops or H100_BF16_TFLOPS,
+                                       args.assume_util or ASSUMED_UTILIZATION)))
+        return None
+    result = run_bench(args.profile, args.device, seconds=args.seconds, peer=not args.no_peer,
+                       sample_batch=args.sample_batch, steps=args.steps,
+                       random_lpips=args.random_lpips, lpips_download=not args.offline,
+                       peak=args.peak_tflops, compile=args.compile)
+    print(format_table(result))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {path}")
+
+
+def cmd_train_evaluator(args: argparse.Namespace) -> int | None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    res = train_evaluator(args.out, steps=args.steps, seed=args.seed, max_minutes=args.minutes, device=args.device,
+                          progress=not args.no_progress)
+    m, t = res["metrics"], res["train"]
+    print(f"trained {t['steps']} steps in {t['seconds']:.0f} s ({t['pool_seconds']:.0f} s rendering) -> {res['path']}")
+    print("test split (max_objects=2): " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if k != "images"))
+
+
+def cmd_export(args: argparse.Namespace) -> int | None:
+    ldms = dict(item.split("=", 1) for item in args.ldm)
+    provenance = json.loads(Path(args.provenance).read_text()) if args.provenance else {}
+    full = pretrained.export(args.autoencoder, ldms, args.profile, provenance, root=args.root)
+    for name, entry in sorted(full["files"].items()):
+        if name.startswith(f"{args.profile}/"):
+            print(f"{name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}…")
+
+
+def cmd_course(args: argparse.Namespace) -> int | None:
+    profile = get_profile(args.profile).name
+    folder = Path(args.course_dir or REPO_ROOT / "outputs" / "course" / profile)
+    record = run_course(profile, folder, args.notebooks, strict=args.strict,
+                        results_dir=None if args.no_record else RESULTS_DIR)
+    failed = [n for n, r in record["notebooks"].items() if not r["ok"]]
+    print(f"course in the {profile} profile: {record['total_minutes']:.1f} min" +
+          (f"; failed: {', '.join(failed)}" if failed else "; every notebook ran"))
+    return 1 if failed else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int | None:
+    self_check(args.profile, seconds=args.seconds)
+
+
+def cmd_student(args: argparse.Namespace) -> int | None:
+    for path in write_student_edition(args.source, args.out):
+        print(f"wrote {path}")
+
+
+def cmd_experiments(args: argparse.Namespace) -> int | None:
+    profile = get_profile(args.profile)
+    out = Path(args.out or f"outputs/experiments/{profile.name}")
+    for name in list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]:
+        rows = run_experiment(name, profile, out, args.checkpoint, seed=args.seed, device=args.device,
+                              equal=args.equal, download=not args.offline, factors=args.factors,
+                              ae_minutes=args.ae_minutes, ldm_minutes=args.ldm_minutes, segments=args.segments)
+        print()
+        print(experiment_markdown(name, rows))
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
 
 
 def main(argv: list[str] | None = None) -> int:

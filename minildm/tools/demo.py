@@ -85,8 +85,8 @@ def _run_demo(out: Path, profile: Profile, device: torch.device, ae_minutes: flo
                           out / "shapes_preview.png")
     print(f"[0/4] training data preview: {preview}")
 
-    print(f"[1/4] autoencoder: KL-f{profile.ae.downsample_factor}, {profile.ae.steps} steps{_cap(ae_minutes)}")
-    missing = lpips_weights_missing(profile.ae.lpips_net, download)
+    print(f"[1/4] autoencoder: KL-f{profile.ae.downsample_factor}, {profile.ae_train.steps} steps{_cap(ae_minutes)}")
+    missing = lpips_weights_missing(profile.ae_loss.lpips_net, download)
     if missing is not None:
         print(f"NOTE: {missing}\n      The demo continues with a RANDOM LPIPS backbone: the autoencoder still trains "
               "(L1 + a random-feature perceptual loss; adversarial loss from disc_start on), but install the "
@@ -96,21 +96,21 @@ def _run_demo(out: Path, profile: Profile, device: torch.device, ae_minutes: flo
                            random_lpips=None if missing is None else True, lpips_download=download)
     _threads_used(gov, all_threads)
     psnr = [h["val_psnr"] for h in ae["history"] if "val_psnr" in h]
-    print(f"      autoencoder: step {ae['step']}/{profile.ae.steps}"
+    print(f"      autoencoder: step {ae['step']}/{profile.ae_train.steps}"
           + (f", validation PSNR {psnr[-1]:.1f} dB" if psnr else "")
-          + ("" if ae["step"] >= profile.ae.steps else " (stopped by its time cap; reconstructions are "
+          + ("" if ae["step"] >= profile.ae_train.steps else " (stopped by its time cap; reconstructions are "
              "blurrier: run the demo again to resume and finish)"))
 
-    print(f"[2/4] latent diffusion ({profile.ldm.cond}-conditional), {profile.ldm.steps} steps{_cap(ldm_minutes)}")
+    print(f"[2/4] latent diffusion ({profile.ldm.cond}-conditional), {profile.ldm_train.steps} steps{_cap(ldm_minutes)}")
     gov = governor()
     run = train_ldm(profile, out / AE_CHECKPOINT, out, device=device, max_minutes=ldm_minutes, seed=seed, callback=gov)
     _threads_used(gov, all_threads)
-    print(f"      latent diffusion: step {run['step']}/{profile.ldm.steps}"
-          + ("" if run["step"] >= profile.ldm.steps else " (stopped by its time cap: the further a run stops "
+    print(f"      latent diffusion: step {run['step']}/{profile.ldm_train.steps}"
+          + ("" if run["step"] >= profile.ldm_train.steps else " (stopped by its time cap: the further a run stops "
              "short of its steps, the less well it follows prompts; run the demo again to resume and finish)"))
     ldm = LatentDiffusion.from_checkpoint(out / LDM_CHECKPOINT, device)
 
-    steps, s = profile.ldm.sample_steps, profile.ldm.guidance_scale     # cpu and gpu: DDIM-50, guidance 3
+    steps, s = profile.ldm_train.sample_steps, profile.ldm_train.guidance_scale     # cpu and gpu: DDIM-50, guidance 3
     print(f"[3/4] sampling: DDIM, {steps} steps, η = {SAMPLE_ETA:g}, guidance {SAMPLE_GUIDANCE:g}")
     n_seeds = 4
     prompts = [p for p in SINGLE_PROMPTS for _ in range(n_seeds)] + [p for p in PAIR_PROMPTS for _ in range(n_seeds)]

@@ -1,11 +1,5 @@
-"""FLOPs per call, achieved TFLOP/s and the share of a device's peak (for `minildm bench`), and a plan of a
-profile's training time from counted FLOPs (`minildm bench --plan gpu`).
-
-    count_flops(fn)              FLOPs of one call, counted by torch.utils.flop_counter (matmuls, convolutions,
-                                 attention; forward and backward), and the number of kernel-launching ops
-    measure_call(fn, device)     the same plus the peak memory of that call (CUDA; None on other devices)
-    peak_tflops(device, dtype)   the device's dense peak from the datasheet table PEAKS (None when unknown)
-    plan_profile(profile, ...)   predicted minutes of each stage the course trains, at an assumed utilization
+"""FLOPs per call, achieved TFLOP/s and the share of a device's peak (the columns of `minildm bench`), and a
+plan of a profile's training time from counted FLOPs (`minildm bench --plan gpu`; bench.format_plan prints it).
 
 What is counted: 2 FLOPs per multiply-add of every matmul, convolution and attention product (the convention
 of torch.utils.flop_counter and of MFU figures); a backward pass counts its two products (input and weight
@@ -16,8 +10,10 @@ traffic), which is one reason why the utilization of small models stays far belo
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import re
+import sys
+import tempfile
 from typing import Any, Callable
 
 import torch
@@ -27,11 +23,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..autoencoder import build_autoencoder
 from ..data.datasets import ShapesDataset
 from ..train.profiles import Profile, get_profile
-from ..train.stages import AutoencoderTraining, LatentDiffusionTraining
+from ..train.speed import SpeedConfig
+from ..train.stages import train_autoencoder, train_ldm
 
-__all__ = ["PEAKS", "H100_BF16_TFLOPS", "ASSUMED_UTILIZATION", "OP_MICROSECONDS", "count_flops", "measure_call", "perf_columns",
-           "peak_tflops", "achieved", "max_rss_bytes", "count_ae_step", "count_ldm_step", "count_encode",
-           "course_stages", "plan_profile", "format_plan"]
+__all__ = ["PEAKS", "H100_BF16_TFLOPS", "ASSUMED_UTILIZATION", "OP_MICROSECONDS", "count_flops", "peak_tflops",
+           "max_rss_bytes", "count_ae_step", "count_ldm_step", "count_encode", "plan_profile"]
 
 aten = torch.ops.aten
 
@@ -82,17 +78,12 @@ _NO_KERNEL = {aten.view, aten._unsafe_view, aten.t, aten.transpose, aten.permute
               aten.empty_like, aten.empty_strided, aten.unflatten, aten.chunk, aten.is_same_size}
 
 
-def _cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_flop_count(q, k, v)
-
-
-def _cpu_sdpa_backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_backward_flop_count(grad_out, q, k, v)
-
-
 # torch's table knows the CUDA attention kernels; the CPU's flash attention has the same FLOPs
-_CPU_ATTENTION = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa,
-                  aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward}
+_CPU_ATTENTION = {
+    aten._scaled_dot_product_flash_attention_for_cpu:
+        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
+    aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v)}
 
 
 class _OpCounter(TorchDispatchMode):
@@ -108,29 +99,21 @@ class _OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_flops(fn: Callable[[], Any]) -> dict[str, int]:
-    """Run fn() once and count: {"flops": matmul/conv/attention FLOPs (forward and backward), "ops": aten ops
-    that launch a kernel}. fn runs for real (an optimizer step in it is taken)."""
-    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
-    ops = _OpCounter()
-    with counter, ops:
-        fn()
-    return {"flops": int(counter.get_total_flops()), "ops": ops.ops}
-
-
-def measure_call(fn: Callable[[], Any], device: torch.device | str) -> dict[str, Any]:
-    """count_flops(fn) plus "peak_mem": bytes allocated at the peak of that call (torch.cuda.max_memory_allocated,
-    reset before it, models and optimizer states included) on CUDA; None elsewhere (see max_rss_bytes)."""
-    device = torch.device(device)
-    cuda = device.type == "cuda"
+def count_flops(fn: Callable[[], Any], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Run fn() once (for real: an optimizer step in it is taken) and count {"flops": matmul/conv/attention
+    FLOPs, forward and backward; "ops": aten ops that launch a kernel; "peak_mem": on CUDA, bytes allocated at
+    the peak of that call (reset before it; models and optimizer states included), else None (max_rss_bytes)}."""
+    cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    out = count_flops(fn)
+    counter, ops = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION), _OpCounter()
+    with counter, ops:
+        fn()
     if cuda:
         torch.cuda.synchronize(device)
-    out["peak_mem"] = torch.cuda.max_memory_allocated(device) if cuda else None
-    return out
+    return {"flops": int(counter.get_total_flops()), "ops": ops.ops,
+            "peak_mem": torch.cuda.max_memory_allocated(device) if cuda else None}
 
 
 def max_rss_bytes() -> int | None:
@@ -139,8 +122,6 @@ def max_rss_bytes() -> int | None:
         import resource
     except ImportError:                      # not on Windows
         return None
-    import sys
-
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024      # macOS reports bytes, Linux KiB
 
@@ -162,77 +143,62 @@ def peak_tflops(device: torch.device | str, dtype: torch.dtype | None = None, na
     return None
 
 
-def achieved(flops: int | None, calls_per_s: float | None, peak: float | None = None) -> dict[str, float | None]:
-    """{"tflops": flops·calls/s / 1e12, "peak_share": tflops / peak (None without a peak)}."""
-    if flops is None or calls_per_s is None:
-        return {"tflops": None, "peak_share": None}
-    if peak is not None and not peak > 0:
-        raise ValueError(f"the peak must be a positive number of TFLOP/s, got {peak}")
-    tflops = flops * calls_per_s / 1e12
-    return {"tflops": tflops, "peak_share": None if peak is None else tflops / peak}
-
-
 # --- Planning a profile from counted FLOPs ------------------------------------------------------------------
 
 
-def _cpu() -> torch.device:
-    return torch.device("cpu")
-
-
 def count_ae_step(profile: str | Profile | None, batch: int = 4, gan: bool = False) -> dict[str, int]:
-    """count_flops of one step of train_autoencoder's AutoencoderTraining at batch `batch`, on the CPU: the
-    generator step (autoencoder, L1 + LPIPS + KL, Adam) and, with gan=True (a step after disc_start), the
-    discriminator's terms, the adaptive weight's two gradients and the discriminator's step. LPIPS runs with
-    a random backbone (the same FLOPs as the pretrained one)."""
+    """count_flops of one step of train_autoencoder, on the CPU: the generator step (autoencoder, L1 + LPIPS + KL,
+    Adam) and, with gan=True (the GAN on from the start), the discriminator's terms, the adaptive weight's two
+    gradients and the discriminator's step. LPIPS runs with a random backbone (the same FLOPs as the pretrained one)."""
     p = get_profile(profile)
-    cfg = dataclasses.replace(p.ae, batch_size=_batch(batch), val_images=0)
-    run = AutoencoderTraining(cfg, p.data, _cpu(), random_lpips=True, lpips_download=False)
-    run.start(0, cfg.steps, False)
-    step = cfg.disc_start if gan else 0
-    run.step(step)                                      # the first step creates the optimizers' states
-    return count_flops(lambda: run.step(step))
+    p = p.replace(ae_train={"batch_size": batch, "val_images": 0}, ae_loss={"disc_start": 0 if gan else 10**9})
+    return _second_step(lambda folder, count: train_autoencoder(
+        p, folder, "cpu", steps=2, random_lpips=True, lpips_download=False, progress=False, callback=count,
+        speed=SpeedConfig()))
 
 
 def count_ldm_step(profile: str | Profile | None, cond: str = "text", batch: int = 4) -> dict[str, int]:
-    """count_flops of one step of train_ldm's LatentDiffusionTraining (τθ, U-Net, L_simple, AdamW, EMA) for
-    the conditioning `cond` at batch `batch`, on the CPU, on a random autoencoder (the FLOPs do not depend on
-    the weights)."""
+    """count_flops of one step of train_ldm (τθ, U-Net, L_simple, AdamW, EMA), on the CPU, on a random
+    autoencoder (the FLOPs do not depend on the weights)."""
     p = get_profile(profile)
-    cfg = dataclasses.replace(p.ldm, cond=cond, batch_size=_batch(batch), cache_size=_batch(batch))
-    run = LatentDiffusionTraining(cfg, p.data, build_autoencoder(p.ae), _cpu(), progress=False)
-    run.start(0, cfg.steps, False)
-    run.step(0)
-    return count_flops(lambda: run.step(1))
+    p = p.replace(ldm={"cond": cond}, ldm_train={"batch_size": batch, "cache_size": batch})
+    return _second_step(lambda folder, count: train_ldm(
+        p, build_autoencoder(p.ae), folder, device="cpu", steps=2, progress=False, callback=count,
+        speed=SpeedConfig()))
+
+
+def _second_step(train: Callable[[str, Callable], Any]) -> dict[str, Any]:
+    """count_flops of the second step of a two-step run train(folder, callback) (the first creates the optimizers'
+    states): its callback starts counting after step 1 and stops after step 2."""
+    counter, ops = flop_counter.FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION), _OpCounter()
+    counting = contextlib.ExitStack()
+
+    def count(step: int, record: dict, run: Any) -> None:
+        if step == 1:
+            counting.enter_context(counter)
+            counting.enter_context(ops)
+        else:
+            counting.close()
+
+    with tempfile.TemporaryDirectory() as folder:
+        train(folder, count)
+    return {"flops": int(counter.get_total_flops()), "ops": ops.ops, "peak_mem": None}
 
 
 def count_encode(profile: str | Profile | None, batch: int = 4) -> dict[str, int]:
     """count_flops of encoding `batch` images (the latent cache every train_ldm builds once)."""
     p = get_profile(profile)
     model = build_autoencoder(p.ae).eval()
-    x = ShapesDataset("val", p.data).batch(range(_batch(batch)))["image"]
+    x = ShapesDataset("val", p.data).batch(range(batch))["image"]
     with torch.no_grad():
         return count_flops(lambda: model.encode(x))
 
 
-def _batch(batch: int) -> int:
-    if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"the batch size to count at must be a positive whole number, got {batch!r}")
-    return batch
-
-
-def course_stages(profile: str | Profile | None) -> list[dict[str, Any]]:
-    """What the course trains with a profile's step counts: notebook 01's autoencoder, notebook 05's text LDM
-    and notebook 08's class, layout and super-resolution LDMs (course.autoencoder / course.ldm)."""
-    p = get_profile(profile)
-    ldm = [{"name": f"{nb} {cond} LDM", "kind": "ldm", "cond": cond, "steps": p.ldm.steps}
-           for nb, cond in (("05", "text"), ("08", "class"), ("08", "layout"), ("08", "sr"))]
-    return [{"name": "01 autoencoder", "kind": "ae", "steps": p.ae.steps}] + ldm
-
-
 def plan_profile(profile: str | Profile | None, peak: float = H100_BF16_TFLOPS,
-                 utilization: float = ASSUMED_UTILIZATION, op_us: float = OP_MICROSECONDS, count_batch: int = 4,
-                 stages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Predicted minutes of each stage the course trains (course_stages) from counted FLOPs, NOT a measurement.
+                 utilization: float = ASSUMED_UTILIZATION, op_us: float = OP_MICROSECONDS,
+                 count_batch: int = 4) -> dict[str, Any]:
+    """Predicted minutes of each stage the course trains, from counted FLOPs, NOT a measurement: notebook 01's
+    autoencoder, 05's text LDM and 08's class, layout and super-resolution LDMs, at the profile's step counts.
 
     FLOPs of one step are counted on the CPU at batch `count_batch` and scaled by profile batch / count_batch
     (every counted FLOP is per image: tests/test_flops.py checks that the count is linear in the batch).
@@ -240,109 +206,25 @@ def plan_profile(profile: str | Profile | None, peak: float = H100_BF16_TFLOPS,
     (the GPU runs while the host launches, so the larger of the two). An LDM also encodes its latent cache once.
     """
     p = get_profile(profile)
-    if not (peak > 0 and 0 < utilization <= 1 and op_us >= 0):
-        raise ValueError(f"need peak > 0 TFLOP/s, 0 < utilization <= 1 and op_us >= 0; got peak={peak}, "
-                         f"utilization={utilization}, op_us={op_us}")
-    rate, b = peak * 1e12 * utilization, _batch(count_batch)
+    rate, b = peak * 1e12 * utilization, count_batch
     enc = count_encode(p, b)
-    rows, counted = [], {}
-    for stage in stages or course_stages(p):
-        batch = p.ae.batch_size if stage["kind"] == "ae" else p.ldm.batch_size
-        if stage["kind"] == "ae":
-            plain = min(stage["steps"], p.ae.disc_start)
-            parts = [(plain, counted.setdefault("ae", count_ae_step(p, b))),
-                     (stage["steps"] - plain, counted.setdefault("ae-gan", count_ae_step(p, b, gan=True)))]
-            once = 0.0
+    rows = []
+    for name, cond in (("01 autoencoder", None), ("05 text LDM", "text"), ("08 class LDM", "class"),
+                       ("08 layout LDM", "layout"), ("08 sr LDM", "sr")):
+        if cond is None:                                # before disc_start, and with the GAN on
+            steps, batch = p.ae_train.steps, p.ae_train.batch_size
+            plain = min(steps, p.ae_loss.disc_start)
+            parts = [(plain, count_ae_step(p, b)), (steps - plain, count_ae_step(p, b, gan=True))]
+            seconds = 0.0
         else:
-            key = "ldm-" + stage["cond"]
-            parts = [(stage["steps"], counted.setdefault(key, count_ldm_step(p, stage["cond"], b)))]
-            once = min(p.ldm.cache_size, p.data.train_size) * enc["flops"] / b / rate
-        seconds, flops = once, 0.0
-        for steps, c in parts:
-            step_flops = c["flops"] * batch / b
-            seconds += steps * max(step_flops / rate, c["ops"] * op_us * 1e-6)
-            flops += steps * step_flops
-        main = parts[0][1]
-        rows.append({**stage, "batch": batch, "gflop_per_step": main["flops"] * batch / b / 1e9, "ops": main["ops"],
-                     "compute_ms": main["flops"] * batch / b / rate * 1e3, "launch_ms": main["ops"] * op_us * 1e-3,
-                     "flops": flops, "minutes": seconds / 60})
+            steps, batch = p.ldm_train.steps, p.ldm_train.batch_size
+            parts = [(steps, count_ldm_step(p, cond, b))]
+            seconds = min(p.ldm_train.cache_size, p.data.train_size) * enc["flops"] / b / rate
+        k, main = batch / b, parts[0][1]                    # the count at batch b, scaled to the batch
+        seconds += sum(n * max(c["flops"] * k / rate, c["ops"] * op_us * 1e-6) for n, c in parts)
+        rows.append({"name": name, "kind": "ae" if cond is None else "ldm", "cond": cond, "steps": steps,
+                     "batch": batch, "gflop_per_step": main["flops"] * k / 1e9, "ops": main["ops"],
+                     "compute_ms": main["flops"] * k / rate * 1e3, "launch_ms": main["ops"] * op_us * 1e-3,
+                     "flops": sum(n * c["flops"] * k for n, c in parts), "minutes": seconds / 60})
     return {"profile": p.name, "peak_tflops": peak, "utilization": utilization, "op_us": op_us,
             "count_batch": b, "stages": rows, "minutes": sum(r["minutes"] for r in rows)}
-
-
-def format_plan(plan: dict[str, Any]) -> str:
-    """plan_profile's result as a table that says what it is: a prediction, not a measurement."""
-    lines = [f"predicted training time of the {plan['profile']} profile's course models: counted FLOPs at an ASSUMED "
-             f"{plan['utilization']:.0%} of {plan['peak_tflops']:g} TFLOP/s, and at least {plan['op_us']:g} µs per "
-             f"launched op (a prediction, not a measurement)",
-             f"{'stage':<16} {'steps':>7} {'batch':>5} {'GFLOP/step':>10} {'ops/step':>8} {'compute ms':>10} "
-             f"{'launch ms':>9} {'PFLOP':>7} {'minutes':>7}"]
-    for r in plan["stages"]:
-        lines.append(f"{r['name']:<16} {r['steps']:>7,} {r['batch']:>5} {r['gflop_per_step']:>10.1f} {r['ops']:>8,} "
-                     f"{r['compute_ms']:>10.2f} {r['launch_ms']:>9.2f} {r['flops'] / 1e15:>7.1f} {r['minutes']:>7.2f}")
-    lines.append(f"{'all':<16} {'':>7} {'':>5} {'':>10} {'':>8} {'':>10} {'':>9} "
-                 f"{sum(r['flops'] for r in plan['stages']) / 1e15:>7.1f} {plan['minutes']:>7.2f}")
-    lines.append(f"FLOPs counted at batch {plan['count_batch']} on the CPU and scaled by the batch; the autoencoder's "
-                 f"row shows its step before disc_start (after it the GAN terms add to it)")
-    return "\n".join(lines)
-
-
-def perf_columns(ours: Callable[[], Any], per_s: float, device: torch.device | str,
-                 theirs: Callable[[], Any] | None = None, their_per_s: float | None = None) -> dict[str, Any]:
-    """The bench's columns for a row: FLOPs and peak memory of one more call of each side (measure_call) and the
-    achieved TFLOP/s at the measured calls/s (keys flops, calls_per_s, tflops, peak_mem; *_diffusers for theirs)."""
-    out = {}
-    for side, fn, rate in (("", ours, per_s), ("_diffusers", theirs, their_per_s)):
-        m = measure_call(fn, device) if fn is not None else {"flops": None, "peak_mem": None}
-        rate = rate if fn is not None else None
-        out.update({f"flops{side}": m["flops"], f"calls_per_s{side}": rate,
-                    f"tflops{side}": achieved(m["flops"], rate)["tflops"], f"peak_mem{side}": m["peak_mem"]})
-    return out
-
-
-def with_peak(row: dict[str, Any], peak: float | None) -> dict[str, Any]:
-    """The row with "peak_share" (and "peak_share_diffusers"): achieved TFLOP/s / peak; None without a peak."""
-    for side in ("", "_diffusers"):
-        t = row.get(f"tflops{side}")
-        row[f"peak_share{side}"] = None if t is None or peak is None else achieved(1, t * 1e12, peak)["peak_share"]
-    return row
-
-
-def with_flops(row: dict[str, Any], flops: int | None) -> dict[str, Any]:
-    """The row with FLOPs per call taken from another row of the same computation (the compiled step)."""
-    return {**row, "flops": flops, "tflops": achieved(flops, row.get("calls_per_s"))["tflops"]}
-
-
-def _si(v: float | None, unit: str = "") -> str:
-    if v is None:
-        return "-"
-    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g}{prefix}{unit}"
-    return f"{v:.3g}{unit}"
-
-
-PERF_HEADER = f"{'FLOP/call':>9} {'TFLOP/s ours / diffusers':>24} {'% of peak':>9} {'peak mem':>9}"
-
-
-def format_perf(row: dict[str, Any]) -> str:
-    """A row's FLOPs per call, achieved TFLOP/s (ours / diffusers), share of peak (ours) and peak memory (ours)."""
-    def tf(v):
-        return "-" if v is None else f"{v:.3g}"
-
-    share = row.get("peak_share")
-    return (f"{_si(row.get('flops')):>9} {tf(row.get('tflops')) + ' / ' + tf(row.get('tflops_diffusers')):>24} "
-            f"{'-' if share is None else f'{share:.1%}':>9} {_si(row.get('peak_mem'), 'B'):>9}")
-
-
-def perf_footer(result: dict[str, Any]) -> str:
-    """What the FLOP columns mean, where the peak comes from, and what the memory column is on this device."""
-    peak = result.get("peak_tflops")
-    rss = result.get("max_rss")
-    mem = ("peak mem = torch.cuda.max_memory_allocated during one call (reset before it)"
-           if str(result["machine"]["device"]).startswith("cuda") else
-           "peak mem: n/a on this device" + (f" (the whole process's max RSS: {_si(rss, 'B')})" if rss else ""))
-    return (f"FLOP/call: matmul/conv/attention FLOPs of one call (torch.utils.flop_counter, forward + backward); "
-            f"TFLOP/s = FLOP/call x calls/s; % of peak: "
-            f"{f'of {peak:g} TFLOP/s' if peak else 'no known peak for this device (pass --peak-tflops)'}; "
-            f"{mem}")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from ..nn import num_groups
-from ..samplers import concat_cond
+from ..samplers import guided_model_output
 from ..unet import coordinate_grid
 
 __all__ = ["diffusers_available", "peer_unet", "peer_autoencoder", "peer_scheduler", "peer_ddim_sample",
@@ -29,20 +29,14 @@ __all__ = ["diffusers_available", "peer_unet", "peer_autoencoder", "peer_schedul
 
 
 def diffusers_available() -> bool:
-    """True when the optional peer `diffusers` is installed (`pip install 'minildm[peer]'`)."""
     return importlib.util.find_spec("diffusers") is not None
 
 
 def _diffusers():
-    """Import diffusers offline (it never needs the Hub here) with a clear message when it is missing."""
+    """diffusers, imported offline (it never needs the Hub here)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DIFFUSERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ModuleNotFoundError(
-            "the diffusers peer comparison needs the optional package `diffusers`; install it with "
-            "`pip install 'minildm[peer]'` (or `pip install diffusers`), or run `minildm bench --no-peer`") from e
+    import diffusers
     return diffusers
 
 
@@ -81,12 +75,10 @@ def peer_unet(cfg, in_channels: int = 4) -> torch.nn.Module:
 
 
 def peer_autoencoder(ae_cfg) -> torch.nn.Module:
-    """diffusers' AutoencoderKL matched to our `AutoencoderKL(ae_cfg)`: block_out_channels = ch·ch_mult,
-    layers_per_block = num_res_blocks (decoder: +1, as ours), latent_channels = z_channels, mid-block attention."""
+    """diffusers' AutoencoderKL matched to our `AutoencoderKL(ae_cfg)` (a KL autoencoder without attention
+    between levels): block_out_channels = ch·ch_mult, layers_per_block = num_res_blocks (decoder: +1, as ours),
+    latent_channels = z_channels, mid-block attention."""
     diffusers = _diffusers()
-    if ae_cfg.kind != "kl" or ae_cfg.attn_resolutions:
-        raise ValueError(f"the peer autoencoder matches a KL autoencoder without attention between levels; got "
-                         f"kind={ae_cfg.kind!r}, attn_resolutions={ae_cfg.attn_resolutions}")
     widths = tuple(ae_cfg.ch * m for m in ae_cfg.ch_mult)
     return diffusers.AutoencoderKL(
         in_channels=3, out_channels=3,
@@ -104,8 +96,6 @@ def peer_scheduler(cfg) -> Any:
     last step, no clipping of x̂_0, the same prediction type. Equal samples only when S divides T (see
     tests/test_bench.py: for other S diffusers steps to t − ⌊T/S⌋ instead of the list's next timestep)."""
     diffusers = _diffusers()
-    if cfg.schedule not in ("scaled_linear", "linear"):
-        raise ValueError(f"the peer scheduler supports the 'scaled_linear' and 'linear' schedules, got {cfg.schedule!r}")
     return diffusers.DDIMScheduler(
         num_train_timesteps=cfg.timesteps, beta_start=cfg.beta_start, beta_end=cfg.beta_end,
         beta_schedule=cfg.schedule, clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing",
@@ -115,21 +105,12 @@ def peer_scheduler(cfg) -> Any:
 @torch.no_grad()
 def peer_ddim_sample(model_fn: Callable, scheduler: Any, x_T: torch.Tensor, steps: int, cond: Any = None,
                      uncond: Any = None, guidance_scale: float = 1.0) -> torch.Tensor:
-    """The DDIM loop through diffusers' scheduler (`set_timesteps`, `step`), guidance in one doubled batch.
-
-    model_fn(x, t, cond) as in samplers.py; cond / uncond are tensors or dicts of tensors, like ours.
-    """
+    """The DDIM loop through diffusers' scheduler (`set_timesteps`, `step`) with our classifier-free guidance
+    (samplers.guided_model_output, one doubled batch); model_fn(x, t, cond) as in samplers.py."""
     scheduler.set_timesteps(steps, device=x_T.device)
     x = x_T
-    B = x.shape[0]
     for t in scheduler.timesteps:
-        tb = t.expand(B)
-        if guidance_scale == 1.0:
-            out = model_fn(x, tb, cond)
-        else:                                                  # ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅))
-            out_cond, out_uncond = model_fn(torch.cat([x, x]), torch.cat([tb, tb]),
-                                            concat_cond(cond, uncond, B)).chunk(2)
-            out = out_uncond + guidance_scale * (out_cond - out_uncond)
+        out = guided_model_output(model_fn, x, t.expand(x.shape[0]), cond, uncond, guidance_scale)
         x = scheduler.step(out, t, x).prev_sample
     return x
 

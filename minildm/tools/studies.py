@@ -9,12 +9,11 @@
                           LPIPS and reconstruction Shapes-FID (rFID).
 
 Each experiment returns a list of rows (dicts of plain numbers); `run_experiment` writes them into
-results.md and results.json. Budgets (minutes, sample counts, sweep grids) come from
-`ExperimentBudget.for_profile(profile)`; any of them can be overridden by keyword. Reading the rows
-(tables, the f-study's verdict) is results.py's job.
+results.md and results.json. Budgets come from `ExperimentBudget.for_profile(profile)`; any of them can be
+overridden by keyword. Reading the rows (tables, the f-study's verdict) is course/results.py's job.
 
 Every FID of generated images comes with its unpaired real-vs-real floor at the same sample count
-(shapes_eval.shapes_generative_metrics explains the protocols); rFID is paired, so its floor is 0.
+(eval.accuracy.shapes_generative_metrics explains the protocols); rFID is paired, so its floor is 0.
 Training is seeded and deterministic on the CPU for a given number of steps; with an equal *time* budget
 the number of steps depends on the machine, which is the point of the comparison. Checkpoints and
 finished evaluations are kept in the output folder, so an interrupted study resumes where it stopped.
@@ -24,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,26 +31,25 @@ import torch
 
 from ..autoencoder import CHECKPOINT_KIND as AE_KIND
 from ..autoencoder import AEConfig, PixelSpace, load_autoencoder, reconstruct
-from ..course.results import EXPERIMENTS, Row, load_json, write_json, write_results
+from ..course.results import Row, load_json, write_json, write_results
 from ..data.datasets import ShapesDataset
 from ..eval.accuracy import evaluate_text_model, shapes_generative_metrics
 from ..eval.metrics import lpips, psnr, ssim
 from ..ldm import CHECKPOINT_KIND as LDM_KIND
 from ..ldm import LatentDiffusion
 from ..perceptual import lpips_weights_missing
-from ..train.profiles import BUDGETS, ExperimentBudget, Profile, get_profile
+from ..train.profiles import ExperimentBudget, Profile, get_profile
 from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from ..utils import get_device, load_checkpoint, to_plain
+from .bench import throughput
 
-__all__ = ["ExperimentBudget", "BUDGETS", "EXPERIMENTS", "f_study", "sampler_sweep", "guidance_sweep",
-           "rate_distortion", "run_experiment", "train_first_stage", "autoencoder_config", "latent_rate",
-           "check_factor", "sampling_throughput", "DEFAULT_CHECKPOINT"]
+__all__ = ["f_study", "sampler_sweep", "guidance_sweep", "rate_distortion", "run_experiment", "train_first_stage",
+           "autoencoder_config", "latent_rate", "sampling_throughput", "DEFAULT_CHECKPOINT"]
 DEFAULT_CHECKPOINT = "outputs/demo/ldm.pt"     # the text LDM `minildm demo` trains
-# encoder widths per level for f = 2^k, the reference's kl-f4 / kl-f8 pattern (1, 2, 4) / (1, 2, 4, 4)
-CH_MULT_PATTERN = (1, 2, 4, 4, 4, 4)
 
 
-def _budget(profile: Profile, budget: ExperimentBudget | None, **overrides: Any) -> ExperimentBudget:
+def _budget(profile: Profile, budget: ExperimentBudget | None, overrides: dict[str, Any]) -> ExperimentBudget:
+    """`budget` (default: the profile's) with the keyword overrides that are not None, by field name."""
     budget = budget or ExperimentBudget.for_profile(profile)
     return dataclasses.replace(budget, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -65,26 +62,25 @@ def _say(verbose: bool, text: str) -> None:
 # --- First stages for each f, and the rate ------------------------------------------------------------------
 
 
-def check_factor(f: int, resolution: int) -> int:
-    """f must be a power of two (1, 2, 4, ...) that divides the image side; returns f."""
-    if isinstance(f, bool) or not isinstance(f, int) or f < 1 or f & (f - 1):
-        raise ValueError(f"the downsampling factor f must be a power of two (1 = pixel space, 2, 4, 8, ...), "
-                         f"got {f!r}")
-    if resolution % f:
-        ok = [2**k for k in range(8) if resolution % 2**k == 0]
-        raise ValueError(f"image size {resolution} is not divisible by f={f}; use one of {ok}")
-    return f
+def _check_factors(factors: Sequence[int], profile: Profile, unet: bool) -> None:
+    """--factors: powers of two that divide the image side (and leave latents the U-Net can halve)."""
+    res, levels = profile.data.resolution, len(profile.ldm.channel_mult) - 1
+    for f in factors:
+        if f < 1 or f & (f - 1) or res % f:
+            raise ValueError(f"the downsampling factor f must be a power of two (1 = pixel space, 2, 4, 8, ...) "
+                             f"that divides the image size {res}, got {f!r}")
+        if unet and (res // f) % 2**levels:
+            raise ValueError(f"f={f} gives {res // f}×{res // f} latents, which the U-Net (channel_mult "
+                             f"{profile.ldm.channel_mult}) cannot halve {levels} times; drop this f or use a "
+                             "larger resolution")
 
 
-def autoencoder_config(ae: AEConfig, f: int, resolution: int = 32) -> AEConfig:
+def autoencoder_config(ae: AEConfig, f: int) -> AEConfig:
     """The profile's autoencoder with ch_mult set for factor f = 2^(len(ch_mult) − 1): (1, 2), (1, 2, 4),
     (1, 2, 4, 4), ... as in the reference's kl-f4 / kl-f8; f = 1 is the identity PixelSpace config."""
-    check_factor(f, resolution)
     if f == 1:
         return AEConfig(kind="pixel", ch_mult=(1,), z_channels=3)
-    levels = int(math.log2(f)) + 1
-    ch_mult = CH_MULT_PATTERN[:levels] if levels <= len(CH_MULT_PATTERN) else CH_MULT_PATTERN + (4,) * (
-        levels - len(CH_MULT_PATTERN))
+    ch_mult = ((1, 2) + (4,) * f.bit_length())[:f.bit_length()]
     kind = ae.kind if ae.kind != "pixel" else "kl"
     attn = tuple(a for a in ae.attn_resolutions if a <= f)        # attention only at factors that exist
     return dataclasses.replace(ae, kind=kind, ch_mult=ch_mult, attn_resolutions=attn)
@@ -92,7 +88,6 @@ def autoencoder_config(ae: AEConfig, f: int, resolution: int = 32) -> AEConfig:
 
 def latent_rate(resolution: int, f: int, z_channels: int) -> float:
     """Latent numbers per pixel value: (h·w·c) / (H·W·3) with h = w = H/f (1.0 for pixel space, f = 1, c = 3)."""
-    check_factor(f, resolution)
     h = resolution // f
     return h * h * z_channels / (resolution * resolution * 3)
 
@@ -108,6 +103,23 @@ def _read_progress(path: Path, kind: str) -> dict[str, float] | None:
             "val_psnr": float(psnrs[-1]) if psnrs else None}
 
 
+def _train_until(train: Callable[..., Any], path: Path, kind: str, minutes: float | None = None,
+                 steps: int | None = None, at_least: int = 0) -> dict[str, float]:
+    """Train the run whose checkpoint is `path` on (train(**kwargs): train_autoencoder or train_ldm resuming
+    from it) until it holds `minutes` of training time, or `steps` steps, and at least `at_least` more steps
+    than it had (a step that overshot the previous target may leave no time to go). -> _read_progress."""
+    have = _read_progress(path, kind) or {"steps": 0, "seconds": 0.0, "val_psnr": None}
+    if minutes is not None and minutes > have["seconds"] / 60:
+        train(steps=10**9, max_minutes=minutes - have["seconds"] / 60)       # the training minutes still to go
+    elif steps is not None and steps > have["steps"]:
+        train(steps=steps)
+    done = _read_progress(path, kind) or have
+    if done["steps"] < have["steps"] + at_least:                              # time was up before a step
+        train(steps=have["steps"] + at_least)
+        done = _read_progress(path, kind)
+    return done
+
+
 def train_first_stage(profile: str | Profile | None, f: int, out_dir: str | Path, *, minutes: float | None = None,
                       steps: int | None = None, device: str | torch.device | None = None, download: bool = True,
                       finish: bool = True, verbose: bool = True) -> dict[str, Any]:
@@ -117,36 +129,24 @@ def train_first_stage(profile: str | Profile | None, f: int, out_dir: str | Path
     An existing checkpoint that has not used up the budget (an interrupted run) is trained on; with
     finish=False any existing checkpoint is used as it is (so a reader never changes the f-study's models)."""
     profile = get_profile(profile)
-    cfg = autoencoder_config(profile.ae, f, profile.data.resolution)
+    cfg = autoencoder_config(profile.ae, f)
     if f == 1:
         return {"path": None, "config": cfg, "steps": 0, "minutes": 0.0, "val_psnr": None}
-    if (minutes is None) == (steps is None):
-        raise ValueError("give the autoencoder budget as exactly one of minutes=... or steps=...")
     folder = Path(out_dir) / f"f{f}"
     path = folder / AE_CHECKPOINT
-    done = _read_progress(path, AE_KIND)
-    if done is not None and not finish:
-        need, kwargs = False, {}
-    elif minutes is not None:
-        todo = minutes - (done["seconds"] / 60 if done else 0.0)     # training minutes still to go
-        need = todo > 0
-        kwargs = {"steps": 10**9, "max_minutes": todo}
-    else:
-        need = done is None or done["steps"] < steps
-        kwargs = {"steps": steps}
-    if need:
-        random_lpips = None if lpips_weights_missing(cfg.lpips_net, download) is None else True
+
+    def train(**kwargs: Any) -> None:
+        random_lpips = None if lpips_weights_missing(profile.ae_loss.lpips_net, download) is None else True
         _say(verbose, f"  autoencoder f={f} (ch_mult {cfg.ch_mult}, z={cfg.z_channels})"
                       + (" with a RANDOM LPIPS backbone (no pretrained weights)" if random_lpips else ""))
         train_autoencoder(profile.replace(ae=dataclasses.asdict(cfg)), folder, device=device, resume=True,
                           random_lpips=random_lpips, lpips_download=download, progress=False, **kwargs)
-        done = _read_progress(path, AE_KIND)
+
+    done = _read_progress(path, AE_KIND)
+    if done is None or finish:
+        done = _train_until(train, path, AE_KIND, minutes, steps)
     return {"path": path, "config": cfg, "steps": done["steps"], "minutes": done["seconds"] / 60,
             "val_psnr": done["val_psnr"]}
-
-
-def _first_stage_module(stage: dict[str, Any], device: torch.device) -> torch.nn.Module:
-    return PixelSpace() if stage["path"] is None else load_autoencoder(stage["path"], device, config=stage["config"])
 
 
 # --- (a) The downsampling-factor study ----------------------------------------------------------------------
@@ -158,29 +158,30 @@ def sampling_throughput(ldm: torch.nn.Module, batch_size: int = 16, steps: int =
     """Images/s of one guided DDIM-`steps` batch (conditioning, sampling and decoding; after a 1-step warm-up)."""
     ds = ShapesDataset("test", size=max(batch_size, 1000), resolution=ldm.resolution)
     raw = ldm.prompt_condition(prompts=[ds.scene(i).caption for i in range(batch_size)])
-    ldm.sample(raw, steps=1, guidance_scale=guidance_scale,
-               generator=torch.Generator().manual_seed(seed))                      # warm-up
-    device = ldm.scale_factor.device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    ldm.sample(raw, steps=steps, guidance_scale=guidance_scale,
-               generator=torch.Generator().manual_seed(seed))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return batch_size / (time.perf_counter() - t0)
+
+    def sample(n_steps: int) -> torch.Tensor:
+        return ldm.sample(raw, steps=n_steps, guidance_scale=guidance_scale,
+                          generator=torch.Generator().manual_seed(seed))
+
+    sample(1)                                                                    # warm-up
+    return batch_size * throughput(lambda: sample(steps), 0.0, warmup=0, device=ldm.scale_factor.device)["per_s"]
+
+
+def _ae_budget(profile: Profile, b: ExperimentBudget, equal: str) -> dict[str, float]:
+    """train_first_stage's budget: b.ae_minutes of training time (equal="time") or the profile's ae_train.steps."""
+    return {"minutes": b.ae_minutes} if equal == "time" else {"steps": profile.ae_train.steps}
 
 
 def f_study(profile: str | Profile | None = None, out_dir: str | Path = "outputs/experiments",
-            budget: ExperimentBudget | None = None, *, factors: Sequence[int] | None = None,
-            ae_minutes: float | None = None, ldm_minutes: float | None = None, segments: int | None = None,
-            num_samples: int | None = None, equal: str = "time", seed: int = 0,
-            device: str | torch.device | None = None, download: bool = True, verbose: bool = True) -> list[Row]:
+            budget: ExperimentBudget | None = None, *, equal: str = "time", seed: int = 0,
+            device: str | torch.device | None = None, download: bool = True, verbose: bool = True,
+            **overrides: Any) -> list[Row]:
     """Sec. 4.1 / Fig. 6: train a text LDM with the SAME LDMConfig in pixel space (f = 1) and on autoencoders
-    f = 2, 4, 8, each for the same budget, evaluating after every segment of it.
+    f = 2, 4, 8, each for the same budget, evaluating after every segment of it. `overrides`: fields of the
+    ExperimentBudget (factors, ae_minutes, ldm_minutes, segments, eval_samples, …).
 
     equal="time": every autoencoder gets `ae_minutes`, every LDM `ldm_minutes` of training time (the paper's
-    "equal compute"); equal="steps": the profile's ae.steps and ldm.steps instead (deterministic on CPU).
+    "equal compute"); equal="steps": the profile's ae_train.steps and ldm_train.steps instead (deterministic on CPU).
     One row per (f, segment): f, segment, minutes (LDM training time so far), steps, train_steps_per_s (in
     that segment), Shapes-FID, its unpaired floor, KID, precision, recall, prompt accuracies, sample_images_per_s
     (evaluation sampling, DDIM-eval_steps); the last segment adds ddim_images_per_s (DDIM-throughput_steps,
@@ -188,25 +189,15 @@ def f_study(profile: str | Profile | None = None, out_dir: str | Path = "outputs
     Time spent encoding the latent cache and evaluating is not training time and is not counted.
     """
     profile = get_profile(profile)
-    b = _budget(profile, budget, factors=tuple(factors) if factors is not None else None, ae_minutes=ae_minutes,
-                ldm_minutes=ldm_minutes, segments=segments, eval_samples=num_samples)
-    if equal not in ("time", "steps"):
-        raise ValueError(f"equal must be 'time' (equal training minutes) or 'steps' (equal step counts), got {equal!r}")
-    res = profile.data.resolution
-    unet_down = 2 ** (len(profile.ldm.channel_mult) - 1)
-    for f in b.factors:
-        check_factor(f, res)
-        if (res // f) % unet_down:
-            raise ValueError(f"f={f} gives {res // f}×{res // f} latents, which the U-Net (channel_mult "
-                             f"{profile.ldm.channel_mult}) cannot halve {len(profile.ldm.channel_mult) - 1} times; "
-                             "drop this f or use a larger resolution")
+    b = _budget(profile, budget, overrides)
+    _check_factors(b.factors, profile, unet=True)
     device = get_device(device)
     out_dir = Path(out_dir)
-    ldm_profile = profile.replace(ldm={"cond": "text", "sample_every": 0})
-    total = b.ldm_minutes if equal == "time" else profile.ldm.steps
+    ldm_profile = profile.replace(ldm={"cond": "text"}, ldm_train={"sample_every": 0})
+    total = b.ldm_minutes if equal == "time" else profile.ldm_train.steps
     key = {"profile": profile.name, "equal": equal, "seed": seed, "ae": b.ae_minutes if equal == "time" else
-           profile.ae.steps, "ldm": total, "segments": b.segments, "eval": [b.eval_samples, b.eval_steps,
-           b.guidance_scale], "ldm_config": to_plain(ldm_profile.ldm)}
+           profile.ae_train.steps, "ldm": total, "segments": b.segments, "eval": [b.eval_samples, b.eval_steps,
+           b.guidance_scale], "ldm_config": {**to_plain(ldm_profile.ldm), **to_plain(ldm_profile.ldm_train)}}
     key = json.loads(json.dumps(key))                              # tuples -> lists, as stored
     _say(verbose, f"f-study: profile={profile.name} device={device} threads={torch.get_num_threads()} "
                   f"equal {equal}: {total} {'min' if equal == 'time' else 'steps'} per LDM in {b.segments} segments, "
@@ -222,8 +213,6 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
                  equal: str, seed: int, device: torch.device, download: bool, verbose: bool) -> list[Row]:
     """The f-study's rows for one f: train (or reuse) its autoencoder, then train its LDM segment by segment
     and evaluate after each; finished segments are read back from folder/f_study.json."""
-    res = profile.data.resolution
-    total = b.ldm_minutes if equal == "time" else profile.ldm.steps
     saved = load_json(folder / "f_study.json")
     if saved is not None and saved["key"] != key:
         diff = {k: (saved["key"].get(k), v) for k, v in key.items() if saved["key"].get(k) != v}
@@ -232,30 +221,25 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
     done = {r["segment"]: r for r in saved["rows"]} if saved else {}
     write_json({"key": key, "rows": list(done.values())}, folder / "f_study.json")
     stage = train_first_stage(profile, f, folder.parent, device=device, download=download, verbose=verbose,
-                              **({"minutes": b.ae_minutes} if equal == "time" else {"steps": profile.ae.steps}))
-    base = {"f": f, "latent_size": res // f, "latent_channels": stage["config"].z_channels,
-            "rate": latent_rate(res, f, stage["config"].z_channels), "ae_steps": stage["steps"],
-            "ae_minutes": stage["minutes"], "ae_psnr": stage["val_psnr"]}
-    ckpt = folder / LDM_CHECKPOINT
-    rows, ae_module, have, prev = [], None, None, {"steps": 0, "seconds": 0.0}
+                              **_ae_budget(profile, b, equal))
+    res, c = profile.data.resolution, stage["config"].z_channels
+    base = {"f": f, "latent_size": res // f, "latent_channels": c, "rate": latent_rate(res, f, c),
+            "ae_steps": stage["steps"], "ae_minutes": stage["minutes"], "ae_psnr": stage["val_psnr"]}
+    ckpt, ae_module, prev = folder / LDM_CHECKPOINT, None, {"steps": 0, "seconds": 0.0}
+
+    def train(**kwargs: Any) -> None:
+        train_ldm(ldm_profile, ae_module, folder, cond="text", device=device, resume=True, seed=seed,
+                  progress=False, **kwargs)
+
     for k in range(1, b.segments + 1):
         if k in done:
-            rows.append(done[k])
             prev = {"steps": done[k]["steps"], "seconds": 60 * done[k]["minutes"]}
             continue
-        if have is None:     # where the checkpoint stands (if any)
-            have = _read_progress(ckpt, LDM_KIND) or {"steps": 0, "seconds": 0.0}
-        if equal == "time":
-            todo = k * total / b.segments - have["seconds"] / 60
-            # a step that overshot the previous target may leave nothing to do: every segment trains ≥ 1 step
-            kwargs = {"steps": 10**9, "max_minutes": todo} if todo > 0 else {"steps": have["steps"] + 1}
-        else:
-            kwargs = {"steps": max(round(k * total / b.segments), have["steps"] + 1)}
-        ae_module = ae_module or _first_stage_module(stage, device)
-        train = dict(cond="text", device=device, resume=True, seed=seed, progress=False)
-        if train_ldm(ldm_profile, ae_module, folder, **train, **kwargs)["step"] == have["steps"]:
-            train_ldm(ldm_profile, ae_module, folder, **train, steps=have["steps"] + 1)   # time was up: one step
-        have = _read_progress(ckpt, LDM_KIND)    # the checkpoint's own record of its training time
+        if ae_module is None:
+            ae_module = PixelSpace() if f == 1 else load_autoencoder(stage["path"], device, config=stage["config"])
+        target = {"minutes": k * key["ldm"] / b.segments} if equal == "time" else {
+            "steps": round(k * key["ldm"] / b.segments)}
+        have = _train_until(train, ckpt, LDM_KIND, at_least=1, **target)   # every segment trains ≥ 1 step
         ldm = LatentDiffusion.from_checkpoint(ckpt, device)
         m = evaluate_text_model(ldm, b.eval_samples, b.eval_steps, 0.0, b.guidance_scale, seed, b.eval_batch)
         row = {**base, "segment": k, "minutes": have["seconds"] / 60, "steps": have["steps"],
@@ -266,37 +250,32 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
                                                            b.guidance_scale, seed)
             row["throughput_steps"] = b.throughput_steps
         prev, done[k] = have, row
-        rows.append(row)
         write_json({"key": key, "rows": [done[j] for j in sorted(done)]}, folder / "f_study.json")
         _say(verbose, f"  f={f} segment {k}/{b.segments}: {row['minutes']:.2f} min, {row['steps']} steps "
                       f"({row['train_steps_per_s']:.2f} steps/s), Shapes-FID {row['fid']:.1f} (floor "
                       f"{row['fid_floor']:.1f}), precision {row['precision']:.2f}, recall {row['recall']:.2f}, "
                       f"prompt accuracy {row['accuracy']:.0%}")
-    return rows
+    return [done[k] for k in range(1, b.segments + 1)]
 
 
 # --- (b) DDIM steps × η and (c) guidance scale, on one trained text LDM -------------------------------------
 
 
-def _load_text_ldm(checkpoint: str | Path | LatentDiffusion, device: str | torch.device | None) -> LatentDiffusion:
-    if isinstance(checkpoint, LatentDiffusion):
-        if checkpoint.cond_mode != "text":
-            raise ValueError(f"the sweeps need a text-conditional LDM, got a {checkpoint.cond_mode!r} one")
-        return checkpoint
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"no LDM checkpoint at {path}; train one with `minildm demo` (writes "
-                                f"{DEFAULT_CHECKPOINT}) or pass the f-study's <out>/f4/ldm.pt")
-    ldm = LatentDiffusion.from_checkpoint(path, device)
+def _sweep(checkpoint: str | Path | LatentDiffusion, device: str | torch.device | None, title: str,
+           settings: Sequence[dict[str, Any]], num_samples: int, b: ExperimentBudget, seed: int,
+           verbose: bool) -> list[Row]:
+    """evaluate_text_model of the text LDM `checkpoint` (a file or the model) once per setting ({"steps", "eta",
+    "guidance_scale"}); the floor (the same for every setting: it does not depend on the model) is measured
+    once and copied into every row."""
+    ldm = checkpoint
+    if not isinstance(ldm, LatentDiffusion):
+        if not Path(ldm).is_file():
+            raise FileNotFoundError(f"no LDM checkpoint at {ldm}; train one with `minildm demo` (writes "
+                                    f"{DEFAULT_CHECKPOINT}) or pass the f-study's <out>/f4/ldm.pt")
+        ldm = LatentDiffusion.from_checkpoint(ldm, device)
     if ldm.cond_mode != "text":
-        raise ValueError(f"{path} is a {ldm.cond_mode!r}-conditional LDM; the sweeps need a text-conditional one")
-    return ldm
-
-
-def _sweep(ldm: LatentDiffusion, settings: Sequence[dict[str, Any]], num_samples: int, b: ExperimentBudget,
-           seed: int, verbose: bool) -> list[Row]:
-    """evaluate_text_model once per setting ({"steps", "eta", "guidance_scale"}); the floor (the same for
-    every setting: it does not depend on the model) is measured once and copied into every row."""
+        raise ValueError(f"the sweeps need a text-conditional LDM, got a {ldm.cond_mode!r} one")
+    _say(verbose, title)
     rows, floor = [], None
     for s in settings:
         m = evaluate_text_model(ldm, num_samples, s["steps"], s["eta"], s["guidance_scale"], seed, b.eval_batch,
@@ -309,46 +288,29 @@ def _sweep(ldm: LatentDiffusion, settings: Sequence[dict[str, Any]], num_samples
 
 
 def sampler_sweep(profile: str | Profile | None = None, checkpoint: str | Path | LatentDiffusion = DEFAULT_CHECKPOINT,
-                  budget: ExperimentBudget | None = None, *, steps: Sequence[int] | None = None,
-                  etas: Sequence[float] | None = None, num_samples: int | None = None,
-                  guidance_scale: float | None = None, seed: int = 0, device: str | torch.device | None = None,
-                  verbose: bool = True) -> list[Row]:
+                  budget: ExperimentBudget | None = None, *, seed: int = 0, device: str | torch.device | None = None,
+                  verbose: bool = True, **overrides: Any) -> list[Row]:
     """DDIM (Song et al. 2021, Tab. 1) with S steps and stochasticity η on a trained text LDM: one row per
     (steps, eta) with Shapes-FID (+ unpaired floor), precision, recall, prompt accuracy and images/s.
-    `checkpoint`: a text LDM's checkpoint file, or the model itself."""
-    profile = get_profile(profile)
-    b = _budget(profile, budget, sampler_steps=tuple(steps) if steps is not None else None,
-                sampler_etas=tuple(etas) if etas is not None else None, sampler_samples=num_samples,
-                guidance_scale=guidance_scale)
-    for s in b.sampler_steps:
-        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-            raise ValueError(f"DDIM steps must be positive ints, got {s!r}")
-    for e in b.sampler_etas:
-        if not 0.0 <= e <= 1.0:
-            raise ValueError(f"η must be in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise), got {e!r}")
-    ldm = _load_text_ldm(checkpoint, device)
-    _say(verbose, f"sampler sweep: {checkpoint}, guidance {b.guidance_scale}, {b.sampler_samples} samples each")
+    `checkpoint`: a text LDM's checkpoint file, or the model itself; `overrides`: ExperimentBudget fields
+    (sampler_steps, sampler_etas, sampler_samples, guidance_scale)."""
+    b = _budget(get_profile(profile), budget, overrides)
     settings = [{"steps": s, "eta": float(eta), "guidance_scale": b.guidance_scale}
                 for eta in b.sampler_etas for s in b.sampler_steps]
-    return _sweep(ldm, settings, b.sampler_samples, b, seed, verbose)
+    return _sweep(checkpoint, device, f"sampler sweep: {checkpoint}, guidance {b.guidance_scale}, "
+                  f"{b.sampler_samples} samples each", settings, b.sampler_samples, b, seed, verbose)
 
 
 def guidance_sweep(profile: str | Profile | None = None, checkpoint: str | Path | LatentDiffusion = DEFAULT_CHECKPOINT,
-                   budget: ExperimentBudget | None = None, *, scales: Sequence[float] | None = None,
-                   num_samples: int | None = None, steps: int | None = None, seed: int = 0,
-                   device: str | torch.device | None = None, verbose: bool = True) -> list[Row]:
+                   budget: ExperimentBudget | None = None, *, seed: int = 0, device: str | torch.device | None = None,
+                   verbose: bool = True, **overrides: Any) -> list[Row]:
     """Classifier-free guidance ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)) for several s (Sec. 4.3): one row per scale with
-    Shapes-FID (+ unpaired floor), precision, recall (diversity) and prompt accuracy (fidelity to the caption)."""
-    profile = get_profile(profile)
-    b = _budget(profile, budget, guidance_scales=tuple(scales) if scales is not None else None,
-                guidance_samples=num_samples, guidance_steps=steps)
-    for s in b.guidance_scales:
-        if not s >= 0:
-            raise ValueError(f"guidance scales must be ≥ 0 (1 = plain conditional sampling), got {s!r}")
-    ldm = _load_text_ldm(checkpoint, device)
-    _say(verbose, f"guidance sweep: {checkpoint}, DDIM-{b.guidance_steps}, {b.guidance_samples} samples each")
+    Shapes-FID (+ unpaired floor), precision, recall (diversity) and prompt accuracy (fidelity to the caption).
+    `overrides`: ExperimentBudget fields (guidance_scales, guidance_samples, guidance_steps)."""
+    b = _budget(get_profile(profile), budget, overrides)
     settings = [{"steps": b.guidance_steps, "eta": 0.0, "guidance_scale": float(s)} for s in b.guidance_scales]
-    return _sweep(ldm, settings, b.guidance_samples, b, seed, verbose)
+    return _sweep(checkpoint, device, f"guidance sweep: {checkpoint}, DDIM-{b.guidance_steps}, "
+                  f"{b.guidance_samples} samples each", settings, b.guidance_samples, b, seed, verbose)
 
 
 # --- (d) Rate-distortion of the autoencoders ----------------------------------------------------------------
@@ -356,23 +318,18 @@ def guidance_sweep(profile: str | Profile | None = None, checkpoint: str | Path 
 
 @torch.no_grad()
 def rate_distortion(profile: str | Profile | None = None, out_dir: str | Path = "outputs/experiments",
-                    budget: ExperimentBudget | None = None, *, factors: Sequence[int] | None = None,
-                    ae_minutes: float | None = None, num_images: int | None = None, equal: str = "time",
-                    device: str | torch.device | None = None, download: bool = True,
-                    verbose: bool = True) -> list[Row]:
+                    budget: ExperimentBudget | None = None, *, equal: str = "time",
+                    device: str | torch.device | None = None, download: bool = True, verbose: bool = True,
+                    **overrides: Any) -> list[Row]:
     """Tab. 8 in miniature: for each f (the f-study's autoencoders as they are, trained here if missing) the rate
     (h·w·c)/(H·W·3) against PSNR, SSIM, LPIPS (None without pretrained weights) and reconstruction
-    Shapes-FID of test images, with the unpaired real-vs-real floor. f = 1 is lossless and skipped."""
+    Shapes-FID of test images, with the unpaired real-vs-real floor. f = 1 is lossless and skipped.
+    `overrides`: ExperimentBudget fields (factors, ae_minutes, rd_images)."""
     profile = get_profile(profile)
-    b = _budget(profile, budget, factors=tuple(factors) if factors is not None else None, ae_minutes=ae_minutes,
-                rd_images=num_images)
-    if equal not in ("time", "steps"):
-        raise ValueError(f"equal must be 'time' or 'steps', got {equal!r}")
-    res = profile.data.resolution
-    for f in b.factors:
-        check_factor(f, res)
-    device = get_device(device)
-    with_lpips = lpips_weights_missing(profile.ae.lpips_net, download) is None
+    b = _budget(profile, budget, overrides)
+    _check_factors(b.factors, profile, unet=False)
+    res, device = profile.data.resolution, get_device(device)
+    with_lpips = lpips_weights_missing(profile.ae_loss.lpips_net, download) is None
     _say(verbose, f"rate-distortion: profile={profile.name}, {b.rd_images} test images"
                   + ("" if with_lpips else "; LPIPS skipped (no pretrained backbone weights)"))
     n = b.rd_images
@@ -383,8 +340,7 @@ def rate_distortion(profile: str | Profile | None = None, out_dir: str | Path = 
             continue
         with torch.enable_grad():   # training, when the checkpoint is missing, needs gradients
             stage = train_first_stage(profile, f, out_dir, device=device, download=download, finish=False,
-                                      verbose=verbose, **({"minutes": b.ae_minutes} if equal == "time" else
-                                                          {"steps": profile.ae.steps}))
+                                      verbose=verbose, **_ae_budget(profile, b, equal))
         ae = load_autoencoder(stage["path"], device, config=stage["config"])
         p, s, lp, recons = [], [], [], []
         for i in range(0, n, 100):
@@ -393,7 +349,7 @@ def rate_distortion(profile: str | Profile | None = None, out_dir: str | Path = 
             p.append(psnr(x, xr).cpu())
             s.append(ssim(x, xr).cpu())
             if with_lpips:
-                lp.append(lpips(x, xr, net=profile.ae.lpips_net, download=False, random_backbone=False).cpu())
+                lp.append(lpips(x, xr, net=profile.ae_loss.lpips_net, download=False, random_backbone=False).cpu())
             recons.append(xr.cpu())
         m = shapes_generative_metrics(torch.cat(recons), split="test", max_objects=profile.data.max_objects,
                                       protocol="paired", with_floor=False)
@@ -412,25 +368,31 @@ def rate_distortion(profile: str | Profile | None = None, out_dir: str | Path = 
 
 
 def run_experiment(name: str, profile: str | Profile | None = None, out_dir: str | Path | None = None,
-                   checkpoint: str | Path | None = None, budget: ExperimentBudget | None = None,
-                   **kwargs: Any) -> list[Row]:
-    """Run one experiment by name (see EXPERIMENTS) and write its rows into out_dir/results.{json,md}."""
-    runners: dict[str, Callable[..., list[Row]]] = {"f-study": f_study, "sampler": sampler_sweep,
-                                                     "guidance": guidance_sweep, "rate-distortion": rate_distortion}
-    if name not in runners:
-        raise ValueError(f"unknown experiment {name!r}; expected one of {', '.join(EXPERIMENTS)} or 'all'")
+                   checkpoint: str | Path | None = None, budget: ExperimentBudget | None = None, *, seed: int = 0,
+                   device: str | torch.device | None = None, equal: str = "time", download: bool = True,
+                   **overrides: Any) -> list[Row]:
+    """Run one experiment by name (see EXPERIMENTS) and write its rows into out_dir/results.{json,md}.
+    The sweeps' `checkpoint` defaults to the demo's text LDM, or where there is none, to the f-study's f = 4
+    model in out_dir; `overrides`: ExperimentBudget fields."""
     profile = get_profile(profile)
     out_dir = Path(out_dir or f"outputs/experiments/{profile.name}")
-    b = budget or ExperimentBudget.for_profile(profile)
-    t0 = time.time()
+    b = _budget(profile, budget, overrides)
+    t0, where = time.time(), {}
     if name in ("sampler", "guidance"):
-        checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
-        rows = runners[name](profile, checkpoint, b, **kwargs)
-        where = {"checkpoint": str(checkpoint)}
+        if checkpoint is None:
+            checkpoint = Path(DEFAULT_CHECKPOINT)
+            if not checkpoint.is_file() and (out_dir / "f4" / LDM_CHECKPOINT).is_file():
+                checkpoint = out_dir / "f4" / LDM_CHECKPOINT
+                print(f"note: no {DEFAULT_CHECKPOINT}; the sweeps use the f-study's f = 4 model {checkpoint}")
+        sweep = sampler_sweep if name == "sampler" else guidance_sweep
+        rows, where = sweep(profile, Path(checkpoint), b, seed=seed, device=device), {"checkpoint": str(checkpoint)}
+    elif name == "f-study":
+        rows = f_study(profile, out_dir, b, equal=equal, seed=seed, device=device, download=download)
+    elif name == "rate-distortion":
+        rows = rate_distortion(profile, out_dir, b, equal=equal, device=device, download=download)
     else:
-        rows = runners[name](profile, out_dir, b, **kwargs)
-        where = {}
-    meta = {"profile": profile.name, **where, "device": str(get_device(kwargs.get("device"))),
+        raise ValueError(f"unknown experiment {name!r}; one of f-study, sampler, guidance, rate-distortion")
+    meta = {"profile": profile.name, **where, "device": str(get_device(device)),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "wall_minutes": round((time.time() - t0) / 60, 2)}
     write_results(out_dir, name, rows, meta)

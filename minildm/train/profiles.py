@@ -21,6 +21,8 @@ import torch
 from ..autoencoder import AEConfig
 from ..data.datasets import DataConfig
 from ..ldm import LDMConfig
+from ..losses import LossConfig
+from .configs import AETrainConfig, LDMTrainConfig
 from .speed import SpeedConfig
 
 __all__ = ["Profile", "PROFILES", "get_profile", "default_profile_name", "PROFILE_ENV", "ExperimentBudget",
@@ -31,21 +33,26 @@ PROFILE_ENV = "MINILDM_PROFILE"
 
 @dataclass(frozen=True)
 class Profile:
-    """A named preset: the data, the autoencoder (first stage), the latent diffusion model (second stage) and how
-    fast their training runs (precision, compile, time caps: speed.SpeedConfig; never what it computes)."""
+    """A named preset: the data; the autoencoder (first stage): its network, its objective and its training; the
+    latent diffusion model (second stage): its network and its training; and how fast training runs (precision,
+    compile, time caps: speed.SpeedConfig; never what it computes)."""
 
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     ae: AEConfig = field(default_factory=AEConfig)
+    ae_loss: LossConfig = field(default_factory=LossConfig)
+    ae_train: AETrainConfig = field(default_factory=AETrainConfig)
     ldm: LDMConfig = field(default_factory=LDMConfig)
+    ldm_train: LDMTrainConfig = field(default_factory=LDMTrainConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def replace(self, **sections) -> "Profile":
-        """A copy with some fields changed: `p.replace(ae={"steps": 10})`."""
+        """A copy with some fields changed: `p.replace(ae_train={"steps": 10}, ldm={"cond": "class"})`."""
+        known = [f.name for f in dataclasses.fields(self) if f.name != "name"]
         changes = {}
         for section, values in sections.items():
-            if section not in ("data", "ae", "ldm", "speed"):
-                raise ValueError(f"unknown profile section {section!r}; expected 'data', 'ae', 'ldm' or 'speed'")
+            if section not in known:
+                raise ValueError(f"unknown profile section {section!r}; expected one of {', '.join(known)}")
             changes[section] = dataclasses.replace(getattr(self, section), **values)
         return dataclasses.replace(self, **changes)
 
@@ -54,26 +61,29 @@ PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci",
         data=DataConfig(resolution=32, train_size=512, val_size=64, test_size=64),
-        ae=AEConfig(ch=8, ch_mult=(1, 2, 2), z_channels=4, steps=20, batch_size=8, disc_start=10,
-                    val_every=10, val_images=32, disc_ndf=8, n_embed=32),
+        ae=AEConfig(ch=8, ch_mult=(1, 2, 2), z_channels=4, n_embed=32),
+        ae_loss=LossConfig(disc_start=10, disc_ndf=8),
+        ae_train=AETrainConfig(steps=20, batch_size=8, val_every=10, val_images=32),
         ldm=LDMConfig(model_channels=16, channel_mult=(1, 2), num_heads=2, context_dim=16, text_layers=1,
-                      steps=20, batch_size=8, sample_steps=5, cache_size=64, warmup_steps=5,
-                      sample_every=0, checkpoint_every=10, prediction_type="v_prediction", coord_channels=True),
+                      prediction_type="v_prediction", coord_channels=True),
+        ldm_train=LDMTrainConfig(steps=20, batch_size=8, sample_steps=5, cache_size=64, warmup_steps=5,
+                                 sample_every=0, checkpoint_every=10),
     ),
     "cpu": Profile(
         name="cpu",
         # lr 1e-3 learns fastest per CPU-minute; width 16 with ch_mult (1, 2, 4) beats 32 with (1, 2, 2);
         # the GAN starts after the short budget, as the reference starts it late; lr falls to 0 over the last 30 %
         # of the steps: +1.0 / +1.9 dB validation PSNR over a constant lr on two seeds (docs/design-notes.md)
-        ae=AEConfig(ch=16, ch_mult=(1, 2, 4), z_channels=4, batch_size=16, lr=1e-3, lr_decay=0.3,
-                    perceptual_weight=1.0, lpips_net="alex", steps=1_400, disc_start=5_000, val_every=200,
-                    val_images=256),
+        ae=AEConfig(ch=16, ch_mult=(1, 2, 4), z_channels=4),
+        ae_loss=LossConfig(perceptual_weight=1.0, lpips_net="alex", disc_start=5_000),
+        ae_train=AETrainConfig(batch_size=16, lr=1e-3, lr_decay=0.3, steps=1_400, val_every=200, val_images=256),
         # v-prediction: under the ε-loss the high-noise steps that decide positions get almost no gradient
         # (positions at chance after 6 minutes, 100 % with v); EMA 0.99: the reference's warm-up makes 0.999
         # lag by ~n/10 steps in this short run; 3,200 steps: fewer cost prompt accuracy (2,000 steps: 92.5 % /
         # 45.5 % of one- / two-object prompts against 99 / 80 %), an LR decay lowers the loss but not the errors
-        ldm=LDMConfig(model_channels=32, context_dim=64, lr=1e-3, batch_size=64, steps=3_200, ema_decay=0.99,
-                      prediction_type="v_prediction", coord_channels=True, checkpoint_every=200, sample_every=0),
+        ldm=LDMConfig(model_channels=32, context_dim=64, prediction_type="v_prediction", coord_channels=True),
+        ldm_train=LDMTrainConfig(lr=1e-3, batch_size=64, steps=3_200, ema_decay=0.99, checkpoint_every=200,
+                                 sample_every=0),
     ),
     "gpu": Profile(
         name="gpu",
@@ -86,11 +96,12 @@ PROFILES: dict[str, Profile] = {
         # 20 % of its 989 TFLOP/s bf16 peak and >= 8 µs per launched op; predicted minutes: autoencoder 1.1,
         # LDMs text 2.8, class 2.0, layout 2.6, sr 2.0: 10.4 for the course's five models, 15 the promise.
         # The LDM steps are launch-bound (~1,000-1,500 ops each), so batch 256 costs little more than 128.
-        ae=AEConfig(ch=64, ch_mult=(1, 2, 4), num_res_blocks=2, lpips_net="vgg", steps=8_000, batch_size=64,
-                    lr=2e-4, disc_ndf=64, disc_start=4_000, ema_decay=0.999),
+        ae=AEConfig(ch=64, ch_mult=(1, 2, 4), num_res_blocks=2),
+        ae_loss=LossConfig(lpips_net="vgg", disc_ndf=64, disc_start=4_000),
+        ae_train=AETrainConfig(steps=8_000, batch_size=64, lr=2e-4, ema_decay=0.999),
         ldm=LDMConfig(model_channels=128, channel_mult=(1, 2, 2), num_res_blocks=2, context_dim=128,
-                      text_layers=4, steps=14_000, batch_size=256, cache_size=50_000, ema_decay=0.999,
-                      prediction_type="v_prediction", coord_channels=True),
+                      text_layers=4, prediction_type="v_prediction", coord_channels=True),
+        ldm_train=LDMTrainConfig(steps=14_000, batch_size=256, cache_size=50_000, ema_decay=0.999),
     ),
 }
 

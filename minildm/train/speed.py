@@ -3,9 +3,8 @@
     precision      "auto" (bf16 autocast on CUDA GPUs that support it, else fp32), "fp32" or "bf16" (CPU too).
                    Under autocast the convolutions and matmuls run in bf16; normalizations, the softmax of
                    attention, the losses, the decoder's output and LPIPS stay in fp32 (see nn.GroupNorm32).
-    compile        torch.compile the U-Net's body and the autoencoder's encoder and decoder; skipped with a message
-                   where it cannot work (no C compiler for the CPU backend, Windows, Apple MPS). The input checks
-                   stay outside the compiled graph: they read tensor values, which would break the graph.
+    compile        torch.compile the U-Net and the autoencoder's encoder and decoder; skipped with a message
+                   where it cannot work (no C compiler for the CPU backend, Windows, Apple MPS).
     channels_last  NHWC memory layout for the convolutions (faster on GPUs with tensor cores).
     tf32           TF32 matmuls and convolutions on CUDA (Ampere or newer): fp32 range, 10-bit mantissa.
     sync_every     read the losses back to the host every this many steps (0: every step on CPU, where it costs
@@ -86,9 +85,7 @@ def compile_unsupported(device: torch.device | str | None = None) -> str | None:
 def maybe_compile(module: nn.Module, enabled: bool = True, what: str = "model",
                   device: torch.device | str | None = None, **options) -> bool:
     """`module.compile(**options)` in place (state_dict keys unchanged) when enabled and supported; otherwise
-    print why it was skipped and leave the module eager (same results). Returns whether it was compiled.
-
-    A module that must keep checks outside the graph (the U-Net) overrides `compile` to compile its body only."""
+    print why it was skipped and leave the module eager (same results). Returns whether it was compiled."""
     if not enabled:
         return False
     reason = compile_unsupported(device)
@@ -118,7 +115,7 @@ def apply_speed(modules: dict[str, nn.Module], speed: SpeedConfig, device: torch
 
 
 class ThreadGovernor:
-    """A fit() callback that keeps a CPU run on whichever thread count trains faster right now (issue 15).
+    """A training callback that keeps a CPU run on whichever thread count trains faster right now (issue 15).
 
     PyTorch's CPU kernels split each op over `torch.get_num_threads()` threads that wait for each other. When
     another program keeps one core busy, a two-thread run on a two-core laptop waits at every op for the
