@@ -23,7 +23,7 @@ The files at the top import only each other; a folder imports the top and the fo
 data, eval, train, course, tools. A notebook needs only `import minildm` (or `from minildm import …`).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from . import autoencoder, conditioning, course, data, diffusion, eval, ldm, losses, nn, samplers, train, unet, utils  # noqa: E402  # noqa: E402
 from .autoencoder import (  # noqa: E402

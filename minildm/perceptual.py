@@ -34,6 +34,8 @@ BACKBONE_FILES = {
     "alex": ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
     "squeeze": ("squeezenet1_1-b8a52dc0.pth", "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth"),
 }
+# their sizes in MB (MiB) as torchvision lists them (Weights.meta["_file_size"]), said before a download starts
+_BACKBONE_MB = {"vgg": 527.8, "alex": 233.1, "squeeze": 4.7}
 DOWNLOAD_TIMEOUT_S = 30.0
 _random_notice_shown: set[str] = set()
 _built: dict[tuple, nn.Module] = {}   # (net, backbone file or None, its mtime) -> the lpips model, built once
@@ -69,6 +71,9 @@ def _backbone_file(net: str, download: bool) -> Path:
     path = backbone_path(net)
     reason = "download=False"
     if not path.is_file() and download:
+        mb = _BACKBONE_MB[net]
+        print(f"downloading the LPIPS {net} backbone {path.name} (about {mb:.{0 if mb >= 10 else 1}f} MB, "
+              f"torchvision's ImageNet weights, once) from {BACKBONE_FILES[net][1]} to {path.parent}", flush=True)
         try:
             _download_backbone(net, path)
         except Exception as e:  # URLError, timeouts, HTTP errors, read-only folders ...

@@ -66,6 +66,34 @@ def test_sample_missing_checkpoint(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_sample_from_a_shipped_model_needs_no_training(tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert main(["sample", "--pretrained", "text", "--prompt", "a large red circle in the top left", "-n", "2",
+                 "--steps", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and str(out) in printed
+    assert "shipped text model: DDIM-5, η = 1, guidance 2.5, seed 0" in printed    # the demo's sampler by default
+    assert main(["sample", "--pretrained", "sr", "--scene", "3", "-n", "1", "--steps", "2",
+                 "--out", str(tmp_path / "sr.png")]) == 0
+    assert (tmp_path / "sr.png").is_file() and "guidance 1," in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["unconditional", "dragons"])
+def test_an_unknown_shipped_model_names_the_shipped_ones(name, tmp_path, capsys):
+    assert main(["sample", "--pretrained", name, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"no shipped model {name!r}" in err and "text, class, layout, sr" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_takes_a_shipped_model_or_a_checkpoint_not_both_nor_neither(tmp_path, capsys):
+    assert main(["sample", "--pretrained", "text", "--checkpoint", str(tmp_path / "a.pt"), "--prompt", "a"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["sample", "--prompt", "a red circle"]) == 2
+    assert "one of the arguments --pretrained --checkpoint is required" in capsys.readouterr().err
+
+
 def test_parse_layout():
     lay = parse_layout("red circle@0.1,0.1,0.45,0.45; blue star@0.5,0.5,0.9,0.9")
     assert lay.shape == (1, 2, 5)
@@ -157,7 +185,8 @@ def test_sample_class_and_layout_commands(class_and_layout, tmp_path, capsys):
 def test_info_and_bench_data_commands(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "device: cpu" in out and "profile: ci" in out
+    assert "device: cpu" in out and "profile: ci" in out and "profile ci (tested in CI)" in out
+    assert "shipped models" in out and "text, class, layout, sr" in out
     assert main(["bench-data", "--seconds", "0.1", "--resolutions", "32", "--batch-size", "16"]) == 0
     out = capsys.readouterr().out
     assert "32x32:" in out and "images/s" in out

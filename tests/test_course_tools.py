@@ -8,6 +8,7 @@ import torch
 
 from minildm.autoencoder import build_autoencoder
 from minildm.course import lesson as C
+from minildm.course import runner
 from minildm.course.results import load_json
 from minildm.course.widgets import frame_slider, prompt_explorer
 from minildm.data.datasets import ShapesDataset
@@ -163,7 +164,7 @@ def test_claims_print_record_and_are_strict_when_asked(tmp_path, monkeypatch, ca
     monkeypatch.setenv(C.COURSE_DIR_ENV, str(tmp_path))
     course = C.setup("03_forward_diffusion", profile="ci")
     out = capsys.readouterr().out
-    assert "notebook 03_forward_diffusion" in out and "profile ci" in out and "LPIPS" in out
+    assert "notebook 03_forward_diffusion" in out and "profile ci (tested in CI): asked for" in out and "LPIPS" in out
     assert course.claim("two is less than three", 2.0, "<", 3.0)
     assert not course.claim("three is less than two", 3.0, "<", 2.0)         # printed, not raised (not strict)
     assert "✓ two is less than three" in capsys.readouterr().out
@@ -205,3 +206,16 @@ def test_models_are_handed_on_own_run_first(tmp_path, monkeypatch, capsys):
     ldm = course.ldm("text")
     assert ldm.cond_mode == "text" and (tmp_path / "ldm-text" / "ldm.pt").is_file()
     assert course.trained_steps("ldm-text") == CI.ldm_train.steps and course.trained_steps("ldm-class") is None
+
+
+def test_check_says_which_recipe_runs_and_why(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(runner, "speed_probe", lambda profile, seconds=10.0: {"ldm_steps_per_s": 1.0})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("MINILDM_PROFILE", raising=False)
+    lines = []
+    report = runner.self_check(seconds=0.1, log=lines.append)
+    assert report["profile"] == "cpu" and report["profile_status"] == "measured"
+    assert any(line.startswith("profile cpu (measured): the default; a GPU is present") and "MINILDM_PROFILE=gpu"
+               in line for line in lines), lines
+

@@ -1,12 +1,14 @@
 """Profiles, device choice, seeding, checkpoints and EMA: the plumbing everything else stands on."""
 
 import random
+import urllib.error
 
 import pytest
 import torch
 
+from minildm import perceptual
 from minildm.nn import EMA, num_groups
-from minildm.train.profiles import PROFILES, get_profile
+from minildm.train.profiles import PROFILES, explain_profile, get_profile
 from minildm.utils import get_device, seed_everything
 
 
@@ -23,10 +25,48 @@ def test_profile_from_environment(monkeypatch):
     monkeypatch.setenv("MINILDM_PROFILE", "cpu")
     assert get_profile().name == "cpu"
     monkeypatch.delenv("MINILDM_PROFILE")
-    assert get_profile().name == ("gpu" if torch.cuda.is_available() else "cpu")
+    assert get_profile().name == "cpu"                # the measured recipe, with or without a GPU
     monkeypatch.setenv("MINILDM_PROFILE", "laptop")
     with pytest.raises(ValueError, match="unknown profile 'laptop'.*ci, cpu, gpu"):
         get_profile()
+
+
+def test_a_gpu_alone_runs_the_measured_recipe_without_time_caps(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("MINILDM_PROFILE", raising=False)
+    p = get_profile()
+    assert p.name == "cpu" and p.status == "measured"
+    assert p.speed.ae_minutes is None and p.speed.ldm_minutes is None
+    line = explain_profile()
+    assert line.startswith("profile cpu (measured): the default") and "a GPU is present" in line
+    assert "MINILDM_PROFILE=gpu" in line and "predicted" in line
+    monkeypatch.setenv("MINILDM_PROFILE", "gpu")                     # the larger recipe only when asked for
+    p = get_profile()
+    assert p.name == "gpu" and "predicted" in p.status and "never run" in p.status
+    assert "profile gpu (predicted, never run on a GPU): from $MINILDM_PROFILE" in explain_profile()
+
+
+def test_every_profile_says_what_is_known_about_it_and_none_caps_time():
+    assert {n: p.status for n, p in PROFILES.items()} == {
+        "ci": "tested in CI", "cpu": "measured", "gpu": "predicted, never run on a GPU"}
+    for p in PROFILES.values():                      # the steps decide, not the clock; caps are opt-in
+        assert p.speed.ae_minutes is None and p.speed.ldm_minutes is None, p.name
+    assert get_profile("ci").replace(ae_train={"steps": 3}).status == "tested in CI"
+
+
+def test_a_backbone_download_is_announced_with_its_file_and_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv(perceptual.RANDOM_BACKBONE_ENV, raising=False)
+
+    def offline(net, path):
+        raise urllib.error.URLError("no network in tests")
+    monkeypatch.setattr(perceptual, "_download_backbone", offline)
+    for net, words in (("vgg", "vgg16-397923af.pth (about 528 MB"), ("alex", "alexnet-owt-7be5be79.pth (about 233 MB"),
+                       ("squeeze", "squeezenet1_1-b8a52dc0.pth (about 4.7 MB")):
+        assert perceptual.lpips_weights_missing(net, download=True) is not None
+        assert f"downloading the LPIPS {net} backbone {words}" in capsys.readouterr().out
+    assert perceptual.lpips_weights_missing("vgg", download=False) is not None
+    assert "downloading" not in capsys.readouterr().out                    # no download: no notice
 
 
 def test_profile_replace():

@@ -87,6 +87,19 @@ def test_export_command(runs, tmp_path, capsys):
     assert pretrained.load_ldm("ci", "text", root=tmp_path) is not None
 
 
+def test_the_shipped_models_are_listed_by_name(shipped):
+    assert pretrained.shipped() == ["text", "class", "layout", "sr"]          # the committed cpu files
+    assert pretrained.shipped("ci", root=shipped) == ["text", "class"] and pretrained.shipped("gpu") == []
+
+
+@pytest.mark.slow
+def test_the_readme_python_lines_sample_the_shipped_text_model():
+    ldm = pretrained.load_ldm("cpu", "text")
+    images = ldm.sample(ldm.prompt_condition(prompts=["a large red circle in the top left"]), eta=1.0,
+                        guidance_scale=2.5)
+    assert images.shape == (1, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+
+
 @pytest.mark.slow
 def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_says():
     files = pretrained.manifest()["files"]

@@ -33,7 +33,7 @@ from ..autoencoder import load_autoencoder
 from ..data.datasets import ShapesDataset, make_dataset
 from ..ldm import LatentDiffusion
 from ..perceptual import lpips_weights_missing
-from ..train.profiles import Profile, get_profile
+from ..train.profiles import Profile, explain_profile, get_profile
 from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from ..utils import get_device, load_checkpoint, seed_everything
 from . import pretrained
@@ -59,7 +59,7 @@ COLAB_CELL = """\
 import importlib.util, os, subprocess, sys
 if "google.colab" in sys.modules and importlib.util.find_spec("minildm") is None:
     REPO = os.environ.get("MINILDM_REPO", "https://github.com/minildm/minildm")
-    TAG = os.environ.get("MINILDM_TAG", "v0.2.0")
+    TAG = os.environ.get("MINILDM_TAG", "v0.3.0")
     if not os.path.isdir("/content/minildm"):
         subprocess.run(["git", "clone", "--depth", "1", "--branch", TAG, REPO, "/content/minildm"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "/content/minildm"], check=True)
@@ -281,7 +281,7 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
           device: str | torch.device | None = None) -> Course:
     """The second cell of every notebook: pick profile and device, seed everything, print what a student (or a
     teaching assistant debugging a lab machine) needs to know, and return the Course."""
-    profile, device = get_profile(profile), get_device(device)
+    chosen, profile, device = profile, get_profile(profile), get_device(device)
     if profile.name == "ci":
         torch.set_num_threads(1)              # tiny models run fastest on one thread (and CI machines are shared)
     seed_everything(seed)
@@ -302,8 +302,8 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
     missing = lpips_weights_missing(profile.ae_loss.lpips_net, download=False)
     minutes = measured_minutes(profile.name).get(notebook)
     print(f"minildm course, notebook {notebook}")
-    print(f"  profile {profile.name} (set $MINILDM_PROFILE to ci, cpu or gpu), device {device} "
-          f"(set $MINILDM_DEVICE), seed {seed}")
+    print(f"  {explain_profile(chosen)}")
+    print(f"  device {device} (set $MINILDM_DEVICE), seed {seed}")
     print(f"  torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}")
     print(f"  course models: {folder}" + ("  (a temporary folder: the ci profile leaves nothing behind)"
                                           if profile.name == "ci" and not os.environ.get(COURSE_DIR_ENV) else ""))

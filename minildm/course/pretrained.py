@@ -35,10 +35,13 @@ from ..ldm import LatentDiffusion, LDMConfig
 from ..utils import CheckpointError, config_from_dict, get_device, load_checkpoint, to_plain, unsafe_tensors
 from .results import load_json, write_json
 
-__all__ = ["DIR", "available", "load_autoencoder", "load_ldm", "export", "file_sha256", "manifest", "spot_check"]
+__all__ = ["DIR", "SHIPPED_PROFILE", "available", "shipped", "load_autoencoder", "load_ldm", "export", "file_sha256",
+           "manifest", "spot_check"]
 
 DIR = Path(__file__).resolve().parent.parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
+SHIPPED_PROFILE = "cpu"             # the profile whose models the repository ships (`minildm sample --pretrained`)
+_CONDS = ("text", "class", "layout", "sr", "none")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -53,6 +56,14 @@ def manifest(root: Path = DIR) -> dict[str, Any]:
 
 def available(profile: str, root: Path = DIR) -> bool:
     return (root / profile / AE_FILE).is_file()
+
+
+def shipped(profile: str = SHIPPED_PROFILE, root: Path = DIR) -> list[str]:
+    """The conditionings of the shipped second stages of `profile` that the manifest lists, e.g.
+    ["text", "class", "layout", "sr"]: the names `load_ldm(profile, cond)` and `minildm sample --pretrained` take."""
+    files = manifest(Path(root))["files"]
+    return [c for c in _CONDS if f"{profile}/ldm-{c}.safetensors" in files and (Path(root) / profile /
+                                                                                 f"ldm-{c}.safetensors").is_file()]
 
 
 def _read(profile: str, name: str, root: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:

@@ -21,7 +21,7 @@ from nbclient.exceptions import CellExecutionError
 
 from ..autoencoder import build_autoencoder
 from ..perceptual import lpips_weights_missing
-from ..train.profiles import get_profile
+from ..train.profiles import explain_profile, get_profile
 from ..train.stages import train_autoencoder, train_ldm
 from ..utils import CheckpointError, get_device
 from . import pretrained
@@ -115,7 +115,9 @@ def self_check(profile: str | None = None, seconds: float = 10.0, log=print) -> 
     p = get_profile(profile)
     report: dict[str, Any] = {"profile": p.name, "device": str(get_device()), "torch": torch.__version__,
                               "threads": torch.get_num_threads()}
-    log(f"device {report['device']}, profile {p.name}, torch {report['torch']}, {report['threads']} threads")
+    report["profile_status"], report["profile_choice"] = p.status, explain_profile(profile)
+    log(f"device {report['device']}, torch {report['torch']}, {report['threads']} threads")
+    log(report["profile_choice"])
     missing = lpips_weights_missing(p.ae_loss.lpips_net, download=False)
     report["lpips"] = "pretrained" if missing is None else f"random backbone ({missing})"
     log(f"LPIPS: {report['lpips']}")

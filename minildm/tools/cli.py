@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .. import __version__
+from ..conditioning import LowResConcat
 from ..course import pretrained
 from ..course.lesson import REPO_ROOT, RESULTS_DIR
 from ..course.results import EXPERIMENTS, experiment_markdown
@@ -24,16 +26,16 @@ from ..course.student import STUDENT_DIR, write_student_edition
 from ..course.viz import SampleGrids, image_grid, save_figure
 from ..data.datasets import DATASETS, ShapesDataset, make_dataset
 from ..data.shapes import NUM_CLASSES, class_name, parse_layout
-from ..eval.accuracy import autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, text_report
+from ..eval.accuracy import autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, real_images, text_report
 from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
 from ..ldm import LatentDiffusion
 from ..train.distributed import main_process
-from ..train.profiles import PROFILES, default_profile_name, get_profile
+from ..train.profiles import PROFILES, default_profile_name, explain_profile, get_profile
 from ..train.stages import train_autoencoder, train_ldm
 from ..utils import get_device
 from .bench import (DEFAULT_SECONDS, bench_autoencoder, bench_data, bench_ddim, bench_ldm_step, format_plan,
                     format_table, machine_info, run_bench)
-from .demo import AE_MINUTES, LDM_MINUTES, run_demo
+from .demo import AE_MINUTES, LDM_MINUTES, SAMPLE_ETA, SAMPLE_GUIDANCE, run_demo
 from .flops import ASSUMED_UTILIZATION, H100_BF16_TFLOPS, plan_profile
 from .studies import DEFAULT_CHECKPOINT, run_experiment
 
@@ -54,11 +56,13 @@ _positive_int = _number(int, 1, False, "a positive whole number")
 _positive_float = _number(float, 0.0, True, "a positive number")
 _minutes = _number(float, 0.0, False, "0 or more minutes (a time cap)")
 _share = _number(float, 0.0, True, "a share of the peak above 0 and at most 1", maximum=1.0)
+_index = _number(int, 0, False, "0 or a positive whole number")
 
 
 def _common(p: argparse.ArgumentParser, *names: str) -> None:
     if "profile" in names:
-        p.add_argument("--profile", default=None, help="ci, cpu or gpu (default: $MINILDM_PROFILE or by hardware)")
+        p.add_argument("--profile", default=None, help="ci (tested in CI), cpu (measured) or gpu (predicted, never run "
+                       "on a GPU); default: $MINILDM_PROFILE, else cpu, on a GPU too")
     if "device" in names:
         p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     if "random-lpips" in names:
@@ -72,11 +76,22 @@ def _common(p: argparse.ArgumentParser, *names: str) -> None:
         p.add_argument("--download", action="store_true", help="download missing MNIST files (checksummed)")
 
 
-def _sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default="outputs/demo/ldm.pt")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM η (0: deterministic, 1: DDPM-like)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale s")
+def _model(p: argparse.ArgumentParser, required: bool, checkpoint: str | None = None) -> None:
+    """--pretrained NAME (a shipped model) or --checkpoint PATH (a trained one), never both."""
+    which = p.add_mutually_exclusive_group(required=required)
+    which.add_argument("--pretrained", metavar="NAME", default=None,
+                       help=f"a shipped model, no training needed: {', '.join(pretrained.shipped())} "
+                            f"(the {pretrained.SHIPPED_PROFILE} profile's, in data/pretrained/)")
+    which.add_argument("--checkpoint", metavar="PATH", default=checkpoint,
+                       help="an LDM checkpoint from `minildm demo` or `minildm train-ldm`, e.g. outputs/demo/ldm.pt"
+                            + (" (default: %(default)s)" if checkpoint else ""))
+
+
+def _sampling(p: argparse.ArgumentParser, eta: float, guidance: float | None, guidance_help: str) -> None:
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default %(default)s)")
+    p.add_argument("--eta", type=float, default=eta,
+                   help="DDIM η (0: deterministic, 1: DDPM-like; default %(default)g)")
+    p.add_argument("--guidance", type=float, default=guidance, help=guidance_help)
     p.add_argument("--seed", type=int, default=0)
     _common(p, "device")
 
@@ -85,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minildm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help)
+    def add(name: str, func, help: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help)
         p.set_defaults(func=func)
         return p
 
@@ -144,17 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=_number(int, 0, False, "0 (never) or a number of steps"), default=None,
                    help="write a grid of EMA samples every N steps (default: the profile's ldm_train.sample_every)")
 
-    p = add("sample", cmd_sample, "sample images from a trained LDM checkpoint")
-    _sampling(p)
+    p = add("sample", cmd_sample, "sample images from a shipped model (--pretrained) or a trained checkpoint",
+            description="Sample a grid of images with DDIM and classifier-free guidance, from a model shipped with "
+                        "minildm (--pretrained text|class|layout|sr: no training, under a minute on a laptop CPU) "
+                        "or from a checkpoint you trained (--checkpoint PATH). The defaults, DDIM-50 with η = 1 and "
+                        "guidance 2.5, are the demo's sampler, the best measured on the shipped text model. Example: "
+                        'minildm sample --pretrained text --prompt "a large red circle in the top left" --out x.png')
+    _model(p, required=True)
+    _sampling(p, SAMPLE_ETA, None, f"classifier-free guidance scale s (default {SAMPLE_GUIDANCE:g}; sr models: 1, "
+                                   "no guidance, as they are trained without dropping the condition)")
     given = p.add_mutually_exclusive_group()
-    given.add_argument("--prompt", default=None, help='e.g. "a red circle in the top left" (text models)')
-    given.add_argument("--class", dest="label", type=int, default=None, help="class id, e.g. 0..23 (class models)")
-    given.add_argument("--layout", default=None, help='e.g. "red circle@0.1,0.1,0.45,0.45; blue star@0.5,0.5,0.9,0.9"')
-    p.add_argument("-n", type=_positive_int, default=8, help="number of samples")
-    p.add_argument("--out", default="samples.png")
+    given.add_argument("--prompt", default=None, help='text models: e.g. "a large red circle in the top left"')
+    given.add_argument("--class", dest="label", type=int, default=None,
+                       help=f"class models: a class id 0..{NUM_CLASSES - 1} (color × shape, e.g. 3 = {class_name(3)})")
+    given.add_argument("--layout", default=None, help='layout models: "<color> <shape>@x0,y0,x1,y1" per object, '
+                                                      'fractions of the side, ";" between objects, e.g. '
+                                                      '"red circle@0.1,0.1,0.45,0.45; blue star@0.5,0.5,0.9,0.9"')
+    given.add_argument("--scene", type=_index, default=None,
+                       help="sr models: the low-res input is Shapes test scene N, rendered and downsampled "
+                            "(default 0); the grid shows it, the samples and the original")
+    p.add_argument("-n", type=_positive_int, default=8, help="number of samples (default %(default)s)")
+    p.add_argument("--out", default="samples.png", help="the PNG to write (default %(default)s)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads (default on a CPU: 1; these small models sample fastest on one, and a busy "
+                        "2-core laptop up to 10x faster than on two)")
 
     p = add("evaluate-ldm", cmd_evaluate_ldm, "prompt accuracy and Shapes-FID of a text-conditional LDM")
-    _sampling(p)
+    _model(p, required=False, checkpoint="outputs/demo/ldm.pt")
+    _sampling(p, 0.0, 3.0, "classifier-free guidance scale s (default %(default)g)")
     p.add_argument("-n", type=_positive_int, default=200, help="prompts per type (one-object, two-object)")
     p.add_argument("--no-fid", action="store_true", help="skip Shapes-FID")
 
@@ -233,9 +265,13 @@ def cmd_info(args: argparse.Namespace) -> int | None:
     print(f"minildm {__version__}, torch {torch.__version__}")
     print(f"device: {get_device()} (override with $MINILDM_DEVICE)")
     print(f"profile: {default_profile_name()} (override with $MINILDM_PROFILE; available: {', '.join(PROFILES)})")
+    print(f"  {explain_profile()}")
+    print(f"shipped models ({pretrained.DIR / pretrained.SHIPPED_PROFILE}): {', '.join(pretrained.shipped()) or 'none'}"
+          " (minildm sample --pretrained NAME)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int | None:
+    print(explain_profile(args.profile))
     run_demo(args.out, profile=args.profile, device=args.device, ae_minutes=args.ae_minutes,
              ldm_minutes=args.ldm_minutes, seed=args.seed, download=not args.offline, threads=args.threads)
 
@@ -265,6 +301,8 @@ def _dataset(args: argparse.Namespace, profile, split: str):
 
 def cmd_train_ae(args: argparse.Namespace) -> int | None:
     profile = get_profile(args.profile)
+    if main_process():
+        print(explain_profile(args.profile))
     out = args.out or os.path.join("runs", f"ae-{profile.name}-{args.kind or profile.ae.kind}")
     train, val = (_dataset(args, profile, split) for split in ("train", "val"))
     r = train_autoencoder(profile, out, device=args.device, max_minutes=args.minutes, kind=args.kind,
@@ -284,6 +322,8 @@ def cmd_bench_ae(args: argparse.Namespace) -> int | None:
 
 def cmd_train_ldm(args: argparse.Namespace) -> int | None:
     profile = get_profile(args.profile)
+    if main_process():
+        print(explain_profile(args.profile))
     data, cond = _dataset(args, profile, "train"), args.cond
     if data is not None and cond is None:           # text and layouts are Shapes features; labels when there are
         cond = "class" if data.num_classes else "none"
@@ -299,14 +339,38 @@ def cmd_train_ldm(args: argparse.Namespace) -> int | None:
         print(f"trained {r['step']} steps in {r['minutes']:.1f} min; checkpoint: {r['path']}")
 
 
+def _load_model(args: argparse.Namespace) -> tuple[LatentDiffusion, str]:
+    """The model of --pretrained NAME or --checkpoint PATH, and how to name it in a title."""
+    if args.pretrained is None:
+        ldm = LatentDiffusion.from_checkpoint(args.checkpoint, args.device)
+        return ldm, f"{ldm.cond_mode} model {args.checkpoint}"
+    names = pretrained.shipped()
+    if args.pretrained not in names:
+        extra = (" There is no shipped unconditional model: train one with `minildm train-ldm --cond none`."
+                 if args.pretrained in ("unconditional", "none", "uncond") else "")
+        raise ValueError(f"no shipped model {args.pretrained!r}; the shipped models are {', '.join(names) or 'none'} "
+                         f"({pretrained.DIR / pretrained.SHIPPED_PROFILE}): --pretrained "
+                         f"{' | '.join(names) or 'NAME'}, or --checkpoint PATH for a model you trained.{extra}")
+    ldm = pretrained.load_ldm(pretrained.SHIPPED_PROFILE, args.pretrained, args.device)
+    return ldm, f"shipped {args.pretrained} model"
+
+
 def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace) -> tuple[torch.Tensor | None, list | None]:
     """The raw condition for `minildm sample`, with errors in the command line's words."""
     n, mode = args.n, ldm.cond_mode
-    flags = {"text": "--prompt", "class": "--class", "layout": "--layout"}
-    given = next((f for f, v in zip(flags.values(), (args.prompt, args.label, args.layout)) if v is not None), None)
+    flags = {"text": "--prompt", "class": "--class", "layout": "--layout", "sr": "--scene"}
+    given = next((f for f, v in zip(flags.values(), (args.prompt, args.label, args.layout, args.scene))
+                  if v is not None), None)
     if mode == "sr":
-        raise ValueError("`minildm sample` does not sample super-resolution models; use the Python API "
-                         "(LatentDiffusion.sample with a low-res image)")
+        if given not in (None, "--scene"):
+            raise ValueError(f"this is a super-resolution model: give --scene N (a Shapes test scene; default 0), "
+                             f"not {given}")
+        if args.guidance not in (None, 1.0):
+            raise ValueError("a super-resolution model samples without guidance (it is trained without dropping its "
+                             "condition): leave --guidance out")
+        truth = real_images(1, "test", ldm.max_objects or 2, ldm.resolution, start=args.scene or 0)
+        low = LowResConcat.degrade(truth, ldm.config.sr_factor)
+        return low.expand(n, -1, -1, -1).to(ldm.scale_factor.device), [truth, low]
     if mode == "none":
         if given:
             raise ValueError(f"this is an unconditional model: it takes no {given}")
@@ -327,21 +391,35 @@ def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace) -> tuple[t
 
 
 def cmd_sample(args: argparse.Namespace) -> int | None:
-    ldm = LatentDiffusion.from_checkpoint(args.checkpoint, args.device)
+    ldm, what = _load_model(args)
     raw, captions = _sample_condition(ldm, args)
-    g = torch.Generator().manual_seed(args.seed)
-    images = ldm.sample(raw, num_samples=args.n if raw is None else None, steps=args.steps, eta=args.eta,
-                        guidance_scale=args.guidance, generator=g)
-    title = f"DDIM {args.steps} steps, η={args.eta}, guidance {args.guidance}, seed {args.seed}"
-    print(f"wrote {save_figure(image_grid(images, captions, ncols=min(8, args.n), title=title), args.out)}")
+    sr = ldm.cond_mode == "sr"
+    guidance = 1.0 if sr or ldm.cond_mode == "none" else (SAMPLE_GUIDANCE if args.guidance is None else args.guidance)
+    settings = f"DDIM-{args.steps}, η = {args.eta:g}, guidance {guidance:g}, seed {args.seed}"
+    print(f"sampling {args.n} image{'s' * (args.n > 1)} from the {what}: {settings}")
+    g, before = torch.Generator().manual_seed(args.seed), torch.get_num_threads()
+    if args.threads or ldm.scale_factor.device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    try:
+        images = ldm.sample(raw, num_samples=args.n if raw is None else None, steps=args.steps, eta=args.eta,
+                            guidance_scale=guidance, generator=g).cpu()
+    finally:
+        torch.set_num_threads(before)
+    if sr:                                  # the low-res input (shown blocky, as it is), the samples, the original
+        truth, low = captions
+        images = torch.cat([F.interpolate(low, size=truth.shape[-2:], mode="nearest"), images, truth])
+        captions = ([f"input: test scene {args.scene or 0}, {low.shape[-1]}x{low.shape[-1]}"]
+                    + [f"×{ldm.config.sr_factor} sample {i + 1}" for i in range(args.n)] + ["the original"])
+    title = f"minildm, {what}: {settings}"
+    print(f"wrote {save_figure(image_grid(images, captions, ncols=min(8, len(images)), title=title), args.out)}")
 
 
 def cmd_evaluate_ldm(args: argparse.Namespace) -> int | None:
-    ldm = LatentDiffusion.from_checkpoint(args.checkpoint, args.device)
+    ldm, what = _load_model(args)
     t0 = time.time()
     r = evaluate_text_ldm(ldm, n=args.n, guidance_scale=args.guidance, steps=args.steps, seed=args.seed,
                           fid=not args.no_fid, eta=args.eta)
-    print(f"{args.checkpoint}: DDIM-{args.steps}, η={args.eta}, guidance {args.guidance}, {args.n} prompts per type "
+    print(f"{what}: DDIM-{args.steps}, η={args.eta}, guidance {args.guidance}, {args.n} prompts per type "
           f"(judged by the Shapes evaluator; all conditions must hold)")
     print("\n".join(text_report(r, args.n)))
     print("  " + "\n  ".join(fidelity_lines(autoencoder_shape_fidelity(ldm.autoencoder, resolution=ldm.resolution))))
@@ -395,6 +473,7 @@ def cmd_export(args: argparse.Namespace) -> int | None:
 
 def cmd_course(args: argparse.Namespace) -> int | None:
     profile = get_profile(args.profile).name
+    print(explain_profile(args.profile))
     folder = Path(args.course_dir or REPO_ROOT / "outputs" / "course" / profile)
     record = run_course(profile, folder, args.notebooks, strict=args.strict,
                         results_dir=None if args.no_record else RESULTS_DIR)

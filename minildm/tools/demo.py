@@ -42,14 +42,14 @@ PAIR_PROMPTS = (
 # No time caps by default: the profile's step counts, not the clock, decide what the demo shows (issue 15). With
 # the old caps (3.5 and 9.5 minutes) a slower or busy laptop stopped the LDM hundreds of steps early and its
 # samples were visibly worse: 2,000 of the 3,200 steps give 92.5 % one-object and 45.5 % two-object prompts
-# right, against 99 % and 80 % (docs/design-notes.md; README, fresh clones). A lab with a hard limit can pass
+# right, against 99 % and 80 % (docs/design-notes.md; docs/results.md, fresh clones). A lab with a hard limit can pass
 # `--ae-minutes` / `--ldm-minutes`; the demo then says at which step each stage stopped.
 AE_MINUTES: float | None = None
 LDM_MINUTES: float | None = None
 # The sample grid's sampler: stochastic DDIM (η = 1) at guidance 2.5. On the shipped cpu text model (200 test
 # prompts per type, DDIM-50) it keeps two objects apart far more often than deterministic DDIM at guidance 3:
 # two-object prompts 80.0 % vs 74.5 % (count 87.5 % vs 77 %), one-object 99.0 % vs 100 %, Shapes-FID 48.7 vs 49.3
-# (floor 47.1); README, "Small shapes and two objects". The filmstrip stays deterministic (η = 0).
+# (floor 47.1); docs/results.md, "The sampler keeps two objects apart". The filmstrip stays deterministic (η = 0).
 SAMPLE_ETA, SAMPLE_GUIDANCE = 1.0, 2.5
 
 

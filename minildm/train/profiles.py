@@ -1,13 +1,16 @@
 """The three hardware presets every training entry point and notebook reads: `ci`, `cpu`, `gpu`.
 
-    ci   seconds per notebook: tiny models, a handful of steps; for tests and nbval.
-    cpu  a laptop CPU in minutes: small models that still learn Shapes well.
-    gpu  best results on one GPU.
+    ci   seconds per notebook: tiny models, a handful of steps; for tests and nbval.   (tested in CI)
+    cpu  a laptop CPU in minutes: small models that still learn Shapes well.           (measured)
+    gpu  larger models sized for one GPU by counted FLOPs.                 (predicted, never run on a GPU)
 
-Select one with the MINILDM_PROFILE environment variable (default: `gpu` when CUDA is available,
-`cpu` otherwise) or pass a name to `get_profile`. Every size, step count and learning rate that a
-notebook might want to change lives here, not in the code that uses it. The measurements behind the
-`cpu` choices are in docs/design-notes.md.
+Each profile carries its `status` (STATUSES): what is known about it. Select one with the MINILDM_PROFILE
+environment variable or pass a name to `get_profile`; the default is `cpu`, the measured recipe, on every
+machine: on a GPU it runs the cpu recipe there (faster), and the larger, predicted `gpu` recipe runs only when
+asked for (MINILDM_PROFILE=gpu, --profile gpu). `explain_profile` says which runs and why. No profile caps
+training time: the step counts decide; a time cap is opt-in (max_minutes, --ae-minutes / --ldm-minutes).
+Every size, step count and learning rate that a notebook might want to change lives here, not in the code
+that uses it. The measurements behind the `cpu` choices are in docs/design-notes.md.
 """
 
 from __future__ import annotations
@@ -25,17 +28,21 @@ from ..losses import LossConfig
 from .configs import AETrainConfig, LDMTrainConfig
 from .speed import SpeedConfig
 
-__all__ = ["Profile", "PROFILES", "get_profile", "default_profile_name", "PROFILE_ENV", "ExperimentBudget",
-           "BUDGETS"]
+__all__ = ["Profile", "PROFILES", "get_profile", "default_profile_name", "explain_profile", "PROFILE_ENV",
+           "DEFAULT_PROFILE", "STATUSES", "ExperimentBudget", "BUDGETS"]
 
 PROFILE_ENV = "MINILDM_PROFILE"
+DEFAULT_PROFILE = "cpu"              # the measured recipe: the default on every machine, a GPU included
+# What is known about each preset, printed wherever a profile is chosen (setup(), minildm check / info).
+STATUSES = {"ci": "tested in CI", "cpu": "measured", "gpu": "predicted, never run on a GPU"}
 
 
 @dataclass(frozen=True)
 class Profile:
     """A named preset: the data; the autoencoder (first stage): its network, its objective and its training; the
     latent diffusion model (second stage): its network and its training; and how fast training runs (precision,
-    compile, time caps: speed.SpeedConfig; never what it computes)."""
+    compile, time caps: speed.SpeedConfig; never what it computes). `status` says what is known about it:
+    "measured", "tested in CI", "predicted, never run on a GPU" (STATUSES); "" for a profile made by hand."""
 
     name: str
     data: DataConfig = field(default_factory=DataConfig)
@@ -45,10 +52,11 @@ class Profile:
     ldm: LDMConfig = field(default_factory=LDMConfig)
     ldm_train: LDMTrainConfig = field(default_factory=LDMTrainConfig)
     speed: SpeedConfig = field(default_factory=SpeedConfig)
+    status: str = ""
 
     def replace(self, **sections) -> "Profile":
         """A copy with some fields changed: `p.replace(ae_train={"steps": 10}, ldm={"cond": "class"})`."""
-        known = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        known = [f.name for f in dataclasses.fields(self) if f.name not in ("name", "status")]
         changes = {}
         for section, values in sections.items():
             if section not in known:
@@ -60,6 +68,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "ci": Profile(
         name="ci",
+        status=STATUSES["ci"],
         data=DataConfig(resolution=32, train_size=512, val_size=64, test_size=64),
         ae=AEConfig(ch=8, ch_mult=(1, 2, 2), z_channels=4, n_embed=32),
         ae_loss=LossConfig(disc_start=10, disc_ndf=8),
@@ -71,6 +80,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu": Profile(
         name="cpu",
+        status=STATUSES["cpu"],
         # lr 1e-3 learns fastest per CPU-minute; width 16 with ch_mult (1, 2, 4) beats 32 with (1, 2, 2);
         # the GAN starts after the short budget, as the reference starts it late; lr falls to 0 over the last 30 %
         # of the steps: +1.0 / +1.9 dB validation PSNR over a constant lr on two seeds (docs/design-notes.md)
@@ -87,10 +97,12 @@ PROFILES: dict[str, Profile] = {
     ),
     "gpu": Profile(
         name="gpu",
-        # bf16 autocast, compiled U-Net and autoencoder, NHWC, TF32 (speed.py); not yet measured on a GPU. The caps
-        # keep the course's five models within 2 + 4 × 2.75 = 13 minutes of training on a slower GPU.
-        speed=SpeedConfig(precision="auto", compile=True, channels_last=True, tf32=True, ae_minutes=2.0,
-                          ldm_minutes=2.75),
+        status=STATUSES["gpu"],
+        # Runs only when asked for ($MINILDM_PROFILE=gpu, --profile gpu): a GPU alone selects the measured cpu
+        # recipe. bf16 autocast, compiled U-Net and autoencoder, NHWC, TF32 (speed.py); never run on a GPU yet.
+        # No time caps: the steps decide, as in every profile (a lab with a hard limit passes max_minutes /
+        # --ae-minutes / --ldm-minutes, and the run says at which step it stopped).
+        speed=SpeedConfig(precision="auto", compile=True, channels_last=True, tf32=True),
         data=DataConfig(resolution=32, train_size=200_000),
         # Sized by counted FLOPs, not yet measured (`minildm bench --plan gpu`, flops.py): one H100, an ASSUMED
         # 20 % of its 989 TFLOP/s bf16 peak and >= 8 µs per launched op; predicted minutes: autoencoder 1.1,
@@ -107,11 +119,26 @@ PROFILES: dict[str, Profile] = {
 
 
 def default_profile_name() -> str:
-    """$MINILDM_PROFILE if set, else `gpu` when CUDA is available, else `cpu`."""
-    name = os.environ.get(PROFILE_ENV)
-    if name:
-        return name.strip()
-    return "gpu" if torch.cuda.is_available() else "cpu"
+    """$MINILDM_PROFILE if set, else `cpu` (DEFAULT_PROFILE, the measured recipe), also when a GPU is present:
+    the larger `gpu` recipe is predicted, never run, so it runs only when asked for."""
+    name = os.environ.get(PROFILE_ENV, "").strip()
+    return name or DEFAULT_PROFILE
+
+
+def explain_profile(name: str | Profile | None = None) -> str:
+    """One line: which recipe runs and why, e.g. "profile cpu (measured): the default; a GPU is present (it runs
+    this recipe) — MINILDM_PROFILE=gpu for the larger, predicted recipe"."""
+    profile = get_profile(name)
+    env = os.environ.get(PROFILE_ENV, "").strip()
+    why = "asked for" if name is not None else f"from ${PROFILE_ENV}" if env else "the default"
+    line = f"profile {profile.name} ({profile.status or 'made by hand'}): {why}"
+    if profile.name == "gpu":
+        return line + f"; sized by counted FLOPs, not measured (profile {DEFAULT_PROFILE} is the measured recipe)"
+    if why != "the default":
+        return line
+    if torch.cuda.is_available():
+        return line + f"; a GPU is present (it runs this recipe) — {PROFILE_ENV}=gpu for the larger, predicted recipe"
+    return line + f" ({PROFILE_ENV}=ci or gpu for the others)"
 
 
 def get_profile(name: str | Profile | None = None) -> Profile:

@@ -9,8 +9,8 @@
     tf32           TF32 matmuls and convolutions on CUDA (Ampere or newer): fp32 range, 10-bit mantissa.
     sync_every     read the losses back to the host every this many steps (0: every step on CPU, where it costs
                    nothing, every 25 steps on a GPU, where each read waits for the device to drain its queue).
-    ae_minutes, ldm_minutes   time caps of every training run in this profile unless the caller gives its own
-                   max_minutes (None: no cap), so that a profile sized for one GPU keeps its promise on a smaller one.
+    ae_minutes, ldm_minutes   opt-in time caps of every training run in this profile unless the caller gives
+                   its own max_minutes (None: no cap, the step counts decide). No shipped profile sets one.
 """
 
 from __future__ import annotations
