@@ -28,7 +28,7 @@ from torch import nn
 from .nn import CrossAttention
 from .utils import rand
 
-__all__ = ["Conditioner", "ClassEmbedder", "TextEncoder", "TextTransformerBlock", "LayoutEncoder", "LowResConcat", "drop_rows", "WordTokenizer"]
+__all__ = ["Conditioner", "ClassEmbedder", "ClassToken", "TextEncoder", "TextTransformerBlock", "LayoutEncoder", "LowResConcat", "drop_rows", "WordTokenizer"]
 
 
 def _batch_size(batch_size_or_like: int | torch.Tensor) -> int:
@@ -82,6 +82,21 @@ class ClassEmbedder(Conditioner):
         """(B,) labels all equal to the null class `num_classes`."""
         B = _batch_size(batch_size_or_like)
         return torch.full((B,), self.null_index, dtype=torch.int64, device=_device(batch_size_or_like, device))
+
+
+class ClassToken(ClassEmbedder):
+    """The paper's class route (LDM Sec. 4.1 / the reference's cin-ldm configs: `conditioning_key: crossattn`
+    with a ClassEmbedder): the label becomes ONE learned token that the U-Net reads through cross-attention,
+    like a one-word caption. Row `num_classes` of the table is the null class (classifier-free guidance).
+    minildm's default route (`ClassEmbedder`, ADM's) adds the label to the time embedding instead."""
+
+    def __init__(self, num_classes: int, width: int):
+        super().__init__(num_classes)
+        self.table = nn.Embedding(num_classes + 1, width)
+
+    def forward(self, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """labels (B,) in {−1, 0..K} -> {"context": (B, 1, width)}: one token per image."""
+        return {"context": self.table(super().forward(labels)["y"])[:, None]}
 
 
 # --- Text: a small transformer over token ids, trained jointly with the U-Net (LDM Sec. 4.3.1) --------------

@@ -13,7 +13,8 @@ reference's `scale_by_std`; 0.18215 is that number for one Stable Diffusion auto
 `decode` divides by it again before the decoder.
 
 Conditioning modes (`cond`): "text" (captions → transformer → cross-attention), "class" (label → time
-embedding), "layout" (one token per object → cross-attention), "sr" (low-res image concatenated to z_t),
+embedding, ADM's route and minildm's default; `class_route="crossattn"` reads it as one cross-attention token, as
+the paper's class-conditional ImageNet models do), "layout" (one token per object → cross-attention), "sr" (low-res image concatenated to z_t),
 "none" (unconditional). What the condition can be comes from the data, not from this file: a text model is
 given the tokenizer of its captions, a class model the number of classes, a layout model the number of
 objects per layout.
@@ -29,17 +30,18 @@ import torch
 from torch import nn
 
 from .autoencoder import AEConfig, build_autoencoder
-from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
+from .conditioning import ClassEmbedder, ClassToken, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
 from .diffusion import PREDICTION_TYPES, GaussianDiffusion
 from .samplers import ddim_invert, ddim_sample, ddpm_sample
 from .samplers import img2img as ddim_img2img
 from .unet import UNet
 from .utils import autocast, config_from_dict, get_device, load_checkpoint, precision_dtype, randn
 
-__all__ = ["LDMConfig", "LatentDiffusion", "sample_latent", "COND_MODES", "BATCH_KEYS", "CHECKPOINT_KIND",
+__all__ = ["LDMConfig", "LatentDiffusion", "sample_latent", "COND_MODES", "CLASS_ROUTES", "BATCH_KEYS", "CHECKPOINT_KIND",
            "SAMPLE_STEPS", "GUIDANCE_SCALE"]
 
 COND_MODES = ("text", "class", "layout", "sr", "none")
+CLASS_ROUTES = ("time", "crossattn")     # how a class label enters the U-Net: time embedding (ADM) or one token
 BATCH_KEYS = {"text": "tokens", "class": "label", "layout": "layout", "sr": "image", "none": None}
 CHECKPOINT_KIND = "ldm"
 SAMPLE_STEPS, GUIDANCE_SCALE = 50, 3.0    # sampling defaults: DDIM-50, guidance s = 3
@@ -56,7 +58,8 @@ class LDMConfig:
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = (1, 2)   # downsampling factors, not pixel sizes
     num_heads: int = 4
-    context_dim: int = 64                             # width of τθ(y) (text / layout tokens)
+    context_dim: int = 64                             # width of τθ(y) (text / layout / class tokens)
+    class_route: str = "time"                         # class models: "time" (ADM, minildm) or "crossattn" (paper)
     text_layers: int = 2
     box_bins: int = 16                                # layout coordinates are quantized into this many bins
     coord_channels: bool = False                      # append (x, y) coordinate channels to z_t (see unet.py)
@@ -71,6 +74,8 @@ class LDMConfig:
     def __post_init__(self):
         if self.cond not in COND_MODES:
             raise ValueError(f"unknown conditioning mode {self.cond!r}; expected one of {COND_MODES}")
+        if self.class_route not in CLASS_ROUTES:
+            raise ValueError(f"LDMConfig.class_route must be one of {CLASS_ROUTES}, got {self.class_route!r}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"LDMConfig.prediction_type must be one of {PREDICTION_TYPES}, "
                              f"got {self.prediction_type!r}")
@@ -100,6 +105,8 @@ class LatentDiffusion(nn.Module):
         self.tokenizer = tokenizer if cond == "text" else None
         if cond == "text":
             self.cond_encoder: nn.Module | None = TextEncoder.from_config(config, tokenizer)
+        elif cond == "class" and config.class_route == "crossattn":
+            self.cond_encoder = ClassToken(num_classes, config.context_dim)
         elif cond == "class":
             self.cond_encoder = ClassEmbedder(num_classes)
         elif cond == "layout":
@@ -108,9 +115,10 @@ class LatentDiffusion(nn.Module):
             self.cond_encoder = LowResConcat(factor=autoencoder.downsample_factor / config.sr_factor)
         else:
             self.cond_encoder = None
+        class_token = cond == "class" and config.class_route == "crossattn"
         self.unet = UNet.from_config(
-            config, in_channels=c, cross_attention=cond in ("text", "layout"),
-            num_classes=num_classes if cond == "class" else None, concat_channels=3 if cond == "sr" else 0)
+            config, in_channels=c, cross_attention=cond in ("text", "layout") or class_token,
+            num_classes=num_classes if cond == "class" and not class_token else None, concat_channels=3 if cond == "sr" else 0)
         # scale_factor = 1/std(z); NaN until measured (`set_scale_factor`), then saved in the state dict
         self.register_buffer("scale_factor", torch.tensor(float("nan") if scale_factor is None else scale_factor))
 

@@ -10,9 +10,11 @@ each SpatialTransformer; image-like conditions (low-res images, maps) are concat
 input channels. Every residual branch ends in a zero-initialized layer and so does the output conv, so at
 initialization the U-Net outputs exactly zero and each block starts as the identity.
 
-minildm's choice for class conditioning: the U-Net owns the class-embedding table with `num_classes + 1`
-rows; the last row (index `num_classes`) is the *null* class used for classifier-free guidance
-(conditioning.ClassEmbedder produces these indices).
+Class labels take one of two routes (LDMConfig.class_route). minildm's default, ADM's: the U-Net owns a
+class-embedding table with `num_classes + 1` rows, added to the time embedding; the last row (index
+`num_classes`) is the *null* class used for classifier-free guidance (conditioning.ClassEmbedder produces these
+indices). The paper's class-conditional models instead read the label as one token through cross-attention
+(conditioning.ClassToken gives the context; this U-Net then has no class table).
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ def test_sample_from_a_shipped_model_needs_no_training(tmp_path, capsys):
 def test_an_unknown_shipped_model_names_the_shipped_ones(name, tmp_path, capsys):
     assert main(["sample", "--pretrained", name, "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err
-    assert f"no shipped model {name!r}" in err and "text, class, layout, sr" in err
+    assert f"no shipped model {name!r}" in err and "text, class, class-token, layout, sr" in err
     assert not (tmp_path / "x.png").exists()
 
 
@@ -186,7 +186,7 @@ def test_info_and_bench_data_commands(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "device: cpu" in out and "profile: ci" in out and "profile ci (tested in CI)" in out
-    assert "shipped models" in out and "text, class, layout, sr" in out
+    assert "shipped models" in out and "text, class, class-token, layout, sr" in out
     assert main(["bench-data", "--seconds", "0.1", "--resolutions", "32", "--batch-size", "16"]) == 0
     out = capsys.readouterr().out
     assert "32x32:" in out and "images/s" in out

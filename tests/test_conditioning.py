@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minildm.conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
+from minildm.conditioning import ClassEmbedder, ClassToken, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
 
 try:
     from minildm.data.shapes import ShapesTokenizer
@@ -27,6 +27,18 @@ def test_class_embedder_null_class():
     y = enc(torch.tensor([0, 5, -1, 6]))["y"]
     assert y.tolist() == [0, 5, 6, 6]                 # -1 ("no single class") and 6 both mean the null class
     assert enc.null_condition(3).tolist() == [6, 6, 6]
+
+
+def test_class_token_is_one_learned_token_per_label_with_a_null_row():
+    torch.manual_seed(0)
+    enc = ClassToken(num_classes=6, width=8)
+    ctx = enc(torch.tensor([0, 5, -1, 6, 0]))["context"]
+    assert ctx.shape == (5, 1, 8)                                   # one token: the paper's class route
+    table = enc.table.weight
+    assert table.shape == (7, 8)                                    # 6 classes + the null class
+    assert torch.equal(ctx[:, 0], table[torch.tensor([0, 5, 6, 6, 0])])   # −1 and 6 both read the null row
+    assert not torch.equal(ctx[0], ctx[1])
+    assert torch.equal(enc.null_condition(2), torch.tensor([6, 6]))
 
 
 def test_drop_rate_and_determinism():

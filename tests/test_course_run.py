@@ -1,4 +1,4 @@
-"""`minildm course` (run the notebooks in order, time them, collect claims and figures) and `minildm check`
+"""`minildm course` (run the notebooks in order, time them, collect identities, findings and figures) and `minildm check`
 (the expected run time of each notebook on this machine)."""
 
 import json
@@ -18,12 +18,12 @@ def test_run_course_times_one_notebook_and_a_partial_run_keeps_the_others(tmp_pa
                                    log=lambda *a: None)
     entry = record["notebooks"]["00_setup_and_shapes"]
     assert list(record["notebooks"]) == ["00_setup_and_shapes"] and entry["ok"] and entry["error"] is None
-    assert entry["claims"] and entry["figures"] and 0 < entry["minutes"] < 5
+    assert entry["identities"] and entry["findings"] == {} and entry["figures"] and 0 < entry["minutes"] < 5
     assert all((results / "ci" / f).is_file() for f in entry["figures"])          # figures copied beside the json
     assert set(record["speed"]) == {"autoencoder_steps_per_s", "ldm_steps_per_s"}
     saved = json.loads((results / "ci.json").read_text())
-    saved["notebooks"]["01_perceptual_compression"] = {"minutes": 7.0, "ok": True, "error": None, "claims": {},
-                                                       "figures": []}
+    saved["notebooks"]["01_perceptual_compression"] = {"minutes": 7.0, "ok": True, "error": None, "identities": {},
+                                                       "findings": {}, "figures": []}
     (results / "ci.json").write_text(json.dumps(saved))
     again = course_run.run_course("ci", tmp_path / "course", ["00"], results_dir=results, probe_seconds=0.2,
                                   log=lambda *a: None)

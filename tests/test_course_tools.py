@@ -160,25 +160,48 @@ def test_prompt_explorer_generates_and_reports_bad_words(text_ldm, capsys):
 # ------------------------------------------------------------------------------ the course helpers
 
 
-def test_claims_print_record_and_are_strict_when_asked(tmp_path, monkeypatch, capsys):
+def test_identities_raise_and_findings_need_to_clear_their_bar_by_their_noise(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(C.COURSE_DIR_ENV, str(tmp_path))
     course = C.setup("03_forward_diffusion", profile="ci")
     out = capsys.readouterr().out
     assert "notebook 03_forward_diffusion" in out and "profile ci (tested in CI): asked for" in out and "LPIPS" in out
-    assert course.claim("two is less than three", 2.0, "<", 3.0)
-    assert not course.claim("three is less than two", 3.0, "<", 2.0)         # printed, not raised (not strict)
-    assert "✓ two is less than three" in capsys.readouterr().out
+    course.identity("rows sum to one", 1.0, "==", 1.0)
+    assert "holds: rows sum to one" in capsys.readouterr().out
     with pytest.raises(C.ClaimFailed, match="closed form"):
-        course.claim("closed form = chain", 1e-3, "<", 1e-6, exact=True)   # identities are always strict
-    results = load_json(tmp_path / "results.json")
-    assert results["03_forward_diffusion"]["claims"]["three is less than two"]["ok"] is False
-    C.setup("04_unet_and_cross_attention", profile="ci").claim("four", 4.0, "==", 4.0)
+        course.identity("closed form = chain", 1e-3, "<", 1e-6)          # identities raise in every mode
+    course.finding("clear win", 0.9, ">", 0.5, noise=0.1)
+    course.finding("inside the noise", 0.55, ">", 0.5, noise=0.1)       # measured > bar, but not by its noise
+    course.finding("interval", 0.3, "<", 0.25, noise=(0.2, 0.4))        # an interval (low, high) that spans the bar
+    course.finding("interval below", 0.1, "<", 0.25, noise=(0.05, 0.2))
+    printed = capsys.readouterr().out
+    assert "✓ finding: clear win: 0.9 (95 % interval 0.8 … 1)" in printed and "margin 0.4 = 4.0× its noise" in printed
+    assert "✗ finding: inside the noise" in printed and "not shown in the ci profile" in printed
+    with pytest.raises(ValueError, match="op must be"):
+        course.finding("equal", 1.0, "==", 1.0, noise=0.0)
+    results = load_json(tmp_path / "results.json")["03_forward_diffusion"]
+    held = {name: f["ok"] for name, f in results["findings"].items()}
+    assert held == {"clear win": True, "inside the noise": False, "interval": False, "interval below": True}
+    assert results["findings"]["clear win"]["low"] == 0.8
+    assert results["identities"]["rows sum to one"]["ok"] and not results["identities"]["closed form = chain"]["ok"]
+    C.setup("04_unet_and_cross_attention", profile="ci").finding("four", 4.0, ">", 3.0, noise=0.5)
     monkeypatch.setenv(C.STRICT_ENV, "1")
-    strict = C.setup("03_forward_diffusion", profile="ci")          # a rerun drops the earlier run's claims
+    strict = C.setup("03_forward_diffusion", profile="ci")          # a rerun drops the earlier run's results
     assert "03_forward_diffusion" not in load_json(tmp_path / "results.json")
-    assert load_json(tmp_path / "results.json")["04_unet_and_cross_attention"]["claims"]["four"]["ok"]
-    with pytest.raises(C.ClaimFailed):
-        strict.claim("three is less than two", 3.0, "<", 2.0)
+    assert load_json(tmp_path / "results.json")["04_unet_and_cross_attention"]["findings"]["four"]["ok"]
+    with pytest.raises(C.ClaimFailed, match="not shown"):
+        strict.finding("inside the noise", 0.55, ">", 0.5, noise=0.1)
+
+
+def test_binomial_interval_and_bootstrap_against_independent_computations():
+    from minildm.eval.metrics import binomial_interval, bootstrap_std
+    low, high = binomial_interval(8, 10)          # Wilson 95 % for 8/10: 0.4902 … 0.9433 (Brown, Cai & DasGupta)
+    assert abs(low - 0.4902) < 1e-3 and abs(high - 0.9433) < 1e-3
+    assert binomial_interval(0, 20)[0] == 0.0 and binomial_interval(0, 20)[1] > 0.1   # never empty at k = 0
+    assert binomial_interval(50, 100) == pytest.approx((0.4038, 0.5962), abs=1e-3)
+    # the bootstrap std of a mean of n values ≈ their std / √n
+    x = torch.randn(400, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    se = bootstrap_std(lambda idx: float(x[idx].mean()), len(x), n_boot=400)
+    assert se == pytest.approx(float(x.std()) / 20, rel=0.15)
 
 
 def test_check_answer_is_friendly():

@@ -19,7 +19,8 @@ COURSE = json.loads((ROOT / "docs" / "course" / "cpu.json").read_text())
 MANIFEST = json.loads((ROOT / "data" / "pretrained" / "manifest.json").read_text())
 MINUTES = {name[:2]: nb["minutes"] for name, nb in COURSE["notebooks"].items()}
 TOTAL = COURSE["total_minutes"]
-N_CLAIMS = sum(len(nb["claims"]) for nb in COURSE["notebooks"].values())
+N_IDENTITIES = sum(len(nb.get("identities", {})) for nb in COURSE["notebooks"].values())
+N_FINDINGS = sum(len(nb.get("findings", {})) for nb in COURSE["notebooks"].values())
 
 
 def rounds_to(quoted: str, value: float) -> bool:
@@ -107,14 +108,15 @@ def test_the_whole_course_time_is_the_recorded_total():
     assert not wrong, f"course totals other than docs/course/cpu.json's {TOTAL} min: {wrong}"
 
 
-def test_the_claim_count_is_the_recorded_one_and_says_how_many_are_identities():
+def test_the_counts_of_identities_and_findings_are_the_recorded_ones():
+    held = [f["ok"] for nb in COURSE["notebooks"].values() for f in nb.get("findings", {}).values()]
     for page in PAGES:
         for s in sentences(page.read_text()):
-            m = re.search(r"(\d+) claims held", s)
-            if m:
-                assert int(m.group(1)) == N_CLAIMS, f"{page.name}: '{s[:100]}': the record has {N_CLAIMS} claims"
-                text = page.read_text()
-                assert "identit" in text, f"{page.name} says all {N_CLAIMS} claims held but not how many are identities"
+            for m in re.finditer(r"\b(\d+) (identities|findings)\b", s):
+                recorded = N_IDENTITIES if m.group(2) == "identities" else N_FINDINGS
+                assert int(m.group(1)) == recorded, f"{page.name}: '{s[:100]}': the record has {recorded} {m.group(2)}"
+            if re.search(r"\bevery finding held|all \d+ findings held", s):
+                assert all(held), f"{page.name}: '{s[:100]}', but the record has findings that did not hold"
 
 
 # --- the shipped models ---------------------------------------------------------------------------------------

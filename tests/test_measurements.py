@@ -91,19 +91,22 @@ def test_evaluate_ldm_bookkeeping_with_stand_in_models():
 
 
 @pytest.mark.slow
-def test_a_tiny_model_trained_by_the_package_learns_colors_from_its_class_labels(tmp_path):
+@pytest.mark.parametrize("route", ["time", "crossattn"])
+def test_a_tiny_model_trained_by_the_package_learns_colors_from_its_class_labels(tmp_path, route):
     # train_ldm itself, 300 steps (~20 s on 2 cores) of a width-16 class-conditional U-Net on the latents of the
     # shipped cpu autoencoder; then the Shapes evaluator reads the colors of 2 samples per class. Chance is 1/6.
     # The same model without its label (guidance s = 0: the unconditional branch) must stay near chance: the
-    # colors come from the condition, not from a lucky prior.
+    # colors come from the condition, not from a lucky prior. Both routes: the label in the time embedding
+    # (ADM's, minildm's default) and the label as one cross-attention token (the paper's).
     ae = pretrained.load_autoencoder("cpu", "cpu")
     profile = get_profile("ci").replace(
         data={"max_objects": 1, "train_size": 4096},
-        ldm={"cond": "class", "model_channels": 16},
+        ldm={"cond": "class", "model_channels": 16, "class_route": route},
         ldm_train={"steps": 300, "batch_size": 64, "lr": 2e-3, "cache_size": 1024, "ema_decay": 0.0,
                    "warmup_steps": 10, "checkpoint_every": 10**6})
     path = train_ldm(profile, ae, tmp_path, device="cpu", progress=False)["path"]
     ldm = LatentDiffusion.from_checkpoint(path, "cpu")
+    assert ldm.config.class_route == route and (ldm.unet.num_classes is None) == (route == "crossattn")
     asked = evaluate_class_model(ldm, per_class=2, steps=10, guidance_scale=3.0)
     ignored = evaluate_class_model(ldm, per_class=2, steps=10, guidance_scale=0.0)
     print(f"color accuracy {asked['color']:.2f} with the label, {ignored['color']:.2f} without (chance 0.17)")

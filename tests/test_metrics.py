@@ -150,3 +150,39 @@ def test_random_maps_peak_in_boxes_at_the_covered_share():
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5]]]).expand(4000, 1, 4)      # a quarter of an 8×8 grid
     share = float(peak_in_boxes(torch.rand(4000, 8, 8, generator=g), boxes).float().mean())
     assert abs(share - 0.25) < 0.03
+
+
+# --------------------------------------------------------------------------- blur and colour on Shapes scenes
+
+
+def _square_scene(blur: int = 0, shift: float = 0.0):
+    """One 16×16 image: a red square (segmentation 1) on black, optionally box-blurred or colour-shifted."""
+    img = torch.full((1, 3, 16, 16), -1.0)
+    img[0, 0, 4:12, 4:12] = 1.0                                          # red channel of the square at +1
+    seg = torch.zeros(1, 16, 16, dtype=torch.long)
+    seg[0, 4:12, 4:12] = 1
+    out = img.clone()
+    if blur:
+        out = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(img, (blur,) * 4, mode="replicate"),
+                                             2 * blur + 1, stride=1)
+    out[:, 1] += 2 * shift                                               # green up by `shift` in [0, 1] units
+    return out, img, seg
+
+
+def test_edge_sharpness_is_one_for_a_copy_and_falls_with_blur():
+    from minildm.eval.metrics import edge_sharpness
+    same, img, seg = _square_scene()
+    assert float(edge_sharpness(same, img, seg)) == pytest.approx(1.0)
+    b1, _, _ = _square_scene(blur=1)
+    b2, _, _ = _square_scene(blur=2)
+    s1, s2 = float(edge_sharpness(b1, img, seg)), float(edge_sharpness(b2, img, seg))
+    # a 3-pixel box blur turns a unit step into thirds: each boundary pixel's difference drops to about 1/3
+    assert s2 < s1 < 0.5 and s1 == pytest.approx(1 / 3, abs=0.1)
+
+
+def test_object_color_error_sees_a_colour_shift_and_not_a_blur():
+    from minildm.eval.metrics import object_color_error
+    shifted, img, seg = _square_scene(shift=0.25)
+    assert float(object_color_error(shifted, img, seg)) == pytest.approx(0.25, abs=1e-9)   # ‖(0, 0.25, 0)‖
+    blurred, _, _ = _square_scene(blur=1)
+    assert float(object_color_error(blurred, img, seg)) < 0.1          # the interior (eroded by 1) barely moves

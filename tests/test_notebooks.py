@@ -6,7 +6,10 @@
     summary, questions and what comes next
   - at least two exercises: a code cell that starts `# Exercise N.k: …` with balanced solution markers,
     followed by a code cell that checks it with check_answer("Exercise N.k", …); markers only in code cells
-  - at least one claim checked in code (course.claim) and one bad-input cell tagged raises-exception
+  - at least one identity or finding checked in code (course.identity / course.finding) and one bad-input cell
+    tagged raises-exception; no course.claim (the first edition's single kind of check)
+  - markdown quotes the paper and the math, never this run's outcomes: no measured percentage, dB, FID or
+    accuracy in a markdown cell unless the line cites the paper; no lab report (how the course was written)
   - committed without outputs, except `# NBVAL_CHECK_OUTPUT` cells, which keep theirs and their
     execution_count (nbval compares a cell only when it has one); no error outputs; small files
 """
@@ -81,12 +84,47 @@ def test_exercises_are_marked_and_each_is_checked(path):
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
-def test_claims_and_bad_input_cells(path):
+def test_identities_findings_and_bad_input_cells(path):
     cs = cells(path)
     code = [c for c in cs if c["cell_type"] == "code"]
-    assert any("course.claim(" in source(c) for c in code), "no claim checked in code"
+    assert any("course.identity(" in source(c) or "course.finding(" in source(c) for c in code), "nothing checked in code"
+    assert not any("course.claim(" in source(c) for c in code), "course.claim is gone: use course.identity or .finding"
     tagged = [c for c in code if "raises-exception" in c.get("metadata", {}).get("tags", [])]
     assert tagged, "no bad-input cell tagged raises-exception"
+
+
+# A number with a unit of outcome (%, dB), or FID / accuracy followed by a number: a measurement. Allowed only in
+# a sentence that cites the paper (or another paper), or when it is one of the course's settings named in SETTINGS.
+MEASURED = re.compile(r"\d(?:[\d.,]*\d)?\s*(?:%|dB\b)|\b(?:FID|accuracy)(?: of |=| = |≈| ≈ |: | )\d", re.I)
+CITES = re.compile(r"\bpaper\b|\b(?:Sec|Tab|Fig|App|Eq)\.|\bTable\b|et al\.|\breference\b", re.I)
+SETTINGS = re.compile(r"10\s*% (?:of|each|the)|probability 10\s*%|99\.9\s*%|\d+\s*% of (?:training|its steps|the steps)"
+                      r"|(?:\d+\s*/\s*)+\d+\s*%")
+LAB_REPORT = ("when this course was written", "could not check", "on the machine this course", "set below what",
+              "strict pass", "we measured on", "in our run", "this course's run")
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
+def test_markdown_states_no_outcome_of_this_run(path):
+    bad = []
+    for i, c in enumerate(cells(path)):
+        if c["cell_type"] != "markdown":
+            continue
+        text = " ".join(source(c).split())
+        for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z*(])", text):
+            if MEASURED.search(SETTINGS.sub("", sentence)) and not CITES.search(sentence):
+                bad.append(f"cell {i}: {sentence[:140]}")
+            bad += [f"cell {i}: lab report '{p}'" for p in LAB_REPORT if p in sentence.lower()]
+    assert not bad, "markdown states a measured outcome (print it from code) or tells the course's history:\n" + \
+        "\n".join(bad)
+
+
+def test_the_markdown_check_catches_what_it_should():
+    assert MEASURED.search("the model reaches 92.5 % of prompts") and MEASURED.search("PSNR 30.9 dB")
+    assert MEASURED.search("an FID of 47") and not MEASURED.search("two sets of real images have FID > 0")
+    assert MEASURED.search("FID = 51.0") and MEASURED.search("accuracy: 0.96")
+    assert not MEASURED.search("f = 4, 8×8×4 latents, 50 DDIM steps")
+    assert CITES.search("KL-f4 reaches 27.5 dB (the paper's Table 8)")
+    assert not MEASURED.search(SETTINGS.sub("", "replaces 10 % of the captions by the empty caption"))
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])

@@ -87,8 +87,37 @@ def test_export_command(runs, tmp_path, capsys):
     assert pretrained.load_ldm("ci", "text", root=tmp_path) is not None
 
 
+def test_second_stages_are_added_to_the_shipped_autoencoder_and_the_comparison_is_16_bit(runs, tmp_path, capsys):
+    assert main(["export-pretrained", "--profile", "ci", "--autoencoder", str(runs / "autoencoder.pt"), "--root",
+                 str(tmp_path)]) == 0
+    ae_sha = pretrained.manifest(tmp_path)["files"]["ci/autoencoder.safetensors"]["sha256"]
+    # no --autoencoder: the class model joins the autoencoder already shipped, which stays as it was
+    assert main(["export-pretrained", "--profile", "ci", "--ldm", f"class={runs / 'class' / 'ldm.pt'}", "--root",
+                 str(tmp_path)]) == 0
+    assert pretrained.manifest(tmp_path)["files"]["ci/autoencoder.safetensors"]["sha256"] == ae_sha
+    assert pretrained.load_ldm("ci", "class", root=tmp_path) is not None
+    assert main(["export-pretrained", "--profile", "ci", "--root", str(tmp_path)]) != 0
+    assert "nothing to export" in capsys.readouterr().err
+    ckpt = runs / "autoencoder.pt"
+    assert main(["export-pretrained", "--profile", "ci", "--compare", *(f"{k}={ckpt}" for k in pretrained.COMPARISON),
+                 "--root", str(tmp_path)]) == 0
+    runs_ = pretrained.load_comparison("ci", "cpu", root=tmp_path)
+    assert set(runs_) == set(pretrained.COMPARISON.values())
+    run = runs_["L2"]
+    assert run["step"] == 4 and [r["step"] for r in run["history"]] == [], "every 5th step of 4: none"
+    full = load_autoencoder(ckpt, "cpu")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        a, b = full.decode(full.encode(x).mean), run["model"].decode(run["model"].encode(x).mean)
+    assert (a - b).abs().max() < 2e-2                       # 16-bit weights: the same model up to rounding
+    header = json.loads((tmp_path / "ci" / "ae-compare-l2.safetensors").read_bytes()[8:][:int.from_bytes(
+        (tmp_path / "ci" / "ae-compare-l2.safetensors").read_bytes()[:8], "little")])
+    assert {v["dtype"] for k, v in header.items() if k != "__metadata__"} <= {"F16", "I64"}
+    assert pretrained.load_comparison("gpu", root=tmp_path) is None
+
+
 def test_the_shipped_models_are_listed_by_name(shipped):
-    assert pretrained.shipped() == ["text", "class", "layout", "sr"]          # the committed cpu files
+    assert pretrained.shipped() == ["text", "class", "class-token", "layout", "sr"]   # the committed cpu files
     assert pretrained.shipped("ci", root=shipped) == ["text", "class"] and pretrained.shipped("gpu") == []
 
 
@@ -103,7 +132,7 @@ def test_the_readme_python_lines_sample_the_shipped_text_model():
 @pytest.mark.slow
 def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_says():
     files = pretrained.manifest()["files"]
-    names = ["autoencoder"] + [f"ldm-{c}" for c in ("text", "class", "layout", "sr")]
+    names = ["autoencoder"] + [f"ldm-{c}" for c in ("text", "class", "class-token", "layout", "sr")]
     assert {f"cpu/{n}.safetensors" for n in names} <= set(files), "run the kit export (docs/instructor-guide.md)"
     total = 0
     for name, entry in files.items():

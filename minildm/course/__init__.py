@@ -1,4 +1,4 @@
-"""What serves the course: one setup call per notebook with its claims and exercise checks (lesson.py), pictures
+"""What serves the course: one setup call per notebook with its identities, findings and exercise checks (lesson.py), pictures
 and widgets (viz.py, widgets.py), the shipped checkpoints (pretrained.py), tables of results (results.py), the
 student edition (student.py) and the whole-course runner (runner.py)."""
 

@@ -1,9 +1,10 @@
-"""The course's helpers: one setup call per notebook, claims checked in code, exercises checked against the
+"""The course's helpers: one setup call per notebook, identities and findings checked in code, exercises checked against the
 package, and models handed from notebook to notebook.
 
     course = setup("05_training_the_ldm")    # prints profile, device, torch, threads, folders, LPIPS, run time
     ae = course.autoencoder()                 # the student's own (notebook 01), else the shipped one, else trains
-    course.claim("the loss falls", last, "<", 0.8 * first)   # ✓ / ✗ with the measured value; strict: ✗ raises
+    course.identity("rows sum to 1", err, "<", 1e-6)       # must hold if the code is right: a failure raises
+    course.finding("EMA beats raw", d, "<", 0, noise=2 * se)  # an outcome, with its noise; strict: ✗ raises
     check_answer("Exercise 5.1", mine, course_value)          # a friendly message when an answer is off
     course.save_figure(fig, "loss_curves")   # kept with the results of this profile
 
@@ -12,8 +13,10 @@ leave nothing behind); else outputs/course/<profile>/ under the repository. A no
 (what the student trained in an earlier notebook), then among the shipped checkpoints (pretrained.py,
 data/pretrained/<profile>/, checksum-verified), and only then trains, after saying so.
 
-Strict mode ($MINILDM_STRICT=1, what `minildm course --strict` sets) turns a failed claim into an error; claims
-marked exact=True (mathematical identities) are strict in every profile.
+Two kinds of checks. An identity is what must hold if the code is right (attention rows sum to 1, a step by
+hand equals the package's): it raises in every profile. A finding is an outcome that could go either way: it
+holds when its ~95 % interval clears a bar set before seeing the model (from the paper or from the noise). Strict
+mode ($MINILDM_STRICT=1, what `minildm course --strict` sets) turns a finding that does not hold into an error.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import operator
 import os
 import platform
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,7 +52,7 @@ ANY_DATA = ("01_perceptual_compression", "05_training_the_ldm", "08_other_condit
 NOTEBOOKS = ("00_setup_and_shapes", "01_perceptual_compression", "02_latent_space", "03_forward_diffusion",
              "04_unet_and_cross_attention", "05_training_the_ldm", "06_ddim_sampling", "07_guidance_and_attention",
              "08_other_conditions", "09_experiments")
-RESULTS_DIR = REPO_ROOT / "docs" / "course"        # what `minildm course` recorded: times, claims, figures
+RESULTS_DIR = REPO_ROOT / "docs" / "course"        # what `minildm course` recorded: times, identities, findings, figures
 # The first cell of every notebook, identical everywhere (tests/test_notebooks.py checks it): on Colab, when
 # minildm is not installed, it clones the tagged release (which brings data/ with the evaluator and the shipped
 # checkpoints), installs what Colab lacks without touching Colab's own torch, and makes minildm importable
@@ -71,7 +74,7 @@ _OPS: dict[str, Callable[[Any, Any], bool]] = {"<": operator.lt, "<=": operator.
 
 
 class ClaimFailed(AssertionError):
-    """A claim of a notebook did not hold in strict mode."""
+    """An identity failed (any mode), or a finding did not hold in strict mode."""
 
 
 def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-5) -> None:
@@ -98,7 +101,7 @@ def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: f
 
 @dataclass
 class Course:
-    """What every notebook of the course shares: profile, device, seed, the folder of course models, claims."""
+    """What every notebook of the course shares: profile, device, seed, the folder of course models."""
 
     notebook: str
     profile: Profile
@@ -106,7 +109,6 @@ class Course:
     seed: int
     folder: Path
     strict: bool = False
-    claims: list[dict] = field(default_factory=list)
     data: str = "shapes"              # $MINILDM_DATA: shapes, mnist, fashion-mnist or folder:PATH
 
     def dataset(self, split: str = "train"):
@@ -165,21 +167,47 @@ class Course:
         names = [classes[c] if classes and len(classes) == ldm.num_classes else f"class {c}" for c in labels]
         return ldm.sample(ldm.prompt_condition(labels=labels), steps=steps, generator=g, **sample_kwargs), names
 
-    # ---------------------------------------------------------------- claims and results
-    def claim(self, name: str, measured: float, op: str, threshold: float, exact: bool = False) -> bool:
-        """Check `measured op threshold`, print ✓/✗ with the value, record it; raise if strict (or exact)."""
-        measured = float(measured)
-        ok = bool(_OPS[op](measured, float(threshold)))
-        print(f"{'✓' if ok else '✗'} {name}: measured {measured:.4g} {op} {float(threshold):.4g}"
-              + ("" if ok or self.strict or exact else f"  (does not hold in the {self.profile.name} profile)"))
-        record = {"notebook": self.notebook, "claim": name, "measured": measured, "op": op,
-                  "threshold": float(threshold), "ok": ok, "profile": self.profile.name}
-        self.claims.append(record)
-        self._write("claims", name, record)
-        if not ok and (self.strict or exact):
-            raise ClaimFailed(f"claim failed in {self.notebook}: {name} (measured {measured:.4g}, "
-                              f"expected {op} {float(threshold):.4g})")
-        return ok
+    # ---------------------------------------------------------------- identities, findings and results
+    def identity(self, name: str, value: float, op: str, expected: float) -> None:
+        """What must hold if the code is right (an identity of the math, a property by construction, arithmetic):
+        a plain check, not a finding. Prints it with its value; raises ClaimFailed when it fails, in every
+        profile: a failed identity is a bug, not a result."""
+        value = float(value)
+        ok = bool(_OPS[op](value, float(expected)))
+        print(f"{'holds' if ok else 'FAILS'}: {name} ({value:.4g} {op} {float(expected):.4g})")
+        self._write("identities", name, {"notebook": self.notebook, "identity": name, "value": value, "op": op,
+                                         "expected": float(expected), "ok": ok, "profile": self.profile.name})
+        if not ok:
+            raise ClaimFailed(f"identity failed in {self.notebook}: {name} ({value:.4g}, expected {op} "
+                              f"{float(expected):.4g}); the code (or your change to it) is wrong")
+
+    def finding(self, name: str, measured: float, op: str, bar: float, noise: float | tuple[float, float],
+                noise_what: str = "95 % interval", bar_from: str = "") -> None:
+        """An outcome that could go either way, with its noise. `noise`: the half-width of a ~95 % interval around
+        `measured` (about two standard errors), or the interval (low, high) itself (e.g. metrics.binomial_interval).
+        The finding holds when the whole interval lies on the bar's side: it clears `bar` by more than its noise.
+        `bar` is set before seeing the model, from the paper or from the noise (`bar_from` says which, e.g.
+        "chance", "the paper's ordering", "no difference"). Prints the value, its interval and the margin; records
+        it (results.json: "findings"); raises ClaimFailed in strict mode when it does not hold. Returns nothing, so
+        that a finding on a cell's last line shows no stray True/False."""
+        measured, bar = float(measured), float(bar)
+        low, high = (measured - float(noise), measured + float(noise)) if not isinstance(noise, (tuple, list)) \
+            else (float(noise[0]), float(noise[1]))
+        if op not in ("<", "<=", ">", ">="):
+            raise ValueError(f"a finding compares with a bar: op must be <, <=, > or >=, got {op!r}")
+        ok = bool(_OPS[op](low if op[0] == ">" else high, bar))
+        half = max(measured - low, high - measured)
+        margin = measured - bar if op[0] == ">" else bar - measured
+        times = f"{margin / half:.1f}× its noise" if half > 0 else "no noise"
+        print(f"{'✓' if ok else '✗'} finding: {name}: {measured:.4g} ({noise_what} {low:.4g} … {high:.4g}); bar "
+              f"{op} {bar:.4g}{f' ({bar_from})' if bar_from else ''}: margin {margin:.3g} = {times}"
+              + ("" if ok or self.strict else f"  (not shown in the {self.profile.name} profile)"))
+        self._write("findings", name, {"notebook": self.notebook, "finding": name, "measured": measured, "low": low,
+                                       "high": high, "noise_what": noise_what, "op": op, "bar": bar,
+                                       "bar_from": bar_from, "margin": margin, "ok": ok, "profile": self.profile.name})
+        if not ok and self.strict:
+            raise ClaimFailed(f"finding not shown in {self.notebook}: {name} ({measured:.4g}, interval {low:.4g} … "
+                              f"{high:.4g}; bar {op} {bar:.4g})")
 
     def record(self, key: str, value: Any) -> None:
         """Keep a measured number (or a small dict of them) in this profile's results file."""
@@ -239,8 +267,12 @@ class Course:
 
     def ldm(self, cond: str = "text", train_minutes: float | None = None, verbose: bool = True) -> LatentDiffusion:
         """The course's latent diffusion model for `cond`: the student's own (notebooks 05, 08), else the shipped
-        one (Shapes only), else trained now on the course's autoencoder and data (after saying so)."""
-        if self.data != "shapes" and cond not in self.conditions((cond,)):
+        one (Shapes only), else trained now on the course's autoencoder and data (after saying so). "class-token"
+        is a class model on the paper's route (the label as one cross-attention token), "class" minildm's."""
+        base, profile = cond, self.profile
+        if cond == "class-token":
+            base, profile = "class", self.profile.replace(ldm={"class_route": "crossattn"})
+        if self.data != "shapes" and base not in self.conditions((base,)):
             raise ValueError(f"there is no {cond} model on {self.data}: text and layout models need Shapes, class "
                              f"models labels; use course.second_stage() ({self.second_stage()!r}), or `minildm "
                              f"train-ldm --data {self.data}`")
@@ -248,7 +280,7 @@ class Course:
         def train() -> None:
             if not self.own("autoencoder").is_file():
                 self.autoencoder(verbose=verbose)
-            train_ldm(self.profile, self.own("autoencoder"), self.own(f"ldm-{cond}").parent, cond=cond,
+            train_ldm(profile, self.own("autoencoder"), self.own(f"ldm-{cond}").parent, cond=base,
                       device=self.device, max_minutes=train_minutes, seed=self.seed, progress=verbose,
                       dataset=None if self.data == "shapes" else self.dataset("train"))
 
@@ -296,7 +328,7 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
         folder = folder / ("data-" + "".join(c if c.isalnum() else "-" for c in data).strip("-"))
     folder.mkdir(parents=True, exist_ok=True)
     results = load_json(folder / "results.json") or {}
-    if results.pop(notebook, None) is not None:       # a rerun records afresh: no claim of an older version stays
+    if results.pop(notebook, None) is not None:       # a rerun records afresh: nothing of an older version stays
         write_json(results, folder / "results.json")
     strict = os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
     missing = lpips_weights_missing(profile.ae_loss.lpips_net, download=False)
@@ -315,7 +347,7 @@ def setup(notebook: str, seed: int = 0, profile: str | Profile | None = None,
           "  LPIPS: RANDOM backbone (the pretrained file is missing; see the README's offline notes)")
     print("  expected run time: " + (f"about {minutes:g} min (measured by `minildm course`, docs/course/)" if minutes else
                                       "not measured yet for this profile")
-          + ("; strict mode: a failed claim stops the notebook" if strict else ""))
+          + ("; strict mode: a finding that does not hold stops the notebook" if strict else ""))
     if profile.name == "ci":
         print("  NOTE: the ci profile trains tiny models for seconds; its numbers and pictures show the machinery,"
               " not results")

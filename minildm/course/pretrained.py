@@ -2,7 +2,8 @@
 
 data/pretrained/<profile>/ holds one safetensors file per model (no pickle: nothing executes on load), its
 config in the JSON header: autoencoder.safetensors, and ldm-<cond>.safetensors with the EMA weights of a second
-stage, which names its autoencoder by SHA-256. data/pretrained/manifest.json says how each was made (command,
+stage, which names its autoencoder by SHA-256; ae-compare-<objective>.safetensors are notebook 01's three
+autoencoders (16-bit, with their training curves in the header). data/pretrained/manifest.json says how each was made (command,
 seed, commit, torch, machine, minutes, metrics) and its SHA-256, which loading verifies. `export` writes them
 from training checkpoints (`minildm export-pretrained`); `load_autoencoder` / `load_ldm` read them.
 """
@@ -35,13 +36,15 @@ from ..ldm import LatentDiffusion, LDMConfig
 from ..utils import CheckpointError, config_from_dict, get_device, load_checkpoint, to_plain, unsafe_tensors
 from .results import load_json, write_json
 
-__all__ = ["DIR", "SHIPPED_PROFILE", "available", "shipped", "load_autoencoder", "load_ldm", "export", "file_sha256",
-           "manifest", "spot_check"]
+__all__ = ["DIR", "SHIPPED_PROFILE", "COMPARISON", "available", "shipped", "load_autoencoder", "load_ldm", "export",
+           "export_comparison", "load_comparison", "file_sha256", "manifest", "spot_check"]
 
 DIR = Path(__file__).resolve().parent.parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
 SHIPPED_PROFILE = "cpu"             # the profile whose models the repository ships (`minildm sample --pretrained`)
-_CONDS = ("text", "class", "layout", "sr", "none")
+_CONDS = ("text", "class", "class-token", "layout", "sr", "none")   # class-token: the paper's class route
+# Notebook 01's experiment: three autoencoders identical but for their objective, trained for the same steps
+COMPARISON = {"l2": "L2", "l1-lpips": "L1 + LPIPS", "l1-lpips-gan": "L1 + LPIPS + GAN"}
 
 
 def file_sha256(path: str | Path) -> str:
@@ -116,6 +119,54 @@ def load_ldm(profile: str, cond: str, device: str | torch.device | None = None,
     return ldm.to(get_device(device)).eval()
 
 
+def load_comparison(profile: str, device: str | torch.device | None = None, root: Path = DIR
+                    ) -> dict[str, dict[str, Any]] | None:
+    """Notebook 01's shipped experiment: {"L2" | "L1 + LPIPS" | "L1 + LPIPS + GAN": {"model", "step", "minutes",
+    "history", "loss"}}, the three autoencoders in eval mode with the curves of their training run; None when
+    `profile` ships none."""
+    out = {}
+    for key, name in COMPARISON.items():
+        shipped_file = _read(profile, f"ae-compare-{key}.safetensors", Path(root))
+        if shipped_file is None:
+            return None
+        meta, weights = shipped_file
+        model = build_autoencoder(config_from_dict(AEConfig, meta["config"]))
+        model.load_state_dict(weights)                  # 16-bit on disk, float32 in the model
+        out[name] = {"model": model.to(get_device(device)).eval(), "step": meta["step"], "minutes": meta["minutes"],
+                     "history": meta["history"], "loss": meta["loss"]}
+    return out
+
+
+def export_comparison(checkpoints: dict[str, str | os.PathLike], profile: str, provenance: dict[str, Any],
+                      root: str | os.PathLike = DIR, every: int = 5) -> dict[str, Any]:
+    """Write notebook 01's three autoencoders from their training checkpoints ({key of COMPARISON: autoencoder.pt}):
+    the weights in 16 bits (`provenance[key]["metrics"]` should hold PSNRs re-measured on the written files), their
+    loss settings and their training curves every `every` steps in the header; provenance: per key, the command,
+    seed and metrics."""
+    root = Path(root)
+    common = {"commit": _git_commit(), "torch": torch.__version__, "machine": f"{platform.machine()}, "
+              f"{os.cpu_count()} CPUs", "profile": profile}
+    full = manifest(root)
+    for key, path in checkpoints.items():
+        if key not in COMPARISON:
+            raise ValueError(f"unknown comparison autoencoder {key!r}; expected one of {', '.join(COMPARISON)}")
+        ckpt = load_checkpoint(path, kind="autoencoder")
+        state = ckpt["ema"]["shadow"] if ckpt.get("ema") else ckpt["state_dict"]
+        keys = ("l1", "lpips", "g", "d_loss", "d_weight")
+        history = [{"step": int(r["step"]), **{k: round(float(r[k]), 5) for k in keys if k in r}}
+                   for r in ckpt["history"] if int(r["step"]) % every == 0]
+        minutes = round(float(ckpt.get("elapsed", 0.0)) / 60, 2)
+        meta = {"kind": "autoencoder", "config": ckpt["config"], "loss": ckpt["loss_config"], "step": ckpt["step"],
+                "minutes": minutes, "history": history}
+        name = f"ae-compare-{key}.safetensors"
+        sha = _save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta, root / profile / name)
+        full["files"][f"{profile}/{name}"] = {"sha256": sha, "bytes": (root / profile / name).stat().st_size,
+                                              "steps": ckpt["step"], "minutes": minutes, "storage": "float16",
+                                              **common, **provenance.get(key, {})}
+    write_json(full, root / "manifest.json", sort_keys=True)
+    return full
+
+
 def _git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=DIR.parent.parent, capture_output=True, text=True,
@@ -138,9 +189,12 @@ def _save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) ->
     return file_sha256(path)
 
 
-def export(ae_checkpoint: str | os.PathLike, ldm_checkpoints: dict[str, str | os.PathLike], profile: str,
+def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, str | os.PathLike], profile: str,
            provenance: dict[str, Any], root: str | os.PathLike = DIR, spot_checks: bool = True) -> dict[str, Any]:
     """Write the shipped files of `profile` from training checkpoints and add them to the manifest.
+
+    ae_checkpoint None: the second stages were trained on the autoencoder `profile` already ships (e.g. on
+    `load_autoencoder(profile)`); it is kept as it is and the new files name it.
 
     ldm_checkpoints: {cond: path}; provenance: per file name ("autoencoder", "ldm-text", …) a dict with the
     command, seed, minutes and metrics measured on it (commit, torch version and machine are added here).
@@ -149,18 +203,25 @@ def export(ae_checkpoint: str | os.PathLike, ldm_checkpoints: dict[str, str | os
     """
     root = Path(root)
     out = root / profile
-    ae_ckpt = load_checkpoint(ae_checkpoint, kind="autoencoder")
-    ae_state = ae_ckpt["ema"]["shadow"] if ae_ckpt.get("ema") else ae_ckpt["state_dict"]
     common = {"commit": _git_commit(), "torch": torch.__version__, "machine": f"{platform.machine()}, "
               f"{os.cpu_count()} CPUs", "profile": profile}
     entries = {}
-    ae_sha = _save(ae_state, {"kind": "autoencoder", "config": ae_ckpt["config"]}, out / AE_FILE)
-    entries[AE_FILE] = {"sha256": ae_sha, **common, **provenance.get("autoencoder", {})}
+    if ae_checkpoint is None:
+        shipped_ae = load_autoencoder(profile, "cpu", root)
+        if shipped_ae is None:
+            raise ValueError(f"no shipped autoencoder for the {profile} profile in {root}: pass --autoencoder")
+        ae_state, ae_sha = shipped_ae.state_dict(), manifest(root)["files"][f"{profile}/{AE_FILE}"]["sha256"]
+    else:
+        ae_ckpt = load_checkpoint(ae_checkpoint, kind="autoencoder")
+        ae_state = ae_ckpt["ema"]["shadow"] if ae_ckpt.get("ema") else ae_ckpt["state_dict"]
+        ae_sha = _save(ae_state, {"kind": "autoencoder", "config": ae_ckpt["config"]}, out / AE_FILE)
+        entries[AE_FILE] = {"sha256": ae_sha, **common, **provenance.get("autoencoder", {})}
     for cond, path in ldm_checkpoints.items():
         ckpt = load_checkpoint(path, kind="ldm")
         if ckpt["autoencoder"]["state_dict"].keys() != ae_state.keys() or not all(
                 torch.equal(ckpt["autoencoder"]["state_dict"][k], v) for k, v in ae_state.items()):
-            raise ValueError(f"{path} was trained on another autoencoder than {ae_checkpoint}")
+            raise ValueError(f"{path} was trained on another autoencoder than "
+                             f"{ae_checkpoint or f'the shipped {profile} one'}")
         state = ckpt["ema"]["shadow"] if ckpt.get("ema") else ckpt["state_dict"]
         meta = {"kind": "ldm", "config": ckpt["config"], "conditioning": ckpt["conditioning"],
                 "resolution": ckpt["resolution"], "scale_factor": ckpt["scale_factor"], "autoencoder_sha256": ae_sha}
@@ -184,7 +245,7 @@ def spot_check(profile: str = "cpu", root: str | os.PathLike = DIR, steps: int =
     """Quick re-measurements of the shipped models of `profile` on the CPU (under a minute), the numbers the
     manifest stores as "spot_check" beside the full evaluation; tests/test_pretrained.py re-measures and compares.
     autoencoder: PSNR over test images [0, 64); text: one-object prompt accuracy of test captions [0, 32);
-    class: accuracy, one sample per class; layout: accuracy of test layouts [0, 16); sr: PSNR and bicubic PSNR of
+    class and class-token: accuracy, one sample per class; layout: accuracy of test layouts [0, 16); sr: PSNR and bicubic PSNR of
     test images [0, 16). DDIM with `steps` steps, guidance 3 (sr: none), seed 0."""
     root, out = Path(root), {}
     ae = load_autoencoder(profile, "cpu", root)
@@ -192,7 +253,7 @@ def spot_check(profile: str = "cpu", root: str | os.PathLike = DIR, steps: int =
         return out
     test = ShapesDataset("test", size=1000, max_objects=1)
     out["autoencoder"] = {"psnr": round(reconstruction_psnr(ae, [test.batch(range(64))["image"]], "cpu"), 3)}
-    for cond in ("text", "class", "layout", "sr"):
+    for cond in ("text", "class", "class-token", "layout", "sr"):
         m = load_ldm(profile, cond, "cpu", root)
         if m is None:
             continue
@@ -200,8 +261,8 @@ def spot_check(profile: str = "cpu", root: str | os.PathLike = DIR, steps: int =
             captions = [test.scene(i).caption for i in range(32)]
             images = sample_prompts(m, captions, steps, 0.0, 3.0, 0, 32)
             out["ldm-text"] = {"one_object_accuracy": float(prompt_accuracy(images, captions)["accuracy"])}
-        elif cond == "class":
-            out["ldm-class"] = {"accuracy": evaluate_class_model(m, per_class=1, steps=steps)["accuracy"]}
+        elif cond in ("class", "class-token"):
+            out[f"ldm-{cond}"] = {"accuracy": evaluate_class_model(m, per_class=1, steps=steps)["accuracy"]}
         elif cond == "layout":
             out["ldm-layout"] = {"accuracy": evaluate_layout_model(m, n=16, steps=steps)["accuracy"]}
         else:

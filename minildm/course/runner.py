@@ -1,4 +1,4 @@
-"""Run the course's notebooks in order in one profile, time each, and collect its claims and figures
+"""Run the course's notebooks in order in one profile, time each, and collect its identities, findings and figures
 (`minildm course --profile cpu --strict`), each in a fresh kernel with $MINILDM_PROFILE, $MINILDM_COURSE_DIR (later
 notebooks find the models earlier ones trained) and $MINILDM_STRICT. The record, docs/course/<profile>.json with
 the figures beside it, is the README's course table and the run time `setup()` prints."""
@@ -35,7 +35,8 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
                strict: bool = False, results_dir: str | os.PathLike | None = RESULTS_DIR,
                cell_timeout: int = 3600, probe_seconds: float = 10.0, log=print) -> dict[str, Any]:
     """Execute the notebooks (default: all ten) in order; returns and (when results_dir) writes the record:
-    {"profile", "strict", "notebooks": {name: {"minutes", "ok", "error", "claims", "figures"}}, "total_minutes"}."""
+    {"profile", "strict", "notebooks": {name: {"minutes", "ok", "error", "identities", "findings", "figures"}},
+    "total_minutes"}."""
     names = list(NOTEBOOKS) if not notebooks else [n for n in NOTEBOOKS if any(n.startswith(p) for p in notebooks)]
     if not names:
         raise ValueError(f"no course notebook matches {notebooks}; the notebooks are {', '.join(NOTEBOOKS)}")
@@ -57,12 +58,14 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
             except CellExecutionError as e:
                 error = str(e).strip().splitlines()[-1][:500]
             minutes = (time.perf_counter() - t0) / 60
-            claims = (load_json(course_dir / "results.json") or {}).get(name, {}).get("claims", {})
+            saved = (load_json(course_dir / "results.json") or {}).get(name, {})
+            identities, findings = saved.get("identities", {}), saved.get("findings", {})
             record["notebooks"][name] = {"minutes": round(minutes, 2), "ok": error is None, "error": error,
-                                         "claims": claims,
+                                         "identities": identities, "findings": findings,
                                          "figures": sorted(p.name for p in (course_dir / "figures").glob(f"{name}_*.png"))}
-            failed = [c for c, v in claims.items() if not v["ok"]]
-            log(f"[{name}] {minutes:.1f} min, {len(claims) - len(failed)}/{len(claims)} claims hold"
+            failed = [c for c, v in {**identities, **findings}.items() if not v["ok"]]
+            log(f"[{name}] {minutes:.1f} min, {len(identities)} identities, "
+                f"{sum(v['ok'] for v in findings.values())}/{len(findings)} findings hold"
                 + (f"; failed: {', '.join(failed)}" if failed else "") + (f"; ERROR: {error}" if error else ""))
             if error and strict:
                 break

@@ -44,7 +44,7 @@ from ..data.shapes import (
 )
 from .judge import (ATTRIBUTES, ShapesEvaluator, detect_objects, predict_cells, render_images, run_evaluator,
                     split_logits)
-from .metrics import fid_from_features, metrics_from_features, psnr
+from .metrics import bootstrap_std, fid_from_features, metrics_from_features, psnr
 from .probes import INFLUENCE_PAIRS, require_mode, word_influence
 
 __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
@@ -103,9 +103,11 @@ def _check_protocol(protocol: str) -> None:
 def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", max_objects: int = 2,
                               protocol: str = "unpaired", evaluator: ShapesEvaluator | None = None,
                               with_floor: bool = True, k: int = 3, kid_subset_size: int = 1000,
-                              kid_subsets: int = 100, seed: int = 0) -> dict[str, Any]:
+                              kid_subsets: int = 100, seed: int = 0, spread_boot: int = 50) -> dict[str, Any]:
     """Shapes-FID, KID, precision, recall of `fake_images`, generated for scenes [0, n) of a split (their
-    captions, classes or layouts), and (with_floor) the same metrics for the floor of the same protocol:
+    captions, classes or layouts), "fid_spread" (the standard deviation of the FID over `spread_boot` bootstrap
+    resamples of the generated images: its sampling noise at this n), and (with_floor) the same metrics for the
+    floor of the same protocol:
 
       unpaired  fake vs real [n, 2n);  floor: real [0, n) vs real [n, 2n)
       paired    fake vs real [0, n);   floor: the captions of [0, n) drawn again vs real [0, n)
@@ -116,9 +118,11 @@ def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", ma
     n, res = len(fake_images), fake_images.shape[-1]
     real = real_images(2 * n if protocol == "unpaired" else n, split, max_objects, res)
     reference = real[n:] if protocol == "unpaired" else real[:n]
-    fr = shapes_features(reference, evaluator)
-    out = {**metrics_from_features(fr, shapes_features(fake_images, evaluator), k, kid_subset_size, kid_subsets,
-                                   seed), "protocol": protocol}
+    fr, ff = shapes_features(reference, evaluator), shapes_features(fake_images, evaluator)
+    spread = bootstrap_std(lambda idx: fid_from_features(fr, ff[idx]), n, spread_boot, seed) if spread_boot > 1 \
+        else float("nan")
+    out = {**metrics_from_features(fr, ff, k, kid_subset_size, kid_subsets, seed), "protocol": protocol,
+           "fid_spread": spread}
     if with_floor:
         other = real[:n] if protocol == "unpaired" else _rerendered(n, split, max_objects, res)
         floor = metrics_from_features(fr, shapes_features(other, evaluator), k, kid_subset_size, kid_subsets, seed)

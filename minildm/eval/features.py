@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..perceptual import BACKBONE_FILES, backbone_path
-from .metrics import extract_features, fid_from_features
+from .metrics import bootstrap_std, extract_features, fid_from_features
 
 __all__ = ["Features", "offline_features", "available_features", "feature_file", "fid_with_floor",
            "FEATURE_NAMES", "INCEPTION_FILE"]
@@ -173,13 +173,15 @@ def _real_images(real: Any, count: int, seed: int) -> torch.Tensor:
 
 
 def fid_with_floor(fake: torch.Tensor, real: Any, features: Features | str | None = None, seed: int = 0,
-                   batch_size: int = 100) -> dict[str, Any]:
+                   batch_size: int = 100, spread_boot: int = 50) -> dict[str, Any]:
     """FID of generated images `fake` (n, C, H, W) against n real images, and the real-vs-real floor at the same
     n with the same features: FID(real A, real B) for two disjoint sets A, B of n real images (B is the reference
     of both). `real` is a dataset (n = len(fake) images drawn from it at random, seeded) or an image tensor
     (its first 2n); with fewer than 2n real images both are measured at n = half of them. `features` is a
     Features, a name of FEATURE_NAMES, or None (the best available offline, run on the device of `fake`).
-    -> {"fid", "fid_floor", "n", "features" (name), "features_label" (what they are, in words)}."""
+    `spread_boot` > 0 also gives "fid_spread": the standard deviation of the FID over that many bootstrap resamples
+    of the generated images, the sampling noise of this n (a difference of two FIDs smaller than it is noise).
+    -> {"fid", "fid_floor", "fid_spread", "n", "features" (name), "features_label" (what they are, in words)}."""
     feats = features if isinstance(features, Features) else offline_features(features, device=fake.device)
     available = int(real.shape[0]) if torch.is_tensor(real) else len(real)
     n = min(len(fake), available // 2)
@@ -189,5 +191,7 @@ def fid_with_floor(fake: torch.Tensor, real: Any, features: Features | str | Non
     images = _real_images(real, 2 * n, seed)
     a, reference = extract_features(images[:n], feats, batch_size), extract_features(images[n:], feats, batch_size)
     generated = extract_features(fake[:n].cpu(), feats, batch_size)
-    return {"fid": fid_from_features(reference, generated), "fid_floor": fid_from_features(reference, a), "n": n,
-            "features": feats.name, "features_label": feats.label}
+    spread = bootstrap_std(lambda idx: fid_from_features(reference, generated[idx]), n, spread_boot, seed) \
+        if spread_boot > 1 else float("nan")
+    return {"fid": fid_from_features(reference, generated), "fid_floor": fid_from_features(reference, a),
+            "fid_spread": spread, "n": n, "features": feats.name, "features_label": feats.label}

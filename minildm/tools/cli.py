@@ -28,7 +28,7 @@ from ..data.datasets import DATASETS, ShapesDataset, make_dataset
 from ..data.shapes import NUM_CLASSES, class_name, parse_layout
 from ..eval.accuracy import autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, real_images, text_report
 from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
-from ..ldm import LatentDiffusion
+from ..ldm import CLASS_ROUTES, LatentDiffusion
 from ..train.distributed import main_process
 from ..train.profiles import PROFILES, default_profile_name, explain_profile, get_profile
 from ..train.stages import train_autoencoder, train_ldm
@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="override the profile's step count")
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p.add_argument("--pixel-loss", choices=("l1", "l2"), default=None,
+                   help="override the profile's pixel loss (notebook 01 compares l2 with l1)")
+    p.add_argument("--perceptual-weight", type=_number(float, 0, False, "a weight ≥ 0"), default=None,
+                   help="override the profile's LPIPS weight (0 switches LPIPS off)")
+    p.add_argument("--disc-start", type=_number(int, 0, False, "a step ≥ 0"), default=None,
+                   help="override the step at which the GAN switches on (the cpu profile's lies after its steps)")
 
     p = add("bench-ae", cmd_bench_ae, "train an autoencoder for N minutes on Shapes, report PSNR/SSIM/LPIPS "
                                       "and shape fidelity by shape and size")
@@ -151,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "profile", "device", "data")
     p.add_argument("--cond", choices=("text", "class", "layout", "sr", "none"), default=None,
                    help="default: the profile's on Shapes; class (labelled data) or none on other data")
+    p.add_argument("--class-route", choices=CLASS_ROUTES, default=None,
+                   help="class models: the label enters through the time embedding (time, ADM's route, the default) "
+                        "or as one cross-attention token (crossattn, the paper's class-conditional models)")
     p.add_argument("--out", default=None, help="output folder (default runs/ldm-<profile>-<cond>)")
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes (checkpoint kept)")
@@ -161,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sample", cmd_sample, "sample images from a shipped model (--pretrained) or a trained checkpoint",
             description="Sample a grid of images with DDIM and classifier-free guidance, from a model shipped with "
-                        "minildm (--pretrained text|class|layout|sr: no training, under a minute on a laptop CPU) "
+                        "minildm (--pretrained text|class|class-token|layout|sr: no training, under a minute on a laptop CPU) "
                         "or from a checkpoint you trained (--checkpoint PATH). The defaults, DDIM-50 with η = 1 and "
                         "guidance 2.5, are the demo's sampler, the best measured on the shipped text model. Example: "
                         'minildm sample --pretrained text --prompt "a large red circle in the top left" --out x.png')
@@ -223,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("course", cmd_course, "run the course's notebooks in order in one profile, timing each")
     _common(p, "profile")
-    p.add_argument("--strict", action="store_true", help="a failed claim stops the notebook (and the run)")
+    p.add_argument("--strict", action="store_true", help="a finding that does not hold stops the notebook (and the run)")
     p.add_argument("--notebooks", nargs="*", default=None, help="only these (prefixes: 00 03 …)")
     p.add_argument("--course-dir", default=None, help="the course folder (default outputs/course/<profile>)")
     p.add_argument("--no-record", action="store_true", help="do not write docs/course/<profile>.json")
@@ -238,8 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export-pretrained", cmd_export, "write the shipped inference checkpoints (safetensors + manifest)")
     p.add_argument("--profile", required=True, help="the profile the checkpoints were trained in")
-    p.add_argument("--autoencoder", required=True, help="autoencoder.pt from `minildm train-ae`")
-    p.add_argument("--ldm", nargs="*", default=[], metavar="COND=PATH", help="e.g. text=runs/ldm-cpu-text/ldm.pt")
+    p.add_argument("--autoencoder", default=None, help="autoencoder.pt from `minildm train-ae` (default: keep the "
+                                                         "profile's shipped one, which the --ldm models were trained on)")
+    p.add_argument("--ldm", nargs="*", default=[], metavar="COND=PATH", help="e.g. text=runs/ldm-cpu-text/ldm.pt, "
+                                                                               "class-token=kit/class-token/ldm.pt")
+    p.add_argument("--compare", nargs="*", default=[], metavar="KEY=PATH",
+                   help=f"notebook 01's autoencoders ({', '.join(pretrained.COMPARISON)}), e.g. l2=kit/ae-l2/autoencoder.pt")
     p.add_argument("--provenance", default=None, help="JSON file: per file, the command, seed, minutes, metrics")
     p.add_argument("--root", default=str(pretrained.DIR), help="where to write (default: %(default)s)")
 
@@ -303,6 +316,9 @@ def cmd_train_ae(args: argparse.Namespace) -> int | None:
     profile = get_profile(args.profile)
     if main_process():
         print(explain_profile(args.profile))
+    loss = {k: v for k, v in (("pixel_loss", args.pixel_loss), ("perceptual_weight", args.perceptual_weight),
+                              ("disc_start", args.disc_start)) if v is not None}
+    profile = profile.replace(ae_loss=loss) if loss else profile
     out = args.out or os.path.join("runs", f"ae-{profile.name}-{args.kind or profile.ae.kind}")
     train, val = (_dataset(args, profile, split) for split in ("train", "val"))
     r = train_autoencoder(profile, out, device=args.device, max_minutes=args.minutes, kind=args.kind,
@@ -324,6 +340,8 @@ def cmd_train_ldm(args: argparse.Namespace) -> int | None:
     profile = get_profile(args.profile)
     if main_process():
         print(explain_profile(args.profile))
+    if args.class_route is not None:
+        profile = profile.replace(ldm={"class_route": args.class_route})
     data, cond = _dataset(args, profile, "train"), args.cond
     if data is not None and cond is None:           # text and layouts are Shapes features; labels when there are
         cond = "class" if data.num_classes else "none"
@@ -465,7 +483,13 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int | None:
 def cmd_export(args: argparse.Namespace) -> int | None:
     ldms = dict(item.split("=", 1) for item in args.ldm)
     provenance = json.loads(Path(args.provenance).read_text()) if args.provenance else {}
-    full = pretrained.export(args.autoencoder, ldms, args.profile, provenance, root=args.root)
+    if not (args.autoencoder or ldms or args.compare):
+        raise ValueError("nothing to export: pass --autoencoder, --ldm COND=PATH or --compare KEY=PATH")
+    if args.autoencoder or ldms:
+        full = pretrained.export(args.autoencoder, ldms, args.profile, provenance, root=args.root)
+    if args.compare:
+        full = pretrained.export_comparison(dict(item.split("=", 1) for item in args.compare), args.profile,
+                                            provenance, root=args.root)
     for name, entry in sorted(full["files"].items()):
         if name.startswith(f"{args.profile}/"):
             print(f"{name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}…")

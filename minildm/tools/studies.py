@@ -355,7 +355,8 @@ def rate_distortion(profile: str | Profile | None = None, out_dir: str | Path = 
                                       protocol="paired", with_floor=False)
         c = stage["config"].z_channels
         row = {"f": f, "latent_size": res // f, "latent_channels": c, "rate": latent_rate(res, f, c),
-               "psnr": float(torch.cat(p).mean()), "ssim": float(torch.cat(s).mean()),
+               "psnr": float(torch.cat(p).mean()), "psnr_se": float(torch.cat(p).std() / len(torch.cat(p)) ** 0.5),
+               "ssim": float(torch.cat(s).mean()),
                "lpips": float(torch.cat(lp).mean()) if lp else None, "rfid": m["fid"],
                "images": n, "ae_steps": stage["steps"], "ae_minutes": stage["minutes"]}
         rows.append(row)
