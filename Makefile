@@ -35,3 +35,20 @@ student: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+# The two ends of the dependency ranges pyproject.toml declares, each in a fresh environment (.venv-oldest,
+# .venv-newest): install, print the versions, the fast tier, the notebooks in the ci profile. CI runs both.
+.PHONY: test-oldest test-newest install-lab lab-lock
+test-oldest:
+	.ci/matrix oldest
+
+test-newest:
+	.ci/matrix newest
+
+# The frozen lab set (docs/lab-environment.md): a fresh $(VENV) with exactly the versions in .ci/lab-lock.txt.
+install-lab:
+	PYTHON=$(PYTHON) .ci/lab install $(VENV)
+
+# Refreshes .ci/lab-lock.txt from a fresh `make install` (in .venv-lab); test it before committing the lock.
+lab-lock:
+	PYTHON=$(PYTHON) .ci/lab lock

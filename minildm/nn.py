@@ -59,7 +59,9 @@ def zero_module(module: nn.Module) -> nn.Module:
 class EMA:
     """Exponential moving average of a model's parameters (and a copy of its buffers).
 
-    shadow ← d·shadow + (1 − d)·θ with warm-up d_n = min(decay, (1 + n) / (10 + n)) as in the reference.
+    shadow ← d·shadow + (1 − d)·θ with warm-up d_n = min(decay, (1 + n) / (10 + n)), n = updates made before this
+    one (so the first update uses d = 1/10). The reference's LitEma has the same formula but increments its counter
+    first, so its first update uses 2/11: one update later along the same curve.
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True):

@@ -139,7 +139,7 @@ def test_ema_updates_every_float_tensor_and_copies_integer_buffers():
 def test_fused_optimizer_is_the_same_adamw_update():
     from minildm.train.loop import fused_optimizer
 
-    assert fused_optimizer("cpu") == {"fused": True}
+    assert fused_optimizer("cpu") == ({"fused": True} if torch.__version__ >= (2, 4) else {})   # CPU kernel: torch 2.4
     assert fused_optimizer("mps") == {}
     torch.manual_seed(0)
     a = torch.nn.Linear(5, 3)

@@ -78,12 +78,14 @@ _NO_KERNEL = {aten.view, aten._unsafe_view, aten.t, aten.transpose, aten.permute
               aten.empty_like, aten.empty_strided, aten.unflatten, aten.chunk, aten.is_same_size}
 
 
-# torch's table knows the CUDA attention kernels; the CPU's flash attention has the same FLOPs
-_CPU_ATTENTION = {
-    aten._scaled_dot_product_flash_attention_for_cpu:
-        lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v),
-    aten._scaled_dot_product_flash_attention_for_cpu_backward:
-        lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v)}
+# torch's table knows the CUDA attention kernels; the CPU's flash attention (torch 2.2 and later) has the same
+# FLOPs. Before 2.2 the CPU computes attention with matmuls, which the table counts.
+_CPU_ATTENTION = {getattr(aten, name): count for name, count in (
+    ("_scaled_dot_product_flash_attention_for_cpu",
+     lambda q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_flop_count(q, k, v)),
+    ("_scaled_dot_product_flash_attention_for_cpu_backward",
+     lambda g, q, k, v, *args, out_shape=None, **kwargs: flop_counter.sdpa_backward_flop_count(g, q, k, v)),
+) if hasattr(aten, name)}
 
 
 class _OpCounter(TorchDispatchMode):
