@@ -18,7 +18,9 @@ from minildm.train.profiles import BUDGETS, ExperimentBudget, get_profile
 load_ldm = LatentDiffusion.from_checkpoint
 
 PROFILE = get_profile("ci").replace(ae_train={"steps": 3}, ldm_train={"steps": 4})
-BUDGET = ExperimentBudget(factors=(1, 4), ae_minutes=0.005, ldm_minutes=0.01, segments=2, eval_samples=4,
+# equal="steps" spends ae_steps / ldm_steps / ldm_batch of the budget, not the profile's 3 / 4 / 8
+BUDGET = ExperimentBudget(factors=(1, 4), ae_minutes=0.005, ldm_minutes=0.01, ae_steps=2, ldm_steps=6, ldm_batch=4,
+                          segments=2, eval_samples=4,
                             eval_steps=2, eval_batch=4, throughput_batch=2, throughput_steps=2,
                             sampler_steps=(1, 2), sampler_etas=(0.0, 1.0), sampler_samples=4,
                             guidance_scales=(1.0, 3.0), guidance_samples=4, guidance_steps=2, rd_images=8)
@@ -28,7 +30,7 @@ METRICS = ("fid", "fid_floor", "kid", "precision", "recall", "precision_floor", 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """f ∈ {1, 4}, equal step budgets (3 autoencoder steps, 4 LDM steps in 2 segments): deterministic."""
+    """f ∈ {1, 4}, equal step budgets (2 autoencoder steps, 6 LDM steps of batch 4 in 2 segments): deterministic."""
     out = tmp_path_factory.mktemp("fstudy")
     rows = E.f_study(PROFILE, out, BUDGET, equal="steps", download=False, verbose=False)
     return out, rows
@@ -44,11 +46,15 @@ def test_f_study_rows_have_the_promised_fields(study):
             assert key in r, key
         assert math.isfinite(r["fid"]) and r["fid"] >= 0 and r["fid_floor"] >= 0
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["accuracy"] <= 1
-    # equal steps: segment k ends at round(k · 4 / 2) LDM steps, for every f
-    assert [r["steps"] for r in rows] == [2, 4, 2, 4]
+    # equal steps: segment k ends at round(k · 6 / 2) LDM steps, for every f, each with batches of 4
+    assert [r["steps"] for r in rows] == [3, 6, 3, 6] and {r["equal"] for r in rows} == {"steps"}
+    for f in (1, 4):
+        assert json.loads((out / f"f{f}" / "f_study.json").read_text())["key"]["ldm_config"]["batch_size"] == 4
+        assert torch.load(out / f"f{f}" / "ldm.pt", weights_only=True)["step"] == 6
     by_f = {r["f"]: r for r in rows if r["segment"] == 2}
+    assert by_f[1]["checkpoint"] == str(out / "f1" / "ldm.pt")
     assert by_f[1]["latent_size"] == 32 and by_f[1]["latent_channels"] == 3 and by_f[1]["rate"] == 1.0
-    assert by_f[1]["ae_steps"] == 0 and by_f[4]["ae_steps"] == 3
+    assert by_f[1]["ae_steps"] == 0 and by_f[4]["ae_steps"] == 2
     assert by_f[4]["latent_size"] == 8 and by_f[4]["rate"] == pytest.approx(4 * 8 * 8 / (3 * 32 * 32))
     for f in (1, 4):   # sampling throughput is measured once, at the end of the budget
         assert by_f[f]["ddim_images_per_s"] > 0 and by_f[f]["throughput_steps"] == 2
@@ -58,27 +64,38 @@ def test_f_study_rows_have_the_promised_fields(study):
     assert R.f_study_summary(rows) == [by_f[1], by_f[4]]
 
 
-def _row(f, segment, fid, steps):
-    return {"f": f, "segment": segment, "fid": fid, "fid_floor": 5.0, "samples": 100, "minutes": 4.0 * segment / 2,
-            "steps": steps, "train_steps_per_s": steps / 240}
+def _row(f, segment, fid, steps, spread=1.0, equal="time"):
+    return {"f": f, "segment": segment, "fid": fid, "fid_spread": spread, "fid_floor": 5.0, "samples": 100,
+            "minutes": 4.0 * segment / 2, "steps": steps, "train_steps_per_s": steps / 240, "equal": equal}
 
 
-def test_f_study_verdict_says_which_f_won_and_whether_f4_beats_pixel_space():
+def test_f_study_verdict_says_which_f_won_and_whether_f4_is_ahead_of_pixel_space_beyond_the_noise():
     rows = [_row(1, 1, 80.0, 10), _row(1, 2, 60.0, 20), _row(4, 1, 50.0, 400), _row(4, 2, 30.0, 800)]
     v = R.f_study_verdict(rows)
-    assert "the lowest Shapes-FID is f = 4's: 30.0" in v
-    assert "f = 4 beats pixel space: FID 30.0 vs 60.0, after 800 vs 20 training steps" in v
+    assert "(4.00 min of LDM training each)" in v and "the lowest Shapes-FID is f = 4's: 30.0" in v
+    # noise: 2·√(1² + 1²) = 2.83
+    assert "f = 4 is ahead of pixel space: FID 30.0 vs 60.0 (difference +30.0, noise ± 2.8), after 800 vs 20" in v
     rows[-1] = _row(4, 2, 70.0, 800)                               # now pixel space ends lower
     v = R.f_study_verdict(rows)
-    assert "the lowest Shapes-FID is f = 1's: 60.0" in v and "f = 4 does not beat pixel space" in v
+    assert "the lowest Shapes-FID is f = 1's: 60.0" in v and "f = 4 is behind pixel space" in v
+    rows[-1] = _row(4, 2, 58.0, 800, spread=3.0)                   # 2 points apart, noise 2·√10 = 6.3
+    assert "f = 4 is within the noise of pixel space" in R.f_study_verdict(rows)
+    steps = [_row(1, 2, 60.0, 300, equal="steps"), _row(4, 2, 30.0, 300, equal="steps")]
+    assert "(300 training steps each)" in R.f_study_verdict(steps)
     assert R.f_study_verdict([]) == "no f-study rows"
+
+
+def test_experiment_budget_refuses_step_budgets_below_one():
+    with pytest.raises(ValueError, match="ldm_steps must be ≥ 1 or None"):
+        ExperimentBudget(ldm_steps=0)
+    assert ExperimentBudget(ldm_steps=None).ldm_steps is None
 
 
 @pytest.mark.slow
 def test_pixel_space_ldm_round_trips_through_load_ldm(study):
     out, _ = study
     ckpt = torch.load(out / "f1" / "ldm.pt", weights_only=True)
-    assert ckpt["step"] == 4 and ckpt["autoencoder"]["config"]["kind"] == "pixel"
+    assert ckpt["step"] == 6 and ckpt["autoencoder"]["config"]["kind"] == "pixel"
     ldm = load_ldm(out / "f1" / "ldm.pt", "cpu")
     assert isinstance(ldm.autoencoder, PixelSpace) and ldm.latent_size(32) == 32 and ldm.latent_channels == 3
     z = torch.randn(2, 3, 32, 32)
@@ -146,7 +163,7 @@ def test_rate_distortion(study):
     assert (out / "f4" / "autoencoder.pt").stat().st_mtime_ns == before
     assert [r["f"] for r in rows] == [4]                                # f = 1 is lossless: no row
     r = rows[0]
-    assert r["rate"] == pytest.approx(4 * 8 * 8 / (3 * 32 * 32)) and r["ae_steps"] == 3
+    assert r["rate"] == pytest.approx(4 * 8 * 8 / (3 * 32 * 32)) and r["ae_steps"] == 2
     assert r["lpips"] is None                                          # offline: no pretrained LPIPS weights
     assert 0 < r["psnr"] < 60 and -1 <= r["ssim"] <= 1 and r["rfid"] >= 0 and r["images"] == 8
 

@@ -138,7 +138,8 @@ def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_sa
     for name, entry in files.items():
         path = pretrained.DIR / name
         assert pretrained.file_sha256(path) == entry["sha256"], f"{name} differs from its manifest"
-        assert entry["seed"] == 0 and entry["command"].startswith("minildm train-") and entry["metrics"]
+        assert entry["seed"] == 0 and entry["command"].startswith(("minildm train-", "minildm experiments"))
+        assert entry["metrics"]
         total += path.stat().st_size
     assert total <= 30e6, f"the shipped checkpoints take {total / 1e6:.1f} MB (at most 30)"
     measured = pretrained.spot_check("cpu")
@@ -148,3 +149,35 @@ def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_sa
         for key, value in metrics.items():         # thread counts change float rounding: one sample may flip
             tolerance = 0.05 if "psnr" in key else 1 / 16 + 1e-9
             assert value == pytest.approx(recorded[key], abs=tolerance), (name, key, value, recorded[key])
+
+
+@pytest.mark.slow
+def test_the_f_study_record_holds_its_rows_and_the_final_models_samples(tmp_path, capsys):
+    from minildm.eval.accuracy import _test_captions, sample_prompts
+    from minildm.tools.studies import f_study
+    from minildm.train.profiles import ExperimentBudget
+    from minildm.utils import count_parameters
+
+    budget = ExperimentBudget(factors=(1, 4), ae_steps=2, ldm_steps=2, segments=1, eval_samples=4, eval_steps=2,
+                              eval_batch=4, throughput_batch=2, throughput_steps=1)
+    rows = f_study(CI, tmp_path / "study", budget, equal="steps", download=False, verbose=False)
+    assert main(["export-pretrained", "--profile", "ci", "--f-study", str(tmp_path / "study"), "--root",
+                 str(tmp_path / "kit")]) == 0
+    assert "ci/f-study.safetensors" in capsys.readouterr().out
+    record = pretrained.load_f_study("ci", root=tmp_path / "kit")
+    assert record["rows"] == [{k: v for k, v in r.items() if k != "checkpoint"} for r in json.loads(json.dumps(rows))]
+    assert record["made"]["steps"] == 2 and record["made"]["storage"].startswith("uint8")
+    assert record["key"]["equal"] == "steps" and record["key"]["ldm"] == 2 and set(record["samples"]) == {1, 4}
+    # the samples are the first 8 images the final models' evaluation judged (its captions, seed and start), 8-bit
+    captions = _test_captions(16, 32, 1, 2)
+    assert record["captions"] == captions[:8]
+    for f in (1, 4):
+        ldm = LatentDiffusion.from_checkpoint(tmp_path / "study" / f"f{f}" / "ldm.pt", "cpu")
+        judged = sample_prompts(ldm, captions, 2, 0.0, budget.guidance_scale, record["seed"], 16)[:8]
+        assert record["samples"][f].shape == (8, 3, 32, 32)
+        assert (record["samples"][f] - judged).abs().max() <= 1 / 127.5 + 1e-4
+        assert {r["unet_parameters"] for r in record["rows"] if r["f"] == f} == {count_parameters(ldm.unet)}
+    assert record["real"].shape == (8, 3, 32, 32) and record["real"].min() >= -1 and record["real"].max() <= 1
+    assert pretrained.load_f_study("gpu", root=tmp_path / "kit") is None
+    with pytest.raises(FileNotFoundError, match="no f-study"):
+        pretrained.export_f_study(tmp_path / "nothing", "ci", {}, root=tmp_path / "kit")

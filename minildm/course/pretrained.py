@@ -28,16 +28,19 @@ from ..eval.accuracy import (
     evaluate_class_model,
     evaluate_layout_model,
     evaluate_sr_model,
+    first_evaluation_samples,
     prompt_accuracy,
     sample_prompts,
 )
 from ..eval.metrics import reconstruction_psnr
 from ..ldm import LatentDiffusion, LDMConfig
-from ..utils import CheckpointError, config_from_dict, get_device, load_checkpoint, to_plain, unsafe_tensors
+from ..utils import (CheckpointError, config_from_dict, count_parameters, get_device, load_checkpoint, to_plain,
+                     unsafe_tensors)
 from .results import load_json, write_json
 
 __all__ = ["DIR", "SHIPPED_PROFILE", "COMPARISON", "available", "shipped", "load_autoencoder", "load_ldm", "export",
-           "export_comparison", "load_comparison", "file_sha256", "manifest", "spot_check"]
+           "export_comparison", "load_comparison", "export_f_study", "load_f_study", "file_sha256", "manifest",
+           "spot_check"]
 
 DIR = Path(__file__).resolve().parent.parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
@@ -45,6 +48,9 @@ SHIPPED_PROFILE = "cpu"             # the profile whose models the repository sh
 _CONDS = ("text", "class", "class-token", "layout", "sr", "none")   # class-token: the paper's class route
 # Notebook 01's experiment: three autoencoders identical but for their objective, trained for the same steps
 COMPARISON = {"l2": "L2", "l1-lpips": "L1 + LPIPS", "l1-lpips-gan": "L1 + LPIPS + GAN"}
+# Notebook 09's f-study at equal steps: its rows and 8-bit samples of each f's final model (no weights: a pixel-space
+# LDM per f would not fit the lab kit, and `minildm experiments f-study` remakes them)
+F_STUDY_FILE = "f-study.safetensors"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -165,6 +171,62 @@ def export_comparison(checkpoints: dict[str, str | os.PathLike], profile: str, p
                                               **common, **provenance.get(key, {})}
     write_json(full, root / "manifest.json", sort_keys=True)
     return full
+
+
+def load_f_study(profile: str, root: Path = DIR) -> dict[str, Any] | None:
+    """Notebook 09's shipped f-study: {"rows" (every segment of every f, as `f_study` returns them), "key" (its
+    settings), "captions", "real" (the test scenes of the captions), "samples" ({f: images}, images in [-1, 1]),
+    "seed", "made" (its manifest entry: command, minutes, machine, commit)}; None when `profile` ships none."""
+    shipped_file = _read(profile, F_STUDY_FILE, Path(root))
+    if shipped_file is None:
+        return None
+    meta, tensors = shipped_file
+    images = {k: v.float() / 127.5 - 1 for k, v in tensors.items()}      # 8-bit on disk
+    return {"rows": meta["rows"], "key": meta["key"], "captions": meta["captions"], "real": images["real"],
+            "samples": {int(k[1:]): v for k, v in images.items() if k != "real"}, "seed": meta["seed"],
+            "made": manifest(Path(root))["files"][f"{profile}/{F_STUDY_FILE}"]}
+
+
+@torch.no_grad()
+def export_f_study(study_dir: str | os.PathLike, profile: str, provenance: dict[str, Any], root: str | os.PathLike = DIR,
+                   n: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Write notebook 09's f-study record from a finished `minildm experiments f-study` folder (its f*/f_study.json
+    and f*/ldm.pt): every row, and per f n samples of the final model for the captions of test scenes [0, n) from
+    one seed, with the evaluation's DDIM steps and guidance (the first images its evaluation judged,
+    eval.accuracy.first_evaluation_samples), beside those scenes; images in 8 bits. provenance: the command, seed,
+    minutes and metrics."""
+    study_dir, root = Path(study_dir), Path(root)
+    folders = sorted(study_dir.glob("f*/f_study.json"), key=lambda p: int(p.parent.name[1:]))
+    if not folders:
+        raise FileNotFoundError(f"no f-study in {study_dir} (expected f1/f_study.json, f4/f_study.json, …); run "
+                                "`minildm experiments f-study --equal steps --out DIR` first")
+    studies = [load_json(p) for p in folders]
+    key = studies[0]["key"]
+    _, steps, guidance = key["eval"]
+    tensors, rows, captions = {}, [], None
+    for folder, study in zip(folders, studies):
+        if study["key"] != key:
+            raise ValueError(f"{folder} was run with other settings than {folders[0]}; export one study at a time")
+        ldm = LatentDiffusion.from_checkpoint(folder.parent / "ldm.pt", "cpu")
+        shown = first_evaluation_samples(ldm, n, steps, guidance, seed)
+        captions, tensors["real"] = shown["captions"], _to_bytes(shown["real"])
+        tensors[f"f{study['rows'][0]['f']}"] = _to_bytes(shown["samples"])
+        rows += [{**{k: v for k, v in r.items() if k != "checkpoint"}, "unet_parameters": count_parameters(ldm.unet)}
+                 for r in study["rows"]]
+    meta = {"kind": "f-study", "key": key, "rows": rows, "captions": captions, "seed": seed}
+    sha = _save(tensors, meta, root / profile / F_STUDY_FILE)
+    full = manifest(root)
+    full["files"][f"{profile}/{F_STUDY_FILE}"] = {
+        "sha256": sha, "bytes": (root / profile / F_STUDY_FILE).stat().st_size, "steps": key["ldm"],
+        "commit": _git_commit(), "torch": torch.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "profile": profile, "storage": "uint8 samples, no weights", **provenance}
+    write_json(full, root / "manifest.json", sort_keys=True)
+    return full
+
+
+def _to_bytes(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] as 8-bit integers (load_f_study maps them back)."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def _git_commit() -> str:

@@ -64,21 +64,25 @@ def f_study_summary(rows: Sequence[Row]) -> list[Row]:
 
 
 def f_study_verdict(rows: Sequence[Row]) -> str:
-    """One sentence: which f reached the lowest Shapes-FID at the end, and does f = 4 beat pixel space?"""
+    """Which f reached the lowest Shapes-FID at the end of the budget, and how f = 4 compares with pixel space
+    (with the FIDs' bootstrap spreads and the steps and minutes each took)."""
     final = f_study_summary(rows)
     if not final:
         return "no f-study rows"
     best = min(final, key=lambda r: r["fid"])
     by_f = {r["f"]: r for r in final}
-    text = (f"At the end of the equal budget ({best['minutes']:.2f} min of LDM training for f = {best['f']}), the "
-            f"lowest Shapes-FID is f = {best['f']}'s: {best['fid']:.1f} (unpaired real-vs-real floor "
-            f"{best['fid_floor']:.1f} at n = {best['samples']}).")
+    budget = (f"{best['steps']:,} training steps each" if best.get("equal") == "steps" else
+              f"{best['minutes']:.2f} min of LDM training each")
+    text = (f"At the end of the equal budget ({budget}), the lowest Shapes-FID is f = {best['f']}'s: "
+            f"{best['fid']:.1f} (unpaired real-vs-real floor {best['fid_floor']:.1f} at n = {best['samples']}).")
     if 1 in by_f and 4 in by_f:
         a, p = by_f[4], by_f[1]
-        verdict = "beats" if a["fid"] < p["fid"] else "does not beat"
-        text += (f" f = 4 {verdict} pixel space: FID {a['fid']:.1f} vs {p['fid']:.1f}, after {a['steps']} vs "
-                 f"{p['steps']} training steps ({a['train_steps_per_s']:.2f} vs {p['train_steps_per_s']:.2f} "
-                 "steps/s).")
+        gap, noise = p["fid"] - a["fid"], 2 * (a.get("fid_spread", 0.0) ** 2 + p.get("fid_spread", 0.0) ** 2) ** 0.5
+        verdict = ("is ahead of" if gap > noise else "is behind" if gap < -noise else "is within the noise of")
+        text += (f" f = 4 {verdict} pixel space: FID {a['fid']:.1f} vs {p['fid']:.1f} (difference {gap:+.1f}, "
+                 f"noise ± {noise:.1f}), after {a['steps']:,} vs {p['steps']:,} training steps that took "
+                 f"{a['minutes']:.2f} vs {p['minutes']:.2f} min ({a['train_steps_per_s']:.2f} vs "
+                 f"{p['train_steps_per_s']:.2f} steps/s).")
     return text
 
 
@@ -89,9 +93,10 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
                 ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
                 ("one_object_accuracy", "1-object acc.", ".1%"), ("two_object_accuracy", "2-object acc.", ".1%")],
     "f-study-summary": [("f", "f", "d"), ("latent_size", "h = w", "d"), ("latent_channels", "c", "d"),
-                        ("rate", "rate", ".4f"), ("ae_minutes", "AE minutes", ".1f"), ("ae_psnr", "AE val PSNR", ".1f"),
+                        ("rate", "rate", ".4f"), ("ae_steps", "AE steps", "d"), ("ae_psnr", "AE val PSNR", ".1f"),
                         ("steps", "LDM steps", "d"), ("train_steps_per_s", "train steps/s", ".2f"),
-                        ("ddim_images_per_s", "DDIM img/s", ".2f"), ("fid", "Shapes-FID", ".1f"),
+                        ("minutes", "LDM minutes", ".2f"), ("ddim_images_per_s", "DDIM img/s", ".2f"),
+                        ("fid", "Shapes-FID", ".1f"), ("fid_spread", "± (bootstrap s.d.)", ".1f"),
                         ("fid_floor", "floor (unpaired)", ".1f"), ("one_object_accuracy", "1-object acc.", ".1%")],
     "sampler": [("steps", "DDIM steps", "d"), ("eta", "η", ".1f"), ("fid", "Shapes-FID", ".1f"),
                 ("fid_floor", "floor (unpaired)", ".1f"), ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
@@ -107,7 +112,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
 
 def experiment_markdown(name: str, rows: Sequence[Row]) -> str:
     """The results.md section of one experiment: its table(s), and for the f-study the verdict."""
-    titles = {"f-study": "(a) Downsampling factor f at an equal training budget",
+    titles = {"f-study": "(a) Downsampling factor f at an equal training budget (steps or time)",
               "sampler": "(b) DDIM steps × η", "guidance": "(c) Classifier-free guidance scale",
               "rate-distortion": "(d) Autoencoder rate–distortion"}
     parts = [f"## {titles[name]}", "", results_table(rows, COLUMNS[name])]

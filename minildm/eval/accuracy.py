@@ -49,7 +49,7 @@ from .probes import INFLUENCE_PAIRS, require_mode, word_influence
 
 __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
            "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "by_shape_and_size",
-           "count_by_sizes", "shape_size_lines", "sample_prompts", "evaluate_text_model", "evaluate_guidance",
+           "count_by_sizes", "shape_size_lines", "sample_prompts", "first_evaluation_samples", "evaluate_text_model", "evaluate_guidance",
            "evaluate_text_ldm", "text_report", "evaluate_class_model", "evaluate_layout_model", "super_resolve",
            "evaluate_sr_model", "evaluate_unconditional", "fidelity_scenes", "autoencoder_shape_fidelity",
            "fidelity_lines", "PROTOCOLS", "GUIDANCE_SCALES"]
@@ -345,6 +345,18 @@ def sample_prompts(ldm: Any, captions: list[str], steps: int = 50, eta: float = 
     """One image per caption, in batches seeded as `_sample_batches` says (seed·7919 + first index)."""
     return _sample_batches(ldm, len(captions), lambda a, b: ldm.prompt_condition(prompts=list(captions[a:b])),
                            seed, batch_size, steps=steps, eta=eta, guidance_scale=guidance_scale)
+
+
+@torch.no_grad()
+def first_evaluation_samples(ldm: Any, n: int = 8, steps: int = 50, guidance_scale: float = 3.0, seed: int = 0
+                             ) -> dict[str, Any]:
+    """The first n images `evaluate_text_model(ldm, steps=steps, guidance_scale=guidance_scale, seed=seed)` judges
+    (the same captions and starting noise when n is at most its batch size), to look at: {"captions", "real" (the
+    test scenes the captions describe), "samples"}."""
+    ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, min_objects=1, max_objects=2)
+    captions = _test_captions(n, ldm.resolution, 1, 2)
+    return {"captions": captions, "real": ds.batch(range(n))["image"],
+            "samples": sample_prompts(ldm, captions, steps, 0.0, guidance_scale, seed, n).cpu()}
 
 
 def _fid_row(images: torch.Tensor, protocol: str = "unpaired", with_floor: bool = True) -> dict[str, float]:

@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                "class-token=kit/class-token/ldm.pt")
     p.add_argument("--compare", nargs="*", default=[], metavar="KEY=PATH",
                    help=f"notebook 01's autoencoders ({', '.join(pretrained.COMPARISON)}), e.g. l2=kit/ae-l2/autoencoder.pt")
+    p.add_argument("--f-study", default=None, metavar="DIR", help="notebook 09's f-study: the --out folder of "
+                   "`minildm experiments f-study --equal steps` (its rows and samples, no weights)")
     p.add_argument("--provenance", default=None, help="JSON file: per file, the command, seed, minutes, metrics")
     p.add_argument("--root", default=str(pretrained.DIR), help="where to write (default: %(default)s)")
 
@@ -262,10 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help=f"text LDM for the sweeps (default {DEFAULT_CHECKPOINT})")
     p.add_argument("--out", default=None, help="output folder (default outputs/experiments/<profile>)")
     p.add_argument("--equal", choices=("time", "steps"), default="time",
-                   help="f-study budget: equal training minutes (default) or the profile's step counts")
+                   help="f-study budget: equal training minutes (default) or equal steps, as the paper's Fig. 6 "
+                        "(--ae-steps/--ldm-steps, else the profile's step counts)")
     p.add_argument("--factors", type=_positive_int, nargs="+", default=None, help="downsampling factors (default 1 2 4 8)")
     p.add_argument("--ae-minutes", type=_positive_float, default=None, help="training minutes per autoencoder")
     p.add_argument("--ldm-minutes", type=_positive_float, default=None, help="training minutes per LDM (f-study)")
+    p.add_argument("--ae-steps", type=_positive_int, default=None, help="steps per autoencoder (--equal steps)")
+    p.add_argument("--ldm-steps", type=_positive_int, default=None, help="steps per LDM (--equal steps)")
+    p.add_argument("--ldm-batch", type=_positive_int, default=None, help="the f-study LDMs' batch size")
     p.add_argument("--segments", type=_positive_int, default=None, help="f-study evaluations along the LDM budget")
     p.add_argument("--seed", type=int, default=0)
     return parser
@@ -483,13 +489,15 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int | None:
 def cmd_export(args: argparse.Namespace) -> int | None:
     ldms = dict(item.split("=", 1) for item in args.ldm)
     provenance = json.loads(Path(args.provenance).read_text()) if args.provenance else {}
-    if not (args.autoencoder or ldms or args.compare):
-        raise ValueError("nothing to export: pass --autoencoder, --ldm COND=PATH or --compare KEY=PATH")
+    if not (args.autoencoder or ldms or args.compare or args.f_study):
+        raise ValueError("nothing to export: pass --autoencoder, --ldm COND=PATH, --compare KEY=PATH or --f-study DIR")
     if args.autoencoder or ldms:
         full = pretrained.export(args.autoencoder, ldms, args.profile, provenance, root=args.root)
     if args.compare:
         full = pretrained.export_comparison(dict(item.split("=", 1) for item in args.compare), args.profile,
                                             provenance, root=args.root)
+    if args.f_study:
+        full = pretrained.export_f_study(args.f_study, args.profile, provenance.get("f-study", {}), root=args.root)
     for name, entry in sorted(full["files"].items()):
         if name.startswith(f"{args.profile}/"):
             print(f"{name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}…")
@@ -522,7 +530,8 @@ def cmd_experiments(args: argparse.Namespace) -> int | None:
     for name in list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]:
         rows = run_experiment(name, profile, out, args.checkpoint, seed=args.seed, device=args.device,
                               equal=args.equal, download=not args.offline, factors=args.factors,
-                              ae_minutes=args.ae_minutes, ldm_minutes=args.ldm_minutes, segments=args.segments)
+                              ae_minutes=args.ae_minutes, ldm_minutes=args.ldm_minutes, ae_steps=args.ae_steps,
+                              ldm_steps=args.ldm_steps, ldm_batch=args.ldm_batch, segments=args.segments)
         print()
         print(experiment_markdown(name, rows))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")

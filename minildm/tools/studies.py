@@ -1,7 +1,7 @@
 """The paper's experiments at mini scale (LDM Sec. 4.1, Fig. 6-7, Tab. 8; DDIM Tab. 1; CFG Sec. 4.3).
 
-    (a) f_study           pixel space (f = 1) vs latent spaces f = 2, 4, 8 at an equal training budget:
-                          Shapes-FID vs training time, training steps/s, DDIM sampling images/s.
+    (a) f_study           pixel space (f = 1) vs latent spaces f = 2, 4, 8 at equal training steps (the
+                          paper's Fig. 6) or time: Shapes-FID along training, training steps/s, DDIM images/s.
                           The paper: f = 1 trains far slower; f = 4-16 strike the balance (Sec. 4.1).
     (b) sampler_sweep     DDIM steps × η on one trained text LDM: FID vs number of steps per η.
     (c) guidance_sweep    classifier-free guidance scale s: FID vs prompt accuracy (the trade-off).
@@ -40,7 +40,7 @@ from ..ldm import LatentDiffusion
 from ..perceptual import lpips_weights_missing
 from ..train.profiles import ExperimentBudget, Profile, get_profile
 from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
-from ..utils import get_device, load_checkpoint, to_plain
+from ..utils import count_parameters, get_device, load_checkpoint, to_plain
 from .bench import throughput
 
 __all__ = ["f_study", "sampler_sweep", "guidance_sweep", "rate_distortion", "run_experiment", "train_first_stage",
@@ -168,8 +168,9 @@ def sampling_throughput(ldm: torch.nn.Module, batch_size: int = 16, steps: int =
 
 
 def _ae_budget(profile: Profile, b: ExperimentBudget, equal: str) -> dict[str, float]:
-    """train_first_stage's budget: b.ae_minutes of training time (equal="time") or the profile's ae_train.steps."""
-    return {"minutes": b.ae_minutes} if equal == "time" else {"steps": profile.ae_train.steps}
+    """train_first_stage's budget: b.ae_minutes of training time (equal="time") or b.ae_steps steps (None: the
+    profile's ae_train.steps)."""
+    return {"minutes": b.ae_minutes} if equal == "time" else {"steps": b.ae_steps or profile.ae_train.steps}
 
 
 def f_study(profile: str | Profile | None = None, out_dir: str | Path = "outputs/experiments",
@@ -180,8 +181,10 @@ def f_study(profile: str | Profile | None = None, out_dir: str | Path = "outputs
     f = 2, 4, 8, each for the same budget, evaluating after every segment of it. `overrides`: fields of the
     ExperimentBudget (factors, ae_minutes, ldm_minutes, segments, eval_samples, …).
 
-    equal="time": every autoencoder gets `ae_minutes`, every LDM `ldm_minutes` of training time (the paper's
-    "equal compute"); equal="steps": the profile's ae_train.steps and ldm_train.steps instead (deterministic on CPU).
+    equal="steps" (the paper's Fig. 6: every LDM gets the same number of training steps, deterministic on the
+    CPU): `ae_steps` and `ldm_steps` (None: the profile's ae_train.steps and ldm_train.steps); equal="time" (what
+    a lab's minutes buy): every autoencoder gets `ae_minutes`, every LDM `ldm_minutes` of training time. Every LDM
+    has the same LDMConfig and batch size (`ldm_batch`, None: the profile's).
     One row per (f, segment): f, segment, minutes (LDM training time so far), steps, train_steps_per_s (in
     that segment), Shapes-FID, its unpaired floor, KID, precision, recall, prompt accuracies, sample_images_per_s
     (evaluation sampling, DDIM-eval_steps); the last segment adds ddim_images_per_s (DDIM-throughput_steps,
@@ -193,11 +196,11 @@ def f_study(profile: str | Profile | None = None, out_dir: str | Path = "outputs
     _check_factors(b.factors, profile, unet=True)
     device = get_device(device)
     out_dir = Path(out_dir)
-    ldm_profile = profile.replace(ldm={"cond": "text"}, ldm_train={"sample_every": 0})
-    total = b.ldm_minutes if equal == "time" else profile.ldm_train.steps
-    key = {"profile": profile.name, "equal": equal, "seed": seed, "ae": b.ae_minutes if equal == "time" else
-           profile.ae_train.steps, "ldm": total, "segments": b.segments, "eval": [b.eval_samples, b.eval_steps,
-           b.guidance_scale], "ldm_config": {**to_plain(ldm_profile.ldm), **to_plain(ldm_profile.ldm_train)}}
+    ldm_profile = profile.replace(ldm={"cond": "text"}, ldm_train={"sample_every": 0, "batch_size": b.ldm_batch
+                                                                   or profile.ldm_train.batch_size})
+    total = b.ldm_minutes if equal == "time" else b.ldm_steps or profile.ldm_train.steps
+    ae_budget = next(iter(_ae_budget(profile, b, equal).values()))          # minutes or steps
+    key = {"profile": profile.name, "equal": equal, "seed": seed, "ae": ae_budget, "ldm": total, "segments": b.segments, "eval": [b.eval_samples, b.eval_steps, b.guidance_scale], "ldm_config": {**to_plain(ldm_profile.ldm), **to_plain(ldm_profile.ldm_train)}}
     key = json.loads(json.dumps(key))                              # tuples -> lists, as stored
     _say(verbose, f"f-study: profile={profile.name} device={device} threads={torch.get_num_threads()} "
                   f"equal {equal}: {total} {'min' if equal == 'time' else 'steps'} per LDM in {b.segments} segments, "
@@ -223,7 +226,7 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
     stage = train_first_stage(profile, f, folder.parent, device=device, download=download, verbose=verbose,
                               **_ae_budget(profile, b, equal))
     res, c = profile.data.resolution, stage["config"].z_channels
-    base = {"f": f, "latent_size": res // f, "latent_channels": c, "rate": latent_rate(res, f, c),
+    base = {"f": f, "equal": equal, "checkpoint": str(folder / LDM_CHECKPOINT), "latent_size": res // f, "latent_channels": c, "rate": latent_rate(res, f, c),
             "ae_steps": stage["steps"], "ae_minutes": stage["minutes"], "ae_psnr": stage["val_psnr"]}
     ckpt, ae_module, prev = folder / LDM_CHECKPOINT, None, {"steps": 0, "seconds": 0.0}
 
@@ -244,7 +247,8 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
         m = evaluate_text_model(ldm, b.eval_samples, b.eval_steps, 0.0, b.guidance_scale, seed, b.eval_batch)
         row = {**base, "segment": k, "minutes": have["seconds"] / 60, "steps": have["steps"],
                "train_steps_per_s": (have["steps"] - prev["steps"]) / max(have["seconds"] - prev["seconds"], 1e-9),
-               **m, "ddim_steps": b.eval_steps}
+               **m, "ddim_steps": b.eval_steps, "guidance_scale": b.guidance_scale,
+               "unet_parameters": count_parameters(ldm.unet)}
         if k == b.segments:
             row["ddim_images_per_s"] = sampling_throughput(ldm, b.throughput_batch, b.throughput_steps,
                                                            b.guidance_scale, seed)
@@ -259,6 +263,11 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
 
 
 # --- (b) DDIM steps × η and (c) guidance scale, on one trained text LDM -------------------------------------
+
+
+def _name(checkpoint: str | Path | LatentDiffusion) -> str:
+    """How the sweeps name their model in what they print: its file, or its kind (not a module's repr)."""
+    return f"a {checkpoint.cond_mode} LDM" if isinstance(checkpoint, LatentDiffusion) else str(checkpoint)
 
 
 def _sweep(checkpoint: str | Path | LatentDiffusion, device: str | torch.device | None, title: str,
@@ -297,7 +306,7 @@ def sampler_sweep(profile: str | Profile | None = None, checkpoint: str | Path |
     b = _budget(get_profile(profile), budget, overrides)
     settings = [{"steps": s, "eta": float(eta), "guidance_scale": b.guidance_scale}
                 for eta in b.sampler_etas for s in b.sampler_steps]
-    return _sweep(checkpoint, device, f"sampler sweep: {checkpoint}, guidance {b.guidance_scale}, "
+    return _sweep(checkpoint, device, f"sampler sweep: {_name(checkpoint)}, guidance {b.guidance_scale}, "
                   f"{b.sampler_samples} samples each", settings, b.sampler_samples, b, seed, verbose)
 
 
@@ -309,7 +318,7 @@ def guidance_sweep(profile: str | Profile | None = None, checkpoint: str | Path 
     `overrides`: ExperimentBudget fields (guidance_scales, guidance_samples, guidance_steps)."""
     b = _budget(get_profile(profile), budget, overrides)
     settings = [{"steps": b.guidance_steps, "eta": 0.0, "guidance_scale": float(s)} for s in b.guidance_scales]
-    return _sweep(checkpoint, device, f"guidance sweep: {checkpoint}, DDIM-{b.guidance_steps}, "
+    return _sweep(checkpoint, device, f"guidance sweep: {_name(checkpoint)}, DDIM-{b.guidance_steps}, "
                   f"{b.guidance_samples} samples each", settings, b.guidance_samples, b, seed, verbose)
 
 

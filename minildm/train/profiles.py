@@ -165,8 +165,11 @@ class ExperimentBudget:
 
     # (a) downsampling-factor study
     factors: tuple[int, ...] = (1, 2, 4, 8)
-    ae_minutes: float = 3.0            # each autoencoder trains this long (f = 1 has none)
-    ldm_minutes: float = 6.0           # each LDM trains this long in total, the same for every f
+    ae_minutes: float = 3.0            # equal="time": each autoencoder trains this long (f = 1 has none)
+    ldm_minutes: float = 6.0           # equal="time": each LDM trains this long in total, the same for every f
+    ae_steps: int | None = None        # equal="steps": each autoencoder's steps (None: the profile's ae_train.steps)
+    ldm_steps: int | None = None       # equal="steps": each LDM's steps (None: the profile's ldm_train.steps)
+    ldm_batch: int | None = None       # the f-study LDMs' batch size, the same for every f (None: the profile's)
     segments: int = 3                  # evaluate after each 1/segments of the LDM budget
     eval_samples: int = 128            # samples per evaluation (FID, floor, prompt accuracy)
     eval_steps: int = 25               # DDIM steps of the evaluation samples
@@ -190,6 +193,10 @@ class ExperimentBudget:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.segments < 1:
             raise ValueError(f"ExperimentBudget.segments must be ≥ 1, got {self.segments}")
+        for name in ("ae_steps", "ldm_steps", "ldm_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"ExperimentBudget.{name} must be ≥ 1 or None (the profile's), "
+                                 f"got {getattr(self, name)}")
         for name in ("eval_samples", "sampler_samples", "guidance_samples", "rd_images"):
             if getattr(self, name) < 4:
                 raise ValueError(f"ExperimentBudget.{name} must be ≥ 4 (precision/recall use k = 3 neighbours), "
