@@ -47,12 +47,12 @@ from .judge import (ATTRIBUTES, ShapesEvaluator, detect_objects, predict_cells, 
 from .metrics import bootstrap_std, fid_from_features, metrics_from_features, psnr
 from .probes import INFLUENCE_PAIRS, require_mode, word_influence
 
-__all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor",
-           "real_images", "prompt_accuracy", "class_accuracy", "layout_accuracy", "by_shape_and_size",
-           "count_by_sizes", "shape_size_lines", "sample_prompts", "first_evaluation_samples", "evaluate_text_model", "evaluate_guidance",
-           "evaluate_text_ldm", "text_report", "evaluate_class_model", "evaluate_layout_model", "super_resolve",
-           "evaluate_sr_model", "evaluate_unconditional", "fidelity_scenes", "autoencoder_shape_fidelity",
-           "fidelity_lines", "PROTOCOLS", "GUIDANCE_SCALES"]
+__all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor", "real_images",
+           "prompt_accuracy", "class_accuracy", "layout_accuracy", "by_shape_and_size", "count_by_sizes",
+           "shape_size_lines", "sample_prompts", "first_evaluation_samples", "evaluate_text_model",
+           "evaluate_guidance", "evaluate_text_ldm", "text_report", "evaluate_class_model", "evaluate_layout_model",
+           "super_resolve", "evaluate_sr_model", "evaluate_unconditional", "fidelity_scenes",
+           "autoencoder_shape_fidelity", "fidelity_lines", "PROTOCOLS", "GUIDANCE_SCALES"]
 
 PROTOCOLS = ("unpaired", "paired")
 GUIDANCE_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)     # s = 0: unconditional, 1: conditional, > 1: guided

@@ -200,7 +200,9 @@ def f_study(profile: str | Profile | None = None, out_dir: str | Path = "outputs
                                                                    or profile.ldm_train.batch_size})
     total = b.ldm_minutes if equal == "time" else b.ldm_steps or profile.ldm_train.steps
     ae_budget = next(iter(_ae_budget(profile, b, equal).values()))          # minutes or steps
-    key = {"profile": profile.name, "equal": equal, "seed": seed, "ae": ae_budget, "ldm": total, "segments": b.segments, "eval": [b.eval_samples, b.eval_steps, b.guidance_scale], "ldm_config": {**to_plain(ldm_profile.ldm), **to_plain(ldm_profile.ldm_train)}}
+    key = {"profile": profile.name, "equal": equal, "seed": seed, "ae": ae_budget, "ldm": total,
+           "segments": b.segments, "eval": [b.eval_samples, b.eval_steps, b.guidance_scale],
+           "ldm_config": {**to_plain(ldm_profile.ldm), **to_plain(ldm_profile.ldm_train)}}
     key = json.loads(json.dumps(key))                              # tuples -> lists, as stored
     _say(verbose, f"f-study: profile={profile.name} device={device} threads={torch.get_num_threads()} "
                   f"equal {equal}: {total} {'min' if equal == 'time' else 'steps'} per LDM in {b.segments} segments, "
@@ -226,7 +228,8 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
     stage = train_first_stage(profile, f, folder.parent, device=device, download=download, verbose=verbose,
                               **_ae_budget(profile, b, equal))
     res, c = profile.data.resolution, stage["config"].z_channels
-    base = {"f": f, "equal": equal, "checkpoint": str(folder / LDM_CHECKPOINT), "latent_size": res // f, "latent_channels": c, "rate": latent_rate(res, f, c),
+    base = {"f": f, "equal": equal, "checkpoint": str(folder / LDM_CHECKPOINT), "latent_size": res // f,
+            "latent_channels": c, "rate": latent_rate(res, f, c),
             "ae_steps": stage["steps"], "ae_minutes": stage["minutes"], "ae_psnr": stage["val_psnr"]}
     ckpt, ae_module, prev = folder / LDM_CHECKPOINT, None, {"steps": 0, "seconds": 0.0}
 
