@@ -150,8 +150,7 @@ def export_comparison(checkpoints: dict[str, str | os.PathLike], profile: str, p
     loss settings and their training curves every `every` steps in the header; provenance: per key, the command,
     seed and metrics."""
     root = Path(root)
-    common = {"commit": _git_commit(), "torch": torch.__version__, "machine": f"{platform.machine()}, "
-              f"{os.cpu_count()} CPUs", "profile": profile}
+    common = _made_here(profile)
     full = manifest(root)
     for key, path in checkpoints.items():
         if key not in COMPARISON:
@@ -218,8 +217,7 @@ def export_f_study(study_dir: str | os.PathLike, profile: str, provenance: dict[
     full = manifest(root)
     full["files"][f"{profile}/{F_STUDY_FILE}"] = {
         "sha256": sha, "bytes": (root / profile / F_STUDY_FILE).stat().st_size, "steps": key["ldm"],
-        "commit": _git_commit(), "torch": torch.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "profile": profile, "storage": "uint8 samples, no weights", **provenance}
+        **_made_here(profile), "storage": "uint8 samples, no weights", **provenance}
     write_json(full, root / "manifest.json", sort_keys=True)
     return full
 
@@ -227,6 +225,12 @@ def export_f_study(study_dir: str | os.PathLike, profile: str, provenance: dict[
 def _to_bytes(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] as 8-bit integers (load_f_study maps them back)."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _made_here(profile: str) -> dict[str, str]:
+    """What every manifest entry records about where it was made: commit, torch, machine, profile."""
+    return {"commit": _git_commit(), "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "profile": profile}
 
 
 def _git_commit() -> str:
@@ -265,8 +269,7 @@ def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, s
     """
     root = Path(root)
     out = root / profile
-    common = {"commit": _git_commit(), "torch": torch.__version__, "machine": f"{platform.machine()}, "
-              f"{os.cpu_count()} CPUs", "profile": profile}
+    common = _made_here(profile)
     entries = {}
     if ae_checkpoint is None:
         shipped_ae = load_autoencoder(profile, "cpu", root)
