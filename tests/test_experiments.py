@@ -82,6 +82,13 @@ def test_f_study_verdict_says_which_f_won_and_whether_f4_is_ahead_of_pixel_space
     assert "f = 4 is within the noise of pixel space" in R.f_study_verdict(rows)
     steps = [_row(1, 2, 60.0, 300, equal="steps"), _row(4, 2, 30.0, 300, equal="steps")]
     assert "(300 training steps each)" in R.f_study_verdict(steps)
+    # at equal steps, every earlier evaluation too: ahead early (80 − 50 = 30 > 2.8), within the noise at the end
+    steps = [_row(1, 1, 80.0, 150, equal="steps"), _row(1, 2, 60.0, 300, equal="steps"),
+             _row(4, 1, 50.0, 150, equal="steps"), _row(4, 2, 58.0, 300, spread=3.0, equal="steps")]
+    v = R.f_study_verdict(steps)
+    assert "f = 4 is within the noise of pixel space: FID 58.0 vs 60.0" in v
+    assert v.endswith("Earlier, at equal steps: 150 steps: f = 4 is ahead of pixel space (+30.0 ± 2.8).")
+    assert "Earlier" not in R.f_study_verdict(rows)               # equal time: the steps differ, no pairing
     assert R.f_study_verdict([]) == "no f-study rows"
 
 
@@ -224,3 +231,16 @@ def test_cli_writes_results(study, tmp_path, capsys):
     md = (tmp_path / "results.md").read_text()
     assert "(b) DDIM steps" in md and "(c) Classifier-free guidance" in md
     assert main(["experiments", "everything"]) == 2                    # argparse names the valid choices
+
+
+def test_step_speeds_time_the_f_study_models_on_this_machine():
+    rows = E.step_speeds("ci", (1, 4), batch_size=2, seconds=0.0, ddim_steps=1)
+    assert [r["f"] for r in rows] == [1, 4] and [r["latent_size"] for r in rows] == [32, 8]
+    assert all(r["batch"] == 2 and r["train_steps_per_s"] > 0 and r["ddim_image_steps_per_s"] > 0 for r in rows)
+    # the same U-Net but for its 3×3 input and output convolutions (width m): 3 pixel channels vs the latent's c,
+    # so (c − 3)·9m more input weights and (c − 3)·(9m + 1) more output weights and biases
+    p = get_profile("ci")
+    c, m = E.autoencoder_config(p.ae, 4).z_channels, p.ldm.model_channels
+    assert rows[1]["unet_parameters"] - rows[0]["unet_parameters"] == (c - 3) * (18 * m + 1)
+    with pytest.raises(ValueError, match="power of two"):
+        E.step_speeds("ci", (3,), seconds=0.0)

@@ -63,9 +63,16 @@ def f_study_summary(rows: Sequence[Row]) -> list[Row]:
     return [last[f] for f in sorted(last)]
 
 
+def _f4_vs_pixels(a: Row, p: Row) -> tuple[float, float, str]:
+    """FID(f = 1) − FID(f = 4), its noise (2 bootstrap s.d. of the difference) and what it says."""
+    gap, noise = p["fid"] - a["fid"], 2 * (a.get("fid_spread", 0.0) ** 2 + p.get("fid_spread", 0.0) ** 2) ** 0.5
+    return gap, noise, ("is ahead of" if gap > noise else "is behind" if gap < -noise else "is within the noise of")
+
+
 def f_study_verdict(rows: Sequence[Row]) -> str:
     """Which f reached the lowest Shapes-FID at the end of the budget, and how f = 4 compares with pixel space
-    (with the FIDs' bootstrap spreads and the steps and minutes each took)."""
+    (with the FIDs' bootstrap spreads and the steps and minutes each took); at equal steps also at every
+    evaluation before the last, since the paper's Fig. 6 is a claim about the whole course of training."""
     final = f_study_summary(rows)
     if not final:
         return "no f-study rows"
@@ -77,12 +84,19 @@ def f_study_verdict(rows: Sequence[Row]) -> str:
             f"{best['fid']:.1f} (unpaired real-vs-real floor {best['fid_floor']:.1f} at n = {best['samples']}).")
     if 1 in by_f and 4 in by_f:
         a, p = by_f[4], by_f[1]
-        gap, noise = p["fid"] - a["fid"], 2 * (a.get("fid_spread", 0.0) ** 2 + p.get("fid_spread", 0.0) ** 2) ** 0.5
-        verdict = ("is ahead of" if gap > noise else "is behind" if gap < -noise else "is within the noise of")
+        gap, noise, verdict = _f4_vs_pixels(a, p)
         text += (f" f = 4 {verdict} pixel space: FID {a['fid']:.1f} vs {p['fid']:.1f} (difference {gap:+.1f}, "
                  f"noise ± {noise:.1f}), after {a['steps']:,} vs {p['steps']:,} training steps that took "
                  f"{a['minutes']:.2f} vs {p['minutes']:.2f} min ({a['train_steps_per_s']:.2f} vs "
                  f"{p['train_steps_per_s']:.2f} steps/s).")
+        pairs = [(r, q) for r in rows for q in rows if r["f"] == 4 and q["f"] == 1 and r["segment"] == q["segment"]
+                 and r["steps"] == q["steps"] and r["segment"] < a["segment"]]
+        earlier = []
+        for r, q in sorted(pairs, key=lambda pq: pq[0]["segment"]):
+            gap, noise, verdict = _f4_vs_pixels(r, q)
+            earlier.append(f"{r['steps']:,} steps: f = 4 {verdict} pixel space ({gap:+.1f} ± {noise:.1f})")
+        if best.get("equal") == "steps" and earlier:
+            text += " Earlier, at equal steps: " + "; ".join(earlier) + "."
     return text
 
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..autoencoder import CHECKPOINT_KIND as AE_KIND
-from ..autoencoder import AEConfig, PixelSpace, load_autoencoder, reconstruct
+from ..autoencoder import AEConfig, PixelSpace, build_autoencoder, load_autoencoder, reconstruct
 from ..course.results import Row, load_json, write_json, write_results
 from ..data.datasets import ShapesDataset
 from ..eval.accuracy import evaluate_text_model, shapes_generative_metrics
@@ -41,10 +41,10 @@ from ..perceptual import lpips_weights_missing
 from ..train.profiles import ExperimentBudget, Profile, get_profile
 from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from ..utils import count_parameters, get_device, load_checkpoint, to_plain
-from .bench import throughput
+from .bench import _train_step, throughput
 
 __all__ = ["f_study", "sampler_sweep", "guidance_sweep", "rate_distortion", "run_experiment", "train_first_stage",
-           "autoencoder_config", "latent_rate", "sampling_throughput", "DEFAULT_CHECKPOINT"]
+           "autoencoder_config", "latent_rate", "sampling_throughput", "step_speeds", "DEFAULT_CHECKPOINT"]
 DEFAULT_CHECKPOINT = "outputs/demo/ldm.pt"     # the text LDM `minildm demo` trains
 
 
@@ -165,6 +165,45 @@ def sampling_throughput(ldm: torch.nn.Module, batch_size: int = 16, steps: int =
 
     sample(1)                                                                    # warm-up
     return batch_size * throughput(lambda: sample(steps), 0.0, warmup=0, device=ldm.scale_factor.device)["per_s"]
+
+
+def step_speeds(profile: str | Profile | None = None, factors: Sequence[int] = (1, 4, 8), batch_size: int | None = None,
+                seconds: float = 2.0, ddim_steps: int = 4, device: str | torch.device | None = None) -> list[Row]:
+    """What one step costs at each f on this machine, now (the paper's Fig. 7 axis), for the f-study's models:
+    the same text LDM configuration in pixel space (f = 1) and on an autoencoder with f's `ch_mult`, random
+    weights (speed does not depend on them). Per f: train_steps_per_s (τθ + U-Net + AdamW on a batch of
+    `batch_size`, None: the profile's) and ddim_image_steps_per_s (images × guided DDIM steps per second, decoding
+    included: a DDIM-S image takes S / that seconds on one image of a batch). Each timing runs for `seconds`
+    after one untimed call. A study's own minutes were measured on its machine under its load; these are yours."""
+    profile = get_profile(profile)
+    _check_factors(factors, profile, unet=True)
+    device = get_device(device)
+    batch = batch_size or profile.ldm_train.batch_size
+    ds = ShapesDataset("train", profile.data)
+    data = ds.batch(range(batch), device=device)
+    rows: list[Row] = []
+    for f in factors:
+        torch.manual_seed(0)
+        first = PixelSpace() if f == 1 else build_autoencoder(autoencoder_config(profile.ae, f))
+        ldm = LatentDiffusion(first.to(device).eval(), dataclasses.replace(profile.ldm, cond="text"),
+                              tokenizer=ds.tokenizer, num_classes=ds.num_classes, max_objects=ds.max_objects,
+                              resolution=profile.data.resolution).to(device)
+        ldm.set_scale_factor(data["image"])
+        z0 = ldm.encode(data["image"])
+        mods = ldm.denoiser_modules().train()
+        g = torch.Generator().manual_seed(0)
+        train = throughput(_train_step(lambda: ldm.training_step(z0, data["tokens"], generator=g), mods,
+                                       profile.ldm_train, device), seconds, device=device)
+        ldm.eval()
+        with torch.no_grad():
+            sample = throughput(lambda: ldm.sample(data["tokens"], steps=ddim_steps,
+                                                   guidance_scale=profile.ldm_train.guidance_scale),
+                                seconds, device=device)
+        res = profile.data.resolution
+        rows.append({"f": f, "latent_size": res // f, "batch": batch, "train_steps_per_s": train["per_s"],
+                     "ddim_image_steps_per_s": sample["per_s"] * batch * ddim_steps,
+                     "unet_parameters": count_parameters(ldm.unet)})
+    return rows
 
 
 def _ae_budget(profile: Profile, b: ExperimentBudget, equal: str) -> dict[str, float]:
