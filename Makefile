@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/minildm bench
 
-# The student edition of the notebooks (solutions replaced by NotImplementedError), in notebooks/student/.
+# The student edition of the notebooks (solutions replaced by `...` placeholders), in notebooks/student/.
 student: $(STAMP)
 	$(VENV)/bin/minildm student
 

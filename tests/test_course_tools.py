@@ -204,17 +204,46 @@ def test_binomial_interval_and_bootstrap_against_independent_computations():
     assert se == pytest.approx(float(x.std()) / 20, rel=0.15)
 
 
-def test_check_answer_is_friendly():
+def test_check_answer_says_what_is_wrong_and_never_the_answer(capsys):
     C.check_answer("Exercise 0.1", 1 / 12, 4 * 8 * 8 / (3 * 32 * 32))
     C.check_answer("Exercise 3.1", torch.ones(3) + 1e-7, torch.ones(3))
-    with pytest.raises(AssertionError, match="differs from the package's by up to 0.5"):
-        C.check_answer("Exercise 3.1", torch.tensor([1.0, 1.5, 1.0]), torch.ones(3))
-    with pytest.raises(AssertionError, match="shape"):
-        C.check_answer("Exercise 3.1", torch.ones(2), torch.ones(3))
-    with pytest.raises(AssertionError, match="no answer yet"):
-        C.check_answer("Exercise 3.2", None, 1.0)
-    with pytest.raises(AssertionError, match="you got 'cat'"):
-        C.check_answer("Exercise 0.2", "cat", "circle")
+    C.check_answer("Exercise 5.1", torch.ones(2, requires_grad=True) * 1, torch.ones(2))   # a loss with its graph
+    # natural wrong answers, each rejected with what is wrong; the expected value appears in no message
+    wrong = [  # (answer, expected, what the message must say)
+        (torch.tensor([1.0, 1.5, 1.0]), torch.ones(3), r"1 of 3 values are off, the worst by 0.5 at index \(1,\)"),
+        (torch.ones(2), torch.ones(3), r"shape \(2,\), the answer's is \(3,\)"),
+        (-torch.tensor([1.25, 2.5, 3.75]), torch.tensor([1.25, 2.5, 3.75]), "the sign is flipped"),
+        (torch.tensor([0.625, 1.25, 1.875]), torch.tensor([1.25, 2.5, 3.75]), "same factor, about 0.5"),  # a stray ½
+        (0.1, 4 * 8 * 8 / (3 * 32 * 32), "too large by about 20 %"),
+        (-0.0625, 0.0625, "the sign is flipped"),
+        ([999, 856, 713], [999, 856, 714], r"worst by 1 at index \(2,\)"),                         # off by one
+        ({"objects": [], "relation": "above"}, {"objects": [], "relation": "below"}, r"\['relation'\] differ"),
+        ("cat", "circle", "'cat' is not it"),
+        (([1, 2], "red star"), ([1, 2], "green star"), "item 1 differs"),
+    ]
+    for got, expected, says in wrong:
+        with pytest.raises(AssertionError, match=says) as e:
+            C.check_answer("Exercise 9.9", got, expected)
+        text = str(e.value)
+        assert "not yet" in text and all(s not in text for s in ("circle'", "green star", "below", "714", "0.0833",
+                                                                 "1.25", "3.75"))
+    capsys.readouterr()
+    # not answered yet (None, or the student edition's `...`, also inside a tuple): skipped, so Run All goes on
+    for got in (None, ..., (..., "red star")):
+        C.check_answer("Exercise 3.2", got, 1.0)
+        assert "Exercise 3.2: skipped, no answer yet" in capsys.readouterr().out
+
+
+def test_shows_error_prints_the_refusal_and_insists_on_one(capsys):
+    with C.shows_error(ValueError):
+        raise ValueError("an unknown word: 'hexagon'")
+    assert capsys.readouterr().out == "ValueError: an unknown word: 'hexagon'\n"
+    with pytest.raises(AssertionError, match="should have raised ValueError, and ran without one"):
+        with C.shows_error(ValueError):
+            pass
+    with pytest.raises(KeyError):                              # another kind of error is not the lesson's
+        with C.shows_error(ValueError):
+            raise KeyError("x")
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@
   - at least two exercises: a code cell that starts `# Exercise N.k: …` with balanced solution markers,
     followed by a code cell that checks it with check_answer("Exercise N.k", …); markers only in code cells
   - at least one identity or finding checked in code (course.identity / course.finding) and one bad-input cell
-    tagged raises-exception; no course.claim (the first edition's single kind of check)
+    (`with shows_error(Kind):`, which prints the refusal and goes on); no cell tagged raises-exception, which
+    VS Code and Colab ignore, so that Run All stops there; no course.claim (the first edition's check)
   - markdown quotes the paper and the math, never this run's outcomes: no measured percentage, dB, FID or
     accuracy in a markdown cell unless the line cites the paper; no lab report (how the course was written)
   - committed without outputs, except `# NBVAL_CHECK_OUTPUT` cells, which keep theirs and their
@@ -89,8 +90,10 @@ def test_identities_findings_and_bad_input_cells(path):
     code = [c for c in cs if c["cell_type"] == "code"]
     assert any("course.identity(" in source(c) or "course.finding(" in source(c) for c in code), "nothing checked in code"
     assert not any("course.claim(" in source(c) for c in code), "course.claim is gone: use course.identity or .finding"
-    tagged = [c for c in code if "raises-exception" in c.get("metadata", {}).get("tags", [])]
-    assert tagged, "no bad-input cell tagged raises-exception"
+    assert any(re.search(r"^\s*with shows_error\(\w+", source(c), re.M) for c in code), \
+        "no bad-input cell: show a refusal with `with shows_error(ValueError): …` (the type it raises)"
+    tagged = [i for i, c in enumerate(cs) if "raises-exception" in c.get("metadata", {}).get("tags", [])]
+    assert not tagged, f"cells {tagged} rely on the raises-exception tag, which VS Code and Colab ignore: use shows_error"
 
 
 # A number with a unit of outcome (%, dB), or FID / accuracy followed by a number: a measurement. Allowed only in

@@ -5,7 +5,8 @@ package, and models handed from notebook to notebook.
     ae = course.autoencoder()                 # the student's own (notebook 01), else the shipped one, else trains
     course.identity("rows sum to 1", err, "<", 1e-6)       # must hold if the code is right: a failure raises
     course.finding("EMA beats raw", d, "<", 0, noise=2 * se)  # an outcome, with its noise; strict: ✗ raises
-    check_answer("Exercise 5.1", mine, course_value)          # a friendly message when an answer is off
+    check_answer("Exercise 5.1", mine, course_value)          # says what is off, never the answer
+    with shows_error(ValueError): ...        # a refusal demonstrated: its message printed, Run All goes on
     course.save_figure(fig, "loss_curves")   # kept with the results of this profile
 
 Where models live: $MINILDM_COURSE_DIR if set; else, in the `ci` profile, a fresh temporary folder (tests
@@ -26,9 +27,10 @@ import operator
 import os
 import platform
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -42,7 +44,7 @@ from ..utils import get_device, load_checkpoint, seed_everything
 from . import pretrained
 from .results import load_json, write_json
 
-__all__ = ["setup", "Course", "check_answer", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
+__all__ = ["setup", "Course", "check_answer", "shows_error", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
            "DATA_ENV", "ANY_DATA", "COLAB_CELL", "RESULTS_DIR", "measured_minutes"]
 
 COURSE_DIR_ENV, STRICT_ENV, DATA_ENV = "MINILDM_COURSE_DIR", "MINILDM_STRICT", "MINILDM_DATA"
@@ -77,26 +79,116 @@ class ClaimFailed(AssertionError):
     """An identity failed (any mode), or a finding did not hold in strict mode."""
 
 
+def _unanswered(got: Any) -> bool:
+    """An answer the student has not written: None, or the student edition's placeholder `...` (also inside a
+    tuple or list of answers)."""
+    if isinstance(got, (tuple, list)):
+        return any(_unanswered(g) for g in got)
+    return got is None or got is Ellipsis
+
+
+def _how_far(got: float, expected: float) -> str:
+    """Which way and roughly how far a number is off, without the number it should be."""
+    if expected != 0 and math.isclose(got, -expected, rel_tol=1e-6):
+        return "the sign is flipped"
+    if expected == 0:
+        return f"it should be 0 (yours is {abs(got):.3g} away)"
+    rel = abs(got - expected) / abs(expected)
+    way = "too large" if got > expected else "too small"
+    if expected * got < 0:
+        return f"{way}, and of the wrong sign"
+    return f"{way} by {'less than 1 %' if rel < 0.01 else f'about {100 * rel:.0f} %' if rel < 1 else f'a factor of about {got / expected:.2g}'}"
+
+
+def _what_differs(got: Any, expected: Any, atol: float, rtol: float) -> str | None:
+    """What is wrong with `got` (shape, sign, size, which element or key), never the expected value; None when
+    it matches."""
+    if torch.is_tensor(expected) or (isinstance(expected, (list, tuple)) and expected
+                                     and all(isinstance(e, (int, float)) for e in expected)):
+        exp = torch.as_tensor(expected).double()
+        try:
+            got_t = torch.as_tensor(got.detach() if torch.is_tensor(got) else got).double()
+        except (TypeError, ValueError, RuntimeError):
+            return f"your result is a {type(got).__name__}; a tensor of shape {tuple(exp.shape)} is expected"
+        if got_t.shape != exp.shape:
+            return f"your result has shape {tuple(got_t.shape)}, the answer's is {tuple(exp.shape)}"
+        if torch.allclose(got_t, exp, atol=atol, rtol=rtol, equal_nan=True):
+            return None
+        if torch.isnan(got_t).any() and not torch.isnan(exp).any():
+            return f"your result has {int(torch.isnan(got_t).sum())} NaN value(s)"
+        diff = (got_t - exp).abs()
+        worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
+        text = (f"{int((diff > atol + rtol * exp.abs()).sum())} of {diff.numel()} values are off, the worst by "
+                f"{float(diff.max()):.3g} at index {worst} (allowed {atol:g} + {rtol:g}·|answer|)")
+        if torch.allclose(got_t, -exp, atol=atol, rtol=rtol):
+            return text + ": the sign is flipped"
+        ratio = got_t[exp.abs() > 1e-12] / exp[exp.abs() > 1e-12]
+        k, spread = (float(ratio.mean()), float(ratio.std())) if ratio.numel() > 1 else (1.0, 0.0)
+        if abs(k - 1) > max(1e-3, 10 * spread) and spread < 1e-3 * abs(k):
+            return text + f": every value is off by the same factor, about {k:.3g}"
+        return text
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        try:
+            value = float(got)
+        except (TypeError, ValueError):
+            return f"your answer is a {type(got).__name__}; a number is expected"
+        if math.isclose(value, float(expected), rel_tol=rtol, abs_tol=atol):
+            return None
+        return f"you got {value:.6g}: {_how_far(value, float(expected))}"
+    if isinstance(expected, dict):
+        if not isinstance(got, dict):
+            return f"your answer is a {type(got).__name__}; a dict is expected"
+        missing, extra = [k for k in expected if k not in got], [k for k in got if k not in expected]
+        if missing or extra:
+            return f"keys missing: {missing}, keys that should not be there: {extra}"
+        wrong = [k for k in expected if _what_differs(got[k], expected[k], atol, rtol) is not None]
+        return f"the value(s) of {wrong} differ" if wrong else None
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(got, (list, tuple)):
+            return f"your answer is a {type(got).__name__}; a {type(expected).__name__} is expected"
+        if len(got) != len(expected):
+            return f"your answer has {len(got)} items, the answer has {len(expected)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            why = _what_differs(g, e, atol, rtol)
+            if why is not None:
+                return f"item {i} differs: {why}"
+        return None
+    return None if got == expected else f"{got!r} is not it"
+
+
 def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-5) -> None:
     """An exercise's check: the student's answer `got` must equal the package's `expected` within tolerance
-    (tensors elementwise, numbers with math.isclose, anything else with ==); prints ✓, or raises AssertionError
-    saying what differs and by how much."""
-    if got is None or got is NotImplemented:
-        raise AssertionError(f"{name}: no answer yet — fill in the cell above and run it again")
-    if torch.is_tensor(expected):
-        got_t = torch.as_tensor(got)
-        if got_t.shape != expected.shape:
-            raise AssertionError(f"{name}: your result has shape {tuple(got_t.shape)}, expected {tuple(expected.shape)}")
-        if not torch.allclose(got_t.double(), expected.double(), atol=atol, rtol=rtol):
-            diff = float((got_t.double() - expected.double()).abs().max())
-            raise AssertionError(f"{name}: not yet — your result differs from the package's by up to {diff:.3g} "
-                                 f"(allowed {atol:g} + {rtol:g}·|expected|)")
-    elif isinstance(expected, (int, float)) and not isinstance(expected, bool):
-        if not math.isclose(float(got), float(expected), rel_tol=rtol, abs_tol=atol):
-            raise AssertionError(f"{name}: not yet — you got {got!r}, expected {expected!r}")
-    elif got != expected:
-        raise AssertionError(f"{name}: not yet — you got {got!r}, expected {expected!r}")
+    (tensors and lists of numbers elementwise, numbers with math.isclose, dicts key by key, anything else with
+    ==). Prints ✓; raises AssertionError saying what is wrong (shape, sign, size, which element or key), never
+    the expected value. An answer not written yet (None, or the student edition's `...`) is skipped with a
+    message, so that Run All goes on: every exercise is a leaf that no later cell needs."""
+    if _unanswered(got):
+        print(f"– {name}: skipped, no answer yet (write it in the cell above and run both cells again)")
+        return
+    why = _what_differs(got, expected, atol, rtol)
+    if why is not None:
+        raise AssertionError(f"{name}: not yet: {why}")
     print(f"✓ {name}: correct")
+
+
+@contextmanager
+def shows_error(*kinds: type[BaseException]) -> Iterator[None]:
+    """A cell that demonstrates a refusal: run the block, print the error it raises (its type and message, the
+    last line Jupyter would show) and go on, so that Run All continues in every front end (VS Code and Colab
+    ignore JupyterLab's `raises-exception` tag). `kinds`: the exception types the block must raise (default:
+    any Exception). A block that raises nothing, or another type, is a bug in the lesson: AssertionError.
+
+        with shows_error(ValueError):
+            ShapesTokenizer().encode("a hexagon")
+    """
+    kinds = kinds or (Exception,)
+    try:
+        yield
+    except kinds as e:
+        print(f"{type(e).__name__}: {e}")
+    else:
+        raise AssertionError(f"this cell should have raised {' or '.join(k.__name__ for k in kinds)}, and ran "
+                             "without one")
 
 
 @dataclass
