@@ -173,7 +173,7 @@ def step_speeds(profile: str | Profile | None = None, factors: Sequence[int] = (
     the same text LDM configuration in pixel space (f = 1) and on an autoencoder with f's `ch_mult`, random
     weights (speed does not depend on them). Per f: train_steps_per_s (τθ + U-Net + AdamW on a batch of
     `batch_size`, None: the profile's) and ddim_image_steps_per_s (images × guided DDIM steps per second, decoding
-    included: a DDIM-S image takes S / that seconds on one image of a batch). Each timing runs for `seconds`
+    included: DDIM-S on a batch of B images takes about B·S / that seconds). Each timing runs for `seconds`
     after one untimed call. A study's own minutes were measured on its machine under its load; these are yours."""
     profile = get_profile(profile)
     _check_factors(factors, profile, unet=True)
