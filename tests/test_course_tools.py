@@ -157,6 +157,21 @@ def test_prompt_explorer_generates_and_reports_bad_words(text_ldm, capsys):
     assert view.generate("   ", 3.0) is None
 
 
+def test_the_explorer_labels_each_sample_with_the_evaluators_verdict():
+    """Scenes drawn for the caption hold it; the same scenes judged against a caption with another color, or
+    against a one-object caption while they hold two, fail it, and the verdict names what fails."""
+    from minildm.data.shapes import scene_from_caption
+    from minildm.course.widgets import verdicts
+
+    caption = "a small purple star below a large green square"
+    images, _ = render_scenes([scene_from_caption(caption, seed=k) for k in range(3)], 32)
+    assert verdicts(images, caption) == ["✓ all hold"] * 3
+    assert all(v.startswith("✗") and "color" in v for v in verdicts(images, caption.replace("purple", "orange")))
+    one, _ = render_scenes([scene_from_caption("a large green square in the center", seed=k) for k in range(2)], 32)
+    assert all(v.startswith("✗ object count") for v in verdicts(images[:2], "a large green square in the center"))
+    assert verdicts(one, "a large green square in the center") == ["✓ all hold"] * 2
+
+
 # ------------------------------------------------------------------------------ the course helpers
 
 

@@ -13,7 +13,8 @@ import torch
 from ..data.datasets import ShapesDataset
 from ..data.shapes import class_name
 
-__all__ = ["to_display", "image_grid", "save_figure", "filmstrip", "denoising_filmstrip", "save_sample_grid",
+__all__ = ["to_display", "image_grid", "save_figure", "filmstrip", "denoising_filmstrip", "latent_trajectory",
+           "save_sample_grid",
            "SampleGrids", "latent_grid", "attention_overlay", "DEFAULT_PROMPTS"]
 
 DEFAULT_PROMPTS = (
@@ -36,7 +37,7 @@ def to_display(images: torch.Tensor) -> torch.Tensor:
 
 def image_grid(images: torch.Tensor, captions: Sequence[str] | None = None, ncols: int = 8,
                title: str | None = None, cell_inches: float = 1.6, fontsize: float = 6.5):
-    """A matplotlib Figure with the images in a grid, each with its (wrapped) caption."""
+    """A matplotlib Figure with the images in a grid, each with its caption (wrapped; a newline starts a line)."""
     import matplotlib.pyplot as plt
 
     x = to_display(images)
@@ -51,7 +52,8 @@ def image_grid(images: torch.Tensor, captions: Sequence[str] | None = None, ncol
         if i < n:
             ax.imshow(x[i].numpy(), interpolation="nearest")
             if captions:
-                ax.set_title("\n".join(textwrap.wrap(captions[i], 26)), fontsize=fontsize)
+                ax.set_title("\n".join(line for part in captions[i].split("\n") for line in textwrap.wrap(part, 26)),
+                             fontsize=fontsize)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -121,6 +123,39 @@ def denoising_filmstrip(ldm: Any, trajectory: dict, captions: Sequence[str], eve
     return filmstrip(frames, cols, rows, cell_inches=cell_inches, title=title)
 
 
+@torch.no_grad()
+def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5, title: str | None = None,
+                      cell_inches: float = 1.0):
+    """One sample of `ldm.sample(..., return_intermediates=True)` in the space the U-Net denoises: a row per
+    channel of the state z_t (one diverging scale for every latent cell, 0 white, with a color bar), then z_t and
+    the prediction ẑ₀ decoded, for every `every`-th step and the last."""
+    import matplotlib.pyplot as plt
+
+    n = len(trajectory["timesteps"])
+    if n == 0 or every < 1:
+        raise ValueError(f"need a non-empty trajectory and every ≥ 1, got {n} steps and every={every}")
+    steps = sorted(set(range(0, n, every)) | {n - 1})
+    device = ldm.scale_factor.device
+    z = torch.stack([trajectory["x_t"][s][index] for s in steps]).float().cpu()          # (steps, c, h, w)
+    images = [to_display(torch.stack([ldm.decode(trajectory[k][s][index:index + 1].to(device))[0].cpu()
+                                      for s in steps])) for k in ("x_t", "pred_x0")]
+    C, vmax = z.shape[1], float(z.abs().max())
+    fig, axes = plt.subplots(C + 2, len(steps), figsize=(len(steps) * cell_inches + 2.2, (C + 2) * cell_inches + 0.6),
+                             squeeze=False)
+    for j in range(len(steps)):
+        for c in range(C):
+            im = axes[c, j].imshow(z[j, c].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        for r, frames in enumerate(images):
+            axes[C + r, j].imshow(frames[j].numpy(), interpolation="nearest")
+    h, w = z.shape[-2:]
+    rows = [f"z_t channel {c} ({h}×{w})" for c in range(C)] + ["z_t decoded", "ẑ₀ decoded"]
+    _label_cells(axes, [f"step {s}, t={trajectory['timesteps'][s]}" for s in steps], rows, wrap=16)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=C / (C + 2), anchor=(0.0, 1.0), label="latent value (scaled)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def save_sample_grid(ldm: Any, path: str | os.PathLike, n: int = 8, seed: int = 0,
                      title: str | None = None) -> Path:
     """A grid of samples for the model's conditioning mode (fixed prompts / classes / validation layouts)."""
@@ -144,9 +179,10 @@ def save_sample_grid(ldm: Any, path: str | os.PathLike, n: int = 8, seed: int = 
 
 
 def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title: str | None = None,
-                cell_inches: float = 1.2, vmax: float | None = None):
-    """Latents (B, c, h, w) as images, one column per channel, in a diverging color map centred on 0 (blue
-    negative, white 0, red positive) with one symmetric scale for the whole figure and a color bar."""
+                cell_inches: float = 1.2, vmax: float | None = None, signed: bool = True):
+    """Latents (B, c, h, w) as images, one column per channel, one scale for the whole figure and a color bar:
+    signed values (a mean, a latent) in a diverging map centred on 0 (blue negative, white 0, red positive);
+    signed=False for a positive quantity (a standard deviation) in a sequential map from 0."""
     import matplotlib.pyplot as plt
 
     if z.dim() != 4:
@@ -154,10 +190,11 @@ def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title:
     z = z.detach().float().cpu()
     B, C = z.shape[:2]
     vmax = float(z.abs().max()) if vmax is None else vmax
+    cmap, vmin = ("RdBu_r", -vmax) if signed else ("viridis", 0.0)
     fig, axes = plt.subplots(B, C, figsize=(C * cell_inches + 1.2, B * cell_inches + 0.4), squeeze=False)
     for i in range(B):
         for c in range(C):
-            im = axes[i, c].imshow(z[i, c].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+            im = axes[i, c].imshow(z[i, c].numpy(), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     _label_cells(axes, [f"channel {c}" for c in range(C)], row_titles, wrap=18)
     fig.colorbar(im, ax=axes, shrink=0.8)
     if title:
@@ -168,7 +205,8 @@ def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title:
 def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[str], title: str | None = None,
                       cell_inches: float = 1.6, alpha: float = 0.6):
     """An image (3, H, W) and, next to it, one panel per word: the image in grey with that word's attention
-    map (H, W) over it (each panel scaled to its own maximum, which its title gives)."""
+    map (H, W) over it, every panel on one scale from 0 to the largest value of any map (so that a weak map
+    looks weak), with its color bar; each title gives its map's maximum."""
     import matplotlib.pyplot as plt
 
     if maps.dim() != 3 or len(maps) != len(words) or maps.shape[-2:] != image.shape[-2:]:
@@ -176,18 +214,20 @@ def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[s
                          f"{len(words)} words, image {tuple(image.shape)}")
     rgb = to_display(image[None])[0]
     grey = rgb.mean(-1)
-    fig, axes = plt.subplots(1, len(words) + 1, figsize=((len(words) + 1) * cell_inches, cell_inches + 0.5))
+    vmax = float(maps.max())
+    fig, axes = plt.subplots(1, len(words) + 1, figsize=((len(words) + 1) * cell_inches + 0.8, cell_inches + 0.6),
+                             layout="constrained")
     axes[0].imshow(rgb.numpy(), interpolation="nearest")
     axes[0].set_title("sample", fontsize=8)
     for ax, m, w in zip(axes[1:], maps, words):
         ax.imshow(grey.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.imshow(m.float().numpy(), cmap="inferno", alpha=alpha, interpolation="bilinear")
+        im = ax.imshow(m.float().numpy(), cmap="inferno", alpha=alpha, vmin=0, vmax=vmax, interpolation="bilinear")
         ax.set_title(f'"{w}"\nmax {float(m.max()):.2f}', fontsize=7)
     for ax in axes:
         ax.axis("off")
+    fig.colorbar(im, ax=axes[1:].tolist(), shrink=0.8, label="attention")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 

@@ -19,7 +19,7 @@ import torch
 
 from .viz import image_grid
 
-__all__ = ["frame_slider", "prompt_explorer", "View"]
+__all__ = ["frame_slider", "prompt_explorer", "verdicts", "View"]
 
 
 @dataclass
@@ -70,6 +70,22 @@ def frame_slider(frames: Sequence[torch.Tensor], titles: Sequence[str], captions
     return View(widget=widgets.VBox([slider, out]), figure=figure, show=show)
 
 
+def verdicts(images: torch.Tensor, prompt: str) -> list[str]:
+    """The Shapes evaluator's verdict on each image for `prompt`: "✓ all hold" (every condition), or "✗" and what
+    fails (the object count, the relation, or an object's shape, color, size or position)."""
+    from ..eval.accuracy import prompt_accuracy
+
+    r = prompt_accuracy(images, [prompt] * len(images))
+    out = []
+    for i, ok in enumerate(r["correct"].tolist()):
+        wrong = [] if r["count_ok"][i] else ["object count"]
+        for k, cond in enumerate(r["objects"][i]):
+            wrong += [f"{a} of object {k + 1}" if len(r["objects"][i]) > 1 else a for a, held in cond.items()
+                      if not held]
+        out.append("✓ all hold" if ok else "✗ " + (", ".join(wrong) or "relation"))
+    return out
+
+
 def prompt_explorer(ldm: Any, prompt: str = "a large red circle in the top left", guidance_scale: float = 3.0,
                     n: int = 4, steps: int = 25, seed: int = 0) -> View:
     """Type a prompt, pick a guidance scale, press Generate: n samples (DDIM, fixed seed) appear below.
@@ -87,7 +103,8 @@ def prompt_explorer(ldm: Any, prompt: str = "a large red circle in the top left"
         return ldm.sample(raw, steps=steps, guidance_scale=s, generator=torch.Generator().manual_seed(seed)).cpu()
 
     def figure(p: str = prompt, s: float = guidance_scale, x: torch.Tensor | None = None):   # x: already drawn
-        return image_grid(images(p, s) if x is None else x, [p] * n, ncols=n,
+        x = images(p, s) if x is None else x
+        return image_grid(x, [f"{p}\nevaluator: {v}" for v in verdicts(x, p)], ncols=n,
                           title=f"guidance s = {s:g}, DDIM-{steps}, seed {seed}")
 
     def generate(p: str, s: float) -> torch.Tensor | None:
