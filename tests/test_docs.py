@@ -262,3 +262,31 @@ def test_relative_links_and_images_exist(page):
         if not path.exists():
             missing.append(target)
     assert not missing, f"{page.name} links to missing files: {missing}"
+
+
+ANSWERS = "## Answers to the “Check your understanding” questions"
+
+
+def _questions(notebook: Path) -> list[int]:
+    """The numbers of the questions under a notebook's "## Check your understanding" heading."""
+    for cell in json.loads(notebook.read_text())["cells"]:
+        text = "".join(cell["source"])
+        if "## Check your understanding" in text:
+            part = text.split("## Check your understanding", 1)[1].split("\n## ", 1)[0]
+            return [int(n) for n in re.findall(r"^(\d+)\. ", part, re.M)]
+    return []
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.stem)
+def test_the_guide_answers_every_question_of_every_notebook(notebook):
+    """Each notebook's questions, numbered 1 … n, have answers 1 … n under the notebook's heading in the
+    instructor's guide, each with its question in bold and some words after it."""
+    asked = _questions(notebook)
+    assert asked and asked == list(range(1, len(asked) + 1)), f"{notebook.name}: questions {asked}"
+    guide = (ROOT / "docs" / "instructor-guide.md").read_text()
+    assert ANSWERS in guide, "the instructor's guide has no answers section"
+    answers = guide.split(ANSWERS, 1)[1].split("\n## ", 1)[0]
+    section = re.search(rf"^### {notebook.name[:2]} · .*?(?=^### |\Z)", answers, re.M | re.S)
+    assert section, f"no answers for {notebook.name[:2]} in the guide"
+    given = re.findall(r"^(\d+)\. \*\*(.+?)\*\* (\S.{40,})", section.group(0), re.M)
+    assert [int(n) for n, _, _ in given] == asked, f"{notebook.name[:2]}: answers {[n for n, _, _ in given]}, questions {asked}"
