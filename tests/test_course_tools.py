@@ -19,7 +19,7 @@ from minildm.ldm import LatentDiffusion
 from minildm.losses import AutoencoderLoss, LossConfig
 from minildm.train.profiles import get_profile
 from minildm.unet import UNet
-from minildm.utils import slerp
+from minildm.utils import load_checkpoint, save_checkpoint, slerp
 
 CI = get_profile("ci")
 
@@ -273,6 +273,20 @@ def test_models_are_handed_on_own_run_first(tmp_path, monkeypatch, capsys):
     ldm = course.ldm("text")
     assert ldm.cond_mode == "text" and (tmp_path / "ldm-text" / "ldm.pt").is_file()
     assert course.trained_steps("ldm-text") == CI.ldm_train.steps and course.trained_steps("ldm-class") is None
+    # an interrupted run: used, with a warning that says how to take the shipped one instead
+    path, half = tmp_path / "ldm-text" / "ldm.pt", CI.ldm_train.steps // 2
+    save_checkpoint({**load_checkpoint(path), "step": half}, path)        # re-checksummed, as a run writes it
+    capsys.readouterr()
+    assert course.ldm("text").cond_mode == "text"
+    out = capsys.readouterr().out
+    assert f"only {half:,} of the ci profile's {CI.ldm_train.steps:,} steps" in out
+    assert "course.ldm('text', prefer=\"shipped\")" in out
+    # the ci profile ships no models: prefer="shipped" says so and keeps the student's own (never retrains over it)
+    course.ldm("text", prefer="shipped")
+    assert "no shipped one for the ci profile on shapes: your own after all" in capsys.readouterr().out
+    assert course.trained_steps("ldm-text") == half
+    with pytest.raises(ValueError, match="prefer must be 'own'"):
+        course.ldm("text", prefer="mine")
 
 
 def test_check_says_which_recipe_runs_and_why(tmp_path, monkeypatch):

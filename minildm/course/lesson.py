@@ -325,13 +325,28 @@ class Course:
 
     def _handed_on(self, what: str, label: str, load: Callable[[Path, torch.device], Any],
                    shipped: Callable[[], Any], steps: int, train: Callable[[], Any], train_minutes: float | None,
-                   verbose: bool):
+                   verbose: bool, prefer: str = "own", call: str = ""):
         """The student's own `what` (`own(what)`, from an earlier notebook) opened with `load`, else the shipped
-        one (Shapes only), else trained now by `train`, after saying so; `label` names it in what is printed."""
+        one (Shapes only), else trained now by `train`, after saying so; `label` names it in what is printed.
+        An own model trained for fewer than the profile's `steps` (an interrupted run) is used with a warning
+        that says how to take the shipped one instead (`call` with prefer="shipped"), which skips the own one."""
+        if prefer not in ("own", "shipped"):
+            raise ValueError(f"prefer must be 'own' (the model you trained, else the shipped one) or 'shipped', "
+                             f"got {prefer!r}")
         say = print if verbose else (lambda *a: None)
         path = self.own(what)
+        if path.is_file() and prefer == "shipped":
+            model = shipped() if self.data == "shapes" else None
+            if model is not None:
+                say(f"{label}: the shipped one for the {self.profile.name} profile ({pretrained.DIR}), as asked")
+                return model
+            say(f"{label}: no shipped one for the {self.profile.name} profile on {self.data}: your own after all")
         if path.is_file():
-            say(f"{label}: your own, {path}")
+            done = int(load_checkpoint(path)["step"])
+            say(f"{label}: your own, {path} ({done:,} training steps)")
+            if done < steps:
+                say(f"  ⚠ only {done:,} of the {self.profile.name} profile's {steps:,} steps (an interrupted run?): "
+                    f"its samples can be far worse than the text expects. The shipped one: {call}prefer=\"shipped\")")
             return load(path, self.device)
         model = shipped() if self.data == "shapes" else None
         if model is not None:
@@ -342,9 +357,9 @@ class Course:
         train()
         return load(path, self.device)
 
-    def autoencoder(self, train_minutes: float | None = None, verbose: bool = True):
+    def autoencoder(self, train_minutes: float | None = None, verbose: bool = True, prefer: str = "own"):
         """The course's autoencoder: the student's own (notebook 01), else the shipped one, else trained now
-        (after saying so)."""
+        (after saying so). prefer="shipped" takes the shipped one even where an own one exists."""
         def train() -> None:
             missing = lpips_weights_missing(self.profile.ae_loss.lpips_net, download=self.profile.name != "ci")
             other = self.data != "shapes"                  # the shipped autoencoder knows Shapes only
@@ -355,12 +370,15 @@ class Course:
 
         return self._handed_on("autoencoder", "autoencoder", load_autoencoder,
                                lambda: pretrained.load_autoencoder(self.profile.name, self.device),
-                               self.profile.ae_train.steps, train, train_minutes, verbose)
+                               self.profile.ae_train.steps, train, train_minutes, verbose, prefer,
+                               "course.autoencoder(")
 
-    def ldm(self, cond: str = "text", train_minutes: float | None = None, verbose: bool = True) -> LatentDiffusion:
+    def ldm(self, cond: str = "text", train_minutes: float | None = None, verbose: bool = True,
+            prefer: str = "own") -> LatentDiffusion:
         """The course's latent diffusion model for `cond`: the student's own (notebooks 05, 08), else the shipped
         one (Shapes only), else trained now on the course's autoencoder and data (after saying so). "class-token"
-        is a class model on the paper's route (the label as one cross-attention token), "class" minildm's."""
+        is a class model on the paper's route (the label as one cross-attention token), "class" minildm's.
+        prefer="shipped" takes the shipped one even where an own one exists (e.g. a partly trained one)."""
         base, profile = cond, self.profile
         if cond == "class-token":
             base, profile = "class", self.profile.replace(ldm={"class_route": "crossattn"})
@@ -378,7 +396,8 @@ class Course:
 
         return self._handed_on(f"ldm-{cond}", f"{cond} model", LatentDiffusion.from_checkpoint,
                                lambda: pretrained.load_ldm(self.profile.name, cond, self.device),
-                               self.profile.ldm_train.steps, train, train_minutes, verbose)
+                               self.profile.ldm_train.steps, train, train_minutes, verbose, prefer,
+                               f"course.ldm({cond!r}, ")
 
     def trained_steps(self, what: str) -> int | None:
         """How many steps the student's own `what` ("autoencoder", "ldm-text", …) was trained for, or None."""
