@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from ..autoencoder import load_autoencoder
@@ -117,7 +118,7 @@ def _what_differs(got: Any, expected: Any, atol: float, rtol: float) -> str | No
         if torch.isnan(got_t).any() and not torch.isnan(exp).any():
             return f"your result has {int(torch.isnan(got_t).sum())} NaN value(s)"
         diff = (got_t - exp).abs()
-        worst = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
+        worst = tuple(int(i) for i in np.unravel_index(int(diff.argmax()), tuple(diff.shape)))    # torch's needs 2.2
         text = (f"{int((diff > atol + rtol * exp.abs()).sum())} of {diff.numel()} values are off, the worst by "
                 f"{float(diff.max()):.3g} at index {worst} (allowed {atol:g} + {rtol:g}·|answer|)")
         if torch.allclose(got_t, -exp, atol=atol, rtol=rtol):
