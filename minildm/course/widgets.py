@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ..eval.accuracy import prompt_accuracy
 from .viz import image_grid
 
 __all__ = ["frame_slider", "prompt_explorer", "verdicts", "View"]
@@ -73,8 +74,6 @@ def frame_slider(frames: Sequence[torch.Tensor], titles: Sequence[str], captions
 def verdicts(images: torch.Tensor, prompt: str) -> list[str]:
     """The Shapes evaluator's verdict on each image for `prompt`: "✓ all hold" (every condition), or "✗" and what
     fails (the object count, the relation, or an object's shape, color, size or position)."""
-    from ..eval.accuracy import prompt_accuracy
-
     r = prompt_accuracy(images, [prompt] * len(images))
     out = []
     for i, ok in enumerate(r["correct"].tolist()):
