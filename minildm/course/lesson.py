@@ -329,8 +329,9 @@ class Course:
                    verbose: bool, prefer: str = "own", call: str = ""):
         """The student's own `what` (`own(what)`, from an earlier notebook) opened with `load`, else the shipped
         one (Shapes only), else trained now by `train`, after saying so; `label` names it in what is printed.
-        An own model trained for fewer than the profile's `steps` (an interrupted run) is used with a warning
-        that says how to take the shipped one instead (`call` with prefer="shipped"), which skips the own one."""
+        An own model trained for fewer than the profile's `steps` (an interrupted run; not when the caller caps
+        training in `train_minutes`) is used with a warning that says how to take the shipped one instead (`call`
+        with prefer="shipped"), which skips the own one."""
         if prefer not in ("own", "shipped"):
             raise ValueError(f"prefer must be 'own' (the model you trained, else the shipped one) or 'shipped', "
                              f"got {prefer!r}")
@@ -345,7 +346,7 @@ class Course:
         if path.is_file():
             done = int(load_checkpoint(path)["step"])
             say(f"{label}: your own, {path} ({done:,} training steps)")
-            if done < steps:
+            if done < steps and not train_minutes:      # a run capped in minutes is short by design
                 say(f"  ⚠ only {done:,} of the {self.profile.name} profile's {steps:,} steps (an interrupted run?): "
                     f"its samples can be far worse than the text expects. The shipped one: {call}prefer=\"shipped\")")
             return load(path, self.device)
