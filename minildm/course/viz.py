@@ -104,16 +104,21 @@ def filmstrip(frames: Sequence[torch.Tensor], column_titles: Sequence[str], row_
     return fig
 
 
+def _shown_steps(trajectory: dict, every: int) -> list[int]:
+    """Every `every`-th step of a sampling trajectory and its last one."""
+    n = len(trajectory["timesteps"])
+    if n == 0 or every < 1:
+        raise ValueError(f"need a non-empty trajectory and every ≥ 1, got {n} steps and every={every}")
+    return sorted(set(range(0, n, every)) | {n - 1})
+
+
 @torch.no_grad()
 def denoising_filmstrip(ldm: Any, trajectory: dict, captions: Sequence[str], every: int = 5,
                         title: str | None = None, cell_inches: float = 1.1):
     """The denoising trajectory of `ldm.sample(..., return_intermediates=True)`, two rows per sample:
     the sampler's state x_t decoded (noise at first, the image at the end) and its prediction x̂_0 at that
     step, for every `every`-th step and the last one. Columns are titled with the step and its timestep t."""
-    n = len(trajectory["timesteps"])
-    if n == 0 or every < 1:
-        raise ValueError(f"need a non-empty trajectory and every ≥ 1, got {n} steps and every={every}")
-    steps = sorted(set(range(0, n, every)) | {n - 1})
+    steps = _shown_steps(trajectory, every)
     device = ldm.scale_factor.device
     decoded = {k: [ldm.decode(trajectory[k][s].to(device)).cpu() for s in steps] for k in ("x_t", "pred_x0")}
     frames = [torch.stack([decoded[k][j][i] for i in range(len(captions)) for k in ("x_t", "pred_x0")])
@@ -131,10 +136,7 @@ def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5
     the prediction ẑ₀ decoded, for every `every`-th step and the last."""
     import matplotlib.pyplot as plt
 
-    n = len(trajectory["timesteps"])
-    if n == 0 or every < 1:
-        raise ValueError(f"need a non-empty trajectory and every ≥ 1, got {n} steps and every={every}")
-    steps = sorted(set(range(0, n, every)) | {n - 1})
+    steps = _shown_steps(trajectory, every)
     device = ldm.scale_factor.device
     z = torch.stack([trajectory["x_t"][s][index] for s in steps]).float().cpu()          # (steps, c, h, w)
     images = [to_display(torch.stack([ldm.decode(trajectory[k][s][index:index + 1].to(device))[0].cpu()
