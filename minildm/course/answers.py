@@ -1,0 +1,30 @@
+"""The answer key of the course's exercises: what each exercise's check compares the student's answer with.
+
+The check cells call these functions (`check_answer("Exercise 6.2", my_steps, answers.ex_6_2())`) so that the
+student edition shows no reference call that would pass if typed as the answer. Read a function here after
+trying its exercise: each one computes the answer with the package, the way the notebook's text explains it.
+Exercises that measure something (predict, then measure) keep their measurement in the notebook, where the
+student sees it run.
+"""
+
+from __future__ import annotations
+
+# ── 00 · Setup and shapes ───────────────────────────────────────────────────────────────────────────────────
+
+# ── 01 · Perceptual compression ─────────────────────────────────────────────────────────────────────────────
+
+# ── 02 · The latent space ───────────────────────────────────────────────────────────────────────────────────
+
+# ── 03 · Forward diffusion ──────────────────────────────────────────────────────────────────────────────────
+
+# ── 04 · The U-Net and cross-attention ──────────────────────────────────────────────────────────────────────
+
+# ── 05 · Training the LDM ───────────────────────────────────────────────────────────────────────────────────
+
+# ── 06 · DDIM sampling ──────────────────────────────────────────────────────────────────────────────────────
+
+# ── 07 · Guidance and attention ─────────────────────────────────────────────────────────────────────────────
+
+# ── 08 · Other conditions ───────────────────────────────────────────────────────────────────────────────────
+
+# ── 09 · Experiments ────────────────────────────────────────────────────────────────────────────────────────
