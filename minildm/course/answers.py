@@ -28,3 +28,5 @@ from __future__ import annotations
 # ── 08 · Other conditions ───────────────────────────────────────────────────────────────────────────────────
 
 # ── 09 · Experiments ────────────────────────────────────────────────────────────────────────────────────────
+
+__all__ = sorted(name for name in dir() if name.startswith("ex_"))
