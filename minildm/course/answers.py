@@ -9,6 +9,18 @@ student sees it run.
 
 from __future__ import annotations
 
+import torch
+
+from minildm.conditioning import drop_rows
+from minildm.data.shapes import COLOR_NAMES, class_id, class_name, parse_caption, parse_layout
+from minildm.eval.metrics import fid_from_features, latent_statistics, radial_power_spectrum
+from minildm.eval.probes import first_conv_input
+from minildm.eval.process import timestep_at_snr
+from minildm.losses import adaptive_weight, hinge_d_loss
+from minildm.nn import EMA, attention_explicit, timestep_embedding
+from minildm.samplers import ddim_timesteps, guided_model_output
+from minildm.utils import slerp
+
 # ── 00 · Setup and shapes ───────────────────────────────────────────────────────────────────────────────────
 
 # ── 01 · Perceptual compression ─────────────────────────────────────────────────────────────────────────────
