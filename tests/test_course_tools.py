@@ -300,3 +300,44 @@ def test_check_says_which_recipe_runs_and_why(tmp_path, monkeypatch):
     assert any(line.startswith("profile cpu (measured): the default; a GPU is present") and "MINILDM_PROFILE=gpu"
                in line for line in lines), lines
 
+
+
+def test_live_training_redraws_one_figure_at_each_new_snapshot_and_only_then(monkeypatch):
+    """LiveTraining: the snapshot callback runs at every step; a figure is drawn when (and only when) a new
+    snapshot was taken, the first time as a new display, afterwards as an update of that display."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from IPython import display as ipd
+
+    from minildm.course import viz
+
+    calls = []
+
+    class Handle:
+        def update(self, fig):
+            calls.append(("update", len(fig.axes)))
+
+    def fake_display(fig, display_id=False):
+        calls.append(("display", len(fig.axes)))
+        return Handle()
+
+    monkeypatch.setattr(ipd, "display", fake_display)
+
+    class Snapshots:                      # stands in for train.stages.SampleSnapshots
+        prompts, at_steps, images = ["a", "b", "c"], [1, 4, 8], {}
+
+        def __call__(self, step, record, run):
+            if step in self.at_steps:
+                self.images[step] = torch.zeros(3, 3, 8, 8)
+
+    class Run:
+        history = []
+
+    live, run = viz.LiveTraining(Snapshots(), shown=2), Run()
+    for step in range(1, 9):
+        run.history.append({"step": step, "loss": 1.0 / step})
+        live(step, run.history[-1], run)
+    # one loss axis + 2 prompts × 3 snapshot columns, drawn at steps 1, 4 and 8
+    assert calls == [("display", 7), ("update", 7), ("update", 7)]
+    live(8, run.history[-1], run)         # a step whose snapshot exists already: nothing new to draw
+    assert len(calls) == 3

@@ -25,13 +25,75 @@ from minildm.utils import slerp
 
 # ── 01 · Perceptual compression ─────────────────────────────────────────────────────────────────────────────
 
+def ex_1_1(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss L_D from its patch logits on real images and on reconstructions."""
+    return hinge_d_loss(logits_real, logits_fake)
+
+
+def ex_1_2(rec: torch.Tensor, g_loss: torch.Tensor, last: torch.Tensor, disc_weight: float) -> torch.Tensor:
+    """The adaptive GAN weight λ from the gradients of L_rec and L_GAN on the decoder's last layer W."""
+    return adaptive_weight(rec, g_loss, last, disc_weight)
+
+
+def ex_1_4(x_test: torch.Tensor) -> torch.Tensor:
+    """The radially averaged power spectrum of the first test image, rings k = 1 … H/2."""
+    return radial_power_spectrum(x_test[:1].cpu())[1]
+
+
 # ── 02 · The latent space ───────────────────────────────────────────────────────────────────────────────────
+
+def ex_2_1(ae, first):
+    """The scale factor 1/std(z) of the first training batch `first`, z one posterior sample drawn with seed 0."""
+    return latent_statistics(ae, [first], generator=torch.Generator().manual_seed(0))["scale_factor"]
+
+
+def ex_2_4(a, b):
+    """The latent 30 % of the way from `a` to `b` along the great circle: slerp(a, b, 0.3)."""
+    return slerp(a, b, 0.3)
+
 
 # ── 03 · Forward diffusion ──────────────────────────────────────────────────────────────────────────────────
 
+def ex_3_1(diffusion, sigma_z):
+    """The first step t where latents of standard deviation `sigma_z` hold no more signal than noise (σ_z²·SNR ≤ 1)."""
+    return timestep_at_snr(diffusion, 1.0 / sigma_z**2)
+
+
+def ex_3_2(v_diffusion, z_t, t, v_hat):
+    """The estimate x̂_0 = √ᾱ_t·z_t − √(1 − ᾱ_t)·v̂ that the v-prediction `v_hat` at step t gives."""
+    return v_diffusion.predict_x0_and_eps(z_t, t, v_hat)[0]
+
+
 # ── 04 · The U-Net and cross-attention ──────────────────────────────────────────────────────────────────────
 
+def ex_4_1(q, k, v, key_mask) -> torch.Tensor:
+    """Masked attention softmax(QKᵀ/√d)·V of q, k, v, the padding keys (False in `key_mask`) left out."""
+    return attention_explicit(q, k, v, key_mask)[0]
+
+
+def ex_4_3(ts, dim) -> torch.Tensor:
+    """The sinusoidal timestep embedding [cos(t·ω_i), sin(t·ω_i)] of the steps `ts`, `dim` numbers per step."""
+    return timestep_embedding(ts, dim)
+
+
 # ── 05 · Training the LDM ───────────────────────────────────────────────────────────────────────────────────
+
+def ex_5_1(ldm, z0, raw, t, noise) -> torch.Tensor:
+    """L_simple of `ldm` on latents z0 with captions raw, at timesteps t, with noise ε = `noise`."""
+    return ldm.diffusion.training_loss(ldm.model_fn, z0, ldm.encode_condition(raw), t=t, noise=noise)
+
+
+def ex_5_2(weights: list[torch.Tensor], decay: float) -> torch.Tensor:
+    """The EMA (nn.EMA, with its warm-up) after a layer's weight took the values weights[1:], from weights[0]."""
+    layer = torch.nn.Linear(weights[0].shape[1], weights[0].shape[0], bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(weights[0])
+        ema = EMA(layer, decay=decay)
+        for w in weights[1:]:
+            layer.weight.copy_(w)                   # what an optimizer step would have done
+            ema.update(layer)
+    return ema.shadow["weight"]
+
 
 # ── 06 · DDIM sampling ──────────────────────────────────────────────────────────────────────────────────────
 

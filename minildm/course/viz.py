@@ -15,7 +15,7 @@ from ..data.shapes import class_name
 
 __all__ = ["to_display", "image_grid", "save_figure", "filmstrip", "denoising_filmstrip", "latent_trajectory",
            "save_sample_grid",
-           "SampleGrids", "latent_grid", "attention_overlay", "DEFAULT_PROMPTS"]
+           "SampleGrids", "latent_grid", "attention_overlay", "DEFAULT_PROMPTS", "training_view", "LiveTraining"]
 
 DEFAULT_PROMPTS = (
     "a large red circle in the top left", "a small blue square in the center",
@@ -245,3 +245,76 @@ class SampleGrids:
         if self.every and step % self.every == 0:
             with run.ema_weights() as ldm:
                 save_sample_grid(ldm, self.folder / f"samples_{step:06d}.png", title=f"step {step} (EMA weights)")
+
+
+def training_view(history: Sequence[dict], snapshots: dict[int, torch.Tensor], at_steps: Sequence[int],
+                  prompts: Sequence[str], title: str | None = None, cell_inches: float = 0.95):
+    """Training as far as it went: the loss of every step so far (and its moving average) over the whole run's
+    x-axis, and under it one column per snapshot step in `at_steps` (the same prompts, rows; empty until taken)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    at_steps, rows = sorted(at_steps), len(prompts)
+    loss_inches = 2.2
+    fig = plt.figure(figsize=(len(at_steps) * cell_inches + 1.6, rows * cell_inches + loss_inches + 0.6))
+    top, bottom = fig.subfigures(2, 1, height_ratios=[loss_inches + 0.4, rows * cell_inches + 0.2])
+    ax = top.subplots()
+    steps, loss = [r["step"] for r in history], torch.tensor([float(r["loss"]) for r in history])
+    if len(loss):
+        k = max(1, len(loss) // 40)
+        ax.plot(steps, loss, color="tab:purple", alpha=0.25, lw=0.6)
+        ax.plot(steps[k - 1:], loss.unfold(0, k, 1).mean(1), color="tab:purple", label=f"moving average of {k}")
+        ax.legend(loc="upper right", fontsize=7)
+    for s in at_steps:
+        ax.axvline(s, color="gray", ls=":", lw=0.8)
+    ax.set(xscale="log", xlim=(0.9, 1.1 * at_steps[-1]), yscale="log", ylabel="loss")
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training step (log scale; dotted: the snapshots below)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if title:
+        top.suptitle(title, fontsize=9)
+    cells = bottom.subplots(rows, len(at_steps), squeeze=False)
+    blank = torch.ones(32, 32, 3) * 0.94
+    for j, s in enumerate(at_steps):
+        for i in range(rows):
+            cell = cells[i, j]
+            cell.set(xticks=[], yticks=[])
+            cell.imshow(to_display(snapshots[s][i:i + 1])[0].numpy() if s in snapshots else blank.numpy(),
+                        interpolation="nearest")
+            if i == 0:
+                cell.set_title(f"step {s}" if s in snapshots else f"step {s}\n(to come)", fontsize=7,
+                               color="black" if s in snapshots else "gray")
+            if j == 0:
+                cell.set_ylabel(textwrap.fill(prompts[i], 22), fontsize=6, rotation=0, ha="right", va="center")
+    bottom.subplots_adjust(left=1.5 / fig.get_figwidth(), right=0.99, top=0.93, bottom=0.01, wspace=0.06, hspace=0.06)
+    top.subplots_adjust(left=1.5 / fig.get_figwidth(), right=0.99, top=0.85, bottom=0.25)
+    return fig
+
+
+class LiveTraining:
+    """A train_ldm callback that lets you watch: `snapshots` (train.stages.SampleSnapshots) samples its prompts at
+    its steps, and each time it does, one figure (training_view: the loss so far, the snapshots so far) is redrawn
+    in place in the notebook. `shown`: how many of the snapshots' prompts the figure shows."""
+
+    def __init__(self, snapshots: Any, shown: int, title: str | None = None):
+        self.snapshots, self.shown, self.title, self.handle = snapshots, shown, title, None
+
+    def __call__(self, step: int, record: dict, run: Any) -> None:
+        new = step in self.snapshots.at_steps and step not in self.snapshots.images
+        self.snapshots(step, record, run)
+        if new:
+            self.draw(run.history)
+
+    def draw(self, history: Sequence[dict]):
+        """Draw (or redraw in place) the figure for `history`; returns it."""
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        fig = training_view(history, {s: x[:self.shown] for s, x in self.snapshots.images.items()},
+                            self.snapshots.at_steps, self.snapshots.prompts[:self.shown], self.title)
+        if self.handle is None:
+            self.handle = display(fig, display_id=True)
+        else:
+            self.handle.update(fig)
+        plt.close(fig)
+        return fig
