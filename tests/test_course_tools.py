@@ -242,6 +242,9 @@ def test_check_answer_says_what_is_wrong_and_never_the_answer(capsys):
         text = str(e.value)
         assert "not yet" in text and all(s not in text for s in ("circle'", "green star", "below", "714", "0.0833",
                                                                  "1.25", "3.75"))
+    with pytest.raises(AssertionError, match="must be a constant"):        # λ with its graph: gradients would flow
+        C.check_answer("Exercise 1.2", torch.ones(2, requires_grad=True) * 1, torch.ones(2), constant=True)
+    C.check_answer("Exercise 1.2", torch.ones(2, requires_grad=True).detach(), torch.ones(2), constant=True)
     capsys.readouterr()
     # not answered yet (None, or the student edition's `...`, also inside a tuple): skipped, so Run All goes on
     for got in (None, ..., (..., "red star")):

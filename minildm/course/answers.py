@@ -23,6 +23,16 @@ from minildm.utils import slerp
 
 # ── 00 · Setup and shapes ───────────────────────────────────────────────────────────────────────────────────
 
+def ex_0_1() -> dict:
+    """What parse_caption returns for "a large red circle to the right of a small green triangle"."""
+    return parse_caption("a large red circle to the right of a small green triangle")
+
+
+def ex_0_3(resolution: int, f: int, c: int) -> float:
+    """The rate (h·w·c) / (H·W·3) of a latent of side resolution // f with c channels, for a square image."""
+    h = resolution // f
+    return h * h * c / (resolution * resolution * 3)
+
 # ── 01 · Perceptual compression ─────────────────────────────────────────────────────────────────────────────
 
 def ex_1_1(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -97,10 +107,41 @@ def ex_5_2(weights: list[torch.Tensor], decay: float) -> torch.Tensor:
 
 # ── 06 · DDIM sampling ──────────────────────────────────────────────────────────────────────────────────────
 
+def ex_6_1(ldm, raw, x_T) -> torch.Tensor:
+    """The latent that deterministic DDIM (η = 0) reaches from x_T in 10 steps, with the model's guidance."""
+    return ldm.sample(raw, x_T=x_T, steps=10, eta=0.0, decode=False)
+
+
+def ex_6_2() -> list[int]:
+    """The `trailing` timesteps for T = 1000 and S = 7."""
+    return ddim_timesteps(1000, 7, "trailing")
+
+
 # ── 07 · Guidance and attention ─────────────────────────────────────────────────────────────────────────────
+
+def ex_7_1(ldm, z_t, t, cond, uncond, s) -> torch.Tensor:
+    """The guided output out(∅) + s·(out(y) − out(∅)) at z_t and t, from one doubled batch [y; ∅]."""
+    with torch.no_grad():
+        return guided_model_output(ldm.model_fn, z_t, t, cond, uncond, guidance_scale=s)
+
 
 # ── 08 · Other conditions ───────────────────────────────────────────────────────────────────────────────────
 
+def ex_8_1(spec) -> torch.Tensor:
+    """The layout tensor of the text form `spec` for max_objects = 2: rows [class_id, x0, y0, x1, y1], padded with −1."""
+    return parse_layout(spec, max_objects=2)
+
+
+def ex_8_2(sr, z_t, t, low4) -> torch.Tensor:
+    """What the super-resolution U-Net's first convolution receives for z_t at t with the low-res images low4."""
+    return first_conv_input(sr, z_t, t, low4)
+
+
 # ── 09 · Experiments ────────────────────────────────────────────────────────────────────────────────────────
+
+def ex_9_1(fa: torch.Tensor, fb: torch.Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to the feature sets fa and fb (FID by hand)."""
+    return float(fid_from_features(fa, fb))
+
 
 __all__ = sorted(name for name in dir() if name.startswith("ex_"))

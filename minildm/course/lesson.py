@@ -157,16 +157,21 @@ def _what_differs(got: Any, expected: Any, atol: float, rtol: float) -> str | No
     return None if got == expected else f"{got!r} is not it"
 
 
-def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-5) -> None:
+def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-5,
+                 constant: bool = False) -> None:
     """An exercise's check: the student's answer `got` must equal the package's `expected` within tolerance
     (tensors and lists of numbers elementwise, numbers with math.isclose, dicts key by key, anything else with
     ==). Prints ✓; raises AssertionError saying what is wrong (shape, sign, size, which element or key), never
     the expected value. An answer not written yet (None, or the student edition's `...`) is skipped with a
-    message, so that Run All goes on: every exercise is a leaf that no later cell needs."""
+    message, so that Run All goes on: every exercise is a leaf that no later cell needs. `constant`: the answer
+    is a constant of the graph (like the adaptive weight λ), so a tensor that still carries its autograd graph
+    is wrong however right its values."""
     if _unanswered(got):
         print(f"– {name}: skipped, no answer yet (write it in the cell above and run both cells again)")
         return
     why = _what_differs(got, expected, atol, rtol)
+    if why is None and constant and torch.is_tensor(got) and got.requires_grad:
+        why = "the values are right, but gradients would flow through your result: it must be a constant (.detach())"
     if why is not None:
         raise AssertionError(f"{name}: not yet: {why}")
     print(f"✓ {name}: correct")
