@@ -9,7 +9,8 @@ The paper's model sits at the top of the package, one part per file, data flowin
     diffusion.py     stage 2: noise schedules, q(x_t|x_0), the posterior, targets, L_simple
     unet.py          the denoiser: ResBlocks, SpatialTransformer (self + cross attention), down / up path
     conditioning.py  τθ: class, text (with its tokenizer), layout and low-resolution encoders
-    samplers.py      DDPM and DDIM steps and loops, inversion, img2img, classifier-free guidance
+    samplers.py      DDPM, DDIM and ODE-solver (Euler, Heun, DPM-Solver++) steps and loops, inversion,
+                     img2img, classifier-free guidance
     ldm.py           LatentDiffusion: frozen autoencoder + scale factor + U-Net + τθ
     utils.py         devices, seeding, seeded noise, the checkpoint file format
 
@@ -93,7 +94,13 @@ from .samplers import (  # noqa: E402
                           ddim_timesteps,
                           ddpm_sample,
                           ddpm_step,
+                          dpmpp_2m_sample,
+                          dpmpp_2m_step,
+                          euler_sample,
+                          euler_step,
                           guided_model_output,
+                          heun_sample,
+                          heun_step,
                           img2img,
 )
 from .train import PROFILES, Profile, get_profile, train_autoencoder, train_ldm  # noqa: E402
@@ -113,6 +120,7 @@ __all__ = [
     "psnr", "ssim", "CrossAttention", "EMA", "attention_explicit", "attention_sdpa", "record_attention",
     "timestep_embedding", "PROFILES", "Profile", "get_profile", "MNIST", "ImageFolderDataset", "ddim_invert",
     "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "guided_model_output", "img2img",
+    "euler_step", "euler_sample", "heun_step", "heun_sample", "dpmpp_2m_step", "dpmpp_2m_sample",
     "NUM_CLASSES", "ShapesTokenizer", "class_id", "class_name", "parse_caption", "parse_layout", "render_scenes",
     "sample_scene", "scene_from_caption", "class_accuracy", "layout_accuracy", "prompt_accuracy",
     "shapes_features", "shapes_generative_metrics", "word_influence", "WordTokenizer", "train_autoencoder",

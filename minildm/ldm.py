@@ -32,7 +32,7 @@ from torch import nn
 from .autoencoder import AEConfig, build_autoencoder
 from .conditioning import ClassEmbedder, ClassToken, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
 from .diffusion import PREDICTION_TYPES, GaussianDiffusion
-from .samplers import ddim_invert, ddim_sample, ddpm_sample
+from .samplers import ODE_SAMPLERS, ddim_invert, ddim_sample, ddpm_sample
 from .samplers import img2img as ddim_img2img
 from .unet import UNet
 from .utils import autocast, config_from_dict, get_device, load_checkpoint, precision_dtype, randn
@@ -248,7 +248,9 @@ class LatentDiffusion(nn.Module):
                return_intermediates: bool = False, x_T: torch.Tensor | None = None,
                decode: bool = True, spacing: str = "trailing", precision: str = "fp32") -> Any:
         """Draw images for conditioning inputs `raw` (or `num_samples` unconditional ones) with DDIM or DDPM
-        (DDIM: `steps` timesteps chosen by `spacing`, samplers.ddim_timesteps; DDPM: all T, `steps` unused).
+        (DDIM: `steps` timesteps chosen by `spacing`, samplers.ddim_timesteps; DDPM: all T, `steps` unused), or
+        with an ODE solver on the same timesteps: "dpmpp_2m", "euler" or "heun" (samplers.py; Heun makes
+        2·steps − 1 model calls, the others `steps`).
         `steps` None: SAMPLE_STEPS (50); `guidance_scale` None: GUIDANCE_SCALE (3).
 
         Classifier-free guidance: ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)); s = 1 is purely conditional.
@@ -272,8 +274,15 @@ class LatentDiffusion(nn.Module):
                 out = ddim_sample(self.model_fn, self.diffusion, shape, steps=steps, eta=eta, spacing=spacing, **kwargs)
             elif sampler == "ddpm":
                 out = ddpm_sample(self.model_fn, self.diffusion, shape, **kwargs)
+            elif sampler in ODE_SAMPLERS:
+                if eta != 0:
+                    raise ValueError(f"eta={eta!r} is DDIM's noise; the ODE sampler {sampler!r} is deterministic "
+                                     f"(leave eta at 0, or use sampler='ddim' for η > 0)")
+                loop = ODE_SAMPLERS[sampler]
+                out = loop(self.model_fn, self.diffusion, shape, steps=steps, spacing=spacing, **kwargs)
             else:
-                raise ValueError(f"unknown sampler {sampler!r}; expected 'ddim' or 'ddpm'")
+                raise ValueError(f"unknown sampler {sampler!r}; expected one of "
+                                 f"{('ddim', 'ddpm', *ODE_SAMPLERS)}")
         z, trajectory = out if return_intermediates else (out, None)
         z = z.float()
         result = self.decode(z) if decode else z

@@ -1,8 +1,12 @@
-"""Samplers: turn noise into latents with a trained denoiser (LDM Sec. 3.2 and 4; DDPM; DDIM).
+"""Samplers: turn noise into latents with a trained denoiser (LDM Sec. 3.2 and 4; DDPM; DDIM; ODE solvers).
 
-One update of each sampler is a public function, `ddpm_step` and `ddim_step` (diffusers calls it
-`scheduler.step`); the loops call it once per timestep. Every loop has the same shape of signature (as in
-k-diffusion) and calls one per-step callback:
+The paper samples with DDPM and DDIM. Beyond the paper, deterministic sampling is solving an ODE, and three
+solvers of it close the file: Euler (which is DDIM), Heun (Karras et al. 2022) and DPM-Solver++(2M) (Lu et
+al. 2022, in the multistep form libraries use by default); the last two are second order: fewer steps.
+
+One update of each sampler is a public function, `ddpm_step`, `ddim_step`, `euler_step`, `heun_step` and
+`dpmpp_2m_step` (diffusers calls it `scheduler.step`); the loops call it once per timestep. Every loop has
+the same shape of signature (as in k-diffusion) and calls one per-step callback:
 
     model_fn(x_t: (B, C, h, w), t: (B,) int64, cond) -> (B, C, h, w)      the network's raw output
     callback(step: int, t: int, x_t: Tensor, pred_x0: Tensor) -> None     once per step, every sampler
@@ -22,7 +26,8 @@ draws on the CPU) and then moved to `device`, so a seed gives the same samples o
 samplers draw z only at steps whose noise scale is non-zero, so DDPM and DDIM(η = 1, all steps) consume
 the same random stream.
 
-x̂_0 is never clipped unless asked (`clip_x0=(lo, hi)`, for pixel-space models): latents are unbounded.
+x̂_0 is never clipped unless asked (`clip_x0=(lo, hi)` of DDPM / DDIM, for pixel-space models; the ODE
+solvers never clip): latents are unbounded.
 
 The loops check their arguments once, before the first model call (`steps` in `ddim_timesteps`, η, strength);
 the steps and the coefficient table trust theirs.
@@ -40,7 +45,8 @@ from .diffusion import GaussianDiffusion, ModelFn
 from .utils import randn
 
 __all__ = ["ddpm_step", "ddpm_sample", "ddim_timesteps", "ddim_coefficients", "ddim_step", "ddim_sample",
-           "ddim_invert", "img2img", "guided_model_output", "concat_cond", "SPACINGS", "Cond", "Callback"]
+           "ddim_invert", "img2img", "euler_step", "euler_sample", "heun_step", "heun_sample", "dpmpp_2m_step",
+           "dpmpp_2m_sample", "ODE_SAMPLERS", "guided_model_output", "concat_cond", "SPACINGS", "Cond", "Callback"]
 Cond = Union[None, torch.Tensor, Mapping[str, Optional[torch.Tensor]]]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 SPACINGS = ("trailing", "leading", "linspace")
@@ -390,3 +396,194 @@ def img2img(
     x = _ddim_loop(model_fn, diffusion, x, timesteps, cond, uncond, guidance_scale, eta, generator,
                    trajectory, clip_x0, progress, desc="img2img")
     return trajectory.result(x)
+
+
+# --- Fast ODE solvers: deterministic sampling is solving the probability-flow ODE ----------------------------
+# In the variables of Karras et al. (2022), x̃ = x_t/√ᾱ_t and σ_t = √((1−ᾱ_t)/ᾱ_t), deterministic sampling
+# solves  dx̃/dσ = (x̃ − x̂_0(x̃, σ))/σ = ε̂  from σ_max down to σ = 0 (Song et al. 2021b; DDIM Eq. 14). An
+# ODE solver of order p makes an error ∝ (step)^p, so doubling the steps divides it by 2^p: 2 for Euler (which
+# is DDIM), 4 for Heun and DPM-Solver++(2M). The solvers below step between the model's own timesteps (the
+# lists of `ddim_timesteps`), so the model is only asked about the t it was trained on; the state they
+# carry, hand to the callback and return is the sampler's usual x_t = √ᾱ_t·x̃.
+def _alpha_bar(diffusion: GaussianDiffusion, t: int) -> float:
+    """ᾱ_t as a float64 scalar, with ᾱ_{−1} = 1 (t = −1 is the clean data, σ = 0)."""
+    return 1.0 if t < 0 else float(diffusion.alpha_bar[t])
+
+
+def euler_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor, t_prev: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler step of dx̃/dσ = (x̃ − x̂_0)/σ from σ_t to σ_{t_prev} (Karras et al. 2022, Alg. 1 without
+    churn) -> (x_{t_prev}, x̂_0).
+
+    The slope d = (x̃ − x̂_0)/σ is ε̂, so x̃_prev = x̂_0 + σ_prev·ε̂: this is deterministic DDIM (η = 0) read as
+    an ODE step (Karras et al. Sec. 3). t_prev = −1 is the clean data (σ = 0): the step returns x̂_0.
+    """
+    a, a_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
+    sigma, sigma_prev = math.sqrt((1 - a) / a), math.sqrt((1 - a_prev) / a_prev)   # σ = √((1−ᾱ)/ᾱ)
+    x0_hat, _ = diffusion.predict_x0_and_eps(x_t, t, model_output)
+    x = x_t / math.sqrt(a)                                     # x̃ = x_t/√ᾱ_t
+    d = (x - x0_hat) / sigma                                   # d = dx̃/dσ = (x̃ − x̂_0)/σ
+    x = x + (sigma_prev - sigma) * d                           # x̃_prev = x̃ + (σ_prev − σ)·d
+    return math.sqrt(a_prev) * x, x0_hat                       # back to x_{t_prev} = √ᾱ_prev·x̃_prev
+
+
+def heun_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor, t_prev: int,
+              output_fn: Callable[[torch.Tensor, int], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Heun step (Karras et al. 2022, Alg. 2 without churn) -> (x_{t_prev}, x̂_0):
+
+        d  = (x̃ − x̂_0)/σ                       the slope here (from model_output at t)
+        x̃_E = x̃ + (σ_prev − σ)·d                an Euler step to σ_prev ...
+        d' = (x̃_E − x̂_0')/σ_prev                 ... the slope there (x̂_0' from output_fn(x_E, t_prev))
+        x̃_prev = x̃ + (σ_prev − σ)·(d + d')/2     the trapezoid rule: second order
+
+    `output_fn(x, t)` is the (guided) model output at another point: the second model call. The step to the
+    clean data (t_prev = −1) is a plain Euler step, as in Alg. 2: d' would divide by σ_prev = 0.
+    """
+    x_euler, x0_hat = euler_step(diffusion, model_output, t, x_t, t_prev)
+    if t_prev < 0:
+        return x_euler, x0_hat
+    a, a_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
+    sigma, sigma_prev = math.sqrt((1 - a) / a), math.sqrt((1 - a_prev) / a_prev)
+    x0_euler, _ = diffusion.predict_x0_and_eps(x_euler, t_prev, output_fn(x_euler, t_prev))   # x̂_0' at x̃_E
+    x = x_t / math.sqrt(a)                                     # x̃
+    d = (x - x0_hat) / sigma                                   # d = (x̃ − x̂_0)/σ
+    d_prime = (x_euler / math.sqrt(a_prev) - x0_euler) / sigma_prev   # d' = (x̃_E − x̂_0')/σ_prev
+    x = x + (sigma_prev - sigma) * (d + d_prime) / 2           # x̃_prev = x̃ + (σ_prev − σ)·(d + d')/2
+    return math.sqrt(a_prev) * x, x0_hat
+
+
+def _half_log_snr(a: float) -> float:
+    """λ = log(α/σ) = ½·log(ᾱ/(1−ᾱ)), the time variable of DPM-Solver (it grows as the noise shrinks)."""
+    return 0.5 * math.log(a / (1.0 - a))
+
+
+def dpmpp_2m_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
+                  t_prev: int, x0_last: torch.Tensor | None = None, t_last: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DPM-Solver++(2M) step from t to t_prev (Lu et al. 2022, Alg. 2, data prediction) -> (x_{t_prev}, x̂_0).
+
+        α = √ᾱ, σ = √(1−ᾱ), λ = log(α/σ),  h = λ_prev − λ_t
+        x_prev = (σ_prev/σ_t)·x_t − α_prev·(e^{−h} − 1)·D
+        first order   D = x̂_0                                  (this is deterministic DDIM)
+        second order  D = (1 + 1/(2r))·x̂_0 − 1/(2r)·x̂_0,last,   r = (λ_t − λ_last)/h
+
+    x̂_0,last is the x̂_0 of the previous step, predicted at t_last: reusing it makes the step second order
+    for one model call (a multistep method). Without it (the first step) the step is first order; so is the
+    step to the clean data (t_prev = −1: σ_prev = 0, λ = ∞, r = 0), which returns x̂_0, as diffusers does
+    with its default final σ = 0 (`lower_order_final`).
+    """
+    x0_hat, _ = diffusion.predict_x0_and_eps(x_t, t, model_output)
+    if t_prev < 0:
+        return x0_hat, x0_hat                                  # α_prev = 1, σ_prev = 0: x_0 = x̂_0
+    a, a_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
+    lam = _half_log_snr(a)
+    h = _half_log_snr(a_prev) - lam                            # h = λ_prev − λ_t > 0
+    D = x0_hat
+    if x0_last is not None:
+        r = (lam - _half_log_snr(_alpha_bar(diffusion, t_last))) / h      # r = h_last/h
+        D = (1 + 1 / (2 * r)) * x0_hat - 1 / (2 * r) * x0_last           # D = (1 + 1/2r)·x̂_0 − 1/2r·x̂_0,last
+    # x_prev = (σ_prev/σ_t)·x_t − α_prev·(e^{−h} − 1)·D
+    return math.sqrt((1 - a_prev) / (1 - a)) * x_t - math.sqrt(a_prev) * math.expm1(-h) * D, x0_hat
+
+
+def _ode_sample(solver: str, model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence[int] | None,
+                cond: Cond, uncond: Cond, guidance_scale: float, steps: int, spacing: str,
+                generator: torch.Generator | None, x_T: torch.Tensor | None, callback: Callback | None,
+                return_intermediates: bool, device: torch.device | str | None, progress: bool
+                ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """The loop the three ODE samplers share: one step per listed timestep, the last one to the clean data."""
+    timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)      # checks `steps`, `spacing`
+    device = _resolve_device(device, x_T, cond)
+    x = randn(tuple(shape), generator, device) if x_T is None else x_T.to(device)         # x_T ~ N(0, I)
+    trajectory = _Trajectory(callback, return_intermediates)
+
+    def output_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+        return guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
+
+    x0_last = t_last = None
+    for step, t in enumerate(tqdm(timesteps, desc=solver, disable=not progress, mininterval=0.5)):
+        t_prev = timesteps[step + 1] if step + 1 < len(timesteps) else -1
+        out = output_fn(x, t)
+        if solver == "euler":
+            x_prev, x0_hat = euler_step(diffusion, out, t, x, t_prev)
+        elif solver == "heun":
+            x_prev, x0_hat = heun_step(diffusion, out, t, x, t_prev, output_fn)
+        else:
+            x_prev, x0_hat = dpmpp_2m_step(diffusion, out, t, x, t_prev, x0_last, t_last)
+            x0_last, t_last = x0_hat, t
+        trajectory(step, t, x, x0_hat)
+        x = x_prev
+    return trajectory.result(x)
+
+
+@torch.no_grad()
+def euler_sample(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int] | None,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """`euler_step` over `ddim_timesteps(T, steps, spacing)`: first order, one model call per step (Karras
+    et al. 2022, Alg. 1 without churn; the same samples as `ddim_sample` with η = 0). Returns like `ddpm_sample`."""
+    return _ode_sample("euler", model_fn, diffusion, shape, cond, uncond, guidance_scale, steps, spacing,
+                       generator, x_T, callback, return_intermediates, device, progress)
+
+
+@torch.no_grad()
+def heun_sample(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int] | None,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """`heun_step` over `ddim_timesteps(T, steps, spacing)`: second order, 2·steps − 1 model calls (two per
+    step, one on the last; Karras et al. 2022, Alg. 2 without churn). Returns like `ddpm_sample`."""
+    return _ode_sample("heun", model_fn, diffusion, shape, cond, uncond, guidance_scale, steps, spacing,
+                       generator, x_T, callback, return_intermediates, device, progress)
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int] | None,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """`dpmpp_2m_step` over `ddim_timesteps(T, steps, spacing)`, each step reusing the previous x̂_0: second
+    order for one model call per step (Lu et al. 2022, DPM-Solver++(2M); first and last step first order).
+    Returns like `ddpm_sample`."""
+    return _ode_sample("dpmpp_2m", model_fn, diffusion, shape, cond, uncond, guidance_scale, steps, spacing,
+                       generator, x_T, callback, return_intermediates, device, progress)
+
+
+ODE_SAMPLERS = {"dpmpp_2m": dpmpp_2m_sample, "euler": euler_sample, "heun": heun_sample}
