@@ -205,10 +205,11 @@ def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title:
 
 
 def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[str], title: str | None = None,
-                      cell_inches: float = 1.6, alpha: float = 0.6):
+                      cell_inches: float = 1.6, alpha: float = 0.6, uniform: float | None = None):
     """An image (3, H, W) and, next to it, one panel per word: the image in grey with that word's attention
     map (H, W) over it, every panel on one scale from 0 to the largest value of any map (so that a weak map
-    looks weak), with its color bar; each title gives its map's maximum."""
+    looks weak), with its color bar; each title gives its map's maximum. `uniform`: the level of attention
+    spread evenly over the tokens (1/k), marked on the color bar."""
     import matplotlib.pyplot as plt
 
     if maps.dim() != 3 or len(maps) != len(words) or maps.shape[-2:] != image.shape[-2:]:
@@ -216,7 +217,7 @@ def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[s
                          f"{len(words)} words, image {tuple(image.shape)}")
     rgb = to_display(image[None])[0]
     grey = rgb.mean(-1)
-    vmax = float(maps.max())
+    vmax = max(float(maps.max()), uniform or 0.0)
     fig, axes = plt.subplots(1, len(words) + 1, figsize=((len(words) + 1) * cell_inches + 0.8, cell_inches + 0.6),
                              layout="constrained")
     axes[0].imshow(rgb.numpy(), interpolation="nearest")
@@ -227,7 +228,12 @@ def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[s
         ax.set_title(f'"{w}"\nmax {float(m.max()):.2f}', fontsize=7)
     for ax in axes:
         ax.axis("off")
-    fig.colorbar(im, ax=axes[1:].tolist(), shrink=0.8, label="attention")
+    bar = fig.colorbar(im, ax=axes[1:].tolist(), shrink=0.8, label="attention")
+    if uniform is not None:                       # a tick of its own, away from the others
+        bar.ax.axhline(uniform, color="cyan", lw=2)
+        ticks = [t for t in bar.get_ticks() if 0 <= t <= vmax and abs(t - uniform) > 0.12 * vmax]
+        bar.set_ticks(ticks + [uniform], labels=[f"{t:.2g}" for t in ticks] + [f"uniform 1/{round(1 / uniform)}"])
+        bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     return fig
