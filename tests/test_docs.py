@@ -290,3 +290,44 @@ def test_the_guide_answers_every_question_of_every_notebook(notebook):
     assert section, f"no answers for {notebook.name[:2]} in the guide"
     given = re.findall(r"^(\d+)\. \*\*(.+?)\*\* (\S.{40,})", section.group(0), re.M)
     assert [int(n) for n, _, _ in given] == asked, f"{notebook.name[:2]}: answers {[n for n, _, _ in given]}, questions {asked}"
+
+
+# --- a student's time per notebook ----------------------------------------------------------------------------
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+EXERCISE_HEADING = re.compile(r"^### Exercise (\d+\.\d+)(.*)$", re.M)
+
+
+def _student_time(notebook: Path) -> tuple[int, int, int, int]:
+    """(markdown words, reading minutes, core exercises, self-study minutes) by the guide's rule: reading at 150
+    words a minute, 5 minutes per exercise not marked optional, compute from docs/course/cpu.json."""
+    markdown = ["".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "markdown"]
+    words = sum(len(s.split()) for s in markdown)
+    core = sum(1 for s in markdown for _, rest in EXERCISE_HEADING.findall(s) if "(optional)" not in rest)
+    half_up = lambda x: int(Decimal(repr(x)).quantize(Decimal(1), rounding=ROUND_HALF_UP))   # noqa: E731
+    return words, half_up(words / 150), core, half_up(words / 150 + 5 * core + MINUTES[notebook.name[:2]])
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_header_states_the_students_time_by_the_guides_rule(notebook):
+    words, reading, core, total = _student_time(notebook)
+    header = "".join(json.loads(notebook.read_text())["cells"][1]["source"])
+    m = re.search(r"\*\*Your time:\*\* about (\d+) minutes on your own: reading ≈ (\d+) min \(([\d,]+) words at about "
+                  r"150 a minute\), (\d+) exercises? ≈ (\d+) min, compute ≈ ([\d.]+) min \(cpu profile\)", header)
+    assert m, f"{notebook.name}: the header's '## Run time' has no '**Your time:** about N minutes …' sentence"
+    quoted = (int(m.group(1)), int(m.group(2)), int(m.group(3).replace(",", "")), int(m.group(4)), int(m.group(5)))
+    assert quoted == (total, reading, words, core, 5 * core), \
+        f"{notebook.name}: quoted (total, reading, words, exercises, their minutes) {quoted}, computed " \
+        f"{(total, reading, words, core, 5 * core)}: run the time update after editing the notebook"
+    assert rounds_to(m.group(6), MINUTES[notebook.name[:2]])
+    assert words <= 1_650, f"{notebook.name}: {words} words of prose; one sitting is at most about 1,600"
+
+
+def test_the_guides_time_table_is_the_notebooks():
+    guide = (ROOT / "docs" / "instructor-guide.md").read_text()
+    table = next(rows for header, rows in tables(guide) if "self-study" in header)
+    for notebook in NOTEBOOKS:
+        words, reading, core, total = _student_time(notebook)
+        row = next(r for r in table if r[0] == notebook.name[:2])
+        assert (int(row[2].replace(",", "")), int(row[3]), len(re.findall(r"\d+\.\d+", row[4])), number(row[7])) == \
+            (words, reading, core, str(total)), f"the guide's row for {notebook.name[:2]}: {row}"

@@ -4,6 +4,7 @@ from the first cell to the last without an error."""
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -12,8 +13,11 @@ from nbclient import NotebookClient
 
 from minildm.course.student import ANSWER_PROMPT, PLACEHOLDER, STUDENT_DIR, student_notebook, write_student_edition
 
+from wrong_answers import WRONG
+
 SOURCE = STUDENT_DIR.parent
 PATHS = sorted(SOURCE.glob("[0-9][0-9]_*.ipynb"))
+EXERCISE = re.compile(r"# Exercise (\d+\.\d+):")
 
 
 def _solution_lines(cell_source: str) -> list[str]:
@@ -101,20 +105,53 @@ def test_placeholders_keep_what_the_check_reads_and_nothing_of_the_solution(tmp_
     assert namespace["my_rate"](32, 8, 4) is None and namespace["rates"] is Ellipsis   # both mean "not answered"
 
 
+def _exercises(path: Path) -> list[str]:
+    """The numbers ("6.2", …) of a notebook's exercises, in order."""
+    return [m.group(1) for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"
+            for m in [EXERCISE.match(c.source)] if m and "### BEGIN SOLUTION" in c.source]
+
+
+def test_every_exercise_has_a_plausible_wrong_answer_to_reject():
+    numbers = [n for path in PATHS for n in _exercises(path)]
+    assert len(numbers) == len(set(numbers)), f"exercise numbers repeat: {numbers}"
+    assert sorted(WRONG) == sorted(numbers), (f"tests/wrong_answers.py: missing {sorted(set(numbers) - set(WRONG))}, "
+                                               f"stale {sorted(set(WRONG) - set(numbers))}")
+
+
+def _with_wrong_answers(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """After each exercise's check cell: the exercise's wrong answer, then its check again, which must raise
+    check_answer's AssertionError (shows_error prints it; any other outcome fails the run)."""
+    cells = []
+    for i, cell in enumerate(nb.cells):
+        cells.append(cell)
+        previous = [c for c in nb.cells[:i] if c.cell_type == "code"]
+        m = EXERCISE.match(previous[-1].source) if previous and cell.cell_type == "code" else None
+        if m and 'check_answer("Exercise' in cell.source:
+            check = "\n".join("    " + line for line in cell.source.split("\n"))
+            cells += [nbformat.v4.new_code_cell(WRONG[m.group(1)]),
+                      nbformat.v4.new_code_cell("from minildm.course.lesson import shows_error as _shows_error\n"
+                                                f"with _shows_error(AssertionError):\n{check}")]
+    nb.cells = cells
+    return nb
+
+
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
 @pytest.mark.slow
-def test_the_student_edition_runs_top_to_bottom(path, tmp_path, monkeypatch):
+def test_the_student_edition_runs_top_to_bottom_and_rejects_wrong_answers(path, tmp_path, monkeypatch):
     """Run All, as a student who has answered nothing, with no allowance for errors (nothing honours a tag):
     every exercise's check says it is skipped, every demonstrated refusal prints its message, and the notebook
-    reaches its last cell."""
+    reaches its last cell. After each check, the exercise's plausible wrong answer (wrong_answers.py) is run
+    and the check must reject it, saying what differs, never with the expected value."""
     monkeypatch.setenv("MINILDM_PROFILE", "ci")
     monkeypatch.setenv("MINILDM_COURSE_DIR", str(tmp_path))
-    nb = student_notebook(path)
+    nb = _with_wrong_answers(student_notebook(path))
     NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=False,
                    resources={"metadata": {"path": str(SOURCE)}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     checks = sum(c.source.count('check_answer("Exercise') for c in nbformat.read(path, as_version=4).cells)
     assert text.count(": skipped, no answer yet") == checks and "✓ Exercise" not in text
+    for number in _exercises(path):
+        assert f"AssertionError: Exercise {number}: not yet: " in text, f"Exercise {number}: the wrong answer passed"
 
 
 def test_write_student_edition_writes_every_notebook(tmp_path):
