@@ -6,7 +6,8 @@ The paper's model sits at the top of the package, one part per file, data flowin
     autoencoder.py   stage 1: encoder E, decoder D, the Gaussian posterior; KL / VQ / pixel first stages
     perceptual.py    LPIPS, the perceptual distance, and where its backbone weights come from
     losses.py        stage 1's objective: L1 + LPIPS + patch GAN with the adaptive weight
-    diffusion.py     stage 2: noise schedules, q(x_t|x_0), the posterior, targets, L_simple
+    diffusion.py     stage 2: noise schedules, q(x_t|x_0), the posterior, targets, L_simple; beyond the paper,
+                     flow matching's straight path (RectifiedFlow)
     unet.py          the denoiser: ResBlocks, SpatialTransformer (self + cross attention), down / up path
     conditioning.py  τθ: class, text (with its tokenizer), layout and low-resolution encoders
     samplers.py      DDPM, DDIM and ODE-solver (Euler, Heun, DPM-Solver++) steps and loops, inversion,
@@ -54,7 +55,7 @@ from .data import (  # noqa: E402
                           sample_scene,
                           scene_from_caption,
 )
-from .diffusion import GaussianDiffusion, make_beta_schedule  # noqa: E402
+from .diffusion import GaussianDiffusion, RectifiedFlow, make_beta_schedule  # noqa: E402
 from .eval import (  # noqa: E402
                           attention_mass,
                           class_accuracy,
@@ -98,6 +99,8 @@ from .samplers import (  # noqa: E402
                           dpmpp_2m_step,
                           euler_sample,
                           euler_step,
+                          flow_euler_sample,
+                          flow_heun_sample,
                           guided_model_output,
                           heun_sample,
                           heun_step,
@@ -121,6 +124,7 @@ __all__ = [
     "timestep_embedding", "PROFILES", "Profile", "get_profile", "MNIST", "ImageFolderDataset", "ddim_invert",
     "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "guided_model_output", "img2img",
     "euler_step", "euler_sample", "heun_step", "heun_sample", "dpmpp_2m_step", "dpmpp_2m_sample",
+    "RectifiedFlow", "flow_euler_sample", "flow_heun_sample",
     "NUM_CLASSES", "ShapesTokenizer", "class_id", "class_name", "parse_caption", "parse_layout", "render_scenes",
     "sample_scene", "scene_from_caption", "class_accuracy", "layout_accuracy", "prompt_accuracy",
     "shapes_features", "shapes_generative_metrics", "word_influence", "WordTokenizer", "train_autoencoder",

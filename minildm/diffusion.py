@@ -19,6 +19,11 @@ float32 cancellation (and MPS, which has no float64, still works).
 Inputs are checked once, where a schedule is made (`make_beta_schedule`, `GaussianDiffusion(...)`). The maps
 trust their arguments: t is an int (shared by the batch) or a (B,) int64 tensor in [0, T−1], and the tensors
 they combine have one shape. (The course's instruments that measure this process live in eval/process.py.)
+
+Beyond the paper, `RectifiedFlow` closes the file: the straight path x_t = (1 − t)·x_0 + t·ε from data to noise
+that flow matching learns (Liu et al. 2023; Lipman et al. 2023; Stable Diffusion 3, Esser et al. 2024), with the
+same U-Net and the same latents. It sits here because it is the same thing, a forward process with its target and
+its loss, and ends with how its velocity relates to ε, x_0 and v.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import torch.nn.functional as F
 
 from .utils import randint, randn
 
-__all__ = ["GaussianDiffusion", "make_beta_schedule", "SCHEDULES", "PREDICTION_TYPES", "ModelFn"]
+__all__ = ["GaussianDiffusion", "make_beta_schedule", "SCHEDULES", "PREDICTION_TYPES", "ModelFn", "RectifiedFlow",
+           "PROCESSES", "flow_time"]
 
 SCHEDULES = ("linear", "scaled_linear", "cosine")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PROCESSES = ("diffusion", "flow")          # LDMConfig.process: GaussianDiffusion or RectifiedFlow
 
 # model_fn(x_t: (B, C, h, w), t: (B,) int64, cond) -> (B, C, h, w); cond is None, a tensor or a dict.
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
@@ -249,3 +256,105 @@ class GaussianDiffusion:
             loss = loss * w[self.prediction_type]
         return loss.mean() if reduction == "mean" else loss
 
+
+
+# --- Beyond the paper: flow matching on the straight path (rectified flow) ---------------------------------
+class RectifiedFlow:
+    """The straight path from data to noise and its velocity (Liu et al. 2023, rectified flow; Lipman et al. 2023,
+    flow matching; the time sampling of Stable Diffusion 3, Esser et al. 2024, Sec. 3.1):
+
+        path       x_t = (1 − t)·x_0 + t·ε,   t ∈ [0, 1]          t = 0: data, t = 1: pure noise N(0, I)
+        velocity   u = dx_t/dt = ε − x_0                          the same for every t on one path
+        objective  L = E_{t, x_0, ε} ‖u − v_θ(x_t, t, y)‖²,   t = sigmoid(n), n ~ N(m, s²)  (logit-normal)
+        sampling   dx/dt = v_θ(x, t, y) from t = 1 to 0 (samplers.flow_euler_sample / flow_heun_sample)
+
+    The network learns the *average* velocity E[ε − x_0 | x_t] of all the straight paths through x_t, so its
+    sample paths bend where paths cross; course/toy2d.py measures how much, and how few Euler steps it needs.
+    The logit-normal puts most training on the middle times, where the velocity is hardest to guess
+    (m = 0, s = 1 is SD3's choice). Times are floats: the U-Net sees `model_time(t)` = t·(T − 1), so that its
+    sinusoidal embedding covers the same range 0 … T − 1 as a diffusion model's integer steps (pure noise is
+    T − 1 for both); `timesteps` is T. t trusts its callers: a float or a (B,) float tensor in [0, 1].
+    """
+
+    def __init__(self, timesteps: int = 1000, logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
+        if not isinstance(timesteps, int) or timesteps < 2:
+            raise ValueError(f"timesteps must be an int ≥ 2 (the U-Net sees t·(T − 1); minildm uses T = 1000), "
+                             f"got {timesteps!r}")
+        if not logit_std > 0:
+            raise ValueError(f"logit_std must be > 0 (t = sigmoid(n), n ~ N(m, s²); SD3: s = 1), got {logit_std!r}")
+        self.num_timesteps, self.logit_mean, self.logit_std = timesteps, float(logit_mean), float(logit_std)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "RectifiedFlow":
+        """Build from anything with timesteps/logit_mean/logit_std (e.g. LDMConfig)."""
+        return cls(cfg.timesteps, cfg.logit_mean, cfg.logit_std)
+
+    def config(self) -> dict:
+        return dict(timesteps=self.num_timesteps, logit_mean=self.logit_mean, logit_std=self.logit_std)
+
+    def __repr__(self) -> str:
+        return "RectifiedFlow(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """What the U-Net's timestep embedding is given for flow time t ∈ [0, 1]: t·(T − 1), a float."""
+        return t * (self.num_timesteps - 1)
+
+    @staticmethod
+    def _shaped(t: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+        """t as (B, 1, 1, …) (or a scalar) to broadcast against `like`, in its dtype and on its device."""
+        t = torch.as_tensor(t, dtype=like.dtype, device=like.device)
+        return t.reshape(-1, *([1] * (like.ndim - 1))) if t.ndim else t
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """A point of the straight path: x_t = (1 − t)·x_0 + t·ε."""
+        t = self._shaped(t, x0)
+        return (1 - t) * x0 + t * noise
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The velocity u = dx_t/dt = ε − x_0 that the network regresses on."""
+        return noise - x0
+
+    def predict_x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor | float, velocity: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂_0, ε̂) from a velocity û: x̂_0 = x_t − t·û, ε̂ = x_t + (1 − t)·û (the path solved for its ends)."""
+        t = self._shaped(t, x_t)
+        return x_t - t * velocity, x_t + (1 - t) * velocity
+
+    def draw_times(self, batch: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+        """t = sigmoid(n), n ~ N(m, s²) for a batch (logit-normal; SD3 Sec. 3.1), drawn on the generator's device."""
+        n = randn((batch,), generator, device)
+        return torch.sigmoid(self.logit_mean + self.logit_std * n)
+
+    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, cond: Any = None, t: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                      reduction: str = "mean") -> torch.Tensor:
+        """L = ‖u − v_θ(x_t, t, y)‖², u = ε − x_0, t logit-normal, ε ~ N(0, I) (drawn with `generator` when not
+        given, t first, as GaussianDiffusion.training_loss does); `reduction` "mean" or "none" (per sample)."""
+        if t is None:
+            t = self.draw_times(x0.shape[0], generator, x0.device)                    # t = sigmoid(n)
+        if noise is None:
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)                  # ε ~ N(0, I)
+        x_t = self.add_noise(x0, noise, t)                                            # x_t = (1 − t)·x_0 + t·ε
+        output = model_fn(x_t, self.model_time(t), cond)                             # v_θ(x_t, t·(T − 1), y)
+        target = self.training_target(x0, noise)                                      # u = ε − x_0
+        loss = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)   # (B,)
+        return loss.mean() if reduction == "mean" else loss
+
+
+# One model, four parameterizations. At one noise level, a network's output determines the others by affine maps
+# of (x_t, output); only the bookkeeping differs. Diffusion: x_s = α·x_0 + σ·ε with α = √ᾱ_s, σ = √(1 − ᾱ_s);
+# flow: x_t = (1 − t)·x_0 + t·ε. Both have the signal-to-noise ratio α/σ = (1 − t)/t when
+#     t = σ/(α + σ)                                                       (`flow_time`)
+# and then the two states differ only by a scale:  x_t = x_s/(α + σ).  At that t, with u = ε − x_0:
+#     ε     = x_t + (1 − t)·u             x_0 = x_t − t·u                           (RectifiedFlow.predict_x0_and_eps)
+#     u     = ε − x_0                    = (x_t − x_0)/t = (ε − x_t)/(1 − t)
+#     v     = α·ε − σ·x_0                 (Salimans & Ho 2022; GaussianDiffusion.get_velocity)
+#           = (α + σ)·[(1 − t)·ε − t·x_0] = (α + σ)·[(1 − 2t)·x_t + ((1 − t)² + t²)·u]
+# So an ε-, x_0-, v- or velocity-network is "the same model" up to these maps (and a different loss weighting per
+# noise level); what flow matching changes is the path (straight, not the curved √ᾱ/√(1 − ᾱ) one), the target and
+# the time sampling. tests/test_flow.py checks every line.
+def flow_time(alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """The flow time with the same signal-to-noise ratio as diffusion's ᾱ: t = σ/(α + σ), α = √ᾱ, σ = √(1 − ᾱ)."""
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    return s / (a + s)

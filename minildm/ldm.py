@@ -7,6 +7,9 @@ The paper's second stage (LDM Sec. 3.2-3.3) in one object:
     sampling   z ~ DDIM(ε_θ, guidance s) → x = D(z / scale)
     editing    x_T = DDIM⁻¹(z) (`invert`), SDEdit from a real image (`img2img`)
 
+Beyond the paper, `LDMConfig(process="flow")` trains the same U-Net on the same latents by flow matching
+(diffusion.RectifiedFlow: x_t = (1 − t)·z + t·ε, target ε − z) and samples it with Euler or Heun on dx/dt = v_θ.
+
 The autoencoder is frozen (eval mode, no gradients). Its latent statistics differ from N(0, I), so z is
 multiplied by scale_factor = 1/std(z), measured on the first training batch and stored with the model (the
 reference's `scale_by_std`; 0.18215 is that number for one Stable Diffusion autoencoder, not a constant).
@@ -31,8 +34,8 @@ from torch import nn
 
 from .autoencoder import AEConfig, build_autoencoder
 from .conditioning import ClassEmbedder, ClassToken, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
-from .diffusion import PREDICTION_TYPES, GaussianDiffusion
-from .samplers import ODE_SAMPLERS, ddim_invert, ddim_sample, ddpm_sample
+from .diffusion import PREDICTION_TYPES, PROCESSES, GaussianDiffusion, RectifiedFlow
+from .samplers import FLOW_SAMPLERS, ODE_SAMPLERS, ddim_invert, ddim_sample, ddpm_sample
 from .samplers import img2img as ddim_img2img
 from .unet import UNet
 from .utils import autocast, config_from_dict, get_device, load_checkpoint, precision_dtype, randn
@@ -70,6 +73,12 @@ class LDMConfig:
     beta_start: float = 0.0015
     beta_end: float = 0.0195
     prediction_type: str = "epsilon"
+    # the forward process: "diffusion" (the paper's; the schedule and prediction_type above) or "flow" (flow
+    # matching, diffusion.RectifiedFlow: the U-Net predicts the velocity ε − z0; only `timesteps` of the lines
+    # above applies, as its time scale), whose training times are t = sigmoid(n), n ~ N(logit_mean, logit_std²)
+    process: str = "diffusion"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
 
     def __post_init__(self):
         if self.cond not in COND_MODES:
@@ -79,6 +88,14 @@ class LDMConfig:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"LDMConfig.prediction_type must be one of {PREDICTION_TYPES}, "
                              f"got {self.prediction_type!r}")
+        if self.process not in PROCESSES:
+            raise ValueError(f"LDMConfig.process must be one of {PROCESSES} (the paper's Gaussian diffusion or flow "
+                             f"matching), got {self.process!r}")
+        if self.process == "diffusion" and (self.logit_mean, self.logit_std) != (0.0, 1.0):
+            raise ValueError(f"logit_mean / logit_std ({self.logit_mean}, {self.logit_std}) set the training times of "
+                             f"a flow model; a diffusion model draws t uniformly: use process='flow' or leave them")
+        if not self.logit_std > 0:
+            raise ValueError(f"LDMConfig.logit_std must be > 0 (SD3: 1.0), got {self.logit_std!r}")
         # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
@@ -100,7 +117,8 @@ class LatentDiffusion(nn.Module):
         self.config, self.cond_mode, self.resolution = config, cond, int(resolution)
         self.num_classes, self.max_objects = num_classes, max_objects
         self.autoencoder = autoencoder.eval().requires_grad_(False)  # first stage: frozen
-        self.diffusion = GaussianDiffusion.from_config(config)
+        # the forward process: GaussianDiffusion, or RectifiedFlow for a flow model (`is_flow`)
+        self.diffusion = (RectifiedFlow if config.process == "flow" else GaussianDiffusion).from_config(config)
         c = autoencoder.z_channels
         self.tokenizer = tokenizer if cond == "text" else None
         if cond == "text":
@@ -123,6 +141,11 @@ class LatentDiffusion(nn.Module):
         self.register_buffer("scale_factor", torch.tensor(float("nan") if scale_factor is None else scale_factor))
 
     # ------------------------------------------------------------------ first stage
+    @property
+    def is_flow(self) -> bool:
+        """Whether this model was trained by flow matching (LDMConfig.process == "flow")."""
+        return self.config.process == "flow"
+
     @property
     def latent_channels(self) -> int:
         return self.autoencoder.z_channels
@@ -225,17 +248,27 @@ class LatentDiffusion(nn.Module):
 
         `rows` (data parallelism): draw the dropout, t and ε for the whole batch, as one process would, then
         compute the loss of these rows only; the mean of the processes' losses (and gradients) over equal shares
-        of the batch is the one-process loss (and gradient)."""
+        of the batch is the one-process loss (and gradient).
+
+        A flow model (`is_flow`) takes ‖(ε − z0) − v_θ(z_t, t, y)‖² instead, t logit-normal (RectifiedFlow), with
+        the same dropout; its time sampling already weights the noise levels, so `loss_weighting` must be "simple"."""
+        if self.is_flow and loss_weighting != "simple":
+            raise ValueError(f"loss_weighting={loss_weighting!r} is a diffusion option (Min-SNR weighs the SNR of "
+                             f"diffusion's timesteps); a flow model's weighting is its logit-normal time sampling "
+                             f"(LDMConfig.logit_mean / logit_std): use loss_weighting='simple'")
         if raw is not None and self.cond_mode != "none" and cond_drop_prob > 0 and self.cond_mode != "sr":
             raw = self.cond_encoder.drop(raw, cond_drop_prob, generator)
         t = noise = None
         if rows is not None:                                  # the draws training_loss would make, in its order
-            t = self.diffusion.draw_timesteps(z0.shape[0], generator, z0.device)[rows]
+            draw = self.diffusion.draw_times if self.is_flow else self.diffusion.draw_timesteps
+            t = draw(z0.shape[0], generator, z0.device)[rows]
             noise = randn(z0.shape, generator, z0.device, z0.dtype)[rows]
             z0, raw = z0[rows], raw[rows] if raw is not None else None
         cond = None
         if raw is not None and self.cond_mode != "none":
             cond = self.encode_condition(raw, tuple(z0.shape[-2:]))
+        if self.is_flow:
+            return self.diffusion.training_loss(self.model_fn, z0, cond, t=t, noise=noise, generator=generator)
         return self.diffusion.training_loss(self.model_fn, z0, cond, t=t, noise=noise, generator=generator,
                                             weighting=loss_weighting)
 
@@ -243,14 +276,16 @@ class LatentDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, raw: torch.Tensor | None = None, num_samples: int | None = None, resolution: int | None = None,
                steps: int | None = None, eta: float = 0.0, guidance_scale: float | None = None,
-               sampler: str = "ddim", generator: torch.Generator | None = None,
+               sampler: str | None = None, generator: torch.Generator | None = None,
                callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                return_intermediates: bool = False, x_T: torch.Tensor | None = None,
                decode: bool = True, spacing: str = "trailing", precision: str = "fp32") -> Any:
         """Draw images for conditioning inputs `raw` (or `num_samples` unconditional ones) with DDIM or DDPM
         (DDIM: `steps` timesteps chosen by `spacing`, samplers.ddim_timesteps; DDPM: all T, `steps` unused), or
         with an ODE solver on the same timesteps: "dpmpp_2m", "euler" or "heun" (samplers.py; Heun makes
-        2·steps − 1 model calls, the others `steps`).
+        2·steps − 1 model calls, the others `steps`). `sampler` None: "ddim".
+        A flow model (`is_flow`) is sampled with "euler" (its default) or "heun" on dx/dt = v_θ, t from 1 to 0 in
+        `steps` even steps (samplers.flow_euler_sample / flow_heun_sample; no η, no spacing).
         `steps` None: SAMPLE_STEPS (50); `guidance_scale` None: GUIDANCE_SCALE (3).
 
         Classifier-free guidance: ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)); s = 1 is purely conditional.
@@ -258,6 +293,9 @@ class LatentDiffusion(nn.Module):
         `precision` "bf16"/"auto" runs the denoiser under autocast (speed.py); the latents and decoding stay fp32.
         """
         amp = precision_dtype(self.scale_factor.device, precision)
+        sampler = ("euler" if self.is_flow else "ddim") if sampler is None else sampler
+        if self.is_flow:
+            self._check_flow_sampler(sampler, eta, spacing)
         steps = SAMPLE_STEPS if steps is None else steps
         guidance_scale = GUIDANCE_SCALE if guidance_scale is None else guidance_scale
         if self.cond_mode == "none":
@@ -270,7 +308,9 @@ class LatentDiffusion(nn.Module):
                       x_T=x_T, callback=callback, return_intermediates=return_intermediates,
                       device=self.scale_factor.device)
         with autocast(self.scale_factor.device, amp):
-            if sampler == "ddim":
+            if self.is_flow:
+                out = FLOW_SAMPLERS[sampler](self.model_fn, self.diffusion, shape, steps=steps, **kwargs)
+            elif sampler == "ddim":
                 out = ddim_sample(self.model_fn, self.diffusion, shape, steps=steps, eta=eta, spacing=spacing, **kwargs)
             elif sampler == "ddpm":
                 out = ddpm_sample(self.model_fn, self.diffusion, shape, **kwargs)
@@ -287,6 +327,23 @@ class LatentDiffusion(nn.Module):
         z = z.float()
         result = self.decode(z) if decode else z
         return (result, trajectory) if return_intermediates else result
+
+    def _check_flow_sampler(self, sampler: str, eta: float, spacing: str) -> None:
+        """A flow model's ODE is dx/dt = v_θ: Euler or Heun in even steps of t; the diffusion samplers do not apply."""
+        if sampler not in FLOW_SAMPLERS:
+            raise ValueError(f"sampler {sampler!r} is written for a diffusion model's ε̂ / x̂_0; this is a flow model "
+                             f"(LDMConfig.process='flow'), sampled by solving dx/dt = v_θ: use sampler='euler' or "
+                             f"'heun'")
+        if eta != 0:
+            raise ValueError(f"eta={eta!r} is DDIM's noise; a flow model's samplers are deterministic (leave eta at 0)")
+        if spacing != "trailing":
+            raise ValueError(f"spacing={spacing!r} picks a diffusion model's integer timesteps; a flow model steps "
+                             f"evenly in t ∈ [0, 1] (samplers.flow_timesteps): leave spacing at its default")
+
+    def _only_diffusion(self, what: str) -> None:
+        if self.is_flow:
+            raise ValueError(f"{what} runs DDIM on a diffusion model's timesteps; this is a flow model "
+                             f"(LDMConfig.process='flow'), for which minildm has no {what}")
 
     def _conditions(self, raw: torch.Tensor | None, latent_hw: tuple[int, int], guidance_scale: float
                     ) -> tuple[dict | None, dict | None]:
@@ -308,6 +365,7 @@ class LatentDiffusion(nn.Module):
 
         `sample(raw, x_T=x_T, steps=steps, guidance_scale=guidance_scale)` maps x_T back to (about) z0; the error
         shrinks with the step size. Guidance s = 1 (none) inverts best: s > 1 makes the ODE stiffer."""
+        self._only_diffusion("invert")
         self._check_conditions(z0, raw, "invert")
         cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
         return ddim_invert(self.model_fn, self.diffusion, z0, steps=steps, cond=cond, uncond=uncond,
@@ -320,6 +378,7 @@ class LatentDiffusion(nn.Module):
         """SDEdit on images (B, 3, H, W) in [-1, 1]: encode, noise to the timestep picked by `strength`, run the
         rest of DDIM towards the condition `raw`, decode (samplers.img2img). strength 0 keeps the image
         (up to the autoencoder's reconstruction), 1 starts from (almost) pure noise."""
+        self._only_diffusion("img2img")
         steps = SAMPLE_STEPS if steps is None else steps
         guidance_scale = GUIDANCE_SCALE if guidance_scale is None else guidance_scale
         if self.cond_mode == "none":
@@ -366,7 +425,8 @@ class LatentDiffusion(nn.Module):
         return ldm.to(get_device(device)).eval()
 
     def extra_repr(self) -> str:
-        return f"cond={self.cond_mode!r}, resolution={self.resolution}"
+        flow = ", process='flow'" if self.is_flow else ""
+        return f"cond={self.cond_mode!r}, resolution={self.resolution}{flow}"
 
 
 def sample_latent(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

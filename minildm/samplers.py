@@ -3,6 +3,8 @@
 The paper samples with DDPM and DDIM. Beyond the paper, deterministic sampling is solving an ODE, and three
 solvers of it close the file: Euler (which is DDIM), Heun (Karras et al. 2022) and DPM-Solver++(2M) (Lu et
 al. 2022, in the multistep form libraries use by default); the last two are second order: fewer steps.
+A flow-matching model (diffusion.RectifiedFlow) is sampled by the same two ODE methods on its own ODE,
+dx/dt = v_θ(x, t), t from 1 to 0: `flow_euler_step` / `flow_heun_step` and their loops, at the very end.
 
 One update of each sampler is a public function, `ddpm_step`, `ddim_step`, `euler_step`, `heun_step` and
 `dpmpp_2m_step` (diffusers calls it `scheduler.step`); the loops call it once per timestep. Every loop has
@@ -41,12 +43,14 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .diffusion import GaussianDiffusion, ModelFn
+from .diffusion import GaussianDiffusion, ModelFn, RectifiedFlow
 from .utils import randn
 
 __all__ = ["ddpm_step", "ddpm_sample", "ddim_timesteps", "ddim_coefficients", "ddim_step", "ddim_sample",
            "ddim_invert", "img2img", "euler_step", "euler_sample", "heun_step", "heun_sample", "dpmpp_2m_step",
-           "dpmpp_2m_sample", "ODE_SAMPLERS", "guided_model_output", "concat_cond", "SPACINGS", "Cond", "Callback"]
+           "dpmpp_2m_sample", "ODE_SAMPLERS", "flow_timesteps", "flow_euler_step", "flow_heun_step",
+           "flow_euler_sample", "flow_heun_sample", "FLOW_SAMPLERS", "guided_model_output", "concat_cond", "SPACINGS",
+           "Cond", "Callback"]
 Cond = Union[None, torch.Tensor, Mapping[str, Optional[torch.Tensor]]]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 SPACINGS = ("trailing", "leading", "linspace")
@@ -587,3 +591,115 @@ def dpmpp_2m_sample(
 
 
 ODE_SAMPLERS = {"dpmpp_2m": dpmpp_2m_sample, "euler": euler_sample, "heun": heun_sample}
+
+
+# --- Flow matching: Euler and Heun on dx/dt = v_θ(x, t), t from 1 (noise) to 0 (data) ---------------------------
+# A rectified-flow model (diffusion.RectifiedFlow) predicts the velocity itself, so its ODE needs no change of
+# variables: an Euler step is x_prev = x_t + (t_prev − t)·v̂. On exactly straight paths (one data point) a single
+# Euler step would be exact; the learned average velocity bends them, which is what more steps or Heun's second
+# order correct. Guidance combines the velocities, v̂ = v̂(∅) + s·(v̂(y) − v̂(∅)), like ε̂ above.
+# The callback and the recorded "timesteps" get the flow time t ∈ [0, 1] (a float), not an integer step.
+def flow_timesteps(steps: int) -> list[float]:
+    """The S + 1 times 1 = t_0 > t_1 > … > t_S = 0 of an S-step flow sampler, evenly spaced (t_i = 1 − i/S)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int (model calls: Euler S, Heun 2·S − 1), got {steps!r}")
+    return [1.0 - i / steps for i in range(steps)] + [0.0]
+
+
+def flow_euler_step(flow: RectifiedFlow, velocity: torch.Tensor, t: float, x_t: torch.Tensor, t_prev: float
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Euler step of dx/dt = v̂ from t to t_prev < t -> (x_{t_prev}, x̂_0):  x_prev = x_t + (t_prev − t)·v̂,
+    with x̂_0 = x_t − t·v̂ (to t_prev = 0 the step returns exactly x̂_0)."""
+    x0_hat, _ = flow.predict_x0_and_eps(x_t, t, velocity)
+    return x_t + (t_prev - t) * velocity, x0_hat
+
+
+def flow_heun_step(flow: RectifiedFlow, velocity: torch.Tensor, t: float, x_t: torch.Tensor, t_prev: float,
+                   output_fn: Callable[[torch.Tensor, float], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Heun step (the trapezoid rule, second order) -> (x_{t_prev}, x̂_0):
+
+        x_E    = x_t + (t_prev − t)·v̂                  an Euler step ...
+        v̂'     = output_fn(x_E, t_prev)                 ... and the velocity there (the second model call)
+        x_prev = x_t + (t_prev − t)·(v̂ + v̂')/2
+
+    The step to the data (t_prev = 0) stays an Euler step, as in Karras et al.'s Alg. 2: the model is never asked
+    about t = 0, a time that logit-normal training almost never shows it, and the sampler makes 2·S − 1 calls.
+    """
+    x_euler, x0_hat = flow_euler_step(flow, velocity, t, x_t, t_prev)
+    if t_prev <= 0:
+        return x_euler, x0_hat
+    velocity_prime = output_fn(x_euler, t_prev)                          # v̂' at (x_E, t_prev)
+    return x_t + (t_prev - t) * (velocity + velocity_prime) / 2, x0_hat   # x_prev = x_t + (t_prev − t)·(v̂ + v̂')/2
+
+
+def _flow_sample(solver: str, model_fn: ModelFn, flow: RectifiedFlow, shape: Sequence[int] | None, cond: Cond,
+                 uncond: Cond, guidance_scale: float, steps: int, generator: torch.Generator | None,
+                 x_T: torch.Tensor | None, callback: Callback | None, return_intermediates: bool,
+                 device: torch.device | str | None, progress: bool) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """The loop both flow samplers share: x_1 ~ N(0, I), one step per interval of `flow_timesteps(steps)`."""
+    times = flow_timesteps(steps)                                         # checks `steps`
+    device = _resolve_device(device, x_T, cond)
+    x = randn(tuple(shape), generator, device) if x_T is None else x_T.to(device)          # x_1 ~ N(0, I)
+    trajectory = _Trajectory(callback, return_intermediates)
+
+    def output_fn(x: torch.Tensor, t: float) -> torch.Tensor:         # v̂(x, t), guided; the U-Net sees t·(T − 1)
+        t_model = flow.model_time(torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device))
+        return guided_model_output(model_fn, x, t_model, cond, uncond, guidance_scale)
+
+    for step, (t, t_prev) in enumerate(tqdm(list(zip(times, times[1:])), desc=f"flow {solver}",
+                                            disable=not progress, mininterval=0.5)):
+        velocity = output_fn(x, t)
+        if solver == "euler":
+            x_prev, x0_hat = flow_euler_step(flow, velocity, t, x, t_prev)
+        else:
+            x_prev, x0_hat = flow_heun_step(flow, velocity, t, x, t_prev, output_fn)
+        trajectory(step, t, x, x0_hat)
+        x = x_prev
+    return trajectory.result(x)
+
+
+@torch.no_grad()
+def flow_euler_sample(
+    model_fn: ModelFn,
+    flow: RectifiedFlow,
+    shape: Sequence[int] | None,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """`flow_euler_step` over `flow_timesteps(steps)`: first order, one model call per step. Returns like
+    `ddpm_sample` (x_T is the starting noise x_1; the recorded timesteps are flow times)."""
+    return _flow_sample("euler", model_fn, flow, shape, cond, uncond, guidance_scale, steps, generator, x_T,
+                        callback, return_intermediates, device, progress)
+
+
+@torch.no_grad()
+def flow_heun_sample(
+    model_fn: ModelFn,
+    flow: RectifiedFlow,
+    shape: Sequence[int] | None,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    steps: int = 50,
+    generator: torch.Generator | None = None,
+    x_T: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """`flow_heun_step` over `flow_timesteps(steps)`: second order, 2·steps − 1 model calls. Returns like
+    `flow_euler_sample`."""
+    return _flow_sample("heun", model_fn, flow, shape, cond, uncond, guidance_scale, steps, generator, x_T,
+                        callback, return_intermediates, device, progress)
+
+
+FLOW_SAMPLERS = {"euler": flow_euler_sample, "heun": flow_heun_sample}

@@ -331,3 +331,29 @@ def test_the_guides_time_table_is_the_notebooks():
         row = next(r for r in table if r[0] == notebook.name[:2])
         assert (int(row[2].replace(",", "")), int(row[3]), len(re.findall(r"\d+\.\d+", row[4])), number(row[7])) == \
             (words, reading, core, str(total)), f"the guide's row for {notebook.name[:2]}: {row}"
+
+
+# --- samplers against model evaluations -------------------------------------------------------------------------
+
+NFE_RECORD = ROOT / "docs" / "experiments" / "cpu" / "results.json"
+
+
+def test_the_samplers_against_nfe_table_is_the_records():
+    """results.md's table of samplers against model evaluations quotes docs/experiments/cpu/results.json (written by
+    `minildm experiments ode-samplers --profile cpu --out docs/experiments/cpu`): one line per recorded row, in its
+    order, with its steps, NFE, prompt accuracy and Wilson interval, FID and bootstrap s.d., the floor in the header."""
+    record = json.loads(NFE_RECORD.read_text())["experiments"]["ode-samplers"]
+    rows = record["rows"]
+    found = [(h, r) for h, r in tables((ROOT / "docs" / "results.md").read_text()) if h[:3] == ["sampler", "steps", "NFE"]]
+    assert len(found) == 1, "docs/results.md needs one table headed | sampler | steps | NFE | …"
+    header, table = found[0]
+    floor, n = re.search(r"floor (\d+\.\d+), n = (\d+)", " ".join(header)).groups()
+    assert rounds_to(floor, rows[0]["fid_floor"]) and int(n) == rows[0]["samples"]
+    assert len(table) == len(rows)
+    for cells, r in zip(table, rows):
+        assert (cells[0], int(cells[1]), int(cells[2])) == (r["label"], r["steps"], r["nfe"]), cells
+        acc, low, high = re.findall(r"\d+\.\d+", cells[3])
+        for q, v in ((acc, r["accuracy"]), (low, r["accuracy_low"]), (high, r["accuracy_high"])):
+            assert rounds_to(q, 100 * v), f"{cells[:3]}: {q} is not {100 * v}"
+        fid, spread = re.findall(r"\d+\.\d+", cells[4])
+        assert rounds_to(fid, r["fid"]) and rounds_to(spread, r["fid_spread"]), cells

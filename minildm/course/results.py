@@ -12,7 +12,7 @@ __all__ = ["results_table", "load_json", "write_json", "experiment_markdown", "w
            "f_study_verdict", "COLUMNS", "EXPERIMENTS", "Row"]
 
 Row = dict[str, Any]
-EXPERIMENTS = ("f-study", "sampler", "guidance", "rate-distortion")
+EXPERIMENTS = ("f-study", "sampler", "guidance", "rate-distortion", "ode-samplers")
 
 
 def load_json(path: Path) -> Any:
@@ -121,6 +121,11 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "rate-distortion": [("f", "f", "d"), ("latent_size", "h = w", "d"), ("latent_channels", "c", "d"),
                         ("rate", "rate", ".4f"), ("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".4f"),
                         ("lpips", "LPIPS", ".4f"), ("rfid", "rFID (paired: perfect = 0)", ".2f")],
+    "ode-samplers": [("label", "sampler", None), ("steps", "steps", "d"), ("nfe", "NFE (model calls)", "d"),
+                     ("accuracy", "prompt acc.", ".1%"), ("accuracy_low", "95 % low", ".1%"),
+                     ("accuracy_high", "95 % high", ".1%"), ("fid", "Shapes-FID", ".1f"),
+                     ("fid_spread", "± (bootstrap s.d.)", ".1f"), ("fid_floor", "floor (unpaired)", ".1f"),
+                     ("sample_images_per_s", "img/s", ".1f")],
 }
 
 
@@ -128,7 +133,8 @@ def experiment_markdown(name: str, rows: Sequence[Row]) -> str:
     """The results.md section of one experiment: its table(s), and for the f-study the verdict."""
     titles = {"f-study": "(a) Downsampling factor f at an equal training budget (steps or time)",
               "sampler": "(b) DDIM steps × η", "guidance": "(c) Classifier-free guidance scale",
-              "rate-distortion": "(d) Autoencoder rate–distortion"}
+              "rate-distortion": "(d) Autoencoder rate–distortion",
+              "ode-samplers": "(e) Samplers against model evaluations (NFE): DDIM, DPM-Solver++(2M), Heun"}
     parts = [f"## {titles[name]}", "", results_table(rows, COLUMNS[name])]
     if name == "f-study" and rows:
         parts += ["", "At the end of the budget:", "", results_table(f_study_summary(rows), COLUMNS["f-study-summary"]),

@@ -341,10 +341,12 @@ def _sample_batches(ldm: Any, n: int, raw_for: Any, seed: int, batch_size: int, 
 
 
 def sample_prompts(ldm: Any, captions: list[str], steps: int = 50, eta: float = 0.0, guidance_scale: float = 3.0,
-                   seed: int = 0, batch_size: int = 100) -> torch.Tensor:
-    """One image per caption, in batches seeded as `_sample_batches` says (seed·7919 + first index)."""
+                   seed: int = 0, batch_size: int = 100, sampler: str = "ddim") -> torch.Tensor:
+    """One image per caption, in batches seeded as `_sample_batches` says (seed·7919 + first index): the same
+    starting noise for every `sampler` (LatentDiffusion.sample's)."""
+    other = {} if sampler == "ddim" else {"sampler": sampler}        # stand-in models know only DDIM's arguments
     return _sample_batches(ldm, len(captions), lambda a, b: ldm.prompt_condition(prompts=list(captions[a:b])),
-                           seed, batch_size, steps=steps, eta=eta, guidance_scale=guidance_scale)
+                           seed, batch_size, steps=steps, eta=eta, guidance_scale=guidance_scale, **other)
 
 
 @torch.no_grad()
@@ -380,15 +382,15 @@ def _test_captions(n: int, resolution: int, min_objects: int, max_objects: int) 
 @torch.no_grad()
 def evaluate_text_model(ldm: Any, num_samples: int = 200, steps: int = 50, eta: float = 0.0,
                         guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 100,
-                        with_floor: bool = True, protocol: str = "unpaired") -> dict[str, Any]:
-    """Sample the captions of test scenes [0, n) (1-2 objects) with DDIM(steps, η) and guidance s; -> Shapes-FID,
-    KID, precision, recall with the floor of `protocol`, prompt accuracy (all, one-object, two-object prompts)
-    and sampling images/s, all from one set of samples."""
+                        with_floor: bool = True, protocol: str = "unpaired", sampler: str = "ddim") -> dict[str, Any]:
+    """Sample the captions of test scenes [0, n) (1-2 objects) with DDIM(steps, η) (or another `sampler` of
+    LatentDiffusion.sample) and guidance s; -> Shapes-FID, KID, precision, recall with the floor of `protocol`,
+    prompt accuracy (all, one-object, two-object prompts) and sampling images/s, all from one set of samples."""
     require_mode(ldm, "text", "evaluate_text_model")
     n = int(num_samples)
     captions = _test_captions(n, ldm.resolution, 1, 2)
     t0 = time.perf_counter()
-    images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size)
+    images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size, sampler)
     seconds = time.perf_counter() - t0
     acc = prompt_accuracy(images, captions)
     counts = torch.tensor([len(parse_caption(c)["objects"]) for c in captions])

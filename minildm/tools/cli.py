@@ -26,6 +26,7 @@ from ..course.student import STUDENT_DIR, write_student_edition
 from ..course.viz import SampleGrids, image_grid, save_figure
 from ..data.datasets import DATASETS, ShapesDataset, make_dataset
 from ..data.shapes import NUM_CLASSES, class_name, parse_layout
+from ..diffusion import PROCESSES
 from ..eval.accuracy import autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, real_images, text_report
 from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
 from ..ldm import CLASS_ROUTES, LatentDiffusion
@@ -160,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-route", choices=CLASS_ROUTES, default=None,
                    help="class models: the label enters through the time embedding (time, ADM's route, the default) "
                         "or as one cross-attention token (crossattn, the paper's class-conditional models)")
-    p.add_argument("--out", default=None, help="output folder (default runs/ldm-<profile>-<cond>)")
+    p.add_argument("--process", choices=PROCESSES, default=None,
+                   help="diffusion (the paper's, the default) or flow (flow matching on the same latents and U-Net: "
+                        "velocity target, logit-normal times; sampled with Euler or Heun)")
+    p.add_argument("--out", default=None, help="output folder (default runs/ldm-<profile>-<cond>; flow models: "
+                                               "runs/flow-<profile>-<cond>)")
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--minutes", type=_positive_float, default=None, help="stop after this many minutes (checkpoint kept)")
     p.add_argument("--seed", type=int, default=0)
@@ -258,10 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provenance", default=None, help="JSON file: per file, the command, seed, minutes, metrics")
     p.add_argument("--root", default=str(pretrained.DIR), help="where to write (default: %(default)s)")
 
-    p = add("experiments", cmd_experiments, "the paper's experiments at mini scale; writes results.md/.json")
+    p = add("experiments", cmd_experiments, "the paper's experiments at mini scale, and samplers against model "
+            "evaluations (ode-samplers); writes results.md/.json (ode-samplers also ode_samplers.png)")
     p.add_argument("experiment", choices=(*EXPERIMENTS, "all"))
     _common(p, "profile", "device", "offline")
-    p.add_argument("--checkpoint", default=None, help=f"text LDM for the sweeps (default {DEFAULT_CHECKPOINT})")
+    p.add_argument("--checkpoint", default=None, help=f"text LDM for the sweeps (default {DEFAULT_CHECKPOINT}; "
+                   f"ode-samplers in the {pretrained.SHIPPED_PROFILE} profile: the shipped text model)")
     p.add_argument("--out", default=None, help="output folder (default outputs/experiments/<profile>)")
     p.add_argument("--equal", choices=("time", "steps"), default="time",
                    help="f-study budget: equal training minutes (default) or equal steps, as the paper's Fig. 6 "
@@ -273,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ldm-steps", type=_positive_int, default=None, help="steps per LDM (--equal steps)")
     p.add_argument("--ldm-batch", type=_positive_int, default=None, help="the f-study LDMs' batch size")
     p.add_argument("--segments", type=_positive_int, default=None, help="f-study evaluations along the LDM budget")
+    p.add_argument("--nfe", type=_positive_int, nargs="+", default=None,
+                   help="ode-samplers: model evaluations per sample (default 5 10 20 50)")
+    p.add_argument("--nfe-samples", type=_positive_int, default=None, help="ode-samplers: prompts per row")
     p.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -348,13 +358,16 @@ def cmd_train_ldm(args: argparse.Namespace) -> int | None:
         print(explain_profile(args.profile))
     if args.class_route is not None:
         profile = profile.replace(ldm={"class_route": args.class_route})
+    if args.process is not None:
+        profile = profile.replace(ldm={"process": args.process})
     data, cond = _dataset(args, profile, "train"), args.cond
     if data is not None and cond is None:           # text and layouts are Shapes features; labels when there are
         cond = "class" if data.num_classes else "none"
     if data is not None and cond in ("text", "layout"):
         raise ValueError(f"--cond {cond} needs Shapes (captions and boxes are Shapes features); on --data "
                          f"{args.data} use --cond class (labelled images) or --cond none")
-    out = Path(args.out or f"runs/ldm-{profile.name}-{cond or profile.ldm.cond}")
+    kind = "flow" if profile.ldm.process == "flow" else "ldm"
+    out = Path(args.out or f"runs/{kind}-{profile.name}-{cond or profile.ldm.cond}")
     every = profile.ldm_train.sample_every if args.sample_every is None else args.sample_every
     r = train_ldm(profile, args.autoencoder, out, cond=cond, device=args.device, steps=args.steps,
                   max_minutes=args.minutes, resume=not args.no_resume, seed=args.seed, dataset=data,
@@ -531,10 +544,12 @@ def cmd_experiments(args: argparse.Namespace) -> int | None:
         rows = run_experiment(name, profile, out, args.checkpoint, seed=args.seed, device=args.device,
                               equal=args.equal, download=not args.offline, factors=args.factors,
                               ae_minutes=args.ae_minutes, ldm_minutes=args.ldm_minutes, ae_steps=args.ae_steps,
-                              ldm_steps=args.ldm_steps, ldm_batch=args.ldm_batch, segments=args.segments)
+                              ldm_steps=args.ldm_steps, ldm_batch=args.ldm_batch, segments=args.segments,
+                              nfe=args.nfe, nfe_samples=args.nfe_samples)
         print()
         print(experiment_markdown(name, rows))
-    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    figure = out / "ode_samplers.png" if args.experiment in ("ode-samplers", "all") else None
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'}" + (f" and {figure}" if figure else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The paper's experiments at mini scale (LDM Sec. 4.1, Fig. 6-7, Tab. 8; DDIM Tab. 1; CFG Sec. 4.3).
+"""The paper's experiments at mini scale (LDM Sec. 4.1, Fig. 6-7, Tab. 8; DDIM Tab. 1; CFG Sec. 4.3), and one
+beyond the paper (e).
 
     (a) f_study           pixel space (f = 1) vs latent spaces f = 2, 4, 8 at equal training steps (the
                           paper's Fig. 6) or time: Shapes-FID along training, training steps/s, DDIM images/s.
@@ -7,6 +8,9 @@
     (c) guidance_sweep    classifier-free guidance scale s: FID vs prompt accuracy (the trade-off).
     (d) rate_distortion   autoencoders f = 2, 4, 8: rate (latent numbers per pixel value) vs PSNR, SSIM,
                           LPIPS and reconstruction Shapes-FID (rFID).
+    (e) ode_sampler_sweep DDIM (η = 0, 1), DPM-Solver++(2M) and Heun at 5-50 model evaluations on one trained
+                          text LDM: prompt accuracy and FID against the cost of sampling, the DPM-Solver++
+                          paper's axis.
 
 Each experiment returns a list of rows (dicts of plain numbers); `run_experiment` writes them into
 results.md and results.json. Budgets come from `ExperimentBudget.for_profile(profile)`; any of them can be
@@ -31,10 +35,12 @@ import torch
 
 from ..autoencoder import CHECKPOINT_KIND as AE_KIND
 from ..autoencoder import AEConfig, PixelSpace, build_autoencoder, load_autoencoder, reconstruct
+from ..course import pretrained
 from ..course.results import Row, load_json, write_json, write_results
+from ..course.viz import save_figure
 from ..data.datasets import ShapesDataset
 from ..eval.accuracy import evaluate_text_model, shapes_generative_metrics
-from ..eval.metrics import lpips, psnr, ssim
+from ..eval.metrics import binomial_interval, lpips, psnr, ssim
 from ..ldm import CHECKPOINT_KIND as LDM_KIND
 from ..ldm import LatentDiffusion
 from ..perceptual import lpips_weights_missing
@@ -43,8 +49,9 @@ from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, tra
 from ..utils import count_parameters, get_device, load_checkpoint, to_plain
 from .bench import _train_step, throughput
 
-__all__ = ["f_study", "sampler_sweep", "guidance_sweep", "rate_distortion", "run_experiment", "train_first_stage",
-           "autoencoder_config", "latent_rate", "sampling_throughput", "step_speeds", "DEFAULT_CHECKPOINT"]
+__all__ = ["f_study", "sampler_sweep", "guidance_sweep", "rate_distortion", "ode_sampler_sweep", "ode_sampler_figure",
+           "run_experiment", "train_first_stage", "autoencoder_config", "latent_rate", "sampling_throughput",
+           "step_speeds", "model_calls", "NFE_SAMPLERS", "DEFAULT_CHECKPOINT"]
 DEFAULT_CHECKPOINT = "outputs/demo/ldm.pt"     # the text LDM `minildm demo` trains
 
 
@@ -316,8 +323,9 @@ def _sweep(checkpoint: str | Path | LatentDiffusion, device: str | torch.device 
            settings: Sequence[dict[str, Any]], num_samples: int, b: ExperimentBudget, seed: int,
            verbose: bool) -> list[Row]:
     """evaluate_text_model of the text LDM `checkpoint` (a file or the model) once per setting ({"steps", "eta",
-    "guidance_scale"}); the floor (the same for every setting: it does not depend on the model) is measured
-    once and copied into every row."""
+    "guidance_scale"}, optionally "sampler": LatentDiffusion.sample's, default DDIM), each on the same prompts
+    and starting noise; every row adds the 95 % Wilson interval of its prompt accuracy (accuracy_low/high). The
+    floor (the same for every setting: it does not depend on the model) is measured once and copied into every row."""
     ldm = checkpoint
     if not isinstance(ldm, LatentDiffusion):
         if not Path(ldm).is_file():
@@ -329,12 +337,16 @@ def _sweep(checkpoint: str | Path | LatentDiffusion, device: str | torch.device 
     _say(verbose, title)
     rows, floor = [], None
     for s in settings:
+        sampler = s.get("sampler", "ddim")
         m = evaluate_text_model(ldm, num_samples, s["steps"], s["eta"], s["guidance_scale"], seed, b.eval_batch,
-                                with_floor=floor is None)
+                                with_floor=floor is None, sampler=sampler)
         floor = floor or {k: v for k, v in m.items() if k.endswith("_floor")}
-        rows.append({**s, **m, **floor})
-        _say(verbose, f"  DDIM-{s['steps']} η={s['eta']} s={s['guidance_scale']}: Shapes-FID {m['fid']:.1f} (floor "
-                      f"{floor['fid_floor']:.1f}), prompt accuracy {m['accuracy']:.0%}")
+        low, high = binomial_interval(round(m["accuracy"] * m["samples"]), m["samples"])
+        rows.append({**s, **m, **floor, "accuracy_low": low, "accuracy_high": high})
+        calls = f" ({s['nfe']} model calls)" if "nfe" in s else ""
+        _say(verbose, f"  {sampler}-{s['steps']}{calls} η={s['eta']} s={s['guidance_scale']}: Shapes-FID "
+                      f"{m['fid']:.1f} ± {m['fid_spread']:.1f} (floor {floor['fid_floor']:.1f}), prompt accuracy "
+                      f"{m['accuracy']:.1%} ({low:.1%}-{high:.1%})")
     return rows
 
 
@@ -362,6 +374,92 @@ def guidance_sweep(profile: str | Profile | None = None, checkpoint: str | Path 
     settings = [{"steps": b.guidance_steps, "eta": 0.0, "guidance_scale": float(s)} for s in b.guidance_scales]
     return _sweep(checkpoint, device, f"guidance sweep: {_name(checkpoint)}, DDIM-{b.guidance_steps}, "
                   f"{b.guidance_samples} samples each", settings, b.guidance_samples, b, seed, verbose)
+
+
+# --- (e) Samplers against model evaluations (NFE), on one trained text LDM ---------------------------------
+
+# name -> (LatentDiffusion.sample's sampler, η, the table's name). Euler is not in the default sweep: an Euler step
+# of the probability-flow ODE between the model's own timesteps IS deterministic DDIM (samplers.euler_step), so
+# its rows would repeat DDIM η = 0's. DDIM η = 1 on S of the T steps is the strided ancestral (DDPM-like) sampler.
+NFE_SAMPLERS: dict[str, tuple[str, float, str]] = {
+    "ddim": ("ddim", 0.0, "DDIM η = 0"), "ddim-eta1": ("ddim", 1.0, "DDIM η = 1"),
+    "dpmpp_2m": ("dpmpp_2m", 0.0, "DPM-Solver++(2M)"), "heun": ("heun", 0.0, "Heun"), "euler": ("euler", 0.0, "Euler")}
+DEFAULT_NFE_SAMPLERS = ("ddim", "ddim-eta1", "dpmpp_2m", "heun")
+
+
+def model_calls(sampler: str, steps: int) -> int:
+    """U-Net evaluations (NFE) of one `steps`-step run: Heun 2·steps − 1 (two per step, one on the last), every
+    other sampler one per step. Classifier-free guidance doubles the batch of a call, not the number of calls."""
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def _steps_within(sampler: str, nfe: int) -> int:
+    """The most steps whose model calls do not exceed `nfe`: Heun ⌊(nfe + 1)/2⌋ (5, 10, 20, 50 calls -> 3, 5, 10,
+    25 steps = 5, 9, 19, 49 calls), the others nfe."""
+    return max(1, (nfe + 1) // 2) if sampler == "heun" else nfe
+
+
+def ode_sampler_sweep(profile: str | Profile | None = None,
+                      checkpoint: str | Path | LatentDiffusion = DEFAULT_CHECKPOINT,
+                      budget: ExperimentBudget | None = None, *, samplers: Sequence[str] = DEFAULT_NFE_SAMPLERS,
+                      seed: int = 0, device: str | torch.device | None = None, verbose: bool = True,
+                      **overrides: Any) -> list[Row]:
+    """Quality against cost: each of `samplers` (names of NFE_SAMPLERS) at about each of the budget's `nfe` model
+    evaluations, on the same prompts and the same starting noise (paired), guidance `guidance_scale`. One row per
+    (sampler, nfe): label, sampler, eta, steps, nfe (the exact model calls), nfe_target, Shapes-FID with its
+    bootstrap s.d. (fid_spread) and unpaired floor, precision, recall, prompt accuracy with its 95 % Wilson
+    interval, images/s. `overrides`: ExperimentBudget fields (nfe, nfe_samples, guidance_scale, eval_batch)."""
+    unknown = [s for s in samplers if s not in NFE_SAMPLERS]
+    if unknown or not samplers:
+        raise ValueError(f"unknown sampler(s) {unknown or list(samplers)!r} for the NFE sweep; choose from "
+                         f"{', '.join(NFE_SAMPLERS)} (ddim-eta1 is DDIM with η = 1; DDPM needs all T steps)")
+    b = _budget(get_profile(profile), budget, overrides)
+    settings = []
+    for name in samplers:
+        sampler, eta, label = NFE_SAMPLERS[name]
+        for target in b.nfe:
+            steps = _steps_within(sampler, target)
+            settings.append({"label": label, "sampler": sampler, "eta": eta, "steps": steps, "nfe_target": target,
+                             "nfe": model_calls(sampler, steps), "guidance_scale": b.guidance_scale})
+    return _sweep(checkpoint, device, f"samplers against model evaluations: {_name(checkpoint)}, guidance "
+                  f"{b.guidance_scale}, {b.nfe_samples} prompts each, NFE {list(b.nfe)}", settings, b.nfe_samples, b,
+                  seed, verbose)
+
+
+def ode_sampler_figure(rows: Sequence[Row]) -> Any:
+    """Prompt accuracy (95 % Wilson interval) and Shapes-FID (± 2 bootstrap s.d.) against model evaluations (log
+    scale), one line per sampler, the real-vs-real FID floor dashed: ode_sampler_sweep's rows in one figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_fid) = plt.subplots(1, 2, figsize=(11, 4.2))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    for i, label in enumerate(labels):
+        rs = sorted((r for r in rows if r["label"] == label), key=lambda r: r["nfe"])
+        # nudge each sampler a little sideways (×1.04 per line) so that the error bars do not hide each other
+        x = [r["nfe"] * 1.04 ** (i - (len(labels) - 1) / 2) for r in rs]
+        acc = [100 * r["accuracy"] for r in rs]
+        acc_err = [[a - 100 * r["accuracy_low"] for a, r in zip(acc, rs)],
+                   [100 * r["accuracy_high"] - a for a, r in zip(acc, rs)]]
+        ax_acc.errorbar(x, acc, yerr=acc_err, marker="o", capsize=3, label=label)
+        ax_fid.errorbar(x, [r["fid"] for r in rs], yerr=[2 * r["fid_spread"] for r in rs], marker="o", capsize=3,
+                        label=label)
+    n = rows[0]["samples"]
+    ax_fid.axhline(rows[0]["fid_floor"], color="0.4", linestyle="--", label=f"real vs real (floor, n = {n})")
+    targets = sorted({r["nfe_target"] for r in rows})
+    for ax, ylabel in ((ax_acc, "prompt accuracy (%), 95 % Wilson interval"),
+                       (ax_fid, "Shapes-FID, ± 2 bootstrap s.d. (lower is better)")):
+        ax.set_xscale("log")
+        ax.set_xticks(targets, [str(t) for t in targets])
+        ax.minorticks_off()
+        ax.set_xlabel("model evaluations per sample (NFE, log scale)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    ax_fid.legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"Samplers against cost: {n} test prompts each, the same prompts and starting noise for every "
+                 f"sampler, guidance {rows[0]['guidance_scale']:g}", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 # --- (d) Rate-distortion of the autoencoders ----------------------------------------------------------------
@@ -423,29 +521,41 @@ def run_experiment(name: str, profile: str | Profile | None = None, out_dir: str
                    checkpoint: str | Path | None = None, budget: ExperimentBudget | None = None, *, seed: int = 0,
                    device: str | torch.device | None = None, equal: str = "time", download: bool = True,
                    **overrides: Any) -> list[Row]:
-    """Run one experiment by name (see EXPERIMENTS) and write its rows into out_dir/results.{json,md}.
-    The sweeps' `checkpoint` defaults to the demo's text LDM, or where there is none, to the f-study's f = 4
-    model in out_dir; `overrides`: ExperimentBudget fields."""
+    """Run one experiment by name (see EXPERIMENTS) and write its rows into out_dir/results.{json,md}
+    (ode-samplers also its figure, out_dir/ode_samplers.png). The sweeps' `checkpoint` defaults to the demo's
+    text LDM, or where there is none, to the f-study's f = 4 model in out_dir; ode-samplers' in the `cpu` profile
+    to the shipped text model (data/pretrained/cpu). `overrides`: ExperimentBudget fields."""
     profile = get_profile(profile)
     out_dir = Path(out_dir or f"outputs/experiments/{profile.name}")
     b = _budget(profile, budget, overrides)
     t0, where = time.time(), {}
-    if name in ("sampler", "guidance"):
+    if name == "ode-samplers" and checkpoint is None and profile.name == pretrained.SHIPPED_PROFILE:
+        model = pretrained.load_ldm(pretrained.SHIPPED_PROFILE, "text", device)
+        if model is None:
+            raise FileNotFoundError(f"no shipped text model in {pretrained.DIR / pretrained.SHIPPED_PROFILE}; restore "
+                                    "data/pretrained from the repository or pass --checkpoint a text LDM's ldm.pt")
+        where = {"checkpoint": f"the shipped {pretrained.SHIPPED_PROFILE} text model "
+                               f"(data/pretrained/{pretrained.SHIPPED_PROFILE}/ldm-text.safetensors)"}
+        rows = ode_sampler_sweep(profile, model, b, seed=seed, device=device)
+    elif name in ("sampler", "guidance", "ode-samplers"):
         if checkpoint is None:
             checkpoint = Path(DEFAULT_CHECKPOINT)
             if not checkpoint.is_file() and (out_dir / "f4" / LDM_CHECKPOINT).is_file():
                 checkpoint = out_dir / "f4" / LDM_CHECKPOINT
                 print(f"note: no {DEFAULT_CHECKPOINT}; the sweeps use the f-study's f = 4 model {checkpoint}")
-        sweep = sampler_sweep if name == "sampler" else guidance_sweep
+        sweep = {"sampler": sampler_sweep, "guidance": guidance_sweep, "ode-samplers": ode_sampler_sweep}[name]
         rows, where = sweep(profile, Path(checkpoint), b, seed=seed, device=device), {"checkpoint": str(checkpoint)}
     elif name == "f-study":
         rows = f_study(profile, out_dir, b, equal=equal, seed=seed, device=device, download=download)
     elif name == "rate-distortion":
         rows = rate_distortion(profile, out_dir, b, equal=equal, device=device, download=download)
     else:
-        raise ValueError(f"unknown experiment {name!r}; one of f-study, sampler, guidance, rate-distortion")
+        raise ValueError(f"unknown experiment {name!r}; one of f-study, sampler, guidance, rate-distortion, "
+                         "ode-samplers")
     meta = {"profile": profile.name, **where, "device": str(get_device(device)),
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "wall_minutes": round((time.time() - t0) / 60, 2)}
     write_results(out_dir, name, rows, meta)
+    if name == "ode-samplers" and rows:
+        save_figure(ode_sampler_figure(rows), out_dir / "ode_samplers.png")
     return rows

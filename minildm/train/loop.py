@@ -13,6 +13,7 @@ step is read, so the callback sees each step as it happens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -152,6 +153,10 @@ class Run:
             return False
         ckpt = load_checkpoint(self.path, map_location=self.device, kind=self.kind)
         saved = {k: v for key in configs for k, v in to_plain(ckpt.get(key) or {}).items()}
+        # a field added to a config after the checkpoint was written counts as its default, which that run used
+        # (LDMConfig.process: a run from before flow matching is a diffusion run)
+        saved = {**{f.name: to_plain(f.default) for c in configs.values() if dataclasses.is_dataclass(c)
+                    for f in dataclasses.fields(c) if f.default is not dataclasses.MISSING}, **saved}
         current = {k: v for config in configs.values() for k, v in to_plain(config).items()}
         check_config_matches(saved, current, what=what, ignore=ignore)
         load(ckpt)

@@ -161,7 +161,7 @@ def get_profile(name: str | Profile | None = None) -> Profile:
 @dataclass(frozen=True)
 class ExperimentBudget:
     """How much each experiment may spend; presets per profile in BUDGETS (a: f-study, b: sampler,
-    c: guidance, d: rate-distortion)."""
+    c: guidance, d: rate-distortion, e: ode-samplers)."""
 
     # (a) downsampling-factor study
     factors: tuple[int, ...] = (1, 2, 4, 8)
@@ -187,17 +187,22 @@ class ExperimentBudget:
     guidance_steps: int = 50
     # (d) rate-distortion
     rd_images: int = 1000              # test images reconstructed per autoencoder
+    # (e) samplers against model evaluations: DDIM η = 0 / 1, DPM-Solver++(2M), Heun at about nfe U-Net calls each
+    nfe: tuple[int, ...] = (5, 10, 20, 50)
+    nfe_samples: int = 512             # prompts (and starting noises) per row, the same for every sampler
 
     def __post_init__(self):
-        for name in ("factors", "sampler_steps", "sampler_etas", "guidance_scales"):
+        for name in ("factors", "sampler_steps", "sampler_etas", "guidance_scales", "nfe"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.segments < 1:
             raise ValueError(f"ExperimentBudget.segments must be ≥ 1, got {self.segments}")
+        if not self.nfe or min(self.nfe) < 1:
+            raise ValueError(f"ExperimentBudget.nfe must be model-evaluation counts ≥ 1, got {self.nfe}")
         for name in ("ae_steps", "ldm_steps", "ldm_batch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"ExperimentBudget.{name} must be ≥ 1 or None (the profile's), "
                                  f"got {getattr(self, name)}")
-        for name in ("eval_samples", "sampler_samples", "guidance_samples", "rd_images"):
+        for name in ("eval_samples", "sampler_samples", "guidance_samples", "rd_images", "nfe_samples"):
             if getattr(self, name) < 4:
                 raise ValueError(f"ExperimentBudget.{name} must be ≥ 4 (precision/recall use k = 3 neighbours), "
                                  f"got {getattr(self, name)}")
@@ -217,12 +222,15 @@ BUDGETS: dict[str, ExperimentBudget] = {
     "ci": ExperimentBudget(ae_minutes=0.02, ldm_minutes=0.05, segments=2, eval_samples=8, eval_steps=5,
                            eval_batch=16, throughput_batch=2, throughput_steps=5, sampler_steps=(5, 10, 20),
                            sampler_samples=16, guidance_scales=(1.0, 3.0, 7.5), guidance_samples=16,
-                           guidance_steps=5, rd_images=32),
+                           guidance_steps=5, rd_images=32, nfe=(4, 5), nfe_samples=16),
     # a laptop CPU: pixel space is ~40x slower per step than f = 4. Sized so that `minildm experiments all
     # --profile cpu` takes about 40 minutes on a 2-core machine (f-study ~26, sweeps ~12, rate-distortion ~1).
+    # ode-samplers: 512 prompts put the 95 % Wilson interval of an accuracy near 87 % at ±2.9 points (±4.2 at 256),
+    # so a gap of 5-6 points between two samplers shows; ~340 model calls per prompt over the whole sweep: 6.7 min
+    # for 256 prompts on one thread beside another job (docs/results.md), so about 13 min at 512.
     "cpu": ExperimentBudget(ae_minutes=2.0, ldm_minutes=4.0, segments=2),
     # one GPU (not yet run)
     "gpu": ExperimentBudget(ae_minutes=15.0, ldm_minutes=30.0, segments=5, eval_samples=1000, eval_steps=50,
                             eval_batch=250, throughput_batch=64, sampler_samples=1000, guidance_samples=1000,
-                            rd_images=1000),
+                            rd_images=1000, nfe_samples=1000),
 }
