@@ -320,18 +320,23 @@ class RectifiedFlow:
         t = self._shaped(t, x_t)
         return x_t - t * velocity, x_t + (1 - t) * velocity
 
-    def draw_times(self, batch: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    def draw_timesteps(self, batch: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
         """t = sigmoid(n), n ~ N(m, s²) for a batch (logit-normal; SD3 Sec. 3.1), drawn on the generator's device."""
         n = randn((batch,), generator, device)
         return torch.sigmoid(self.logit_mean + self.logit_std * n)
 
     def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, cond: Any = None, t: torch.Tensor | None = None,
                       noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                      reduction: str = "mean") -> torch.Tensor:
+                      weighting: str = "simple", reduction: str = "mean") -> torch.Tensor:
         """L = ‖u − v_θ(x_t, t, y)‖², u = ε − x_0, t logit-normal, ε ~ N(0, I) (drawn with `generator` when not
-        given, t first, as GaussianDiffusion.training_loss does); `reduction` "mean" or "none" (per sample)."""
+        given, t first, as GaussianDiffusion.training_loss does); `reduction` "mean" or "none" (per sample).
+        `weighting` must be "simple": the logit-normal time sampling already weights the noise levels."""
+        if weighting != "simple":
+            raise ValueError(f"loss_weighting={weighting!r} is a diffusion option (Min-SNR weighs the SNR of "
+                             f"diffusion's timesteps); a flow model's weighting is its logit-normal time sampling "
+                             f"(LDMConfig.logit_mean / logit_std): use loss_weighting='simple'")
         if t is None:
-            t = self.draw_times(x0.shape[0], generator, x0.device)                    # t = sigmoid(n)
+            t = self.draw_timesteps(x0.shape[0], generator, x0.device)                    # t = sigmoid(n)
         if noise is None:
             noise = randn(x0.shape, generator, x0.device, x0.dtype)                  # ε ~ N(0, I)
         x_t = self.add_noise(x0, noise, t)                                            # x_t = (1 − t)·x_0 + t·ε

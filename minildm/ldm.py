@@ -252,23 +252,16 @@ class LatentDiffusion(nn.Module):
 
         A flow model (`is_flow`) takes ‖(ε − z0) − v_θ(z_t, t, y)‖² instead, t logit-normal (RectifiedFlow), with
         the same dropout; its time sampling already weights the noise levels, so `loss_weighting` must be "simple"."""
-        if self.is_flow and loss_weighting != "simple":
-            raise ValueError(f"loss_weighting={loss_weighting!r} is a diffusion option (Min-SNR weighs the SNR of "
-                             f"diffusion's timesteps); a flow model's weighting is its logit-normal time sampling "
-                             f"(LDMConfig.logit_mean / logit_std): use loss_weighting='simple'")
         if raw is not None and self.cond_mode != "none" and cond_drop_prob > 0 and self.cond_mode != "sr":
             raw = self.cond_encoder.drop(raw, cond_drop_prob, generator)
         t = noise = None
         if rows is not None:                                  # the draws training_loss would make, in its order
-            draw = self.diffusion.draw_times if self.is_flow else self.diffusion.draw_timesteps
-            t = draw(z0.shape[0], generator, z0.device)[rows]
+            t = self.diffusion.draw_timesteps(z0.shape[0], generator, z0.device)[rows]
             noise = randn(z0.shape, generator, z0.device, z0.dtype)[rows]
             z0, raw = z0[rows], raw[rows] if raw is not None else None
         cond = None
         if raw is not None and self.cond_mode != "none":
             cond = self.encode_condition(raw, tuple(z0.shape[-2:]))
-        if self.is_flow:
-            return self.diffusion.training_loss(self.model_fn, z0, cond, t=t, noise=noise, generator=generator)
         return self.diffusion.training_loss(self.model_fn, z0, cond, t=t, noise=noise, generator=generator,
                                             weighting=loss_weighting)
 

@@ -74,11 +74,11 @@ def test_one_model_four_parameterizations():
 
 
 def test_training_times_are_logit_normal_and_seeded():
-    t = RectifiedFlow(logit_mean=0.5, logit_std=0.8).draw_times(200_000, torch.Generator().manual_seed(0), "cpu")
+    t = RectifiedFlow(logit_mean=0.5, logit_std=0.8).draw_timesteps(200_000, torch.Generator().manual_seed(0), "cpu")
     n = torch.logit(t.double())
     assert 0 < float(t.min()) and float(t.max()) < 1
     assert abs(float(n.mean()) - 0.5) < 0.01 and abs(float(n.std()) - 0.8) < 0.01
-    a, b = (RectifiedFlow().draw_times(8, torch.Generator().manual_seed(3), "cpu") for _ in range(2))
+    a, b = (RectifiedFlow().draw_timesteps(8, torch.Generator().manual_seed(3), "cpu") for _ in range(2))
     assert torch.equal(a, b)
 
 
