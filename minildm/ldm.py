@@ -41,13 +41,16 @@ from .unet import UNet
 from .utils import autocast, config_from_dict, get_device, load_checkpoint, precision_dtype, randn
 
 __all__ = ["LDMConfig", "LatentDiffusion", "sample_latent", "COND_MODES", "CLASS_ROUTES", "BATCH_KEYS", "CHECKPOINT_KIND",
-           "SAMPLE_STEPS", "GUIDANCE_SCALE"]
+           "SAMPLE_STEPS", "GUIDANCE_SCALE", "SAMPLERS"]
 
 COND_MODES = ("text", "class", "layout", "sr", "none")
 CLASS_ROUTES = ("time", "crossattn")     # how a class label enters the U-Net: time embedding (ADM) or one token
 BATCH_KEYS = {"text": "tokens", "class": "label", "layout": "layout", "sr": "image", "none": None}
 CHECKPOINT_KIND = "ldm"
 SAMPLE_STEPS, GUIDANCE_SCALE = 50, 3.0    # sampling defaults: DDIM-50, guidance s = 3
+# LatentDiffusion.sample's samplers: a diffusion model takes every one (default "ddim"), a flow model the
+# FLOW_SAMPLERS ("euler", its default, and "heun"); Heun makes 2·steps − 1 model calls, DDPM all T, the others steps
+SAMPLERS = ("ddim", "ddpm", "euler", "heun", "dpmpp_2m")
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,11 @@ class LatentDiffusion(nn.Module):
     def is_flow(self) -> bool:
         """Whether this model was trained by flow matching (LDMConfig.process == "flow")."""
         return self.config.process == "flow"
+
+    @property
+    def default_sampler(self) -> str:
+        """The sampler `sample(sampler=None)` uses: "euler" for a flow model, else "ddim"."""
+        return "euler" if self.is_flow else "ddim"
 
     @property
     def latent_channels(self) -> int:
@@ -286,7 +294,7 @@ class LatentDiffusion(nn.Module):
         `precision` "bf16"/"auto" runs the denoiser under autocast (speed.py); the latents and decoding stay fp32.
         """
         amp = precision_dtype(self.scale_factor.device, precision)
-        sampler = ("euler" if self.is_flow else "ddim") if sampler is None else sampler
+        sampler = self.default_sampler if sampler is None else sampler
         if self.is_flow:
             self._check_flow_sampler(sampler, eta, spacing)
         steps = SAMPLE_STEPS if steps is None else steps
@@ -314,8 +322,7 @@ class LatentDiffusion(nn.Module):
                 loop = ODE_SAMPLERS[sampler]
                 out = loop(self.model_fn, self.diffusion, shape, steps=steps, spacing=spacing, **kwargs)
             else:
-                raise ValueError(f"unknown sampler {sampler!r}; expected one of "
-                                 f"{('ddim', 'ddpm', *ODE_SAMPLERS)}")
+                raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
         z, trajectory = out if return_intermediates else (out, None)
         z = z.float()
         result = self.decode(z) if decode else z

@@ -1,5 +1,7 @@
 """The `minildm` command as a user runs it: demo (ci profile), sample, preview, errors."""
 
+import json
+
 import pytest
 import torch
 
@@ -240,3 +242,43 @@ def test_training_commands_take_a_folder_of_images(demo_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert "files not found" in err and str(tmp_path / "none") in err and "--download" in err
+
+
+# ------------------------------------------------------------------------------ samplers and flow models
+
+
+@pytest.fixture(scope="module")
+def tiny_text_models(ae_path, tmp_path_factory):
+    """A diffusion and a flow text model of the ci profile, two training steps each."""
+    from minildm.train.profiles import get_profile
+    from minildm.train.stages import train_ldm
+
+    out = tmp_path_factory.mktemp("tiny")
+    for name, process in (("diffusion", "diffusion"), ("flow", "flow")):
+        train_ldm(get_profile("ci").replace(ldm={"process": process}), ae_path, out / name, cond="text",
+                  device="cpu", steps=2, progress=False)
+    return out
+
+
+def test_evaluate_ldm_takes_a_sampler_and_evaluates_flow_models(tiny_text_models, tmp_path, capsys):
+    record = tmp_path / "eval.json"
+    assert main(["evaluate-ldm", "--checkpoint", str(tiny_text_models / "flow" / "ldm.pt"), "-n", "2", "--steps", "2",
+                 "--no-fid", "--json", str(record)]) == 0
+    out = capsys.readouterr().out
+    assert ": Euler-2, guidance 3, 2 prompts per type" in out and "one_object" in out
+    assert "word influence: not measured" in out and str(record) in out
+    saved = json.loads(record.read_text())
+    assert saved["sampler"] == "euler" and saved["steps"] == 2 and saved["guidance"] == 3.0 and saved["n"] == 2
+    assert 0 <= saved["one_object"]["accuracy"] <= 1 and saved["word_influence"] == {}
+    assert main(["evaluate-ldm", "--checkpoint", str(tiny_text_models / "flow" / "ldm.pt"), "-n", "2", "--steps", "2",
+                 "--no-fid", "--sampler", "heun"]) == 0
+    assert "Heun-2 (3 model calls)" in capsys.readouterr().out
+    diffusion = str(tiny_text_models / "diffusion" / "ldm.pt")
+    assert main(["evaluate-ldm", "--checkpoint", diffusion, "-n", "2", "--steps", "2", "--no-fid",
+                 "--sampler", "dpmpp_2m"]) == 0
+    out = capsys.readouterr().out
+    assert "DPM-Solver++(2M)-2, guidance 3" in out and "word influence (0:" in out
+    assert main(["evaluate-ldm", "--checkpoint", diffusion, "-n", "2", "--steps", "2", "--no-fid"]) == 0
+    assert "DDIM-2, η = 0, guidance 3" in capsys.readouterr().out          # the default: DDIM, η = 0
+    assert main(["evaluate-ldm", "--checkpoint", diffusion, "-n", "2", "--sampler", "heun", "--eta", "1"]) == 2
+    assert "leave --eta out, or use --sampler ddim --eta 1" in capsys.readouterr().err

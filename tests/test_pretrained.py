@@ -15,6 +15,23 @@ from minildm.train.stages import train_autoencoder, train_ldm
 from minildm.utils import CheckpointError
 
 CI = get_profile("ci")
+FLOW = CI.replace(ldm={"process": "flow"})
+
+
+def _header_dtypes(path) -> set[str]:
+    """The dtypes of a safetensors file's tensors, from its JSON header."""
+    data = path.read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def _through_float16(ldm: LatentDiffusion) -> LatentDiffusion:
+    """`ldm` with its denoiser's floating-point weights rounded to float16 and back (in place)."""
+    with torch.no_grad():
+        for t in ldm.denoiser_modules().state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half())
+    return ldm
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +40,7 @@ def runs(tmp_path_factory):
     train_autoencoder(CI, d, device="cpu", random_lpips=True, lpips_download=False, progress=False, steps=4)
     for cond in ("text", "class"):
         train_ldm(CI, d / "autoencoder.pt", d / cond, cond=cond, device="cpu", steps=4, progress=False)
+    train_ldm(FLOW, d / "autoencoder.pt", d / "text-flow", cond="text", device="cpu", steps=4, progress=False)
     return d
 
 
@@ -116,6 +134,56 @@ def test_second_stages_are_added_to_the_shipped_autoencoder_and_the_comparison_i
     assert pretrained.load_comparison("gpu", root=tmp_path) is None
 
 
+def test_export_stores_16_bit_weights_that_load_as_their_float32_weights_cast_through_float16(runs, tmp_path):
+    root = tmp_path / "kit"
+    ldms = {"text": runs / "text" / "ldm.pt", "text-flow": runs / "text-flow" / "ldm.pt"}
+    with pytest.raises(ValueError, match=r"half=\['class'\] names no file of this export"):
+        pretrained.export(runs / "autoencoder.pt", ldms, "ci", {}, root=root, half=("class",))
+    pretrained.export(runs / "autoencoder.pt", ldms, "ci", {}, root=root, half=("text-flow",))
+    files = pretrained.manifest(root)["files"]
+    assert files["ci/ldm-text-flow.safetensors"]["storage"] == "float16" and "storage" not in files["ci/ldm-text.safetensors"]
+    assert set(files["ci/ldm-text-flow.safetensors"]["spot_check"]) == {"one_object_accuracy"}    # sampled with Euler
+    assert _header_dtypes(root / "ci" / "ldm-text-flow.safetensors") <= {"F16", "I64"}
+    assert _header_dtypes(root / "ci" / "ldm-text.safetensors") <= {"F32", "I64"}
+    assert pretrained.shipped("ci", root=root) == ["text", "text-flow"]
+    mine = pretrained.load_ldm("ci", "text-flow", "cpu", root=root)
+    assert mine.is_flow and not mine.training and {p.dtype for p in mine.parameters()} == {torch.float32}
+    ref = _through_float16(LatentDiffusion.from_checkpoint(runs / "text-flow" / "ldm.pt", "cpu"))
+    raw = ref.prompt_condition(prompts=["a red circle in the center", "a small blue square to the left of a large yellow star"])
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(mine.sample(raw, steps=3, generator=g()), ref.sample(raw, steps=3, generator=g()))
+    # the same U-Net and text encoder as the diffusion text model: half its bytes (the header aside)
+    assert files["ci/ldm-text-flow.safetensors"]["bytes"] < 0.6 * files["ci/ldm-text.safetensors"]["bytes"]
+
+
+@pytest.mark.slow
+def test_halve_converts_a_shipped_file_to_16_bits_and_keeps_its_provenance(shipped, capsys):
+    key = "ci/ldm-text.safetensors"
+    before = pretrained.manifest(shipped)["files"][key]
+    ref = _through_float16(pretrained.load_ldm("ci", "text", "cpu", root=shipped))
+    assert main(["export-pretrained", "--profile", "ci", "--halve", "text", "--root", str(shipped)]) == 0
+    assert "ci/ldm-text.safetensors" in capsys.readouterr().out
+    after = pretrained.manifest(shipped)["files"][key]
+    for kept in ("command", "metrics", "seed", "commit", "torch", "machine"):
+        assert after[kept] == before[kept], kept
+    assert after["storage"] == "float16" and after["halved"]["command"] == "minildm export-pretrained --profile ci --halve text"
+    assert after["sha256"] != before["sha256"] and after["bytes"] < 0.6 * before["bytes"]
+    assert set(after["spot_check"]) == {"one_object_accuracy"}
+    assert _header_dtypes(shipped / key) <= {"F16", "I64"}
+    mine = pretrained.load_ldm("ci", "text", "cpu", root=shipped)
+    raw = ref.prompt_condition(prompts=["a red circle in the center"])
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    assert torch.equal(mine.sample(raw, steps=3, generator=g()), ref.sample(raw, steps=3, generator=g()))
+    with pytest.raises(ValueError, match="already stored in float16"):
+        pretrained.halve("ci", ["ldm-text"], root=shipped)
+    with pytest.raises(ValueError, match="not 'autoencoder'"):
+        pretrained.halve("ci", ["autoencoder"], root=shipped)
+    with pytest.raises(FileNotFoundError, match="no shipped ci/ldm-layout"):
+        pretrained.halve("ci", ["ldm-layout"], root=shipped)
+    assert main(["export-pretrained", "--profile", "ci", "--half", "text", "--root", str(shipped)]) == 2
+    assert "--halve NAME" in capsys.readouterr().err
+
+
 def test_the_shipped_models_are_listed_by_name(shipped):
     assert pretrained.shipped() == ["text", "class", "class-token", "layout", "sr"]   # the committed cpu files
     assert pretrained.shipped("ci", root=shipped) == ["text", "class"] and pretrained.shipped("gpu") == []
@@ -138,8 +206,11 @@ def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_sa
     for name, entry in files.items():
         path = pretrained.DIR / name
         assert pretrained.file_sha256(path) == entry["sha256"], f"{name} differs from its manifest"
-        assert entry["seed"] == 0 and entry["command"].startswith(("minildm train-", "minildm experiments"))
+        assert entry["seed"] == 0 and (entry["command"].startswith(("minildm train-", "minildm experiments")) or (
+            entry["command"].startswith("python ") and entry.get("script"))), f"{name}: how was it made?"
         assert entry["metrics"]
+        if entry.get("storage") == "float16":     # measured on the 16-bit file and on its float32 weights
+            assert any("float32" in k for k in entry["metrics"]), f"{name}: no float32 measurement beside float16"
         total += path.stat().st_size
     assert total <= 30e6, f"the shipped checkpoints take {total / 1e6:.1f} MB (at most 30)"
     measured = pretrained.spot_check("cpu")

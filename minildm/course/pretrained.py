@@ -1,9 +1,11 @@
 """Shipped checkpoints for labs: small inference files for the `cpu` profile, so any notebook can start first.
 
 data/pretrained/<profile>/ holds one safetensors file per model (no pickle: nothing executes on load), its
-config in the JSON header: autoencoder.safetensors, and ldm-<cond>.safetensors with the EMA weights of a second
-stage, which names its autoencoder by SHA-256; ae-compare-<objective>.safetensors are notebook 01's three
-autoencoders (16-bit, with their training curves in the header). data/pretrained/manifest.json says how each was made (command,
+config in the JSON header: autoencoder.safetensors, and ldm-<name>.safetensors with the EMA weights of a second
+stage, which names its autoencoder by SHA-256 (ldm-text-flow: the text model trained by flow matching instead of
+diffusion); ae-compare-<objective>.safetensors are notebook 01's three autoencoders (16-bit, with their training
+curves in the header). A file's weights may be stored in 16 bits (its manifest entry says "storage": "float16");
+they load into float32 models. data/pretrained/manifest.json says how each was made (command,
 seed, commit, torch, machine, minutes, metrics) and its SHA-256, which loading verifies. `export` writes them
 from training checkpoints (`minildm export-pretrained`); `load_autoencoder` / `load_ldm` read them.
 """
@@ -16,7 +18,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load, save
@@ -40,12 +42,14 @@ from .results import load_json, write_json
 
 __all__ = ["DIR", "SHIPPED_PROFILE", "COMPARISON", "available", "shipped", "load_autoencoder", "load_ldm", "export",
            "export_comparison", "load_comparison", "export_f_study", "load_f_study", "file_sha256", "manifest",
-           "spot_check"]
+           "spot_check", "halve"]
 
 DIR = Path(__file__).resolve().parent.parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
 SHIPPED_PROFILE = "cpu"             # the profile whose models the repository ships (`minildm sample --pretrained`)
-_CONDS = ("text", "class", "class-token", "layout", "sr", "none")   # class-token: the paper's class route
+# the shipped second stages by name (ldm-<name>.safetensors); class-token: the paper's class route; text-flow: the
+# text model trained by flow matching (LDMConfig(process="flow"), sampled with Euler), same data, steps and seed
+_CONDS = ("text", "class", "class-token", "layout", "sr", "text-flow", "none")
 # Notebook 01's experiment: three autoencoders identical but for their objective, trained for the same steps
 COMPARISON = {"l2": "L2", "l1-lpips": "L1 + LPIPS", "l1-lpips-gan": "L1 + LPIPS + GAN"}
 # Notebook 09's f-study at equal steps: its rows and 8-bit samples of each f's final model (no weights: a pixel-space
@@ -68,8 +72,9 @@ def available(profile: str, root: Path = DIR) -> bool:
 
 
 def shipped(profile: str = SHIPPED_PROFILE, root: Path = DIR) -> list[str]:
-    """The conditionings of the shipped second stages of `profile` that the manifest lists, e.g.
-    ["text", "class", "layout", "sr"]: the names `load_ldm(profile, cond)` and `minildm sample --pretrained` take."""
+    """The names of the shipped second stages of `profile` that the manifest lists, e.g.
+    ["text", "class", "layout", "sr", "text-flow"]: the names `load_ldm(profile, cond)` and `minildm sample
+    --pretrained` take."""
     files = manifest(Path(root))["files"]
     return [c for c in _CONDS if f"{profile}/ldm-{c}.safetensors" in files and (Path(root) / profile /
                                                                                  f"ldm-{c}.safetensors").is_file()]
@@ -106,7 +111,8 @@ def load_autoencoder(profile: str, device: str | torch.device | None = None, roo
 
 def load_ldm(profile: str, cond: str, device: str | torch.device | None = None,
              root: Path = DIR) -> LatentDiffusion | None:
-    """The shipped `cond` model of `profile` (with the shipped autoencoder), in eval mode, or None."""
+    """The shipped `cond` model of `profile` (a name of `shipped`: "text", "text-flow", …; with the shipped
+    autoencoder), in eval mode, or None. Weights stored in 16 bits are cast into the model's float32 parameters."""
     root, name = Path(root), f"ldm-{cond}.safetensors"
     shipped = _read(profile, name, root)
     if shipped is None:
@@ -121,7 +127,7 @@ def load_ldm(profile: str, cond: str, device: str | torch.device | None = None,
     ldm = LatentDiffusion(ae, config_from_dict(LDMConfig, meta["config"]), tokenizer=tok,
                           num_classes=c["num_classes"], max_objects=c["max_objects"], resolution=meta["resolution"],
                           scale_factor=meta["scale_factor"])
-    ldm.denoiser_modules().load_state_dict(weights)
+    ldm.denoiser_modules().load_state_dict(weights)      # copies into the float32 parameters, 16-bit files too
     return ldm.to(get_device(device)).eval()
 
 
@@ -255,8 +261,14 @@ def _save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) ->
     return file_sha256(path)
 
 
+def _float16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The floating-point tensors of a state dict in float16, the others as they are."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, str | os.PathLike], profile: str,
-           provenance: dict[str, Any], root: str | os.PathLike = DIR, spot_checks: bool = True) -> dict[str, Any]:
+           provenance: dict[str, Any], root: str | os.PathLike = DIR, spot_checks: bool = True,
+           half: Sequence[str] = ()) -> dict[str, Any]:
     """Write the shipped files of `profile` from training checkpoints and add them to the manifest.
 
     ae_checkpoint None: the second stages were trained on the autoencoder `profile` already ships (e.g. on
@@ -266,8 +278,17 @@ def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, s
     command, seed, minutes and metrics measured on it (commit, torch version and machine are added here).
     Only EMA weights are kept (raw weights where there is no EMA); no optimizer state, no history.
     spot_checks: also store `spot_check`'s quick numbers, which a test re-measures on the shipped files.
+    half: the files to store in 16 bits, by their key in `ldm_checkpoints` ("text-flow") or "autoencoder": their
+    floating-point weights as float16 (half the bytes; `load_ldm` casts them back into float32 parameters), their
+    manifest entry "storage": "float16". Measure their metrics on the written files.
     """
     root = Path(root)
+    half = set(half)
+    unknown = half - set(ldm_checkpoints) - ({"autoencoder"} if ae_checkpoint is not None else set())
+    if unknown:
+        raise ValueError(f"half={sorted(unknown)} names no file of this export; expected keys of the LDM "
+                         f"checkpoints ({', '.join(ldm_checkpoints) or 'none given'})"
+                         + (" or 'autoencoder'" if ae_checkpoint is not None else ""))
     out = root / profile
     common = _made_here(profile)
     entries = {}
@@ -279,8 +300,10 @@ def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, s
     else:
         ae_ckpt = load_checkpoint(ae_checkpoint, kind="autoencoder")
         ae_state = ae_ckpt["ema"]["shadow"] if ae_ckpt.get("ema") else ae_ckpt["state_dict"]
-        ae_sha = _save(ae_state, {"kind": "autoencoder", "config": ae_ckpt["config"]}, out / AE_FILE)
-        entries[AE_FILE] = {"sha256": ae_sha, **common, **provenance.get("autoencoder", {})}
+        stored = _float16(ae_state) if "autoencoder" in half else ae_state
+        ae_sha = _save(stored, {"kind": "autoencoder", "config": ae_ckpt["config"]}, out / AE_FILE)
+        entries[AE_FILE] = {"sha256": ae_sha, **common, **_storage("autoencoder" in half),
+                            **provenance.get("autoencoder", {})}
     for cond, path in ldm_checkpoints.items():
         ckpt = load_checkpoint(path, kind="ldm")
         if ckpt["autoencoder"]["state_dict"].keys() != ae_state.keys() or not all(
@@ -291,7 +314,8 @@ def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, s
         meta = {"kind": "ldm", "config": ckpt["config"], "conditioning": ckpt["conditioning"],
                 "resolution": ckpt["resolution"], "scale_factor": ckpt["scale_factor"], "autoencoder_sha256": ae_sha}
         name = f"ldm-{cond}.safetensors"
-        entries[name] = {"sha256": _save(state, meta, out / name), **common, **provenance.get(f"ldm-{cond}", {})}
+        sha = _save(_float16(state) if cond in half else state, meta, out / name)
+        entries[name] = {"sha256": sha, **common, **_storage(cond in half), **provenance.get(f"ldm-{cond}", {})}
     full = manifest(root)
     for name, entry in entries.items():
         entry["bytes"] = (out / name).stat().st_size
@@ -305,27 +329,69 @@ def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, s
     return full
 
 
+def _storage(half: bool) -> dict[str, str]:
+    return {"storage": "float16"} if half else {}
+
+
+def halve(profile: str, names: Sequence[str], root: str | os.PathLike = DIR, provenance: dict[str, Any] | None = None,
+          spot_checks: bool = True) -> dict[str, Any]:
+    """Rewrite shipped second stages of `profile` (by file name: "ldm-sr") with their weights in float16, for a
+    smaller kit when the training checkpoint is gone: the same header, the manifest entry kept (command, commit,
+    minutes, machine, metrics) with its new SHA-256 and bytes, "storage": "float16", and "halved": the commit and
+    command that converted it. provenance: per name, keys to set in the entry (re-measured metrics: measure them
+    on the written file). The autoencoder is not converted here: the second stages name its SHA-256."""
+    root, provenance = Path(root), provenance or {}
+    full = manifest(root)
+    for name in names:
+        if not name.startswith("ldm-"):
+            raise ValueError(f"halve converts shipped second stages (ldm-<name>), not {name!r}: the second stages "
+                             f"name the autoencoder by its SHA-256")
+        key = f"{profile}/{name}.safetensors"
+        got = _read(profile, f"{name}.safetensors", root)
+        if got is None:
+            raise FileNotFoundError(f"no shipped {key} in {root} to convert")
+        entry = full["files"][key]
+        if entry.get("storage") == "float16":
+            raise ValueError(f"{key} is already stored in float16")
+        meta, tensors = got
+        sha = _save(_float16(tensors), meta, root / key)
+        made = _made_here(profile)
+        entry.update(sha256=sha, bytes=(root / key).stat().st_size, storage="float16",
+                     halved={"from": "float32", "commit": made["commit"], "torch": made["torch"],
+                             "command": f"minildm export-pretrained --profile {profile} --halve "
+                                        f"{name.removeprefix('ldm-')}"},
+                     **provenance.get(name, {}))
+    write_json(full, root / "manifest.json", sort_keys=True)
+    if spot_checks:
+        checks = spot_check(profile, root)
+        for name in names:
+            full["files"][f"{profile}/{name}.safetensors"]["spot_check"] = checks.get(name, {})
+        write_json(full, root / "manifest.json", sort_keys=True)
+    return full
+
+
 @torch.no_grad()
 def spot_check(profile: str = "cpu", root: str | os.PathLike = DIR, steps: int = 20) -> dict[str, dict[str, float]]:
     """Quick re-measurements of the shipped models of `profile` on the CPU (under a minute), the numbers the
     manifest stores as "spot_check" beside the full evaluation; tests/test_pretrained.py re-measures and compares.
     autoencoder: PSNR over test images [0, 64); text: one-object prompt accuracy of test captions [0, 32);
     class and class-token: accuracy, one sample per class; layout: accuracy of test layouts [0, 16); sr: PSNR and bicubic PSNR of
-    test images [0, 16). DDIM with `steps` steps, guidance 3 (sr: none), seed 0."""
+    test images [0, 16); text-flow: as text, with Euler. DDIM (flow: Euler) with `steps` steps, guidance 3 (sr:
+    none), seed 0."""
     root, out = Path(root), {}
     ae = load_autoencoder(profile, "cpu", root)
     if ae is None:
         return out
     test = ShapesDataset("test", size=1000, max_objects=1)
     out["autoencoder"] = {"psnr": round(reconstruction_psnr(ae, [test.batch(range(64))["image"]], "cpu"), 3)}
-    for cond in ("text", "class", "class-token", "layout", "sr"):
+    for cond in ("text", "class", "class-token", "layout", "sr", "text-flow"):
         m = load_ldm(profile, cond, "cpu", root)
         if m is None:
             continue
-        if cond == "text":
+        if cond in ("text", "text-flow"):
             captions = [test.scene(i).caption for i in range(32)]
-            images = sample_prompts(m, captions, steps, 0.0, 3.0, 0, 32)
-            out["ldm-text"] = {"one_object_accuracy": float(prompt_accuracy(images, captions)["accuracy"])}
+            images = sample_prompts(m, captions, steps, 0.0, 3.0, 0, 32, m.default_sampler)
+            out[f"ldm-{cond}"] = {"one_object_accuracy": float(prompt_accuracy(images, captions)["accuracy"])}
         elif cond in ("class", "class-token"):
             out[f"ldm-{cond}"] = {"accuracy": evaluate_class_model(m, per_class=1, steps=steps)["accuracy"]}
         elif cond == "layout":

@@ -427,23 +427,29 @@ def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_s
 @torch.no_grad()
 def evaluate_text_ldm(ldm: Any, n: int = 200, guidance_scale: float = 3.0, steps: int = 50, seed: int = 0,
                       batch_size: int = 100, fid: bool = True, eta: float = 0.0,
-                      word_pairs: Sequence[tuple[str, str]] = INFLUENCE_PAIRS) -> dict[str, Any]:
+                      word_pairs: Sequence[tuple[str, str]] = INFLUENCE_PAIRS, sampler: str | None = None
+                      ) -> dict[str, Any]:
     """What `minildm evaluate-ldm` prints: prompt accuracy on n one-object and n two-object test captions,
     per prompt type also `by_shape_and_size` and `count_by_sizes`, Shapes-FID of n mixed test captions with its
-    unpaired floor (`evaluate_text_model`), and `word_influence` per word pair."""
+    unpaired floor (`evaluate_text_model`), and `word_influence` per word pair. `sampler` (LatentDiffusion.sample's;
+    None: the model's default, "euler" for a flow model, else "ddim") draws every image, from the same starting
+    noise whichever it is. A flow model gets no word influence (that probe noises at a diffusion model's
+    timesteps): "word_influence" is then empty."""
     require_mode(ldm, "text", "evaluate_text_ldm")
-    out: dict[str, Any] = {}
+    flow = bool(getattr(ldm, "is_flow", False))
+    sampler = sampler or getattr(ldm, "default_sampler", "ddim")
+    out: dict[str, Any] = {"sampler": sampler}
     for label, objects in (("one_object", 1), ("two_objects", 2)):
         captions = _test_captions(n, ldm.resolution, objects, objects)
-        images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size)
+        images = sample_prompts(ldm, captions, steps, eta, guidance_scale, seed, batch_size, sampler)
         acc = prompt_accuracy(images, captions)
         out[label] = {"accuracy": float(acc["accuracy"]),
                       "by_attribute": {k: float(v) for k, v in acc["by_attribute"].items()},
                       "by_shape_and_size": by_shape_and_size(captions, acc["objects"], acc["correct"]),
                       "count_by_sizes": count_by_sizes(captions, acc["count_ok"])}
     if fid:
-        out["fid"] = evaluate_text_model(ldm, n, steps, eta, guidance_scale, seed, batch_size)
-    out["word_influence"] = {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in word_pairs}
+        out["fid"] = evaluate_text_model(ldm, n, steps, eta, guidance_scale, seed, batch_size, sampler=sampler)
+    out["word_influence"] = {} if flow else {f"{a}/{b}": word_influence(ldm, (a, b)) for a, b in word_pairs}
     return out
 
 

@@ -282,6 +282,9 @@ def word_influence(ldm: LatentDiffusion, words: tuple[str, str] = ("circle", "sq
     Returns one dict per t: {"t", "snr", "influence", "p_a", "p_b"} (p_a, p_b: the mean p per caption).
     """
     require_mode(ldm, "text", "word_influence")
+    if getattr(ldm, "is_flow", False):
+        raise ValueError("word_influence noises latents at a diffusion model's timesteps (t = 100 … 800 of T); this "
+                         "is a flow model (LDMConfig.process='flow'), whose times lie in [0, 1]: it has no such probe")
     z_a, z_b, caps_a, caps_b = word_pair_latents(ldm, words, n)
     d = z_a - z_b
     d2 = d.flatten(1).pow(2).sum(1)                                                 # ‖z_a − z_b‖², (n,)

@@ -29,7 +29,7 @@ from ..data.shapes import NUM_CLASSES, class_name, parse_layout
 from ..diffusion import PROCESSES
 from ..eval.accuracy import autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, real_images, text_report
 from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
-from ..ldm import CLASS_ROUTES, LatentDiffusion
+from ..ldm import CLASS_ROUTES, GUIDANCE_SCALE, SAMPLERS, LatentDiffusion
 from ..train.distributed import main_process
 from ..train.profiles import PROFILES, default_profile_name, explain_profile, get_profile
 from ..train.stages import train_autoencoder, train_ldm
@@ -89,9 +89,13 @@ def _model(p: argparse.ArgumentParser, required: bool, checkpoint: str | None = 
 
 
 def _sampling(p: argparse.ArgumentParser, eta: float, guidance: float | None, guidance_help: str) -> None:
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps (default %(default)s)")
-    p.add_argument("--eta", type=float, default=eta,
-                   help="DDIM η (0: deterministic, 1: DDPM-like; default %(default)g)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="ddim; ddpm (all T steps, --steps unused); the ODE solvers euler, heun (2·steps − 1 model "
+                        "calls; the others: steps) and dpmpp_2m (DPM-Solver++(2M)). Default: the model's, ddim for a "
+                        "diffusion model, euler for a flow model (which takes euler or heun only)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default %(default)s)")
+    p.add_argument("--eta", type=float, default=None,
+                   help=f"DDIM's η (0: deterministic, 1: DDPM-like; default {eta:g}); only --sampler ddim takes it")
     p.add_argument("--guidance", type=float, default=guidance, help=guidance_help)
     p.add_argument("--seed", type=int, default=0)
     _common(p, "device")
@@ -174,14 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a grid of EMA samples every N steps (default: the profile's ldm_train.sample_every)")
 
     p = add("sample", cmd_sample, "sample images from a shipped model (--pretrained) or a trained checkpoint",
-            description="Sample a grid of images with DDIM and classifier-free guidance, from a model shipped with "
-                        "minildm (--pretrained text|class|class-token|layout|sr: no training, under a minute on a laptop CPU) "
-                        "or from a checkpoint you trained (--checkpoint PATH). The defaults, DDIM-50 with η = 1 and "
-                        "guidance 2.5, are the demo's sampler, the best measured on the shipped text model. Example: "
-                        'minildm sample --pretrained text --prompt "a large red circle in the top left" --out x.png')
+            description="Sample a grid of images with classifier-free guidance, from a model shipped with minildm "
+                        "(--pretrained text|class|class-token|layout|sr|text-flow: no training, under a minute on a "
+                        "laptop CPU) or from a checkpoint you trained (--checkpoint PATH). A diffusion model's "
+                        "defaults, DDIM-50 with η = 1 and guidance 2.5, are the demo's sampler, the best measured on "
+                        "the shipped text model; a flow model (text-flow) samples with Euler-50 and guidance 3. "
+                        'Example: minildm sample --pretrained text --prompt "a large red circle in the top left" '
+                        "--out x.png")
     _model(p, required=True)
-    _sampling(p, SAMPLE_ETA, None, f"classifier-free guidance scale s (default {SAMPLE_GUIDANCE:g}; sr models: 1, "
-                                   "no guidance, as they are trained without dropping the condition)")
+    _sampling(p, SAMPLE_ETA, None, f"classifier-free guidance scale s (default {SAMPLE_GUIDANCE:g} with DDIM, the "
+                                   f"demo's, {GUIDANCE_SCALE:g} with the other samplers; sr models: 1, no guidance, as "
+                                   "they are trained without dropping the condition)")
     given = p.add_mutually_exclusive_group()
     given.add_argument("--prompt", default=None, help='text models: e.g. "a large red circle in the top left"')
     given.add_argument("--class", dest="label", type=int, default=None,
@@ -203,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling(p, 0.0, 3.0, "classifier-free guidance scale s (default %(default)g)")
     p.add_argument("-n", type=_positive_int, default=200, help="prompts per type (one-object, two-object)")
     p.add_argument("--no-fid", action="store_true", help="skip Shapes-FID")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the numbers to this JSON file")
 
     p = add("bench-ldm", cmd_bench_ldm, "LDM training steps/s and DDIM sampling images/s")
     _common(p, "profile", "device")
@@ -260,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"notebook 01's autoencoders ({', '.join(pretrained.COMPARISON)}), e.g. l2=kit/ae-l2/autoencoder.pt")
     p.add_argument("--f-study", default=None, metavar="DIR", help="notebook 09's f-study: the --out folder of "
                    "`minildm experiments f-study --equal steps` (its rows and samples, no weights)")
+    p.add_argument("--half", nargs="*", default=[], metavar="NAME",
+                   help="store these files of this export in float16 (half the bytes; they load into float32 "
+                        "models): COND names of --ldm (e.g. text-flow), or autoencoder")
+    p.add_argument("--halve", nargs="*", default=[], metavar="NAME",
+                   help="convert already shipped second stages to float16 in place (e.g. sr for ldm-sr), keeping "
+                        "their manifest entries; re-measure their metrics on the written files")
     p.add_argument("--provenance", default=None, help="JSON file: per file, the command, seed, minutes, metrics")
     p.add_argument("--root", default=str(pretrained.DIR), help="where to write (default: %(default)s)")
 
@@ -427,19 +441,50 @@ def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace) -> tuple[t
     return ldm.prompt_condition(layouts=layout.expand(n, -1, -1)), [args.layout] * n
 
 
+_SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPM-Solver++(2M)"}
+
+
+def _sampler(ldm: LatentDiffusion, args: argparse.Namespace, ddim_eta: float) -> tuple[str, float, str]:
+    """(sampler, η, its name for a title: "DDIM-50, η = 1", "Euler-50", …) from --sampler, --eta and --steps
+    (--sampler left out: the model's own default; --eta left out: `ddim_eta` for DDIM), with errors in the
+    command's words."""
+    sampler = args.sampler or ldm.default_sampler
+    if ldm.is_flow and sampler not in ("euler", "heun"):
+        raise ValueError(f"--sampler {sampler} is written for a diffusion model; this is a flow model (trained by flow "
+                         f"matching, it solves dx/dt = v): use --sampler euler (its default) or --sampler heun")
+    if args.eta is not None and sampler != "ddim":
+        if ldm.is_flow:
+            raise ValueError(f"--eta is DDIM's noise; this is a flow model, sampled deterministically with {sampler}: "
+                             f"leave --eta out")
+        raise ValueError(f"--eta is DDIM's noise; the {sampler} sampler takes none: leave --eta out, or use "
+                         f"--sampler ddim --eta {args.eta:g}")
+    eta = (ddim_eta if args.eta is None else args.eta) if sampler == "ddim" else 0.0
+    if sampler == "ddim":
+        label = f"DDIM-{args.steps}, η = {eta:g}"
+    elif sampler == "ddpm":
+        label = f"DDPM (all {ldm.diffusion.num_timesteps} steps)"
+    elif sampler == "heun":
+        label = f"Heun-{args.steps} ({2 * args.steps - 1} model calls)"
+    else:
+        label = f"{_SAMPLER_NAMES[sampler]}-{args.steps}"
+    return sampler, eta, label
+
+
 def cmd_sample(args: argparse.Namespace) -> int | None:
     ldm, what = _load_model(args)
+    sampler, eta, label = _sampler(ldm, args, SAMPLE_ETA)
     raw, captions = _sample_condition(ldm, args)
     sr = ldm.cond_mode == "sr"
-    guidance = 1.0 if sr or ldm.cond_mode == "none" else (SAMPLE_GUIDANCE if args.guidance is None else args.guidance)
-    settings = f"DDIM-{args.steps}, η = {args.eta:g}, guidance {guidance:g}, seed {args.seed}"
+    default = SAMPLE_GUIDANCE if sampler == "ddim" else GUIDANCE_SCALE   # the demo's with DDIM, else sample()'s
+    guidance = 1.0 if sr or ldm.cond_mode == "none" else (default if args.guidance is None else args.guidance)
+    settings = f"{label}, guidance {guidance:g}, seed {args.seed}"
     print(f"sampling {args.n} image{'s' * (args.n > 1)} from the {what}: {settings}")
     g, before = torch.Generator().manual_seed(args.seed), torch.get_num_threads()
     if args.threads or ldm.scale_factor.device.type == "cpu":
         torch.set_num_threads(args.threads or 1)
     try:
-        images = ldm.sample(raw, num_samples=args.n if raw is None else None, steps=args.steps, eta=args.eta,
-                            guidance_scale=guidance, generator=g).cpu()
+        images = ldm.sample(raw, num_samples=args.n if raw is None else None, steps=args.steps, eta=eta,
+                            guidance_scale=guidance, sampler=sampler, generator=g).cpu()
     finally:
         torch.set_num_threads(before)
     if sr:                                  # the low-res input (shown blocky, as it is), the samples, the original
@@ -453,14 +498,27 @@ def cmd_sample(args: argparse.Namespace) -> int | None:
 
 def cmd_evaluate_ldm(args: argparse.Namespace) -> int | None:
     ldm, what = _load_model(args)
+    sampler, eta, label = _sampler(ldm, args, 0.0)
     t0 = time.time()
     r = evaluate_text_ldm(ldm, n=args.n, guidance_scale=args.guidance, steps=args.steps, seed=args.seed,
-                          fid=not args.no_fid, eta=args.eta)
-    print(f"{what}: DDIM-{args.steps}, η={args.eta}, guidance {args.guidance}, {args.n} prompts per type "
+                          fid=not args.no_fid, eta=eta, sampler=sampler)
+    print(f"{what}: {label}, guidance {args.guidance:g}, {args.n} prompts per type "
           f"(judged by the Shapes evaluator; all conditions must hold)")
     print("\n".join(text_report(r, args.n)))
-    print("  " + "\n  ".join(fidelity_lines(autoencoder_shape_fidelity(ldm.autoencoder, resolution=ldm.resolution))))
-    print(f"  ({time.time() - t0:.0f} s)")
+    if ldm.is_flow:
+        print("  word influence: not measured (the probe noises at a diffusion model's timesteps; this is a flow model)")
+    fidelity = autoencoder_shape_fidelity(ldm.autoencoder, resolution=ldm.resolution)
+    print("  " + "\n  ".join(fidelity_lines(fidelity)))
+    seconds = time.time() - t0
+    print(f"  ({seconds:.0f} s)")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        settings = {"model": what, "sampler": sampler, "steps": args.steps, "eta": eta, "guidance": args.guidance,
+                    "n": args.n, "seed": args.seed, "threads": torch.get_num_threads(), "seconds": round(seconds, 1)}
+        path.write_text(json.dumps({**settings, **r, "autoencoder_shape_fidelity": fidelity}, indent=1,
+                                   default=float))
+        print(f"wrote {path}")
 
 
 def cmd_bench_ldm(args: argparse.Namespace) -> int | None:
@@ -502,15 +560,22 @@ def cmd_train_evaluator(args: argparse.Namespace) -> int | None:
 def cmd_export(args: argparse.Namespace) -> int | None:
     ldms = dict(item.split("=", 1) for item in args.ldm)
     provenance = json.loads(Path(args.provenance).read_text()) if args.provenance else {}
-    if not (args.autoencoder or ldms or args.compare or args.f_study):
-        raise ValueError("nothing to export: pass --autoencoder, --ldm COND=PATH, --compare KEY=PATH or --f-study DIR")
+    if not (args.autoencoder or ldms or args.compare or args.f_study or args.halve):
+        raise ValueError("nothing to export: pass --autoencoder, --ldm COND=PATH, --compare KEY=PATH, --f-study DIR "
+                         "or --halve NAME")
+    if args.half and not (args.autoencoder or ldms):
+        raise ValueError("--half names files of this export (--ldm COND=PATH, --autoencoder); to convert a file "
+                         "already shipped, use --halve NAME")
     if args.autoencoder or ldms:
-        full = pretrained.export(args.autoencoder, ldms, args.profile, provenance, root=args.root)
+        full = pretrained.export(args.autoencoder, ldms, args.profile, provenance, root=args.root, half=args.half)
     if args.compare:
         full = pretrained.export_comparison(dict(item.split("=", 1) for item in args.compare), args.profile,
                                             provenance, root=args.root)
     if args.f_study:
         full = pretrained.export_f_study(args.f_study, args.profile, provenance.get("f-study", {}), root=args.root)
+    if args.halve:
+        full = pretrained.halve(args.profile, [f"ldm-{name}" for name in args.halve], root=args.root,
+                                provenance=provenance)
     for name, entry in sorted(full["files"].items()):
         if name.startswith(f"{args.profile}/"):
             print(f"{name}: {entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:16]}…")
