@@ -260,6 +260,40 @@ def tiny_text_models(ae_path, tmp_path_factory):
     return out
 
 
+def test_sample_on_the_shipped_flow_model_with_defaults_uses_euler_and_says_so(tmp_path, capsys, monkeypatch):
+    import minildm.tools.cli as cli
+
+    titles = []
+    grid = cli.image_grid
+    monkeypatch.setattr(cli, "image_grid", lambda *a, **k: titles.append(k["title"]) or grid(*a, **k))
+    out = tmp_path / "flow.png"
+    assert main(["sample", "--pretrained", "text-flow", "--prompt", "a large red circle in the top left", "-n", "2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "shipped text-flow model: Euler-50, guidance 3, seed 0" in printed and "DDIM" not in printed
+    assert titles == ["minildm, shipped text-flow model: Euler-50, guidance 3, seed 0"]
+    assert main(["sample", "--pretrained", "text-flow", "--prompt", "a red circle", "-n", "1", "--steps", "3",
+                 "--sampler", "heun", "--out", str(out)]) == 0
+    assert "Heun-3 (5 model calls), guidance 3" in capsys.readouterr().out
+    assert main(["sample", "--pretrained", "text-flow", "--sampler", "rk4", "--out", str(out)]) == 2
+    assert "invalid choice: 'rk4'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--pretrained", "text-flow", "--eta", "1"], "this is a flow model, sampled deterministically with euler: leave --eta out"),
+    (["--pretrained", "text-flow", "--sampler", "heun", "--eta", "0"], "sampled deterministically with heun"),
+    (["--pretrained", "text-flow", "--sampler", "ddim"], "use --sampler euler (its default) or --sampler heun"),
+    (["--pretrained", "text", "--sampler", "euler", "--eta", "1"],
+     "the euler sampler takes none: leave --eta out, or use --sampler ddim --eta 1"),
+    (["--pretrained", "text", "--sampler", "ddpm", "--eta", "0.5"], "or use --sampler ddim --eta 0.5"),
+])
+def test_eta_with_a_sampler_that_has_none_is_refused_and_says_what_to_do(argv, words, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    assert main(["sample", *argv, "--prompt", "a red circle", "--out", str(out)]) == 2
+    assert words in capsys.readouterr().err and not out.exists()
+
+
 def test_evaluate_ldm_takes_a_sampler_and_evaluates_flow_models(tiny_text_models, tmp_path, capsys):
     record = tmp_path / "eval.json"
     assert main(["evaluate-ldm", "--checkpoint", str(tiny_text_models / "flow" / "ldm.pt"), "-n", "2", "--steps", "2",

@@ -184,8 +184,23 @@ def test_halve_converts_a_shipped_file_to_16_bits_and_keeps_its_provenance(shipp
     assert "--halve NAME" in capsys.readouterr().err
 
 
+def test_the_shipped_flow_text_model_loads_in_float32_and_samples_with_euler():
+    entry = pretrained.manifest()["files"]["cpu/ldm-text-flow.safetensors"]
+    assert entry["storage"] == "float16"
+    ldm = pretrained.load_ldm("cpu", "text-flow", "cpu")
+    assert ldm.is_flow and ldm.default_sampler == "euler" and ldm.cond_mode == "text" and not ldm.training
+    assert {p.dtype for p in ldm.parameters()} == {torch.float32}
+    raw = ldm.prompt_condition(prompts=["a large red circle in the top left", "a small blue square"])
+    draw = lambda seed: ldm.sample(raw, steps=4, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    a, b, c = draw(0), draw(0), draw(1)
+    assert a.shape == (2, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="flow model"):
+        ldm.sample(raw, steps=2, sampler="ddim")
+
+
 def test_the_shipped_models_are_listed_by_name(shipped):
-    assert pretrained.shipped() == ["text", "class", "class-token", "layout", "sr"]   # the committed cpu files
+    assert pretrained.shipped() == ["text", "class", "class-token", "layout", "sr", "text-flow"]   # the committed cpu files
     assert pretrained.shipped("ci", root=shipped) == ["text", "class"] and pretrained.shipped("gpu") == []
 
 
@@ -200,7 +215,7 @@ def test_the_readme_python_lines_sample_the_shipped_text_model():
 @pytest.mark.slow
 def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_says():
     files = pretrained.manifest()["files"]
-    names = ["autoencoder"] + [f"ldm-{c}" for c in ("text", "class", "class-token", "layout", "sr")]
+    names = ["autoencoder"] + [f"ldm-{c}" for c in ("text", "class", "class-token", "layout", "sr", "text-flow")]
     assert {f"cpu/{n}.safetensors" for n in names} <= set(files), "run the kit export (docs/instructor-guide.md)"
     total = 0
     for name, entry in files.items():
