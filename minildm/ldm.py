@@ -322,7 +322,8 @@ class LatentDiffusion(nn.Module):
                 loop = ODE_SAMPLERS[sampler]
                 out = loop(self.model_fn, self.diffusion, shape, steps=steps, spacing=spacing, **kwargs)
             else:
-                raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+                raise ValueError(f"unknown sampler {sampler!r}; expected one of "
+                                 f"{('ddim', 'ddpm', *ODE_SAMPLERS)}")
         z, trajectory = out if return_intermediates else (out, None)
         z = z.float()
         result = self.decode(z) if decode else z

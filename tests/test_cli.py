@@ -295,6 +295,10 @@ def test_eta_with_a_sampler_that_has_none_is_refused_and_says_what_to_do(argv, w
 
 
 def test_evaluate_ldm_takes_a_sampler_and_evaluates_flow_models(tiny_text_models, tmp_path, capsys):
+    from minildm.ldm import SAMPLERS
+    from minildm.samplers import ODE_SAMPLERS
+
+    assert set(SAMPLERS) == {"ddim", "ddpm", *ODE_SAMPLERS}      # --sampler offers every sampler of sample()
     record = tmp_path / "eval.json"
     assert main(["evaluate-ldm", "--checkpoint", str(tiny_text_models / "flow" / "ldm.pt"), "-n", "2", "--steps", "2",
                  "--no-fid", "--json", str(record)]) == 0
