@@ -23,11 +23,12 @@ def test_run_course_times_one_notebook_and_a_partial_run_keeps_the_others(tmp_pa
     assert set(record["speed"]) == {"autoencoder_steps_per_s", "ldm_steps_per_s"}
     saved = json.loads((results / "ci.json").read_text())
     saved["notebooks"]["01_perceptual_compression"] = {"minutes": 7.0, "ok": True, "error": None, "identities": {},
-                                                       "findings": {}, "figures": []}
+                                                       "findings": {}, "figures": ["01_perceptual_compression_a.png"]}
     (results / "ci.json").write_text(json.dumps(saved))
     again = course_run.run_course("ci", tmp_path / "course", ["00"], results_dir=results, probe_seconds=0.2,
                                   log=lambda *a: None)
-    assert list(again["notebooks"]) == ["00_setup_and_shapes", "01_perceptual_compression"]   # course order
+    # course order; 01's figure, recorded by an earlier run in another course folder, is not copied again
+    assert list(again["notebooks"]) == ["00_setup_and_shapes", "01_perceptual_compression"]
     assert again["total_minutes"] == pytest.approx(again["notebooks"]["00_setup_and_shapes"]["minutes"] + 7.0, abs=0.011)
     with pytest.raises(ValueError, match="no course notebook matches"):
         course_run.run_course("ci", tmp_path / "course", ["42"], results_dir=None)

@@ -59,13 +59,13 @@ def number(cell: str) -> str | None:
 # --- course times ---------------------------------------------------------------------------------------------
 
 def course_time_rows():
-    """(page, notebook, quoted minutes) for every table row that names a notebook (00–09) in its first cell and
+    """(page, notebook, quoted minutes) for every table row that names a notebook (00–10) in its first cell and
     has a `cpu` minutes / compute (min) column."""
     for page in PAGES:
         for header, rows in tables(page.read_text()):
             cols = [i for i, h in enumerate(header) if re.search(r"(cpu`?|compute).*min|min.*cpu", h, re.I)]
             for row in rows:
-                if cols and re.fullmatch(r"0\d", row[0]) and len(row) > cols[0]:
+                if cols and re.fullmatch(r"\d\d", row[0]) and len(row) > cols[0]:
                     yield page.name, row[0], number(row[cols[0]])
 
 
@@ -90,7 +90,7 @@ def test_inline_notebook_times_quote_the_record():
     assert not wrong, f"inline notebook times that disagree with docs/course/cpu.json: {wrong}"
 
 
-COURSE_TOTAL = re.compile(r"whole (?:course|sequence)|course (?:takes|took)|all ten notebooks|the course\W{1,3}s\b|"
+COURSE_TOTAL = re.compile(r"whole (?:course|sequence)|course (?:takes|took)|all (?:ten|eleven) notebooks|the course\W{1,3}s\b|"
                           r"^(?=.*\b(?:course|notebooks?)\b).*\bin all\b", re.I)
 
 

@@ -1,6 +1,6 @@
 """Hygiene of the course notebooks (their cells run under nbval; this checks how they are built):
 
-  - the sequence 00 … 09 is complete and named as course.NOTEBOOKS says
+  - the sequence 00 … 10 is complete and named as course.NOTEBOOKS says
   - every notebook is valid nbformat, starts with the identical Colab cell, then the header (learning goals,
     prerequisites, the paper's sections, run time), then the setup call with its own name; it ends with a
     summary, questions and what comes next

@@ -133,4 +133,15 @@ WRONG = {
     "9.2": ('more = real_images(8 * n, "test", 2, RES)\n'
             "ga, gb = shapes_features(more[:4 * n]).double(), shapes_features(more[4 * n:]).double()\n"
             "my_ratio = float(fid_from_features(fa, fb) / fid_from_features(ga, gb))   # n over 4n, upside down"),
+    # 10 · Beyond the paper
+    "10.1": ("my_acc = {name: prompt_accuracy(sample_prompts(ldm, q_captions, steps=10, guidance_scale=s, seed=course.seed,\n"
+             "                                               sampler=name), q_captions)[\"correct\"]\n"
+             "          for name in (\"ddim\", \"dpmpp_2m\")}        # per caption, not the share"),
+    "10.2": ("v1 = toy_flow(x1, torch.full((len(x1),), 1.0))       # t itself, not the network's time scale t·(T − 1)\n"
+             "my_x = x1 + (0.75 - 1.0) * v1"),
+    "10.3": ("my_straight = float(((flow_paths[1:] - flow_paths[:-1]).norm(dim=-1).sum(0)\n"
+             "                     / (flow_paths[-1] - flow_paths[0]).norm(dim=-1)).mean())   # a mean of ratios"),
+    "10.4": ("ab_t = ldm.diffusion.alpha_bar[t]\n"
+             "my_u = (ab_t.sqrt() * x_T - (1 - ab_t).sqrt() * v_hat) - ((1 - ab_t).sqrt() * x_T + ab_t.sqrt() * v_hat)"
+             "   # x̂₀ − ε̂: the sign flipped"),
 }

@@ -18,7 +18,8 @@ from minildm.eval.probes import first_conv_input
 from minildm.eval.process import timestep_at_snr
 from minildm.losses import adaptive_weight, hinge_d_loss
 from minildm.nn import EMA, attention_explicit, timestep_embedding
-from minildm.samplers import ddim_timesteps, guided_model_output
+from minildm.course.toy2d import straightness
+from minildm.samplers import ddim_timesteps, flow_euler_step, guided_model_output
 from minildm.utils import slerp
 
 # ── 00 · Setup and shapes ───────────────────────────────────────────────────────────────────────────────────
@@ -145,3 +146,24 @@ def ex_9_1(fa: torch.Tensor, fb: torch.Tensor) -> float:
 
 
 __all__ = sorted(name for name in dir() if name.startswith("ex_"))
+
+
+# ── 10 · Beyond the paper ───────────────────────────────────────────────────────────────────────────────────
+
+def ex_10_2(model, flow, x, t, t_prev) -> torch.Tensor:
+    """One Euler step of the flow ODE dx/dt = v̂(x, t) from t to t_prev: x + (t_prev − t)·v̂, the network asked
+    at its own time scale, flow.model_time(t) = t·(T − 1)."""
+    with torch.no_grad():
+        velocity = model(x, flow.model_time(torch.full((x.shape[0],), float(t))))
+    return flow_euler_step(flow, velocity, t, x, t_prev)[0]
+
+
+def ex_10_3(paths) -> float:
+    """The straightness of paths (K + 1, N, 2): summed path lengths over summed distances between their ends."""
+    return straightness(paths)
+
+
+def ex_10_4(diffusion, z_t, t, v_hat) -> torch.Tensor:
+    """The flow velocity u = ε̂ − x̂_0 that a v-prediction diffusion model's output v̂ at step t implies."""
+    x0_hat, eps_hat = diffusion.predict_x0_and_eps(z_t, t, v_hat)
+    return eps_hat - x0_hat

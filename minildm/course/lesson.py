@@ -54,7 +54,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 ANY_DATA = ("01_perceptual_compression", "05_training_the_ldm", "08_other_conditions")
 NOTEBOOKS = ("00_setup_and_shapes", "01_perceptual_compression", "02_latent_space", "03_forward_diffusion",
              "04_unet_and_cross_attention", "05_training_the_ldm", "06_ddim_sampling", "07_guidance_and_attention",
-             "08_other_conditions", "09_experiments")
+             "08_other_conditions", "09_experiments", "10_beyond_the_paper")
 RESULTS_DIR = REPO_ROOT / "docs" / "course"        # what `minildm course` recorded: times, identities, findings, figures
 # The first cell of every notebook, identical everywhere (tests/test_notebooks.py checks it): on Colab, when
 # minildm is not installed, it clones the tagged release (which brings data/ with the evaluator and the shipped
@@ -384,11 +384,13 @@ class Course:
             prefer: str = "own") -> LatentDiffusion:
         """The course's latent diffusion model for `cond`: the student's own (notebooks 05, 08), else the shipped
         one (Shapes only), else trained now on the course's autoencoder and data (after saying so). "class-token"
-        is a class model on the paper's route (the label as one cross-attention token), "class" minildm's.
-        prefer="shipped" takes the shipped one even where an own one exists (e.g. a partly trained one)."""
+        is a class model on the paper's route (the label as one cross-attention token), "class" minildm's;
+        "text-flow" the text model trained by flow matching (LDMConfig.process="flow"). prefer="shipped" takes the shipped one even where an own one exists (e.g. a partly trained one)."""
         base, profile = cond, self.profile
         if cond == "class-token":
             base, profile = "class", self.profile.replace(ldm={"class_route": "crossattn"})
+        elif cond == "text-flow":              # the text model trained by flow matching (notebook 10)
+            base, profile = "text", self.profile.replace(ldm={"process": "flow"})
         if self.data != "shapes" and base not in self.conditions((base,)):
             raise ValueError(f"there is no {cond} model on {self.data}: text and layout models need Shapes, class "
                              f"models labels; use course.second_stage() ({self.second_stage()!r}), or `minildm "

@@ -46,6 +46,7 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
     record: dict[str, Any] = {"profile": profile, "strict": strict, "notebooks": {},
                               "speed": speed_probe(profile, probe_seconds),
                               "machine": f"{os.cpu_count()} CPUs, {get_device()}, torch {torch.__version__}"}
+    ran = []
     with mock.patch.dict(os.environ, env):           # the kernels inherit it; put back as it was afterwards
         for name in names:
             path = REPO_ROOT / "notebooks" / f"{name}.ipynb"
@@ -67,6 +68,7 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
             log(f"[{name}] {minutes:.1f} min, {len(identities)} identities, "
                 f"{sum(v['ok'] for v in findings.values())}/{len(findings)} findings hold"
                 + (f"; failed: {', '.join(failed)}" if failed else "") + (f"; ERROR: {error}" if error else ""))
+            ran.append(name)
             if error and strict:
                 break
     if results_dir is not None:            # a partial run (--notebooks) updates those notebooks' entries only
@@ -75,12 +77,13 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
             record["notebooks"] = {**earlier.get("notebooks", {}), **record["notebooks"]}
             record["notebooks"] = {n: record["notebooks"][n] for n in NOTEBOOKS if n in record["notebooks"]}
             record["strict"] = strict and earlier.get("strict", False)
+            record["speed"] = earlier.get("speed", record["speed"])   # the full run's machine speed stays the reference
     record["total_minutes"] = round(sum(n["minutes"] for n in record["notebooks"].values()), 2)
     if results_dir is not None:
         out = Path(results_dir)
         (out / profile).mkdir(parents=True, exist_ok=True)
-        for nb_record in record["notebooks"].values():
-            for fig in nb_record["figures"]:
+        for name in ran:                   # the figures of the notebooks run now (earlier ones are already there)
+            for fig in record["notebooks"][name]["figures"]:
                 shutil.copy2(course_dir / "figures" / fig, out / profile / fig)
         write_json(record, out / f"{profile}.json", sort_keys=True)
     return record

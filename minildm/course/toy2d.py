@@ -93,12 +93,13 @@ def train_toy(process: GaussianDiffusion | RectifiedFlow, config: Toy2DConfig = 
     model = ToyMLP(config.width)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     losses = []
-    for _ in range(config.steps):
-        loss = process.training_loss(model, two_moons(config.batch_size, g, config.noise), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    with torch.enable_grad():                    # also where a notebook switched autograd off for sampling
+        for _ in range(config.steps):
+            loss = process.training_loss(model, two_moons(config.batch_size, g, config.noise), generator=g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
     return model.eval(), losses
 
 
@@ -128,15 +129,16 @@ def euler_error(model: ToyMLP, process: GaussianDiffusion | RectifiedFlow, x_T: 
 
 def flow_vs_diffusion_2d(config: Toy2DConfig = Toy2DConfig()) -> dict[str, Any]:
     """Train both MLPs and sample `num_paths` paths of each from the same noise -> {"data": two moons (num_paths, 2),
-    "flow" / "diffusion": {"paths" (sample_steps + 1, N, 2), "samples" (N, 2), "straightness", "euler_error"
-    ({steps: error} for `error_steps`), "losses"}}."""
+    "x_T": the noise (N, 2), "flow" / "diffusion": {"paths" (sample_steps + 1, N, 2), "samples" (N, 2),
+    "straightness", "euler_error" ({steps: error} for `error_steps`), "losses", "model" (the trained MLP),
+    "process" (its RectifiedFlow or GaussianDiffusion)}}."""
     g = torch.Generator().manual_seed(config.seed + 1)
     x_T = randn((config.num_paths, 2), g, "cpu")                                 # one noise for both models
-    out: dict[str, Any] = {"data": two_moons(config.num_paths, g, config.noise)}
+    out: dict[str, Any] = {"data": two_moons(config.num_paths, g, config.noise), "x_T": x_T}
     for name, process in (("flow", RectifiedFlow()), ("diffusion", GaussianDiffusion(prediction_type="v_prediction"))):
         model, losses = train_toy(process, config)
         paths = sample_paths(model, process, x_T, config.sample_steps)
         errors = {k: euler_error(model, process, x_T, k, config.reference_steps) for k in config.error_steps}
         out[name] = {"paths": paths, "samples": paths[-1], "straightness": straightness(paths),
-                     "euler_error": errors, "losses": losses}
+                     "euler_error": errors, "losses": losses, "model": model, "process": process}
     return out
