@@ -1,4 +1,5 @@
-"""Conditioning encoders τθ(y) of latent diffusion (LDM Sec. 3.3): class, text, layout, low-res image.
+"""Conditioning encoders τθ(y) of latent diffusion (LDM Sec. 3.3): class, text, layout, low-res image, semantic
+map, masked image.
 
 Every encoder maps a raw condition to a dict of U-Net keyword arguments, so the LDM calls
 
@@ -14,6 +15,8 @@ empty layout), and `drop(raw, p, generator)` swaps each row for that null input 
     TextEncoder    token ids        -> {"context", "context_mask"}  (cross-attention; trained with the U-Net)
     LayoutEncoder  boxes + classes  -> {"context", "context_mask"}  (cross-attention, one token per object)
     LowResConcat   low-res image    -> {"concat"}                   (concatenated to z_t; super-resolution)
+    SemanticConcat class map        -> {"concat"}                   (class shares per latent pixel; semantic synthesis)
+    InpaintConcat  masked image + m -> {"concat"}                   (its latent and the mask; inpainting)
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from torch import nn
 from .nn import CrossAttention
 from .utils import rand
 
-__all__ = ["Conditioner", "ClassEmbedder", "ClassToken", "TextEncoder", "TextTransformerBlock", "LayoutEncoder", "LowResConcat", "drop_rows", "WordTokenizer"]
+__all__ = ["Conditioner", "ClassEmbedder", "ClassToken", "TextEncoder", "TextTransformerBlock", "LayoutEncoder", "LowResConcat",
+           "SemanticConcat", "InpaintConcat", "drop_rows", "WordTokenizer"]
 
 
 def _batch_size(batch_size_or_like: int | torch.Tensor) -> int:
@@ -277,6 +281,80 @@ class LowResConcat(Conditioner):
 
     def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
         """An all-zero low-res image shaped like the given one (a tensor is required: the size is not fixed)."""
+        return torch.zeros_like(batch_size_or_like)
+
+
+# --- Semantic map, concatenated to z_t (semantic synthesis, LDM Sec. 4.3.2) --------------------------------
+
+
+class SemanticConcat(Conditioner):
+    """τθ for semantic synthesis: a class map y (B, H, W) -> one-hot (B, K, H, W) -> the share of each class in each
+    f×f patch, (B, K, h, w) on the latent grid -> concatenated to z_t (LDM Sec. 4.3.2: "downsampled maps
+    concatenated to the latent"). K = the number of ids (Shapes: 24 classes + background).
+
+    Downsampling: area averaging (mode="area"). The reference's `semantic_synthesis` config uses a SpatialRescaler,
+    bilinear halving n_stages times; with align_corners=False each halving averages 2×2 pixels, so two stages are
+    exactly this 4×4 average at f = 4. Averaging keeps a small object's thin parts (a star's tips) as small
+    shares; point sampling would drop them.
+    No learned 1×1 reduction (the SpatialRescaler's `remap_output`, 182 → 3 channels for COCO-Stuff): with
+    K = 25 the U-Net's first 3×3 convolution reads the 25 channels directly, and a 1×1 convolution in front of
+    it would only factor that linear map (a lower rank, fewer weights), not add anything it could not learn.
+    So this encoder has no parameters. Id −1 (the null map) is "no class": an all-zero column.
+    Trained without conditioning dropout and sampled without guidance, like super-resolution.
+    """
+
+    def __init__(self, num_ids: int):
+        super().__init__()
+        self.num_ids = num_ids
+
+    def forward(self, maps: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """maps (B, H, W) ids in −1..K−1 -> {"concat": (B, K, h, w)}, each column the class shares of its patch."""
+        if maps.dim() != 3 or maps.is_floating_point() and not torch.equal(maps, maps.round()):
+            raise ValueError(f"a semantic map is (B, H, W) whole class ids, got {tuple(maps.shape)} {maps.dtype}")
+        maps = maps.long()
+        if int(maps.min()) < -1 or int(maps.max()) >= self.num_ids:
+            raise ValueError(f"semantic map ids must lie in 0..{self.num_ids - 1}, got {int(maps.min())}.."
+                             f"{int(maps.max())}")
+        onehot = F.one_hot(maps.clamp(min=0), self.num_ids).permute(0, 3, 1, 2).float()   # (B, K, H, W)
+        onehot = onehot * (maps >= 0)[:, None]                                          # −1: no class
+        return {"concat": F.interpolate(onehot, size=tuple(int(s) for s in size), mode="area")}
+
+    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """The map of "no class anywhere" (all −1), shaped like the given one (a tensor is required)."""
+        return torch.full_like(batch_size_or_like, -1)
+
+
+# --- Masked image and mask, concatenated to z_t (inpainting, LDM Sec. 4.5) ----------------------------------
+
+
+class InpaintConcat(Conditioner):
+    """τθ for inpainting: raw y = [x·(1 − m), m] (B, 4, H, W), m = 1 in the hole -> {"concat": [E(x·(1 − m))·scale,
+    m↓]} (B, c + 1, h, w), concatenated to z_t (LDM Sec. 4.5: the masked image's latent and the mask).
+
+    The masked image is encoded by the model's own frozen autoencoder into the scaled latent space of z (the
+    posterior mean times the scale factor: deterministic, no draw; the reference's inpainting model uses a VQ
+    autoencoder, deterministic too). The encoder is passed in as `encode` by the LDM, which owns it: it is not a
+    submodule here, so it is neither trained nor stored twice. m↓ is the share of hole pixels in each f×f patch
+    (area averaging, masks.latent_mask(mode="area")): the hole's outline within a patch, not just a yes/no.
+    No parameters; no conditioning dropout, no guidance (as super-resolution). The null condition (unused
+    without guidance) is all zeros: a grey image with no hole.
+    """
+
+    @staticmethod
+    def raw(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images and (B, 1, H, W) 0/1 masks -> the raw condition [x·(1 − m), m] (B, 4, H, W)."""
+        return torch.cat([images * (1 - mask), mask], dim=1)
+
+    def forward(self, raw: torch.Tensor, encode) -> dict[str, torch.Tensor]:
+        """raw (B, 4, H, W) -> {"concat": (B, c + 1, h, w)}; encode: image -> scaled latent (B, c, h, w)."""
+        if raw.dim() != 4 or raw.shape[1] != 4:
+            raise ValueError(f"an inpainting condition is [masked image, mask], (B, 4, H, W) "
+                             f"(LatentDiffusion.inpaint_condition(images, mask) builds it), got {tuple(raw.shape)}")
+        z = encode(raw[:, :3])                                                        # (B, c, h, w)
+        m = F.interpolate(raw[:, 3:].float(), size=tuple(z.shape[-2:]), mode="area")  # (B, 1, h, w) hole share
+        return {"concat": torch.cat([z.to(m.dtype), m], dim=1)}
+
+    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
         return torch.zeros_like(batch_size_or_like)
 
 

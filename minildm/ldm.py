@@ -5,7 +5,8 @@ The paper's second stage (LDM Sec. 3.2-3.3) in one object:
     training   z = E(x)·scale            (a posterior *sample*, scaled to unit variance)
                L = ‖ε − ε_θ(z_t, t, τθ(y))‖²   with y replaced by the null condition 10 % of the time
     sampling   z ~ DDIM(ε_θ, guidance s) → x = D(z / scale)
-    editing    x_T = DDIM⁻¹(z) (`invert`), SDEdit from a real image (`img2img`)
+    editing    x_T = DDIM⁻¹(z) (`invert`), SDEdit from a real image (`img2img`), inpainting (`inpaint`: the
+               trained inpainting model, or any diffusion model by blending the known latent in at every step)
 
 Beyond the paper, `LDMConfig(process="flow")` trains the same U-Net on the same latents by flow matching
 (diffusion.RectifiedFlow: x_t = (1 − t)·z + t·ε, target ε − z) and samples it with Euler or Heun on dx/dt = v_θ.
@@ -18,7 +19,9 @@ reference's `scale_by_std`; 0.18215 is that number for one Stable Diffusion auto
 Conditioning modes (`cond`): "text" (captions → transformer → cross-attention), "class" (label → time
 embedding, ADM's route and minildm's default; `class_route="crossattn"` reads it as one cross-attention token, as
 the paper's class-conditional ImageNet models do), "layout" (one token per object → cross-attention), "sr" (low-res image concatenated to z_t),
-"none" (unconditional). What the condition can be comes from the data, not from this file: a text model is
+"seg" (a semantic map, class shares per latent pixel concatenated to z_t; LDM Sec. 4.3.2), "inpaint" (the masked
+image's latent and the mask concatenated to z_t; Sec. 4.5), "none" (unconditional). The concatenation modes (sr, seg,
+inpaint) are trained without conditioning dropout and sampled without guidance. What the condition can be comes from the data, not from this file: a text model is
 given the tokenizer of its captions, a class model the number of classes, a layout model the number of
 objects per layout.
 """
@@ -33,19 +36,24 @@ import torch
 from torch import nn
 
 from .autoencoder import AEConfig, build_autoencoder
-from .conditioning import ClassEmbedder, ClassToken, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
+from .conditioning import (ClassEmbedder, ClassToken, InpaintConcat, LayoutEncoder, LowResConcat, SemanticConcat,
+                           TextEncoder, WordTokenizer)
+from .data.shapes import check_semantic_map
+from .masks import check_mask, latent_mask, training_masks
 from .diffusion import PREDICTION_TYPES, PROCESSES, GaussianDiffusion, RectifiedFlow
-from .samplers import FLOW_SAMPLERS, ODE_SAMPLERS, ddim_invert, ddim_sample, ddpm_sample
+from .samplers import FLOW_SAMPLERS, ODE_SAMPLERS, ddim_inpaint, ddim_invert, ddim_sample, ddpm_sample
 from .samplers import img2img as ddim_img2img
 from .unet import UNet
 from .utils import autocast, config_from_dict, get_device, load_checkpoint, precision_dtype, randn
 
-__all__ = ["LDMConfig", "LatentDiffusion", "sample_latent", "COND_MODES", "CLASS_ROUTES", "BATCH_KEYS", "CHECKPOINT_KIND",
-           "SAMPLE_STEPS", "GUIDANCE_SCALE", "SAMPLERS"]
+__all__ = ["LDMConfig", "LatentDiffusion", "sample_latent", "COND_MODES", "CONCAT_MODES", "CLASS_ROUTES", "BATCH_KEYS",
+           "CHECKPOINT_KIND", "SAMPLE_STEPS", "GUIDANCE_SCALE", "SAMPLERS"]
 
-COND_MODES = ("text", "class", "layout", "sr", "none")
+COND_MODES = ("text", "class", "layout", "sr", "seg", "inpaint", "none")
+CONCAT_MODES = ("sr", "seg", "inpaint")  # image-like conditions concatenated to z_t: no dropout while training
 CLASS_ROUTES = ("time", "crossattn")     # how a class label enters the U-Net: time embedding (ADM) or one token
-BATCH_KEYS = {"text": "tokens", "class": "label", "layout": "layout", "sr": "image", "none": None}
+BATCH_KEYS = {"text": "tokens", "class": "label", "layout": "layout", "sr": "image", "seg": "semantic",
+              "inpaint": "image", "none": None}
 CHECKPOINT_KIND = "ldm"
 SAMPLE_STEPS, GUIDANCE_SCALE = 50, 3.0    # sampling defaults: DDIM-50, guidance s = 3
 # LatentDiffusion.sample's samplers: a diffusion model takes every one (default "ddim"), a flow model the
@@ -58,7 +66,7 @@ class LDMConfig:
     """The second stage's network: U-Net, conditioning encoder τθ and noise schedule, stored with its weights. How
     it is trained (and the sample grids of a run) is train.LDMTrainConfig."""
 
-    cond: str = "text"                                # "text", "class", "layout", "sr" or "none"
+    cond: str = "text"                                # "text", "class", "layout", "sr", "seg", "inpaint" or "none"
     model_channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 1
@@ -108,7 +116,8 @@ class LatentDiffusion(nn.Module):
     """ε_θ(z_t, t, τθ(y)) on the latents of a frozen autoencoder (LDM Eq. 2).
 
     tokenizer (text models): turns captions into token ids (e.g. `ShapesDataset.tokenizer`);
-    num_classes (class and layout models): how many labels there are (e.g. `ShapesDataset.num_classes`);
+    num_classes (class, layout and seg models): how many labels there are (e.g. `ShapesDataset.num_classes`; a
+    semantic map has one more id, background);
     max_objects (layout models): rows per layout; resolution: the image side the model samples by default.
     """
 
@@ -134,12 +143,21 @@ class LatentDiffusion(nn.Module):
             self.cond_encoder = LayoutEncoder.from_config(config, num_classes, max_objects)
         elif cond == "sr":
             self.cond_encoder = LowResConcat(factor=autoencoder.downsample_factor / config.sr_factor)
+        elif cond == "seg":
+            if not num_classes:
+                raise ValueError("a seg model needs num_classes (the semantic map's ids are the classes and background)")
+            self.cond_encoder = SemanticConcat(num_classes + 1)
+        elif cond == "inpaint":
+            self.cond_encoder = InpaintConcat()
         else:
             self.cond_encoder = None
         class_token = cond == "class" and config.class_route == "crossattn"
+        # channels concatenated to z_t: the low-res image (3), the class shares (classes + background), or the
+        # masked image's latent and the mask (c + 1)
+        concat = {"sr": 3, "seg": (num_classes or 0) + 1, "inpaint": c + 1}.get(cond, 0)
         self.unet = UNet.from_config(
             config, in_channels=c, cross_attention=cond in ("text", "layout") or class_token,
-            num_classes=num_classes if cond == "class" and not class_token else None, concat_channels=3 if cond == "sr" else 0)
+            num_classes=num_classes if cond == "class" and not class_token else None, concat_channels=concat)
         # scale_factor = 1/std(z); NaN until measured (`set_scale_factor`), then saved in the state dict
         self.register_buffer("scale_factor", torch.tensor(float("nan") if scale_factor is None else scale_factor))
 
@@ -198,12 +216,15 @@ class LatentDiffusion(nn.Module):
         return self.autoencoder.decode(z.float() / self._measured_scale()).clamp(-1, 1)
 
     # ------------------------------------------------------------------ conditioning
-    def raw_condition(self, batch: dict) -> torch.Tensor | None:
-        """The conditioning input y of a data batch for this model's mode (tokens, label, layout, low-res)."""
+    def raw_condition(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The conditioning input y of a data batch for this model's mode (tokens, label, layout, low-res, semantic
+        map; inpainting: the masked image and a training mask drawn with `generator`, masks.training_masks)."""
         if self.cond_mode == "none":
             return None
         if self.cond_mode == "sr":
             return LowResConcat.degrade(batch["image"], self.config.sr_factor)
+        if self.cond_mode == "inpaint":
+            return InpaintConcat.raw(batch["image"], training_masks(batch["segmentation"], generator))
         return batch[BATCH_KEYS[self.cond_mode]]
 
     def null_condition(self, raw: torch.Tensor) -> torch.Tensor:
@@ -216,7 +237,48 @@ class LatentDiffusion(nn.Module):
             return None
         if self.cond_mode == "sr":
             return self.cond_encoder(raw, size=latent_hw)
+        if self.cond_mode in ("seg", "inpaint"):
+            side = raw.shape[-1]
+            if latent_hw is not None and side != latent_hw[-1] * self.autoencoder.downsample_factor:
+                what = "semantic map" if self.cond_mode == "seg" else "masked image"
+                raise ValueError(f"the {what} is {side} pixels wide, but the latent of {latent_hw[-1]} pixels "
+                                 f"decodes to {latent_hw[-1] * self.autoencoder.downsample_factor}: give a "
+                                 f"{what} of the image's size (this model's: {self.resolution})")
+            if self.cond_mode == "seg":
+                return self.cond_encoder(raw, size=latent_hw or (self.latent_size(side),) * 2)
+            return self.cond_encoder(raw, encode=self._condition_latent)
         return self.cond_encoder(raw)
+
+    @torch.no_grad()
+    def _condition_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The masked image's latent for the inpainting condition: posterior mean × scale (deterministic)."""
+        return self.latent_moments(x)[0].float() * self._measured_scale()
+
+    def semantic_condition(self, maps: torch.Tensor) -> torch.Tensor:
+        """The raw condition of a seg model: (B, H, W) class maps (ids 0..num_classes, the last background; e.g.
+        ShapesDataset('test').batch([0])['semantic']), checked (shapes.check_semantic_map), on the model's device."""
+        self._require("seg", "semantic_condition", "semantic maps")
+        maps = check_semantic_map(maps, self.resolution)
+        if int(maps.max()) > self.num_classes:
+            raise ValueError(f"this model knows ids 0..{self.num_classes} ({self.num_classes} is background), got "
+                             f"{int(maps.max())}")
+        return maps.to(self.scale_factor.device)
+
+    def inpaint_condition(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The raw condition of an inpainting model: images (B, 3, H, W) in [-1, 1] and 0/1 masks (B, 1, H, W),
+        1 = the hole, checked (masks.check_mask) -> [x·(1 − m), m] (B, 4, H, W) on the model's device."""
+        self._require("inpaint", "inpaint_condition", "images with holes")
+        mask = check_mask(mask, images)
+        if images.shape[-1] != self.resolution:
+            raise ValueError(f"this model draws {self.resolution}x{self.resolution} images, got {images.shape[-1]}"
+                             f"x{images.shape[-2]}")
+        device = self.scale_factor.device
+        return InpaintConcat.raw(images.to(device).float(), mask.to(device))
+
+    def _require(self, mode: str, what: str, takes: str) -> None:
+        if self.cond_mode != mode:
+            raise ValueError(f"{what} builds the condition of a {mode} model (it takes {takes}); this is a "
+                             f"{self.cond_mode} model")
 
     def prompt_condition(self, prompts: list[str] | None = None, labels: list[int] | None = None,
                          layouts: torch.Tensor | None = None) -> torch.Tensor:
@@ -236,6 +298,15 @@ class LatentDiffusion(nn.Module):
             return torch.as_tensor(labels, dtype=torch.int64, device=device)
         if self.cond_mode == "layout":
             return torch.as_tensor(layouts, dtype=torch.float32, device=device)
+        if self.cond_mode == "seg":
+            raise ValueError("a seg model is conditioned on a semantic map, not a prompt: pass "
+                             "ldm.semantic_condition(maps) (maps (B, H, W) of class ids, e.g. "
+                             "ShapesDataset('test').batch([0])['semantic']) to sample(), or on the command line "
+                             "`minildm sample --pretrained seg --scene N`")
+        if self.cond_mode == "inpaint":
+            raise ValueError("an inpainting model is conditioned on an image with a hole, not a prompt: call "
+                             "ldm.inpaint(images, mask) (mask 1 = the hole), or on the command line "
+                             "`minildm sample --pretrained inpaint --scene N --mask box|object`")
         raise ValueError(f"a {self.cond_mode!r} model takes no prompt")
 
     def _example(self) -> str:
@@ -260,7 +331,7 @@ class LatentDiffusion(nn.Module):
 
         A flow model (`is_flow`) takes ‖(ε − z0) − v_θ(z_t, t, y)‖² instead, t logit-normal (RectifiedFlow), with
         the same dropout; its time sampling already weights the noise levels, so `loss_weighting` must be "simple"."""
-        if raw is not None and self.cond_mode != "none" and cond_drop_prob > 0 and self.cond_mode != "sr":
+        if raw is not None and self.cond_mode != "none" and cond_drop_prob > 0 and self.cond_mode not in CONCAT_MODES:
             raw = self.cond_encoder.drop(raw, cond_drop_prob, generator)
         t = noise = None
         if rows is not None:                                  # the draws training_loss would make, in its order
@@ -287,7 +358,8 @@ class LatentDiffusion(nn.Module):
         2·steps − 1 model calls, the others `steps`). `sampler` None: "ddim".
         A flow model (`is_flow`) is sampled with "euler" (its default) or "heun" on dx/dt = v_θ, t from 1 to 0 in
         `steps` even steps (samplers.flow_euler_sample / flow_heun_sample; no η, no spacing).
-        `steps` None: SAMPLE_STEPS (50); `guidance_scale` None: GUIDANCE_SCALE (3).
+        `steps` None: SAMPLE_STEPS (50); `guidance_scale` None: GUIDANCE_SCALE (3), for seg and inpaint models 1
+        (trained without dropping their condition, they have no unconditional prediction to guide against).
 
         Classifier-free guidance: ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)); s = 1 is purely conditional.
         Returns images in [-1, 1] (or latents with decode=False); with return_intermediates, also the trajectory.
@@ -298,7 +370,7 @@ class LatentDiffusion(nn.Module):
         if self.is_flow:
             self._check_flow_sampler(sampler, eta, spacing)
         steps = SAMPLE_STEPS if steps is None else steps
-        guidance_scale = GUIDANCE_SCALE if guidance_scale is None else guidance_scale
+        guidance_scale = self._guidance(guidance_scale)
         if self.cond_mode == "none":
             guidance_scale = 1.0  # nothing to guide towards
         B = raw.shape[0] if raw is not None else num_samples
@@ -328,6 +400,16 @@ class LatentDiffusion(nn.Module):
         z = z.float()
         result = self.decode(z) if decode else z
         return (result, trajectory) if return_intermediates else result
+
+    def _guidance(self, guidance_scale: float | None) -> float:
+        """The guidance scale to use: GUIDANCE_SCALE by default; seg and inpaint models only 1 (no guidance)."""
+        if self.cond_mode in ("seg", "inpaint"):
+            if guidance_scale not in (None, 1, 1.0):
+                raise ValueError(f"a {self.cond_mode} model is trained without dropping its condition, so it has no "
+                                 f"unconditional prediction to guide against: leave guidance_scale out (or 1), got "
+                                 f"{guidance_scale!r}")
+            return 1.0
+        return GUIDANCE_SCALE if guidance_scale is None else guidance_scale
 
     def _check_flow_sampler(self, sampler: str, eta: float, spacing: str) -> None:
         """A flow model's ODE is dx/dt = v_θ: Euler or Heun in even steps of t; the diffusion samplers do not apply."""
@@ -389,6 +471,47 @@ class LatentDiffusion(nn.Module):
         cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
         z = ddim_img2img(self.model_fn, self.diffusion, z0, strength=strength, steps=steps, eta=eta, cond=cond,
                          uncond=uncond, guidance_scale=guidance_scale, generator=generator)
+        return self.decode(z) if decode else z
+
+    @torch.no_grad()
+    def inpaint(self, images: torch.Tensor, mask: torch.Tensor, raw: torch.Tensor | None = None,
+                steps: int | None = None, eta: float = 0.0, guidance_scale: float | None = None,
+                generator: torch.Generator | None = None, decode: bool = True) -> torch.Tensor:
+        """Fill the hole (mask = 1) of images (B, 3, H, W) in [-1, 1]; mask (B, 1, H, W) or (B, H, W) of 0/1.
+
+        An inpainting model (cond "inpaint", LDM Sec. 4.5) samples with the masked image's latent and the mask
+        concatenated to z_t (`inpaint_condition`; no guidance, `raw` must be None).
+
+        Any other diffusion model does it without training (the baseline): DDIM under its own condition `raw`
+        (e.g. the scene's caption for a text model), and at every step the known region of z_t is replaced by a
+        fresh draw of q(z_t | z_0) of the known latent z_0 (RePaint's blending, Lugmayr et al. 2022, without
+        its resampling), at the mask's latent resolution (masks.latent_mask, "max": a latent pixel with any hole
+        pixel is generated): z_t ← m·z_t + (1 − m)·q(z_t | z_0); the final latent keeps z_0 exactly where m = 0
+        (samplers.ddim_inpaint). z_0 is the posterior mean × scale, as the inpainting model's condition.
+
+        The decoded image is not pasted into the original: outside the hole it is the autoencoder's rendering of
+        the latent (what the evaluation's PSNR outside the hole measures). decode=False returns the latent."""
+        self._only_diffusion("inpaint")
+        mask = check_mask(mask, images)
+        if self.cond_mode == "inpaint":
+            if raw is not None:
+                raise ValueError("an inpainting model reads the image and the mask only: leave raw out")
+            return self.sample(self.inpaint_condition(images, mask), steps=steps, eta=eta,
+                               guidance_scale=guidance_scale, generator=generator, decode=decode)
+        if images.shape[-1] != self.resolution:
+            raise ValueError(f"this model draws {self.resolution}x{self.resolution} images, got {images.shape[-1]}"
+                             f"x{images.shape[-2]}")
+        steps = SAMPLE_STEPS if steps is None else steps
+        guidance_scale = self._guidance(guidance_scale)
+        if self.cond_mode == "none":
+            guidance_scale = 1.0
+        device = self.scale_factor.device
+        z0 = self._condition_latent(images.to(device).float())
+        self._check_conditions(z0, raw, "inpaint")
+        cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
+        m = latent_mask(mask.to(device), tuple(z0.shape[-2:]), "max")
+        z = ddim_inpaint(self.model_fn, self.diffusion, z0, m, steps=steps, eta=eta, cond=cond, uncond=uncond,
+                         guidance_scale=guidance_scale, generator=generator)
         return self.decode(z) if decode else z
 
     # ------------------------------------------------------------------ parameters and checkpoints

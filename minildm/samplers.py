@@ -47,7 +47,7 @@ from .diffusion import GaussianDiffusion, ModelFn, RectifiedFlow
 from .utils import randn
 
 __all__ = ["ddpm_step", "ddpm_sample", "ddim_timesteps", "ddim_coefficients", "ddim_step", "ddim_sample",
-           "ddim_invert", "img2img", "euler_step", "euler_sample", "heun_step", "heun_sample", "dpmpp_2m_step",
+           "ddim_invert", "img2img", "ddim_inpaint", "euler_step", "euler_sample", "heun_step", "heun_sample", "dpmpp_2m_step",
            "dpmpp_2m_sample", "ODE_SAMPLERS", "flow_timesteps", "flow_euler_step", "flow_heun_step",
            "flow_euler_sample", "flow_heun_sample", "FLOW_SAMPLERS", "guided_model_output", "concat_cond", "SPACINGS",
            "Cond", "Callback"]
@@ -400,6 +400,54 @@ def img2img(
     x = _ddim_loop(model_fn, diffusion, x, timesteps, cond, uncond, guidance_scale, eta, generator,
                    trajectory, clip_x0, progress, desc="img2img")
     return trajectory.result(x)
+
+
+@torch.no_grad()
+def ddim_inpaint(
+    model_fn: ModelFn,
+    diffusion: GaussianDiffusion,
+    z0: torch.Tensor,
+    mask: torch.Tensor,
+    steps: int = 50,
+    eta: float = 0.0,
+    cond: Cond = None,
+    uncond: Cond = None,
+    guidance_scale: float = 1.0,
+    spacing: str = "trailing",
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    return_intermediates: bool = False,
+    progress: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """Training-free inpainting by blending (RePaint, Lugmayr et al. 2022, without its resampling): DDIM from
+    x_T ~ N(0, I), where before every model call the known region is replaced by a fresh draw of the forward
+    process of the known latent,
+
+        x_t ← m·x_t + (1 − m)·q(x_t | z0),   q(x_t | z0) = √ᾱ_t·z0 + √(1 − ᾱ_t)·ε,
+
+    so the model sees a noisy image whose known part is right for its noise level and fills the hole (m = 1) to
+    agree with it. After the last step the known region is z0 itself: the result equals z0 exactly where m = 0.
+    mask: (B or 1, 1, h, w) of 0/1 on the latent grid (masks.latent_mask). The model never learned what a hole
+    is; it only sees the blend, so the seam and the content are only as coherent as its denoising makes them.
+    """
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != z0.shape[-2:]:
+        raise ValueError(f"the latent mask must be (B, 1, h, w) with (h, w) = {tuple(z0.shape[-2:])}, got "
+                         f"{tuple(mask.shape)}")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+    hole = mask.to(z0.device) > 0.5
+    timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
+    trajectory = _Trajectory(callback, return_intermediates)
+    x = randn(z0.shape, generator, z0.device, z0.dtype)                                  # x_T ~ N(0, I)
+    for step, t in enumerate(tqdm(timesteps, desc="inpaint", disable=not progress, mininterval=0.5)):
+        known = diffusion.add_noise(z0, randn(z0.shape, generator, z0.device, z0.dtype), t)   # q(x_t | z0)
+        x = torch.where(hole, x, known.to(x.dtype))
+        out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
+        t_prev = timesteps[step + 1] if step + 1 < len(timesteps) else -1
+        x_prev, x0_hat = ddim_step(diffusion, out, t, x, t_prev, eta, generator)
+        trajectory(step, t, x, x0_hat)
+        x = x_prev
+    return trajectory.result(torch.where(hole, x, z0))                                    # t = −1: z0 itself
 
 
 # --- Fast ODE solvers: deterministic sampling is solving the probability-flow ODE ----------------------------

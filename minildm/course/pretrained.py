@@ -28,7 +28,9 @@ from ..conditioning import WordTokenizer
 from ..data.datasets import ShapesDataset
 from ..eval.accuracy import (
     evaluate_class_model,
+    evaluate_inpainting,
     evaluate_layout_model,
+    evaluate_seg_model,
     evaluate_sr_model,
     first_evaluation_samples,
     prompt_accuracy,
@@ -48,8 +50,9 @@ DIR = Path(__file__).resolve().parent.parent.parent / "data" / "pretrained"
 AE_FILE = "autoencoder.safetensors"
 SHIPPED_PROFILE = "cpu"             # the profile whose models the repository ships (`minildm sample --pretrained`)
 # the shipped second stages by name (ldm-<name>.safetensors); class-token: the paper's class route; text-flow: the
-# text model trained by flow matching (LDMConfig(process="flow"), sampled with Euler), same data, steps and seed
-_CONDS = ("text", "class", "class-token", "layout", "sr", "text-flow", "none")
+# text model trained by flow matching (LDMConfig(process="flow"), sampled with Euler), same data, steps and seed;
+# seg: semantic synthesis from class maps; inpaint: the masked image's latent and the mask concatenated to z_t
+_CONDS = ("text", "class", "class-token", "layout", "sr", "text-flow", "seg", "inpaint", "none")
 # Notebook 01's experiment: three autoencoders identical but for their objective, trained for the same steps
 COMPARISON = {"l2": "L2", "l1-lpips": "L1 + LPIPS", "l1-lpips-gan": "L1 + LPIPS + GAN"}
 # Notebook 09's f-study at equal steps: its rows and 8-bit samples of each f's final model (no weights: a pixel-space
@@ -376,15 +379,17 @@ def spot_check(profile: str = "cpu", root: str | os.PathLike = DIR, steps: int =
     manifest stores as "spot_check" beside the full evaluation; tests/test_pretrained.py re-measures and compares.
     autoencoder: PSNR over test images [0, 64); text: one-object prompt accuracy of test captions [0, 32);
     class and class-token: accuracy, one sample per class; layout: accuracy of test layouts [0, 16); sr: PSNR and bicubic PSNR of
-    test images [0, 16); text-flow: as text, with Euler. DDIM (flow: Euler) with `steps` steps, guidance 3 (sr:
-    none), seed 0."""
+    test images [0, 16); text-flow: as text, with Euler; seg: per-object accuracy and pixel agreement of test maps
+    [0, 16) (evaluate_seg_model); inpaint: half-object holes of test scenes [0, 16), the evaluator reading the
+    object after filling and PSNR outside the hole (evaluate_inpainting). DDIM (flow: Euler) with `steps` steps,
+    guidance 3 (sr, seg, inpaint: none), seed 0."""
     root, out = Path(root), {}
     ae = load_autoencoder(profile, "cpu", root)
     if ae is None:
         return out
     test = ShapesDataset("test", size=1000, max_objects=1)
     out["autoencoder"] = {"psnr": round(reconstruction_psnr(ae, [test.batch(range(64))["image"]], "cpu"), 3)}
-    for cond in ("text", "class", "class-token", "layout", "sr", "text-flow"):
+    for cond in ("text", "class", "class-token", "layout", "sr", "text-flow", "seg", "inpaint"):
         m = load_ldm(profile, cond, "cpu", root)
         if m is None:
             continue
@@ -396,6 +401,12 @@ def spot_check(profile: str = "cpu", root: str | os.PathLike = DIR, steps: int =
             out[f"ldm-{cond}"] = {"accuracy": evaluate_class_model(m, per_class=1, steps=steps)["accuracy"]}
         elif cond == "layout":
             out["ldm-layout"] = {"accuracy": evaluate_layout_model(m, n=16, steps=steps)["accuracy"]}
+        elif cond == "seg":
+            r = evaluate_seg_model(m, n=16, steps=steps)
+            out["ldm-seg"] = {"object_accuracy": r["objects"]["model"]["rate"], "pixel": r["pixel"]["model"]["mean"]}
+        elif cond == "inpaint":
+            r = evaluate_inpainting(m, n=16, steps=steps, kinds=("box",))["box"]["model"]
+            out["ldm-inpaint"] = {"box_read": r["read"]["rate"], "psnr_known": r["psnr_known"]["mean"]}
         else:
             r = evaluate_sr_model(m, n=16, steps=steps)
             out["ldm-sr"] = {"psnr": round(r["psnr"], 3), "psnr_bicubic": round(r["psnr_bicubic"], 3)}

@@ -36,7 +36,7 @@ from torchvision import datasets as tv_datasets
 from torchvision.datasets.utils import extract_archive
 from torchvision.transforms.functional import pil_to_tensor
 
-from .shapes import NUM_CLASSES, Scene, ShapesTokenizer, render_scenes, sample_scene
+from .shapes import NUM_CLASSES, Scene, ShapesTokenizer, render_scenes, sample_scene, semantic_map
 
 __all__ = ["DataConfig", "ShapesDataset", "SPLIT_IDS", "collate", "make_dataset", "DATASETS", "MNIST",
            "ImageFolderDataset", "CorruptImageError", "load_image", "fit_mnist", "check_resolution", "to_model_range",
@@ -165,9 +165,10 @@ class ShapesDataset(_BatchingDataset):
                             self.max_objects)
 
     def batch(self, indices: Sequence[int] | torch.Tensor, device: torch.device | str | None = None) -> dict:
-        """Render many samples at once -> {"image", "segmentation", "caption", "tokens", "label" (−1 for scenes of
-        several objects), "layout" (one row per object slot: [class_id, x0, y0, x1, y1], padding rows all −1),
-        "num_objects", "index"}."""
+        """Render many samples at once -> {"image", "segmentation" (0: background, k + 1: object k), "semantic" (the
+        class id of the object covering each pixel, shapes.BACKGROUND_ID elsewhere: `shapes.semantic_map`),
+        "caption", "tokens", "label" (−1 for scenes of several objects), "layout" (one row per object slot:
+        [class_id, x0, y0, x1, y1], padding rows all −1), "num_objects", "index"}."""
         indices = indices.tolist() if torch.is_tensor(indices) else list(indices)
         scenes = [self.scene(int(i)) for i in indices]
         layout = []
@@ -176,7 +177,7 @@ class ShapesDataset(_BatchingDataset):
             layout.append(rows + [[-1.0] * 5] * (self.max_objects - len(rows)))
         captions = [s.caption for s in scenes]
         image, seg = render_scenes(scenes, self.resolution, device)
-        out = {"image": image, "segmentation": seg, "caption": captions,
+        out = {"image": image, "segmentation": seg, "semantic": semantic_map(seg, scenes), "caption": captions,
                "tokens": self.tokenizer.encode_batch(captions),
                "label": torch.tensor([s.label for s in scenes], dtype=torch.int64),
                "layout": torch.tensor(layout, dtype=torch.float32),
@@ -187,7 +188,8 @@ class ShapesDataset(_BatchingDataset):
     def __getitem__(self, index: int) -> dict:
         """One sample: the batch of one, with the label as an int and the objects (as dicts) and relation."""
         s, b = self.scene(index), self.batch([index])
-        return {**{k: b[k][0] for k in ("image", "segmentation", "caption", "tokens", "layout")}, "label": s.label,
+        return {**{k: b[k][0] for k in ("image", "segmentation", "semantic", "caption", "tokens", "layout")},
+                "label": s.label,
                 "objects": [o.to_dict(self.resolution) for o in s.objects], "relation": s.relation}
 
 

@@ -7,7 +7,9 @@ jitter) on a softly textured background. Everything a conditioning mode of the p
     tokens        the caption through `ShapesTokenizer` (text-to-image, cross-attention)
     label         shape × color class of a one-object scene (class-conditional)
     layout        one row per object: [class_id, x0, y0, x1, y1] in [0, 1] (layout-to-image)
-    segmentation  which object covers each pixel (semantic synthesis)
+    segmentation  which object covers each pixel (0: background, k + 1: object k; inpainting masks)
+    semantic      the class of the object covering each pixel, BACKGROUND_ID elsewhere (`semantic_map`;
+                  semantic synthesis), drawn in colour by `render_semantic`
     a low-res copy for super-resolution comes from `low_res(image, factor)`.
 
 `sample_scene(seed)` draws a scene from a private RNG (the same seed, the same scene); `render_scenes` draws
@@ -30,9 +32,9 @@ from ..conditioning import WordTokenizer
 
 __all__ = [
     "SHAPES", "COLORS", "COLOR_NAMES", "SIZES", "SIZE_NAMES", "ROWS", "COLS", "GRID", "JITTER", "POSITIONS",
-    "RELATIONS", "NUM_CLASSES", "class_id", "class_name", "ShapeObject", "Scene", "sample_scene",
+    "RELATIONS", "NUM_CLASSES", "BACKGROUND_ID", "NUM_SEMANTIC_IDS", "class_id", "class_name", "ShapeObject", "Scene", "sample_scene",
     "scene_from_caption", "relation_holds", "render_scenes", "low_res", "ShapesTokenizer", "parse_caption",
-    "parse_layout",
+    "parse_layout", "semantic_map", "check_semantic_map", "render_semantic",
 ]
 
 # --- The world: shapes, colors, sizes, positions ------------------------------------------------------------
@@ -56,6 +58,8 @@ JITTER = 0.02  # uniform jitter of the center, fraction of the side (keeps the c
 POSITIONS = tuple("center" if (r, c) == ("middle", "middle") else f"{r} {c}" for r in ROWS for c in COLS)
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 NUM_CLASSES = len(SHAPES) * len(COLORS)  # class of a one-object scene: shape × color
+BACKGROUND_ID = NUM_CLASSES              # a semantic map's id for pixels no object covers
+NUM_SEMANTIC_IDS = NUM_CLASSES + 1       # ids of a semantic map: the 24 classes, then background
 
 # Each shape is a regular star polygon: n outer vertices at radius R, n inner vertices at radius
 # inner·R, the first outer vertex at angle phi0 (image coordinates, y down, so -π/2 points up).
@@ -298,6 +302,54 @@ def low_res(image: torch.Tensor, factor: int) -> torch.Tensor:
     squeeze = image.dim() == 3
     out = F.avg_pool2d(image[None] if squeeze else image, factor)
     return out[0] if squeeze else out
+
+
+# --- Semantic maps: the class of the object covering each pixel (semantic synthesis, LDM Sec. 4.3.2) -------
+
+
+def semantic_map(segmentation: torch.Tensor, scenes: Sequence[Scene]) -> torch.Tensor:
+    """(B, H, W) segmentation (0: background, k + 1: object k of the scene) -> (B, H, W) int64 class map: the
+    class id of the covering object (shape_index·6 + color_index, `class_id`), BACKGROUND_ID (24) elsewhere."""
+    if segmentation.dim() != 3 or len(segmentation) != len(scenes):
+        raise ValueError(f"need a (B, H, W) segmentation and B scenes, got {tuple(segmentation.shape)} and "
+                         f"{len(scenes)} scenes")
+    K = max(len(s.objects) for s in scenes)
+    lut = torch.full((len(scenes), K + 1), BACKGROUND_ID, dtype=torch.int64)      # (B, 1 + K): index 0 = background
+    for b, s in enumerate(scenes):
+        for k, o in enumerate(s.objects):
+            lut[b, k + 1] = o.class_id
+    lut = lut.to(segmentation.device)
+    return torch.gather(lut, 1, segmentation.flatten(1).long()).view_as(segmentation)
+
+
+def check_semantic_map(maps: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
+    """A semantic map as a model takes it: (B, H, W) whole numbers in 0..NUM_SEMANTIC_IDS − 1 (H = W = `resolution`
+    when given) -> int64; anything else is an error that says what was expected and how to get it."""
+    how = "e.g. ShapesDataset('test').batch([0])['semantic'], or shapes.semantic_map(segmentation, scenes)"
+    if not torch.is_tensor(maps) or maps.dim() != 3:
+        got = tuple(maps.shape) if torch.is_tensor(maps) else type(maps).__name__
+        raise ValueError(f"a semantic map is a (B, H, W) tensor of class ids (one map per image; add a batch "
+                         f"dimension with map[None] for one), got {got}; {how}")
+    if maps.is_floating_point() and not torch.equal(maps, maps.round()):
+        raise ValueError(f"a semantic map holds whole class ids, got fractional values; {how}")
+    if resolution is not None and tuple(maps.shape[1:]) != (resolution, resolution):
+        raise ValueError(f"the model draws {resolution}x{resolution} images, so its semantic map must be "
+                         f"{resolution}x{resolution} pixels, got {tuple(maps.shape[1:])}")
+    lo, hi = int(maps.min()), int(maps.max())
+    if lo < 0 or hi >= NUM_SEMANTIC_IDS:
+        raise ValueError(f"semantic map ids must lie in 0..{NUM_SEMANTIC_IDS - 1} (class_id(shape, color) = "
+                         f"shape_index·6 + color_index for objects, {BACKGROUND_ID} for background), got ids "
+                         f"{lo}..{hi}")
+    return maps.long()
+
+
+def render_semantic(maps: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) class map -> (B, 3, H, W) in [-1, 1] for display: each object pixel in its class's color,
+    background a flat mid grey (the shape is the outline of the colored region)."""
+    maps = check_semantic_map(maps)
+    palette = torch.tensor([COLORS[COLOR_NAMES[c % len(COLORS)]] for c in range(NUM_CLASSES)] + [(0.3, 0.3, 0.3)],
+                           device=maps.device)                       # (NUM_SEMANTIC_IDS, 3) in [0, 1]
+    return palette[maps].permute(0, 3, 1, 2) * 2 - 1
 
 
 # --- The caption grammar: tokenizer, parser, and the scene a caption describes ------------------------------

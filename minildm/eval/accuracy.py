@@ -32,7 +32,9 @@ from ..autoencoder import reconstruct
 from ..conditioning import LowResConcat
 from ..data.datasets import ShapesDataset
 from ..data.shapes import (
+    BACKGROUND_ID,
     COLOR_NAMES,
+    COLORS,
     GRID,
     POSITIONS,
     SHAPES,
@@ -44,14 +46,17 @@ from ..data.shapes import (
 )
 from .judge import (ATTRIBUTES, ShapesEvaluator, detect_objects, predict_cells, render_images, run_evaluator,
                     split_logits)
-from .metrics import bootstrap_std, fid_from_features, metrics_from_features, psnr
+from ..masks import check_mask, object_mask, part_mask
+from .metrics import binomial_interval, bootstrap_std, fid_from_features, metrics_from_features, psnr
 from .probes import INFLUENCE_PAIRS, require_mode, word_influence
 
 __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics", "shapes_fid_floor", "real_images",
            "prompt_accuracy", "class_accuracy", "layout_accuracy", "by_shape_and_size", "count_by_sizes",
            "shape_size_lines", "sample_prompts", "first_evaluation_samples", "evaluate_text_model",
            "evaluate_guidance", "evaluate_text_ldm", "text_report", "evaluate_class_model", "evaluate_layout_model",
-           "super_resolve", "evaluate_sr_model", "evaluate_unconditional", "fidelity_scenes",
+           "super_resolve", "evaluate_sr_model", "evaluate_unconditional", "palette_labels", "semantic_agreement",
+           "evaluate_seg_model", "seg_report", "inpainting_tasks", "inpaint_images", "inpaint_scores",
+           "evaluate_inpainting", "inpaint_report", "PALETTE_THRESHOLD", "fidelity_scenes",
            "autoencoder_shape_fidelity", "fidelity_lines", "PROTOCOLS", "GUIDANCE_SCALES"]
 
 PROTOCOLS = ("unpaired", "paired")
@@ -263,7 +268,8 @@ def layout_accuracy(images: torch.Tensor, layout: torch.Tensor, evaluator: Shape
     v = valid.float().sum()
     return {"accuracy": float(correct.float().mean()), "object_accuracy": float((obj_ok & valid).sum() / v),
             "position": float((pos_ok & valid).sum() / v), "class": float((cls_ok & pos_ok & valid).sum() / v),
-            "count": float(count_ok.float().mean()), "n": len(images), "correct": correct}
+            "count": float(count_ok.float().mean()), "n": len(images), "correct": correct,
+            "object_correct": obj_ok & valid, "objects": valid}
 
 
 # --- by shape and size (issue 15: small stars come out as blobs) -------------------------------------------
@@ -368,8 +374,9 @@ def _fid_row(images: torch.Tensor, protocol: str = "unpaired", with_floor: bool 
 
 
 def _scored(acc: dict[str, Any], return_images: bool, **images: torch.Tensor) -> dict[str, Any]:
-    """An accuracy result without its per-sample "correct", or (return_images) with it and the `images`."""
-    return {k: v for k, v in acc.items() if k != "correct"} | (
+    """An accuracy result without its per-sample "correct" (and per-object tensors), or (return_images) with
+    "correct" and the `images`."""
+    return {k: v for k, v in acc.items() if k not in ("correct", "object_correct", "objects")} | (
         {**images, "correct": acc["correct"]} if return_images else {})
 
 
@@ -552,6 +559,267 @@ def evaluate_unconditional(ldm: Any, num_samples: int = 200, steps: int = 50, se
     row = _fid_row(images)
     row.update(scene_like=float(((counts >= 1) & (counts <= 2)).float().mean()), samples=n)
     return row | ({"images": images} if return_images else {})
+
+
+# --- intervals: Wilson for proportions, a bootstrap over scenes for means and paired differences --------------
+
+
+def _rate(ok: torch.Tensor) -> dict[str, Any]:
+    """A proportion with its 95 % Wilson interval: {"rate", "ci95", "n"}."""
+    ok = ok.flatten().bool()
+    k, n = int(ok.sum()), ok.numel()
+    lo, hi = binomial_interval(k, n)
+    return {"rate": k / n, "ci95": [round(lo, 4), round(hi, 4)], "n": n}
+
+
+def _boot(num: torch.Tensor, den: torch.Tensor | None = None, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Σ num / Σ den over scenes (den None: the mean of num) with a 95 % percentile bootstrap interval that
+    resamples scenes (objects of one scene stay together): {"mean", "ci95", "n"}."""
+    num = num.double().flatten()
+    den = torch.ones_like(num) if den is None else den.double().flatten()
+    idx = torch.randint(len(num), (n_boot, len(num)), generator=torch.Generator().manual_seed(seed))
+    stats = num[idx].sum(1) / den[idx].sum(1)
+    lo, hi = torch.quantile(stats, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"mean": round(float(num.sum() / den.sum()), 4), "ci95": [round(lo, 4), round(hi, 4)], "n": len(num)}
+
+
+# --- semantic synthesis: does the sample draw the map? ------------------------------------------------------
+
+PALETTE_THRESHOLD = 0.25   # RGB distance in [0, 1] units: nearer to a palette color than this = that color
+
+
+def palette_labels(images: torch.Tensor, threshold: float = PALETTE_THRESHOLD) -> torch.Tensor:
+    """Per pixel, the nearest of the six object colors (0..5, COLOR_NAMES order) when it lies within `threshold`
+    of it, else 6 (background: the muted greys are far from every object color). images (N, 3, H, W) in [-1, 1]
+    -> (N, H, W) int64."""
+    rgb = (images.float().clamp(-1, 1) + 1) / 2                                     # (N, 3, H, W) in [0, 1]
+    palette = torch.tensor([COLORS[c] for c in COLOR_NAMES])                        # (6, 3)
+    d = (rgb[:, None] - palette[None, :, :, None, None].to(rgb)).pow(2).sum(2).sqrt()   # (N, 6, H, W)
+    dist, label = d.min(1)
+    return torch.where(dist < threshold, label, torch.full_like(label, len(COLOR_NAMES)))
+
+
+def semantic_agreement(images: torch.Tensor, maps: torch.Tensor, threshold: float = PALETTE_THRESHOLD
+                       ) -> dict[str, torch.Tensor]:
+    """Per image, the share of pixels whose palette label (`palette_labels`) is the map's: the object's color
+    where the map has an object, background where it has none ("pixel", (N,)), and the same over the map's object
+    pixels only ("object_pixel", (N,): background is most of a scene, so "pixel" alone is generous)."""
+    maps = maps.cpu().long()
+    target = torch.where(maps == BACKGROUND_ID, torch.full_like(maps, len(COLOR_NAMES)), maps % len(COLOR_NAMES))
+    agree = (palette_labels(images.cpu(), threshold) == target).float()            # (N, H, W)
+    objects = (maps != BACKGROUND_ID).float()
+    return {"pixel": agree.flatten(1).mean(1),
+            "object_pixel": (agree * objects).flatten(1).sum(1) / objects.flatten(1).sum(1).clamp(min=1)}
+
+
+@torch.no_grad()
+def evaluate_seg_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, batch_size: int = 100,
+                       return_images: bool = False) -> dict[str, Any]:
+    """Sample the semantic maps of test scenes [0, n) (DDIM, no guidance, batch i seeded with seed·7919 + i) and
+    judge each against its map:
+
+      objects       per object of the map: the evaluator sees an object in the cell of its box with its class
+                    (shape and color) — layout_accuracy's per-object check; "scenes": every object right and no extra
+      pixel         share of pixels whose nearest palette color (or background) is the map's (`semantic_agreement`);
+                    "object_pixel": over the map's object pixels only
+
+    each for the model, for real images (the ceiling: what the judges read in the scenes the maps come from) and for
+    a baseline that ignores the map: the model's own sample for the NEXT scene's map, judged against this map (what
+    any model that ignores the map scores, with this model's image quality). Proportions with Wilson intervals;
+    means and the paired difference model − baseline (the same maps) with a bootstrap over scenes.
+    return_images adds "images": {"maps", "samples", "real"}."""
+    require_mode(ldm, "seg", "evaluate_seg_model")
+    if n < 2:
+        raise ValueError(f"evaluate_seg_model needs n ≥ 2 scenes (the baseline judges a sample against another "
+                         f"scene's map), got {n}")
+    ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, max_objects=ldm.max_objects or 2)
+    b = ds.batch(range(n))
+    maps, layouts = b["semantic"], b["layout"]
+    samples = _sample_batches(ldm, n, lambda a, c: ldm.semantic_condition(maps[a:c]), seed, batch_size, steps=steps)
+    judged = {"model": samples, "baseline": samples.roll(-1, 0), "real": b["image"]}
+    scored = {k: (layout_accuracy(x, layouts), semantic_agreement(x, maps)) for k, x in judged.items()}
+    out: dict[str, Any] = {"n": n, "steps": steps, "seed": seed, "objects": {}, "scenes": {}, "pixel": {},
+                           "object_pixel": {}}
+    per_scene = {k: acc["object_correct"].sum(1) for k, (acc, _) in scored.items()}
+    count = scored["model"][0]["objects"].sum(1)
+    for k, (acc, agree) in scored.items():
+        out["objects"][k] = _rate(acc["object_correct"][acc["objects"]])
+        out["scenes"][k] = _rate(acc["correct"])
+        for key in ("pixel", "object_pixel"):
+            out[key][k] = _boot(agree[key], seed=seed)
+    out["objects"]["difference"] = _boot(per_scene["model"] - per_scene["baseline"], count, seed=seed)
+    out["scenes"]["difference"] = _boot(scored["model"][0]["correct"].float()
+                                        - scored["baseline"][0]["correct"].float(), seed=seed)
+    for key in ("pixel", "object_pixel"):
+        out[key]["difference"] = _boot(scored["model"][1][key] - scored["baseline"][1][key], seed=seed)
+    return out | ({"images": {"maps": maps, "samples": samples, "real": b["image"]}} if return_images else {})
+
+
+def _ci(d: dict[str, Any], pct: bool = True) -> str:
+    v, (lo, hi) = d.get("rate", d.get("mean")), d["ci95"]
+    return f"{v:.1%} [{lo:.1%}, {hi:.1%}]" if pct else f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def seg_report(r: dict[str, Any]) -> list[str]:
+    """The lines of evaluate_seg_model's result: model | map-ignoring baseline | real images, and model − baseline."""
+    lines = [f"semantic synthesis, {r['n']} test maps, DDIM-{r['steps']}, no guidance, seed {r['seed']}; "
+             "model | baseline (a sample for another map) | real images; model − baseline paired (95 % intervals)"]
+    names = {"objects": "objects right (class in its cell)", "scenes": "scenes all right", "pixel": "pixels agree",
+             "object_pixel": "object pixels agree"}
+    for key, name in names.items():
+        d = r[key]
+        lines.append(f"  {name:34s} {_ci(d['model'])} | {_ci(d['baseline'])} | {_ci(d['real'])};  "
+                     f"difference {_ci(d['difference'])}")
+    return lines
+
+
+# --- inpainting: the trained model against blending with the text model ------------------------------------
+
+MASK_SIDES = ("left", "right", "top", "bottom")
+
+
+def inpainting_tasks(n: int = 200, resolution: int = 32, max_objects: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Test scenes [0, n) with two holes each, both on one object k (drawn from `seed`):
+    "box" a box over one half of k's box (`masks.part_mask`, the half drawn from `seed`): part of the object
+    stays visible; "object" the whole of k (`masks.object_mask`, one pixel wider). -> {"images", "segmentation",
+    "captions", "scenes", "object" (n,), "side", "masks": {"box", "object"} each (n, 1, H, W)}."""
+    ds = ShapesDataset("test", size=max(n, 1000), resolution=resolution, max_objects=max_objects)
+    b = ds.batch(range(n))
+    scenes = [ds.scene(i) for i in range(n)]
+    rng = random.Random(seed)
+    k = [rng.randrange(len(s.objects)) for s in scenes]
+    sides = [rng.choice(MASK_SIDES) for _ in scenes]
+    box = torch.cat([part_mask(s.objects[j].to_dict(resolution)["bbox"], side, resolution)
+                     for s, j, side in zip(scenes, k, sides)])
+    masks = {"box": box, "object": object_mask(b["segmentation"], k)}
+    for m in masks.values():
+        check_mask(m, b["image"])
+    return {"images": b["image"], "segmentation": b["segmentation"], "captions": b["caption"], "scenes": scenes,
+            "object": torch.tensor(k), "side": sides, "masks": masks}
+
+
+@torch.no_grad()
+def inpaint_images(ldm: Any, tasks: dict[str, Any], kind: str, steps: int = 50, seed: int = 0, batch_size: int = 100,
+                   guidance_scale: float | None = None) -> torch.Tensor:
+    """Fill the `kind` holes of `tasks` with `ldm.inpaint`: an inpainting model from the masked image, any other
+    (text) model by blending under the scene's caption. Batch i seeded with seed·7919 + i: both methods start
+    from the same noise. guidance_scale None: none for an inpainting model, the text model's default (3)."""
+    device = ldm.scale_factor.device
+    x, m = tasks["images"], tasks["masks"][kind]
+    out = []
+    for a in range(0, len(x), batch_size):
+        c = min(len(x), a + batch_size)
+        raw = None if ldm.cond_mode == "inpaint" else ldm.prompt_condition(prompts=list(tasks["captions"][a:c]))
+        g = torch.Generator().manual_seed(seed * 7919 + a)
+        out.append(ldm.inpaint(x[a:c].to(device), m[a:c].to(device), raw, steps=steps, guidance_scale=guidance_scale,
+                               generator=g).cpu())
+    return torch.cat(out)
+
+
+def _known_psnr(x: torch.Tensor, y: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """(N,) PSNR (dB, data range 2) over the pixels where known = 1."""
+    se = ((x.float() - y.float()) ** 2 * known).flatten(1).sum(1)
+    mse = se / (known.flatten(1).sum(1) * x.shape[1])
+    return 10 * torch.log10(4.0 / mse.clamp(min=1e-10))
+
+
+def inpaint_scores(filled: torch.Tensor, tasks: dict[str, Any], kind: str, reconstruction: torch.Tensor | None = None,
+                   evaluator: ShapesEvaluator | None = None) -> dict[str, torch.Tensor]:
+    """Per task: "psnr_known" (outside the hole, against the original) and "psnr_known_recon" (against the
+    autoencoder's reconstruction, when given); what the evaluator reads in the cell of the masked object:
+    "read" (an object of its shape and color), "empty" (no object), "same_class", "other_object"."""
+    known = 1 - tasks["masks"][kind]
+    out = {"psnr_known": _known_psnr(filled, tasks["images"], known)}
+    if reconstruction is not None:
+        out["psnr_known_recon"] = _known_psnr(filled, reconstruction, known)
+    c = predict_cells(filled, evaluator)
+    objs = [s.objects[int(j)] for s, j in zip(tasks["scenes"], tasks["object"])]
+    pick = torch.arange(len(objs))
+    cell = torch.tensor([3 * o.row + o.col for o in objs])
+    occupied = c["occupied"][pick, cell]
+    same = (c["shape"][pick, cell] == torch.tensor([SHAPES.index(o.shape) for o in objs])) & (
+        c["color"][pick, cell] == torch.tensor([COLOR_NAMES.index(o.color) for o in objs]))
+    out.update(read=occupied & same, empty=~occupied, same_class=occupied & same, other_object=occupied & ~same)
+    return out
+
+
+@torch.no_grad()
+def _reconstruct_mean(ldm: Any, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
+    """D(E(x)) through the posterior mean (the latent both inpainting methods keep outside the hole)."""
+    device = ldm.scale_factor.device
+    return torch.cat([ldm.decode(ldm._condition_latent(images[a:a + batch_size].to(device))).cpu()
+                      for a in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def evaluate_inpainting(ldm: Any, baseline: Any = None, n: int = 200, steps: int = 50, seed: int = 0,
+                        batch_size: int = 100, kinds: Sequence[str] = ("box", "object"),
+                        return_images: bool = False) -> dict[str, Any]:
+    """Inpaint the `inpainting_tasks(n, seed=seed)` of the test split with `ldm` (an inpainting model, or a text
+    model by blending) and, when given, with `baseline` (a text model: training-free blending under the scene's
+    caption, guidance 3), the same scenes, holes and seeds. Per kind of hole:
+
+      psnr_known / psnr_known_recon   outside the hole, against the original and the autoencoder's reconstruction
+                                      (the decoded output is not pasted into the original)
+      box (half an object hidden)     "read": the evaluator sees the object's shape and color in its cell after
+                                      filling; also for the original (ceiling) and the unfilled image (grey hole)
+      object (the whole object)       what comes back in its cell: "empty" (background), "same_class" (the removed
+                                      object again: the caption names it, the context does not), "other_object"
+
+    Proportions with Wilson intervals, PSNR means and the paired differences model − baseline with a bootstrap over
+    scenes. No LPIPS: offline, LPIPS has a random backbone here, which measures no perception."""
+    tasks = inpainting_tasks(n, ldm.resolution, ldm.max_objects or 2, seed)
+    recon = _reconstruct_mean(ldm, tasks["images"], batch_size)
+    models = {"model": ldm} | ({"baseline": baseline} if baseline is not None else {})
+    out: dict[str, Any] = {"n": n, "steps": steps, "seed": seed, "methods": {
+        k: ("trained inpainting model" if m.cond_mode == "inpaint" else f"blending with the {m.cond_mode} model")
+        for k, m in models.items()}}
+    images: dict[str, Any] = {}
+    for kind in kinds:
+        scores, filled = {}, {}
+        for name, m in models.items():
+            filled[name] = inpaint_images(m, tasks, kind, steps, seed, batch_size)
+            scores[name] = inpaint_scores(filled[name], tasks, kind, recon)
+        scores["original"] = inpaint_scores(tasks["images"], tasks, kind)
+        scores["unfilled"] = inpaint_scores(tasks["images"] * (1 - tasks["masks"][kind]), tasks, kind)
+        scores["reconstruction"] = inpaint_scores(recon, tasks, kind)
+        outcomes = ("read",) if kind == "box" else ("empty", "same_class", "other_object")
+        row: dict[str, Any] = {}
+        for name, sc in scores.items():
+            row[name] = {o: _rate(sc[o]) for o in outcomes}
+            if name in models or name == "reconstruction":
+                row[name]["psnr_known"] = _boot(sc["psnr_known"], seed=seed)
+            if name in models:
+                row[name]["psnr_known_recon"] = _boot(sc["psnr_known_recon"], seed=seed)
+        if "baseline" in scores:
+            a, b = scores["model"], scores["baseline"]
+            row["difference"] = {o: _boot(a[o].float() - b[o].float(), seed=seed) for o in outcomes}
+            row["difference"]["psnr_known"] = _boot(a["psnr_known"] - b["psnr_known"], seed=seed)
+        out[kind] = row
+        images[kind] = {"masks": tasks["masks"][kind], **filled}
+    return out | ({"images": {"original": tasks["images"], "reconstruction": recon, **images}}
+                  if return_images else {})
+
+
+def inpaint_report(r: dict[str, Any]) -> list[str]:
+    """The lines of evaluate_inpainting's result."""
+    names = [k for k in ("model", "baseline") if k in r["methods"]]
+    lines = [f"inpainting, {r['n']} test scenes, DDIM-{r['steps']}, seed {r['seed']}: "
+             + " | ".join(f"{k} = {r['methods'][k]}" for k in names) + " (95 % intervals)"]
+    for kind in ("box", "object"):
+        if kind not in r:
+            continue
+        row = r[kind]
+        title = "half an object hidden" if kind == "box" else "the whole object hidden"
+        lines.append(f"  {kind} ({title}):")
+        lines.append("    PSNR outside the hole vs original / vs reconstruction: " + "; ".join(
+            f"{k} {_ci(row[k]['psnr_known'], False)} / {_ci(row[k]['psnr_known_recon'], False)} dB" for k in names)
+            + f"; the reconstruction itself {_ci(row['reconstruction']['psnr_known'], False)} dB")
+        for o in ([o for o in ("read", "empty", "same_class", "other_object") if o in row["model"]]):
+            refs = "; ".join(f"{k} {_ci(row[k][o])}" for k in ("original", "unfilled") if k in row)
+            diff = f"; difference {_ci(row['difference'][o])}" if "difference" in row else ""
+            lines.append(f"    {o:12s} " + "; ".join(f"{k} {_ci(row[k][o])}" for k in names) + f"  ({refs}){diff}")
+    return lines
 
 
 # --- the first stage: does every shape survive at every size? ----------------------------------------------

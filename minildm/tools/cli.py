@@ -25,11 +25,13 @@ from ..course.runner import run_course, self_check
 from ..course.student import STUDENT_DIR, write_student_edition
 from ..course.viz import SampleGrids, image_grid, save_figure
 from ..data.datasets import DATASETS, ShapesDataset, make_dataset
-from ..data.shapes import NUM_CLASSES, class_name, parse_layout
+from ..data.shapes import NUM_CLASSES, class_name, parse_layout, render_semantic
 from ..diffusion import PROCESSES
-from ..eval.accuracy import autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, real_images, text_report
+from ..eval.accuracy import (autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, inpainting_tasks,
+                             real_images, text_report)
 from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
-from ..ldm import CLASS_ROUTES, GUIDANCE_SCALE, SAMPLERS, LatentDiffusion
+from ..ldm import CLASS_ROUTES, COND_MODES, GUIDANCE_SCALE, SAMPLERS, LatentDiffusion
+from ..masks import MASK_KINDS
 from ..train.distributed import main_process
 from ..train.profiles import PROFILES, default_profile_name, explain_profile, get_profile
 from ..train.stages import train_autoencoder, train_ldm
@@ -160,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train-ldm", cmd_train_ldm, "train the latent diffusion model on a trained autoencoder")
     p.add_argument("--autoencoder", required=True, help="autoencoder checkpoint (from `minildm train-ae`)")
     _common(p, "profile", "device", "data")
-    p.add_argument("--cond", choices=("text", "class", "layout", "sr", "none"), default=None,
-                   help="default: the profile's on Shapes; class (labelled data) or none on other data")
+    p.add_argument("--cond", choices=COND_MODES, default=None,
+                   help="default: the profile's on Shapes; class (labelled data) or none on other data; seg (semantic "
+                        "maps) and inpaint (masked images; boxes and whole objects as training masks) need Shapes")
     p.add_argument("--class-route", choices=CLASS_ROUTES, default=None,
                    help="class models: the label enters through the time embedding (time, ADM's route, the default) "
                         "or as one cross-attention token (crossattn, the paper's class-conditional models)")
@@ -179,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sample", cmd_sample, "sample images from a shipped model (--pretrained) or a trained checkpoint",
             description="Sample a grid of images with classifier-free guidance, from a model shipped with minildm "
-                        "(--pretrained text|class|class-token|layout|sr|text-flow: no training, under a minute on a "
+                        "(--pretrained text|class|class-token|layout|sr|text-flow|seg|inpaint: no training, under a "
+                        "minute on a "
                         "laptop CPU) or from a checkpoint you trained (--checkpoint PATH). A diffusion model's "
                         "defaults, DDIM-50 with η = 1 and guidance 2.5, are the demo's sampler, the best measured on "
                         "the shipped text model; a flow model (text-flow) samples with Euler-50 and guidance 3. "
@@ -197,8 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                       'fractions of the side, ";" between objects, e.g. '
                                                       '"red circle@0.1,0.1,0.45,0.45; blue star@0.5,0.5,0.9,0.9"')
     given.add_argument("--scene", type=_index, default=None,
-                       help="sr models: the low-res input is Shapes test scene N, rendered and downsampled "
-                            "(default 0); the grid shows it, the samples and the original")
+                       help="sr, seg and inpaint models: Shapes test scene N (default 0) gives the input: its "
+                            "downsampled rendering (sr), its semantic map (seg), its image with a hole (inpaint); the "
+                            "grid shows the input, the samples and the original")
+    p.add_argument("--mask", choices=MASK_KINDS, default=None,
+                   help="inpaint models: the hole in --scene's image, box (the default: one half of an object's box, "
+                        "the rest of the object visible) or object (the whole object)")
     p.add_argument("-n", type=_positive_int, default=8, help="number of samples (default %(default)s)")
     p.add_argument("--out", default="samples.png", help="the PNG to write (default %(default)s)")
     p.add_argument("--threads", type=_positive_int, default=None,
@@ -377,9 +385,9 @@ def cmd_train_ldm(args: argparse.Namespace) -> int | None:
     data, cond = _dataset(args, profile, "train"), args.cond
     if data is not None and cond is None:           # text and layouts are Shapes features; labels when there are
         cond = "class" if data.num_classes else "none"
-    if data is not None and cond in ("text", "layout"):
-        raise ValueError(f"--cond {cond} needs Shapes (captions and boxes are Shapes features); on --data "
-                         f"{args.data} use --cond class (labelled images) or --cond none")
+    if data is not None and cond in ("text", "layout", "seg", "inpaint"):
+        raise ValueError(f"--cond {cond} needs Shapes (captions, boxes, semantic maps and segmentations are Shapes "
+                         f"features); on --data {args.data} use --cond class (labelled images) or --cond none")
     kind = "flow" if profile.ldm.process == "flow" else "ldm"
     out = Path(args.out or f"runs/{kind}-{profile.name}-{cond or profile.ldm.cond}")
     every = profile.ldm_train.sample_every if args.sample_every is None else args.sample_every
@@ -412,6 +420,28 @@ def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace) -> tuple[t
     flags = {"text": "--prompt", "class": "--class", "layout": "--layout", "sr": "--scene"}
     given = next((f for f, v in zip(flags.values(), (args.prompt, args.label, args.layout, args.scene))
                   if v is not None), None)
+    if args.mask is not None and mode != "inpaint":
+        raise ValueError(f"--mask chooses the hole of an inpainting model's input; this is a {mode} model")
+    if mode in ("seg", "inpaint"):
+        what = "semantic-synthesis" if mode == "seg" else "inpainting"
+        if given not in (None, "--scene"):
+            raise ValueError(f"this is a {what} model: it takes no prompt; give --scene N (the Shapes test scene "
+                             f"whose {'semantic map' if mode == 'seg' else 'image'} is the input; default 0)"
+                             + (" and --mask box|object" if mode == "inpaint" else "") + f", not {given}")
+        if args.guidance not in (None, 1.0):
+            raise ValueError(f"a {what} model samples without guidance (it is trained without dropping its "
+                             "condition): leave --guidance out")
+        scene = args.scene or 0
+        if mode == "seg":
+            b = ShapesDataset("test", size=max(1000, scene + 1), resolution=ldm.resolution,
+                              max_objects=ldm.max_objects or 2).batch([scene])
+            raw = ldm.semantic_condition(b["semantic"].expand(n, -1, -1))
+            return raw, [b["image"], render_semantic(b["semantic"])]
+        tasks = inpainting_tasks(scene + 1, ldm.resolution, ldm.max_objects or 2)
+        x, m = tasks["images"][scene:scene + 1], tasks["masks"][args.mask or "box"][scene:scene + 1]
+        checker = ((torch.arange(x.shape[-1])[:, None] // 2 + torch.arange(x.shape[-1])[None] // 2) % 2) * 0.6 - 0.3
+        shown = x * (1 - m) + checker.expand_as(x) * m                  # the hole as a grey checkerboard
+        return ldm.inpaint_condition(x.expand(n, -1, -1, -1), m.expand(n, -1, -1, -1)), [x, shown]
     if mode == "sr":
         if given not in (None, "--scene"):
             raise ValueError(f"this is a super-resolution model: give --scene N (a Shapes test scene; default 0), "
@@ -476,7 +506,8 @@ def cmd_sample(args: argparse.Namespace) -> int | None:
     raw, captions = _sample_condition(ldm, args)
     sr = ldm.cond_mode == "sr"
     default = SAMPLE_GUIDANCE if sampler == "ddim" else GUIDANCE_SCALE   # the demo's with DDIM, else sample()'s
-    guidance = 1.0 if sr or ldm.cond_mode == "none" else (default if args.guidance is None else args.guidance)
+    unguided = ("sr", "seg", "inpaint", "none")                         # concatenation models: trained without dropout
+    guidance = 1.0 if ldm.cond_mode in unguided else (default if args.guidance is None else args.guidance)
     settings = f"{label}, guidance {guidance:g}, seed {args.seed}"
     print(f"sampling {args.n} image{'s' * (args.n > 1)} from the {what}: {settings}")
     g, before = torch.Generator().manual_seed(args.seed), torch.get_num_threads()
@@ -492,6 +523,12 @@ def cmd_sample(args: argparse.Namespace) -> int | None:
         images = torch.cat([F.interpolate(low, size=truth.shape[-2:], mode="nearest"), images, truth])
         captions = ([f"input: test scene {args.scene or 0}, {low.shape[-1]}x{low.shape[-1]}"]
                     + [f"×{ldm.config.sr_factor} sample {i + 1}" for i in range(args.n)] + ["the original"])
+    elif ldm.cond_mode in ("seg", "inpaint"):       # the input (map in color / image with the hole), samples, original
+        truth, shown = captions
+        images = torch.cat([shown, images, truth])
+        what_in = "semantic map" if ldm.cond_mode == "seg" else f"hole ({args.mask or 'box'})"
+        captions = ([f"input: test scene {args.scene or 0}, {what_in}"]
+                    + [f"sample {i + 1}" for i in range(args.n)] + ["the original"])
     title = f"minildm, {what}: {settings}"
     print(f"wrote {save_figure(image_grid(images, captions, ncols=min(8, len(images)), title=title), args.out)}")
 

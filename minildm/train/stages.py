@@ -203,7 +203,9 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
 def encode_cache(ldm: LatentDiffusion, dataset: Any, size: int, batch_size: int, device: torch.device,
                  progress: bool = True) -> dict[str, torch.Tensor]:
     """Encode samples 0..size-1 once: posterior μ, σ (unscaled) and the raw conditioning inputs, on the CPU.
-    Every training step then draws z = μ + σ·ε from the cache instead of running the encoder."""
+    Every training step then draws z = μ + σ·ε from the cache instead of running the encoder. An inpainting
+    model's masks are drawn afresh at every step, so for it the cache keeps the image and its segmentation
+    (`_condition_source`)."""
     size = min(size, len(dataset))
     means, stds, raws = [], [], []
     for start in tqdm(range(0, size, batch_size), desc="encoding latents", disable=not progress, mininterval=2):
@@ -211,7 +213,7 @@ def encode_cache(ldm: LatentDiffusion, dataset: Any, size: int, batch_size: int,
         mean, std = ldm.latent_moments(b["image"])
         means.append(mean.float().cpu())
         stds.append(std.float().cpu())
-        raw = ldm.raw_condition(b)
+        raw = _condition_source(ldm, b)
         raws.append(raw.cpu() if raw is not None else torch.zeros(mean.shape[0]))
     return {"mean": torch.cat(means), "std": torch.cat(stds), "raw": torch.cat(raws)}
 
@@ -228,8 +230,10 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
     `dataset` replaces the profile's Shapes training split (it must give what `cond` needs); `speed` the profile's
     speed section (speed.py). Started by torchrun: see distributed.py.
 
-    Batch k is latents z0 and raw conditions y, a function of (seed, k); each step takes L_simple(z0, y) with
-    conditioning dropout (LatentDiffusion.training_step), an AdamW step, an LR warm-up step and an EMA update.
+    Batch k is latents z0 and raw conditions y, a function of (seed, k) (an inpainting model's masks too: drawn
+    from batch k's generator); each step takes L_simple(z0, y) with conditioning dropout
+    (LatentDiffusion.training_step; none for the concatenation modes sr, seg, inpaint), an AdamW step, an LR
+    warm-up step and an EMA update.
     """
     profile = get_profile(profile)
     cfg = dataclasses.replace(profile.ldm, **({"cond": cond} if cond is not None else {}))
@@ -300,10 +304,12 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
             idx = torch.randint(cache["mean"].shape[0], (train_cfg.batch_size,), generator=g).to(device)
             mean, std = cache["mean"][idx], cache["std"][idx]
             raw = cache["raw"][idx] if ldm.cond_mode != "none" else None
+            if ldm.cond_mode == "inpaint":                # image and segmentation -> masked image and a fresh mask
+                raw = ldm.raw_condition({"image": raw[:, :3], "segmentation": raw[:, 3].long()}, g)
         else:
             b = ds.batch(torch.randint(len(ds), (train_cfg.batch_size,), generator=g), device=device)
             mean, std = ldm.latent_moments(b["image"])
-            raw = ldm.raw_condition(b)
+            raw = ldm.raw_condition(b, g)
         z0 = sample_latent(mean, std, g) * scale
         return (z0.contiguous(memory_format=torch.channels_last) if speed.channels_last else z0), raw, g
 
@@ -346,6 +352,14 @@ class _TrainingLoss(nn.Module):
         return self.ldm.training_step(z0, raw, generator=generator, rows=rows,
                                       cond_drop_prob=self.config.cond_drop_prob,
                                       loss_weighting=self.config.loss_weighting)
+
+
+def _condition_source(ldm: LatentDiffusion, b: dict) -> torch.Tensor | None:
+    """What the latent cache keeps of a batch for its raw condition: the raw condition itself, or for an
+    inpainting model [image, segmentation] (B, 4, H, W), from which each step draws its own masks."""
+    if ldm.cond_mode == "inpaint":
+        return torch.cat([b["image"], b["segmentation"][:, None].to(b["image"].dtype)], dim=1)
+    return ldm.raw_condition(b)
 
 
 def _check_latents(mean: torch.Tensor, std: torch.Tensor) -> None:
