@@ -37,9 +37,7 @@ from torch import nn
 
 from .autoencoder import AEConfig, build_autoencoder
 from .conditioning import (ClassEmbedder, ClassToken, InpaintConcat, LayoutEncoder, LowResConcat, SemanticConcat,
-                           TextEncoder, WordTokenizer)
-from .data.shapes import check_semantic_map
-from .masks import check_mask, latent_mask, training_masks
+                           TextEncoder, WordTokenizer, check_class_map, check_mask, latent_mask, training_masks)
 from .diffusion import PREDICTION_TYPES, PROCESSES, GaussianDiffusion, RectifiedFlow
 from .samplers import FLOW_SAMPLERS, ODE_SAMPLERS, ddim_inpaint, ddim_invert, ddim_sample, ddpm_sample
 from .samplers import img2img as ddim_img2img
@@ -218,7 +216,7 @@ class LatentDiffusion(nn.Module):
     # ------------------------------------------------------------------ conditioning
     def raw_condition(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """The conditioning input y of a data batch for this model's mode (tokens, label, layout, low-res, semantic
-        map; inpainting: the masked image and a training mask drawn with `generator`, masks.training_masks)."""
+        map; inpainting: the masked image and a training mask drawn with `generator`, conditioning.training_masks)."""
         if self.cond_mode == "none":
             return None
         if self.cond_mode == "sr":
@@ -256,17 +254,13 @@ class LatentDiffusion(nn.Module):
 
     def semantic_condition(self, maps: torch.Tensor) -> torch.Tensor:
         """The raw condition of a seg model: (B, H, W) class maps (ids 0..num_classes, the last background; e.g.
-        ShapesDataset('test').batch([0])['semantic']), checked (shapes.check_semantic_map), on the model's device."""
+        ShapesDataset('test').batch([0])['semantic']), checked (conditioning.check_class_map), on the model's device."""
         self._require("seg", "semantic_condition", "semantic maps")
-        maps = check_semantic_map(maps, self.resolution)
-        if int(maps.max()) > self.num_classes:
-            raise ValueError(f"this model knows ids 0..{self.num_classes} ({self.num_classes} is background), got "
-                             f"{int(maps.max())}")
-        return maps.to(self.scale_factor.device)
+        return check_class_map(maps, self.num_classes + 1, self.resolution).to(self.scale_factor.device)
 
     def inpaint_condition(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The raw condition of an inpainting model: images (B, 3, H, W) in [-1, 1] and 0/1 masks (B, 1, H, W),
-        1 = the hole, checked (masks.check_mask) -> [x·(1 − m), m] (B, 4, H, W) on the model's device."""
+        1 = the hole, checked (conditioning.check_mask) -> [x·(1 − m), m] (B, 4, H, W) on the model's device."""
         self._require("inpaint", "inpaint_condition", "images with holes")
         mask = check_mask(mask, images)
         if images.shape[-1] != self.resolution:
@@ -485,7 +479,7 @@ class LatentDiffusion(nn.Module):
         Any other diffusion model does it without training (the baseline): DDIM under its own condition `raw`
         (e.g. the scene's caption for a text model), and at every step the known region of z_t is replaced by a
         fresh draw of q(z_t | z_0) of the known latent z_0 (RePaint's blending, Lugmayr et al. 2022, without
-        its resampling), at the mask's latent resolution (masks.latent_mask, "max": a latent pixel with any hole
+        its resampling), at the mask's latent resolution (conditioning.latent_mask, "max": a latent pixel with any hole
         pixel is generated): z_t ← m·z_t + (1 − m)·q(z_t | z_0); the final latent keeps z_0 exactly where m = 0
         (samplers.ddim_inpaint). z_0 is the posterior mean × scale, as the inpainting model's condition.
 

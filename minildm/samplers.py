@@ -427,7 +427,7 @@ def ddim_inpaint(
 
     so the model sees a noisy image whose known part is right for its noise level and fills the hole (m = 1) to
     agree with it. After the last step the known region is z0 itself: the result equals z0 exactly where m = 0.
-    mask: (B or 1, 1, h, w) of 0/1 on the latent grid (masks.latent_mask). The model never learned what a hole
+    mask: (B or 1, 1, h, w) of 0/1 on the latent grid (conditioning.latent_mask). The model never learned what a hole
     is; it only sees the blend, so the seam and the content are only as coherent as its denoising makes them.
     """
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != z0.shape[-2:]:

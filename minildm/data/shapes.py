@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..conditioning import WordTokenizer
+from ..conditioning import WordTokenizer, check_class_map
 
 __all__ = [
     "SHAPES", "COLORS", "COLOR_NAMES", "SIZES", "SIZE_NAMES", "ROWS", "COLS", "GRID", "JITTER", "POSITIONS",
@@ -323,24 +323,10 @@ def semantic_map(segmentation: torch.Tensor, scenes: Sequence[Scene]) -> torch.T
 
 
 def check_semantic_map(maps: torch.Tensor, resolution: int | None = None) -> torch.Tensor:
-    """A semantic map as a model takes it: (B, H, W) whole numbers in 0..NUM_SEMANTIC_IDS − 1 (H = W = `resolution`
-    when given) -> int64; anything else is an error that says what was expected and how to get it."""
-    how = "e.g. ShapesDataset('test').batch([0])['semantic'], or shapes.semantic_map(segmentation, scenes)"
-    if not torch.is_tensor(maps) or maps.dim() != 3:
-        got = tuple(maps.shape) if torch.is_tensor(maps) else type(maps).__name__
-        raise ValueError(f"a semantic map is a (B, H, W) tensor of class ids (one map per image; add a batch "
-                         f"dimension with map[None] for one), got {got}; {how}")
-    if maps.is_floating_point() and not torch.equal(maps, maps.round()):
-        raise ValueError(f"a semantic map holds whole class ids, got fractional values; {how}")
-    if resolution is not None and tuple(maps.shape[1:]) != (resolution, resolution):
-        raise ValueError(f"the model draws {resolution}x{resolution} images, so its semantic map must be "
-                         f"{resolution}x{resolution} pixels, got {tuple(maps.shape[1:])}")
-    lo, hi = int(maps.min()), int(maps.max())
-    if lo < 0 or hi >= NUM_SEMANTIC_IDS:
-        raise ValueError(f"semantic map ids must lie in 0..{NUM_SEMANTIC_IDS - 1} (class_id(shape, color) = "
-                         f"shape_index·6 + color_index for objects, {BACKGROUND_ID} for background), got ids "
-                         f"{lo}..{hi}")
-    return maps.long()
+    """A Shapes semantic map as a model takes it: (B, H, W) whole numbers in 0..NUM_SEMANTIC_IDS − 1 (class_id for
+    objects, BACKGROUND_ID for background; H = W = `resolution` when given) -> int64; anything else is an error
+    that says what was expected and how to get it (conditioning.check_class_map)."""
+    return check_class_map(maps, NUM_SEMANTIC_IDS, resolution)
 
 
 def render_semantic(maps: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,7 @@ from ..data.shapes import (
 )
 from .judge import (ATTRIBUTES, ShapesEvaluator, detect_objects, predict_cells, render_images, run_evaluator,
                     split_logits)
-from ..masks import check_mask, object_mask, part_mask
+from ..conditioning import check_mask, object_mask, part_mask
 from .metrics import binomial_interval, bootstrap_std, fid_from_features, metrics_from_features, psnr
 from .probes import INFLUENCE_PAIRS, require_mode, word_influence
 
@@ -680,8 +680,8 @@ MASK_SIDES = ("left", "right", "top", "bottom")
 
 def inpainting_tasks(n: int = 200, resolution: int = 32, max_objects: int = 2, seed: int = 0) -> dict[str, Any]:
     """Test scenes [0, n) with two holes each, both on one object k (drawn from `seed`):
-    "box" a box over one half of k's box (`masks.part_mask`, the half drawn from `seed`): part of the object
-    stays visible; "object" the whole of k (`masks.object_mask`, one pixel wider). -> {"images", "segmentation",
+    "box" a box over one half of k's box (`conditioning.part_mask`, the half drawn from `seed`): part of the object
+    stays visible; "object" the whole of k (`conditioning.object_mask`, one pixel wider). -> {"images", "segmentation",
     "captions", "scenes", "object" (n,), "side", "masks": {"box", "object"} each (n, 1, H, W)}."""
     ds = ShapesDataset("test", size=max(n, 1000), resolution=resolution, max_objects=max_objects)
     b = ds.batch(range(n))

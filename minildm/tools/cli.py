@@ -31,7 +31,7 @@ from ..eval.accuracy import (autoencoder_shape_fidelity, evaluate_text_ldm, fide
                              real_images, text_report)
 from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
 from ..ldm import CLASS_ROUTES, COND_MODES, GUIDANCE_SCALE, SAMPLERS, LatentDiffusion
-from ..masks import MASK_KINDS
+from ..conditioning import MASK_KINDS
 from ..train.distributed import main_process
 from ..train.profiles import PROFILES, default_profile_name, explain_profile, get_profile
 from ..train.stages import train_autoencoder, train_ldm
