@@ -124,6 +124,8 @@ WRONG = {
             "\n"
             "my_sharpness = {\"truth\": sharpness(ims[\"truth\"]), \"bicubic\": sharpness(ims[\"bicubic\"]), "
             "\"LDM\": sharpness(ims[\"sr\"])}"),
+    "8.4": ("my_shares = F.interpolate(F.one_hot(m0, NUM_CLASSES + 1).permute(0, 3, 1, 2).float(),\n"
+            "                          scale_factor=1 / f, mode=\"nearest\")   # one pixel per block, not the share"),
     # 09 · Experiments
     "9.1": ("mu_a, mu_b = fa.mean(0), fb.mean(0)\n"
             "cov_a = (fa - mu_a).T @ (fa - mu_a) / (n - 1)\n"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from minildm.conditioning import drop_rows
-from minildm.data.shapes import COLOR_NAMES, class_id, class_name, parse_caption, parse_layout
+from minildm.conditioning import SemanticConcat, drop_rows
+from minildm.data.shapes import COLOR_NAMES, NUM_CLASSES, class_id, class_name, parse_caption, parse_layout
 from minildm.eval.metrics import fid_from_features, latent_statistics, radial_power_spectrum
 from minildm.eval.probes import first_conv_input
 from minildm.eval.process import timestep_at_snr
@@ -136,6 +136,12 @@ def ex_8_1(spec) -> torch.Tensor:
 def ex_8_2(sr, z_t, t, low4) -> torch.Tensor:
     """What the super-resolution U-Net's first convolution receives for z_t at t with the low-res images low4."""
     return first_conv_input(sr, z_t, t, low4)
+
+
+def ex_8_4(m0, f) -> torch.Tensor:
+    """The class shares that SemanticConcat concatenates to z_t for the map m0 (1, H, W): one-hot over the 24
+    classes and background, averaged over each f×f block."""
+    return SemanticConcat(NUM_CLASSES + 1)(m0, size=(m0.shape[-2] // f, m0.shape[-1] // f))["concat"]
 
 
 # ── 09 · Experiments ────────────────────────────────────────────────────────────────────────────────────────
