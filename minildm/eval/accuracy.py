@@ -727,7 +727,8 @@ def inpaint_scores(filled: torch.Tensor, tasks: dict[str, Any], kind: str, recon
                    evaluator: ShapesEvaluator | None = None) -> dict[str, torch.Tensor]:
     """Per task: "psnr_known" (outside the hole, against the original) and "psnr_known_recon" (against the
     autoencoder's reconstruction, when given); what the evaluator reads in the cell of the masked object:
-    "read" (an object of its shape and color), "empty" (no object), "same_class", "other_object"."""
+    "read" (an object of its shape and color), "shape" / "color" (an object of its shape / of its color), "empty"
+    (no object), "same_class" (= "read"), "other_object" (an object of another class)."""
     known = 1 - tasks["masks"][kind]
     out = {"psnr_known": _known_psnr(filled, tasks["images"], known)}
     if reconstruction is not None:
@@ -737,9 +738,10 @@ def inpaint_scores(filled: torch.Tensor, tasks: dict[str, Any], kind: str, recon
     pick = torch.arange(len(objs))
     cell = torch.tensor([3 * o.row + o.col for o in objs])
     occupied = c["occupied"][pick, cell]
-    same = (c["shape"][pick, cell] == torch.tensor([SHAPES.index(o.shape) for o in objs])) & (
-        c["color"][pick, cell] == torch.tensor([COLOR_NAMES.index(o.color) for o in objs]))
-    out.update(read=occupied & same, empty=~occupied, same_class=occupied & same, other_object=occupied & ~same)
+    shape = occupied & (c["shape"][pick, cell] == torch.tensor([SHAPES.index(o.shape) for o in objs]))
+    color = occupied & (c["color"][pick, cell] == torch.tensor([COLOR_NAMES.index(o.color) for o in objs]))
+    same = shape & color
+    out.update(read=same, shape=shape, color=color, empty=~occupied, same_class=same, other_object=occupied & ~same)
     return out
 
 
@@ -762,7 +764,8 @@ def evaluate_inpainting(ldm: Any, baseline: Any = None, n: int = 200, steps: int
       psnr_known / psnr_known_recon   outside the hole, against the original and the autoencoder's reconstruction
                                       (the decoded output is not pasted into the original)
       box (half an object hidden)     "read": the evaluator sees the object's shape and color in its cell after
-                                      filling; also for the original (ceiling) and the unfilled image (grey hole)
+                                      filling ("shape", "color": each alone); also for the original (ceiling) and
+                                      the unfilled image (grey hole)
       object (the whole object)       what comes back in its cell: "empty" (background), "same_class" (the removed
                                       object again: the caption names it, the context does not), "other_object"
 
@@ -783,7 +786,7 @@ def evaluate_inpainting(ldm: Any, baseline: Any = None, n: int = 200, steps: int
         scores["original"] = inpaint_scores(tasks["images"], tasks, kind)
         scores["unfilled"] = inpaint_scores(tasks["images"] * (1 - tasks["masks"][kind]), tasks, kind)
         scores["reconstruction"] = inpaint_scores(recon, tasks, kind)
-        outcomes = ("read",) if kind == "box" else ("empty", "same_class", "other_object")
+        outcomes = ("read", "shape", "color") if kind == "box" else ("empty", "same_class", "other_object")
         row: dict[str, Any] = {}
         for name, sc in scores.items():
             row[name] = {o: _rate(sc[o]) for o in outcomes}
@@ -815,7 +818,7 @@ def inpaint_report(r: dict[str, Any]) -> list[str]:
         lines.append("    PSNR outside the hole vs original / vs reconstruction: " + "; ".join(
             f"{k} {_ci(row[k]['psnr_known'], False)} / {_ci(row[k]['psnr_known_recon'], False)} dB" for k in names)
             + f"; the reconstruction itself {_ci(row['reconstruction']['psnr_known'], False)} dB")
-        for o in ([o for o in ("read", "empty", "same_class", "other_object") if o in row["model"]]):
+        for o in ([o for o in ("read", "shape", "color", "empty", "same_class", "other_object") if o in row["model"]]):
             refs = "; ".join(f"{k} {_ci(row[k][o])}" for k in ("original", "unfilled") if k in row)
             diff = f"; difference {_ci(row['difference'][o])}" if "difference" in row else ""
             lines.append(f"    {o:12s} " + "; ".join(f"{k} {_ci(row[k][o])}" for k in names) + f"  ({refs}){diff}")
