@@ -184,6 +184,29 @@ def test_halve_converts_a_shipped_file_to_16_bits_and_keeps_its_provenance(shipp
     assert "--halve NAME" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("cond", ["seg", "inpaint"])
+def test_the_shipped_seg_and_inpaint_models_load_in_float32_and_sample_deterministically(cond):
+    from minildm.data.datasets import ShapesDataset
+    from minildm.eval.accuracy import inpainting_tasks
+
+    entry = pretrained.manifest()["files"][f"cpu/ldm-{cond}.safetensors"]
+    assert entry["storage"] == "float16" and entry["metrics"]
+    ldm = pretrained.load_ldm("cpu", cond, "cpu")
+    assert ldm.cond_mode == cond and not ldm.training and {p.dtype for p in ldm.parameters()} == {torch.float32}
+    if cond == "seg":
+        raw = ldm.semantic_condition(ShapesDataset("test").batch(range(2))["semantic"])
+        draw = lambda seed: ldm.sample(raw, steps=4, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    else:
+        tasks = inpainting_tasks(2)
+        draw = lambda seed: ldm.inpaint(tasks["images"], tasks["masks"]["box"], steps=4,  # noqa: E731
+                                        generator=torch.Generator().manual_seed(seed))
+    a, b, c = draw(0), draw(0), draw(1)
+    assert a.shape == (2, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="not a prompt"):
+        ldm.prompt_condition(prompts=["a red circle"])
+
+
 def test_the_shipped_flow_text_model_loads_in_float32_and_samples_with_euler():
     entry = pretrained.manifest()["files"]["cpu/ldm-text-flow.safetensors"]
     assert entry["storage"] == "float16"
@@ -200,7 +223,8 @@ def test_the_shipped_flow_text_model_loads_in_float32_and_samples_with_euler():
 
 
 def test_the_shipped_models_are_listed_by_name(shipped):
-    assert pretrained.shipped() == ["text", "class", "class-token", "layout", "sr", "text-flow"]   # the committed cpu files
+    assert pretrained.shipped() == ["text", "class", "class-token", "layout", "sr", "text-flow", "seg",
+                                    "inpaint"]   # the committed cpu files
     assert pretrained.shipped("ci", root=shipped) == ["text", "class"] and pretrained.shipped("gpu") == []
 
 
@@ -215,7 +239,8 @@ def test_the_readme_python_lines_sample_the_shipped_text_model():
 @pytest.mark.slow
 def test_the_committed_cpu_checkpoints_verify_and_measure_what_their_manifest_says():
     files = pretrained.manifest()["files"]
-    names = ["autoencoder"] + [f"ldm-{c}" for c in ("text", "class", "class-token", "layout", "sr", "text-flow")]
+    names = ["autoencoder"] + [f"ldm-{c}" for c in ("text", "class", "class-token", "layout", "sr", "text-flow", "seg",
+                                                    "inpaint")]
     assert {f"cpu/{n}.safetensors" for n in names} <= set(files), "run the kit export (docs/instructor-guide.md)"
     total = 0
     for name, entry in files.items():
