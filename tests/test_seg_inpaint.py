@@ -282,6 +282,14 @@ def test_sample_command_writes_input_samples_and_original(runs, tmp_path, capsys
     assert main(["sample", "--checkpoint", text, "--mask", "box", "--out", str(tmp_path / "x.png")]) == 2
 
 
+def test_training_sample_grids_draw_both(runs, tmp_path):
+    from minildm.course.viz import save_sample_grid
+
+    for cond in ("seg", "inpaint"):
+        ldm = LatentDiffusion.from_checkpoint(runs / cond / "ldm.pt", "cpu")
+        assert save_sample_grid(ldm, tmp_path / f"{cond}.png", n=2).is_file()
+
+
 def test_evaluations_report_the_model_against_its_baseline(runs):
     seg = LatentDiffusion.from_checkpoint(runs / "seg" / "ldm.pt", "cpu")
     r = evaluate_seg_model(seg, n=4, steps=2)

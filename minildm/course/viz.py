@@ -160,7 +160,8 @@ def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5
 
 def save_sample_grid(ldm: Any, path: str | os.PathLike, n: int = 8, seed: int = 0,
                      title: str | None = None) -> Path:
-    """A grid of samples for the model's conditioning mode (fixed prompts / classes / validation layouts)."""
+    """A grid of samples for the model's conditioning mode (fixed prompts / classes / validation layouts, low-res
+    images, semantic maps, images with a training-style hole)."""
     g = torch.Generator().manual_seed(seed)
     captions = None
     if ldm.cond_mode == "text":
@@ -170,9 +171,9 @@ def save_sample_grid(ldm: Any, path: str | os.PathLike, n: int = 8, seed: int = 
         labels = [(7 * i) % ldm.num_classes for i in range(n)]
         raw = ldm.prompt_condition(labels=labels)
         captions = [class_name(c) if ldm.num_classes == 24 else f"class {c}" for c in labels]
-    elif ldm.cond_mode in ("layout", "sr"):
+    elif ldm.cond_mode in ("layout", "sr", "seg", "inpaint"):   # validation layouts, images, maps, holes
         val = ShapesDataset("val", resolution=ldm.resolution, size=max(n, 8)).batch(range(n))
-        raw = ldm.raw_condition(val).to(ldm.scale_factor.device)
+        raw = ldm.raw_condition(val, torch.Generator().manual_seed(seed + 1)).to(ldm.scale_factor.device)
         captions = val["caption"]
     else:
         raw = None
