@@ -457,7 +457,7 @@ class LatentDiffusion(nn.Module):
         (up to the autoencoder's reconstruction), 1 starts from (almost) pure noise."""
         self._only_diffusion("img2img")
         steps = SAMPLE_STEPS if steps is None else steps
-        guidance_scale = GUIDANCE_SCALE if guidance_scale is None else guidance_scale
+        guidance_scale = self._guidance(guidance_scale)          # seg and inpaint models: none
         if self.cond_mode == "none":
             guidance_scale = 1.0
         z0 = self.encode(images, generator)

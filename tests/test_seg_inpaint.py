@@ -333,3 +333,12 @@ def test_export_ships_both_in_16_bits(runs, tmp_path):
         assert files[f"ci/ldm-{cond}.safetensors"]["storage"] == "float16"
         m = pretrained.load_ldm("ci", cond, "cpu", root=root)
         assert m.cond_mode == cond and {p.dtype for p in m.parameters()} == {torch.float32}
+
+
+def test_img2img_of_a_seg_model_takes_no_guidance(ae, batch):
+    seg = make(ae, batch, "seg")
+    out = seg.img2img(batch["image"][:2], batch["semantic"][:2], strength=0.5, steps=2,
+                      generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="no unconditional prediction"):
+        seg.img2img(batch["image"][:2], batch["semantic"][:2], steps=2, guidance_scale=2.0)
