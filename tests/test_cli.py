@@ -173,6 +173,28 @@ def test_train_ldm_command_trains_and_resumes(class_and_layout, demo_dir, capsys
 
 
 @pytest.mark.slow
+def test_train_ldm_on_the_shipped_autoencoder(demo_dir, tmp_path, monkeypatch, capsys):
+    """--autoencoder shipped trains on the profile's shipped autoencoder; a profile that ships none is told what to do."""
+    from minildm.course import pretrained
+    from minildm.utils import load_checkpoint
+
+    assert main(["train-ldm", "--profile", "ci", "--autoencoder", "shipped", "--cond", "none", "--steps", "1",
+                 "--out", str(tmp_path / "none")]) == 2
+    assert "no shipped autoencoder for the ci profile" in capsys.readouterr().err
+    demo_ae = load_checkpoint(demo_dir / "autoencoder.pt", kind="autoencoder")
+    stand_in = pretrained.build_autoencoder(pretrained.config_from_dict(pretrained.AEConfig, demo_ae["config"]))
+    stand_in.load_state_dict(demo_ae["state_dict"])
+    asked = []
+    monkeypatch.setattr(pretrained, "load_autoencoder", lambda profile, device=None, root=None: asked.append(profile)
+                        or stand_in)
+    assert main(["train-ldm", "--profile", "ci", "--autoencoder", "shipped", "--cond", "none", "--steps", "1",
+                 "--out", str(tmp_path / "none")]) == 0
+    assert asked == ["ci"] and "trained 1 steps" in capsys.readouterr().out
+    trained = load_checkpoint(tmp_path / "none" / "ldm.pt", kind="ldm")["autoencoder"]["state_dict"]
+    assert all(torch.equal(trained[k], v) for k, v in stand_in.state_dict().items())
+
+
+@pytest.mark.slow
 def test_sample_class_and_layout_commands(class_and_layout, tmp_path, capsys):
     ckpt = class_and_layout / "class" / "ldm.pt"
     assert main(["sample", "--checkpoint", str(ckpt), "--class", "7", "-n", "2", "--steps", "2",

@@ -160,7 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
 
     p = add("train-ldm", cmd_train_ldm, "train the latent diffusion model on a trained autoencoder")
-    p.add_argument("--autoencoder", required=True, help="autoencoder checkpoint (from `minildm train-ae`)")
+    p.add_argument("--autoencoder", required=True,
+                   help="autoencoder checkpoint (from `minildm train-ae`), or `shipped`: the profile's shipped one "
+                        "(data/pretrained/<profile>), on which the shipped second stages were trained")
     _common(p, "profile", "device", "data")
     p.add_argument("--cond", choices=COND_MODES, default=None,
                    help="default: the profile's on Shapes; class (labelled data) or none on other data; seg (semantic "
@@ -391,7 +393,14 @@ def cmd_train_ldm(args: argparse.Namespace) -> int | None:
     kind = "flow" if profile.ldm.process == "flow" else "ldm"
     out = Path(args.out or f"runs/{kind}-{profile.name}-{cond or profile.ldm.cond}")
     every = profile.ldm_train.sample_every if args.sample_every is None else args.sample_every
-    r = train_ldm(profile, args.autoencoder, out, cond=cond, device=args.device, steps=args.steps,
+    autoencoder = args.autoencoder
+    if autoencoder == "shipped":
+        autoencoder = pretrained.load_autoencoder(profile.name, "cpu")
+        if autoencoder is None:
+            raise ValueError(f"there is no shipped autoencoder for the {profile.name} profile (shipped: "
+                             f"{pretrained.SHIPPED_PROFILE}); train one with `minildm train-ae --profile "
+                             f"{profile.name}` and pass its autoencoder.pt, or use --profile {pretrained.SHIPPED_PROFILE}")
+    r = train_ldm(profile, autoencoder, out, cond=cond, device=args.device, steps=args.steps,
                   max_minutes=args.minutes, resume=not args.no_resume, seed=args.seed, dataset=data,
                   callback=SampleGrids(every, out) if every else None)
     if main_process():
