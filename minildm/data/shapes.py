@@ -314,11 +314,10 @@ def semantic_map(segmentation: torch.Tensor, scenes: Sequence[Scene]) -> torch.T
         raise ValueError(f"need a (B, H, W) segmentation and B scenes, got {tuple(segmentation.shape)} and "
                          f"{len(scenes)} scenes")
     K = max(len(s.objects) for s in scenes)
-    lut = torch.full((len(scenes), K + 1), BACKGROUND_ID, dtype=torch.int64)      # (B, 1 + K): index 0 = background
-    for b, s in enumerate(scenes):
-        for k, o in enumerate(s.objects):
-            lut[b, k + 1] = o.class_id
-    lut = lut.to(segmentation.device)
+    # (B, 1 + K): index 0 = background, k + 1 = object k; built in Python, so that the tensor ops of a batch do
+    # not depend on how many objects its scenes hold (tools/flops.py counts them per batch)
+    lut = torch.tensor([[BACKGROUND_ID] + [o.class_id for o in s.objects] + [BACKGROUND_ID] * (K - len(s.objects))
+                        for s in scenes], dtype=torch.int64, device=segmentation.device)
     return torch.gather(lut, 1, segmentation.flatten(1).long()).view_as(segmentation)
 
 
