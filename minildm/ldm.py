@@ -263,11 +263,14 @@ class LatentDiffusion(nn.Module):
         1 = the hole, checked (conditioning.check_mask) -> [x·(1 − m), m] (B, 4, H, W) on the model's device."""
         self._require("inpaint", "inpaint_condition", "images with holes")
         mask = check_mask(mask, images)
+        self._check_resolution(images)
+        device = self.scale_factor.device
+        return InpaintConcat.raw(images.to(device).float(), mask.to(device))
+
+    def _check_resolution(self, images: torch.Tensor) -> None:
         if images.shape[-1] != self.resolution:
             raise ValueError(f"this model draws {self.resolution}x{self.resolution} images, got {images.shape[-1]}"
                              f"x{images.shape[-2]}")
-        device = self.scale_factor.device
-        return InpaintConcat.raw(images.to(device).float(), mask.to(device))
 
     def _require(self, mode: str, what: str, takes: str) -> None:
         if self.cond_mode != mode:
@@ -365,8 +368,6 @@ class LatentDiffusion(nn.Module):
             self._check_flow_sampler(sampler, eta, spacing)
         steps = SAMPLE_STEPS if steps is None else steps
         guidance_scale = self._guidance(guidance_scale)
-        if self.cond_mode == "none":
-            guidance_scale = 1.0  # nothing to guide towards
         B = raw.shape[0] if raw is not None else num_samples
         h = self.latent_size(resolution)
         cond, uncond = self._conditions(raw, (h, h), guidance_scale)
@@ -396,7 +397,10 @@ class LatentDiffusion(nn.Module):
         return (result, trajectory) if return_intermediates else result
 
     def _guidance(self, guidance_scale: float | None) -> float:
-        """The guidance scale to use: GUIDANCE_SCALE by default; seg and inpaint models only 1 (no guidance)."""
+        """The guidance scale to use: GUIDANCE_SCALE by default; 1 (no guidance) for an unconditional model, which
+        has nothing to guide towards, and for seg and inpaint models, which refuse any other."""
+        if self.cond_mode == "none":
+            return 1.0
         if self.cond_mode in ("seg", "inpaint"):
             if guidance_scale not in (None, 1, 1.0):
                 raise ValueError(f"a {self.cond_mode} model is trained without dropping its condition, so it has no "
@@ -457,9 +461,7 @@ class LatentDiffusion(nn.Module):
         (up to the autoencoder's reconstruction), 1 starts from (almost) pure noise."""
         self._only_diffusion("img2img")
         steps = SAMPLE_STEPS if steps is None else steps
-        guidance_scale = self._guidance(guidance_scale)          # seg and inpaint models: none
-        if self.cond_mode == "none":
-            guidance_scale = 1.0
+        guidance_scale = self._guidance(guidance_scale)          # seg, inpaint and unconditional models: none
         z0 = self.encode(images, generator)
         self._check_conditions(z0, raw, "img2img")
         cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
@@ -492,13 +494,9 @@ class LatentDiffusion(nn.Module):
                 raise ValueError("an inpainting model reads the image and the mask only: leave raw out")
             return self.sample(self.inpaint_condition(images, mask), steps=steps, eta=eta,
                                guidance_scale=guidance_scale, generator=generator, decode=decode)
-        if images.shape[-1] != self.resolution:
-            raise ValueError(f"this model draws {self.resolution}x{self.resolution} images, got {images.shape[-1]}"
-                             f"x{images.shape[-2]}")
+        self._check_resolution(images)
         steps = SAMPLE_STEPS if steps is None else steps
         guidance_scale = self._guidance(guidance_scale)
-        if self.cond_mode == "none":
-            guidance_scale = 1.0
         device = self.scale_factor.device
         z0 = self._condition_latent(images.to(device).float())
         self._check_conditions(z0, raw, "inpaint")
