@@ -3,16 +3,13 @@
 caption, class or layout?), breakdowns by shape and size, the evaluation of each conditioning mode on the test
 split (evaluate_*), and whether every shape survives the first stage at every size (autoencoder_shape_fidelity).
 
-Like with like (FID protocols). A model asked for the captions of test scenes [0, n) can be compared with
-  * the independent real scenes [n, 2n): "unpaired" (the default). Its floor compares real [0, n) with the
-    same [n, 2n): what a perfect model would score, up to noise. Neither side shares a scene with the other.
-  * the very scenes [0, n) it was asked for: "paired". Its floor compares those scenes with the same
-    captions drawn again with fresh randomness (`shapes.scene_from_caption`). Paired FIDs are lower: the two
-    sets share their captions, so an unpaired floor next to a paired FID reads as "better than real data".
-A reconstruction FID (rFID) is paired by nature: a perfect autoencoder scores exactly 0.
+Like with like: a model asked for test scenes [0, n) is compared "unpaired" with the real scenes [n, 2n) (floor:
+real [0, n) against them) or "paired" with the very scenes [0, n) (floor: their captions drawn again); never put
+one protocol's FID next to the other's floor (docs/evaluation.md, "FID and its floors"). A reconstruction FID is
+paired by nature: a perfect autoencoder scores exactly 0.
 
 The first stage bounds the second: a small star the autoencoder turns into a blob is a small star no LDM on
-that autoencoder will get right (issue 15), hence the per-shape, per-size readings.
+that autoencoder will get right, hence the per-shape, per-size readings.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import itertools
 import random
 import time
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,16 +90,18 @@ def real_images(num_samples: int, split: str = "test", max_objects: int = 2, res
                       for i in range(start, start + num_samples, batch_size)])
 
 
-def _rerendered(num_samples: int, split: str, max_objects: int, resolution: int, seed: int = 1) -> torch.Tensor:
-    """The captions of scenes [0, n) of a split drawn again with fresh randomness (scene_from_caption)."""
-    ds = ShapesDataset(split, size=max(num_samples, 1), max_objects=max_objects, resolution=resolution)
-    return render_images([scene_from_caption(ds.scene(i).caption, seed=seed * 1_000_003 + i) for i in range(num_samples)],
-                   resolution)
-
-
-def _check_protocol(protocol: str) -> None:
+def _protocol_sets(n: int, split: str, max_objects: int, resolution: int, protocol: str
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference, floor set) for samples of scenes [0, n) of a split: "unpaired" (real [n, 2n), real [0, n)),
+    "paired" (real [0, n), the captions of [0, n) drawn again with fresh randomness: scene_from_caption)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS} (see eval/accuracy.py's docstring), got {protocol!r}")
+    if protocol == "unpaired":
+        real = real_images(2 * n, split, max_objects, resolution)
+        return real[n:], real[:n]
+    ds = ShapesDataset(split, size=max(n, 1), max_objects=max_objects, resolution=resolution)
+    redrawn = [scene_from_caption(ds.scene(i).caption, seed=1_000_003 + i) for i in range(n)]
+    return real_images(n, split, max_objects, resolution), render_images(redrawn, resolution)
 
 
 def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", max_objects: int = 2,
@@ -119,17 +118,14 @@ def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", ma
 
     The keys ending in "_floor" hold the floor; "protocol" says which one was used.
     """
-    _check_protocol(protocol)
-    n, res = len(fake_images), fake_images.shape[-1]
-    real = real_images(2 * n if protocol == "unpaired" else n, split, max_objects, res)
-    reference = real[n:] if protocol == "unpaired" else real[:n]
+    n = len(fake_images)
+    reference, other = _protocol_sets(n, split, max_objects, fake_images.shape[-1], protocol)
     fr, ff = shapes_features(reference, evaluator), shapes_features(fake_images, evaluator)
     spread = bootstrap_std(lambda idx: fid_from_features(fr, ff[idx]), n, spread_boot, seed) if spread_boot > 1 \
         else float("nan")
     out = {**metrics_from_features(fr, ff, k, kid_subset_size, kid_subsets, seed), "protocol": protocol,
            "fid_spread": spread}
     if with_floor:
-        other = real[:n] if protocol == "unpaired" else _rerendered(n, split, max_objects, res)
         floor = metrics_from_features(fr, shapes_features(other, evaluator), k, kid_subset_size, kid_subsets, seed)
         out.update({f"{key}_floor": floor[key] for key in ("fid", "kid", "precision", "recall")})
     return out
@@ -142,12 +138,11 @@ def shapes_fid_floor(num_samples: int, split: str = "test", max_objects: int = 2
     shapes_generative_metrics), from finite-sample noise alone. return_all adds KID, precision and recall."""
     if num_samples < 2:
         raise ValueError(f"the FID floor needs num_samples ≥ 2 per set, got {num_samples}")
-    _check_protocol(protocol)
-    real = real_images(2 * num_samples if protocol == "unpaired" else num_samples, split, max_objects, resolution)
-    a = real[:num_samples]
-    b = real[num_samples:] if protocol == "unpaired" else _rerendered(num_samples, split, max_objects, resolution)
-    fa, fb = shapes_features(a, evaluator), shapes_features(b, evaluator)
-    return metrics_from_features(fb, fa) if return_all else fid_from_features(fb, fa)
+    reference, other = _protocol_sets(num_samples, split, max_objects, resolution, protocol)
+    if protocol == "paired":                   # here the scenes drawn again are the reference
+        reference, other = other, reference
+    fr, fo = shapes_features(reference, evaluator), shapes_features(other, evaluator)
+    return metrics_from_features(fr, fo) if return_all else fid_from_features(fr, fo)
 
 
 # --- prompt, class and layout accuracy ----------------------------------------------------------------------
@@ -331,18 +326,22 @@ def shape_size_lines(table: dict[str, dict[str, dict[str, Any]]], measures: Sequ
 # --- a text-conditional model on the test split -------------------------------------------------------------
 
 
+def _seeded_batches(n: int, batch_size: int, seed: int) -> Iterator[tuple[int, int, int]]:
+    """(start, stop, seed·7919 + start) for each batch of range(n): every batch seeds its own generator, so a
+    sample does not depend on how many others are drawn with it."""
+    for start in range(0, n, batch_size):
+        yield start, min(n, start + batch_size), seed * 7919 + start
+
+
 @torch.no_grad()
 def _sample_batches(ldm: Any, n: int, raw_for: Any, seed: int, batch_size: int, **sample_kwargs: Any) -> torch.Tensor:
-    """n samples in batches, each batch with its own seeded generator (seed·7919 + its first index), so a sample
-    does not depend on how many others are drawn with it; raw_for(start, stop) is a batch's raw condition
-    (None: unconditional)."""
+    """n samples in `_seeded_batches`; raw_for(start, stop) is a batch's raw condition (None: unconditional)."""
     images = []
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
+    for start, stop, batch_seed in _seeded_batches(n, batch_size, seed):
         raw = raw_for(start, stop)
-        g = torch.Generator().manual_seed(seed * 7919 + start)
         count = {"num_samples": stop - start} if raw is None else {}
-        images.append(ldm.sample(raw, generator=g, **count, **sample_kwargs).cpu())
+        images.append(ldm.sample(raw, generator=torch.Generator().manual_seed(batch_seed), **count,
+                                 **sample_kwargs).cpu())
     return torch.cat(images)
 
 
@@ -361,7 +360,7 @@ def first_evaluation_samples(ldm: Any, n: int = 8, steps: int = 50, guidance_sca
     """The first n images `evaluate_text_model(ldm, steps=steps, guidance_scale=guidance_scale, seed=seed)` judges
     (the same captions and starting noise when n is at most its batch size), to look at: {"captions", "real" (the
     test scenes the captions describe), "samples"}."""
-    ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, min_objects=1, max_objects=2)
+    ds = _test_split(n, ldm.resolution, 2)
     captions = _test_captions(n, ldm.resolution, 1, 2)
     return {"captions": captions, "real": ds.batch(range(n))["image"],
             "samples": sample_prompts(ldm, captions, steps, 0.0, guidance_scale, seed, n).cpu()}
@@ -380,9 +379,14 @@ def _scored(acc: dict[str, Any], return_images: bool, **images: torch.Tensor) ->
         {**images, "correct": acc["correct"]} if return_images else {})
 
 
+def _test_split(n: int, resolution: int, max_objects: int, min_objects: int = 1) -> ShapesDataset:
+    """The test split, scenes [0, n) of it evaluated."""
+    return ShapesDataset("test", size=max(n, 1000), resolution=resolution, min_objects=min_objects,
+                         max_objects=max_objects)
+
+
 def _test_captions(n: int, resolution: int, min_objects: int, max_objects: int) -> list[str]:
-    ds = ShapesDataset("test", size=max(n, 1000), resolution=resolution, min_objects=min_objects,
-                       max_objects=max_objects)
+    ds = _test_split(n, resolution, max_objects, min_objects)
     return [ds.scene(i).caption for i in range(n)]
 
 
@@ -508,8 +512,7 @@ def evaluate_layout_model(ldm: Any, n: int = 200, steps: int = 50, guidance_scal
     """Sample the layouts of test scenes [0, n) and score them with `layout_accuracy`.
     return_images adds the samples ("images"), their "layouts" (n, max_objects, 5) and "correct" (n,)."""
     require_mode(ldm, "layout", "evaluate_layout_model")
-    ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, max_objects=ldm.max_objects)
-    layouts = ds.batch(range(n))["layout"]
+    layouts = _test_split(n, ldm.resolution, ldm.max_objects).batch(range(n))["layout"]
     images = _sample_batches(ldm, n, lambda a, b: ldm.prompt_condition(layouts=layouts[a:b]), seed, batch_size,
                              steps=steps, guidance_scale=guidance_scale)
     return _scored(layout_accuracy(images, layouts), return_images, images=images, layouts=layouts)
@@ -539,7 +542,7 @@ def evaluate_sr_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, ba
     `super_resolve` ("images")."""
     require_mode(ldm, "sr", "evaluate_sr_model")
     x = real_images(n, "test", ldm.max_objects or 2, ldm.resolution)
-    parts = [super_resolve(ldm, x[i:i + batch_size], steps, seed * 7919 + i) for i in range(0, n, batch_size)]
+    parts = [super_resolve(ldm, x[a:b], steps, batch_seed) for a, b, batch_seed in _seeded_batches(n, batch_size, seed)]
     every = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     out: dict[str, Any] = {"psnr": float(every["psnr"].mean()), "psnr_bicubic": float(every["psnr_bicubic"].mean()),
                            "n": n}
@@ -632,26 +635,24 @@ def evaluate_seg_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, b
     if n < 2:
         raise ValueError(f"evaluate_seg_model needs n ≥ 2 scenes (the baseline judges a sample against another "
                          f"scene's map), got {n}")
-    ds = ShapesDataset("test", size=max(n, 1000), resolution=ldm.resolution, max_objects=ldm.max_objects or 2)
-    b = ds.batch(range(n))
+    b = _test_split(n, ldm.resolution, ldm.max_objects or 2).batch(range(n))
     maps, layouts = b["semantic"], b["layout"]
     samples = _sample_batches(ldm, n, lambda a, c: ldm.semantic_condition(maps[a:c]), seed, batch_size, steps=steps)
     judged = {"model": samples, "baseline": samples.roll(-1, 0), "real": b["image"]}
-    scored = {k: (layout_accuracy(x, layouts), semantic_agreement(x, maps)) for k, x in judged.items()}
-    out: dict[str, Any] = {"n": n, "steps": steps, "seed": seed, "objects": {}, "scenes": {}, "pixel": {},
-                           "object_pixel": {}}
-    per_scene = {k: acc["object_correct"].sum(1) for k, (acc, _) in scored.items()}
-    count = scored["model"][0]["objects"].sum(1)
-    for k, (acc, agree) in scored.items():
-        out["objects"][k] = _rate(acc["object_correct"][acc["objects"]])
-        out["scenes"][k] = _rate(acc["correct"])
-        for key in ("pixel", "object_pixel"):
-            out[key][k] = _boot(agree[key], seed=seed)
-    out["objects"]["difference"] = _boot(per_scene["model"] - per_scene["baseline"], count, seed=seed)
-    out["scenes"]["difference"] = _boot(scored["model"][0]["correct"].float()
-                                        - scored["baseline"][0]["correct"].float(), seed=seed)
-    for key in ("pixel", "object_pixel"):
-        out[key]["difference"] = _boot(scored["model"][1][key] - scored["baseline"][1][key], seed=seed)
+    per_scene = {}                                          # method -> measure -> (n,) or, for objects, (n, K)
+    for k, x in judged.items():
+        acc = layout_accuracy(x, layouts)
+        per_scene[k] = {"objects": acc["object_correct"], "scenes": acc["correct"], **semantic_agreement(x, maps)}
+    valid = layouts[..., 0] >= 0                            # (n, K) the map's objects
+    out: dict[str, Any] = {"n": n, "steps": steps, "seed": seed}
+    for key in ("objects", "scenes", "pixel", "object_pixel"):
+        v = {k: m[key] for k, m in per_scene.items()}
+        if key == "objects":                                # Wilson over objects; the difference per object
+            out[key] = {k: _rate(x[valid]) for k, x in v.items()}
+            out[key]["difference"] = _boot(v["model"].sum(1) - v["baseline"].sum(1), valid.sum(1), seed=seed)
+        else:
+            out[key] = {k: _rate(x) if key == "scenes" else _boot(x, seed=seed) for k, x in v.items()}
+            out[key]["difference"] = _boot(v["model"].float() - v["baseline"].float(), seed=seed)
     return out | ({"images": {"maps": maps, "samples": samples, "real": b["image"]}} if return_images else {})
 
 
@@ -683,7 +684,7 @@ def inpainting_tasks(n: int = 200, resolution: int = 32, max_objects: int = 2, s
     "box" a box over one half of k's box (`conditioning.part_mask`, the half drawn from `seed`): part of the object
     stays visible; "object" the whole of k (`conditioning.object_mask`, one pixel wider). -> {"images", "segmentation",
     "captions", "scenes", "object" (n,), "side", "masks": {"box", "object"} each (n, 1, H, W)}."""
-    ds = ShapesDataset("test", size=max(n, 1000), resolution=resolution, max_objects=max_objects)
+    ds = _test_split(n, resolution, max_objects)
     b = ds.batch(range(n))
     scenes = [ds.scene(i) for i in range(n)]
     rng = random.Random(seed)
@@ -707,12 +708,10 @@ def inpaint_images(ldm: Any, tasks: dict[str, Any], kind: str, steps: int = 50, 
     device = ldm.scale_factor.device
     x, m = tasks["images"], tasks["masks"][kind]
     out = []
-    for a in range(0, len(x), batch_size):
-        c = min(len(x), a + batch_size)
+    for a, c, batch_seed in _seeded_batches(len(x), batch_size, seed):
         raw = None if ldm.cond_mode == "inpaint" else ldm.prompt_condition(prompts=list(tasks["captions"][a:c]))
-        g = torch.Generator().manual_seed(seed * 7919 + a)
         out.append(ldm.inpaint(x[a:c].to(device), m[a:c].to(device), raw, steps=steps, guidance_scale=guidance_scale,
-                               generator=g).cpu())
+                               generator=torch.Generator().manual_seed(batch_seed)).cpu())
     return torch.cat(out)
 
 
