@@ -44,6 +44,7 @@ from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, tra
 from ..utils import get_device, load_checkpoint, seed_everything
 from . import pretrained
 from .results import load_json, write_json
+from .viz import save_figure
 
 __all__ = ["setup", "Course", "check_answer", "shows_error", "ClaimFailed", "NOTEBOOKS", "REPO_ROOT", "COURSE_DIR_ENV", "STRICT_ENV",
            "DATA_ENV", "ANY_DATA", "COLAB_CELL", "RESULTS_DIR", "measured_minutes"]
@@ -159,13 +160,10 @@ def _what_differs(got: Any, expected: Any, atol: float, rtol: float) -> str | No
 
 def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: float = 1e-5,
                  constant: bool = False) -> None:
-    """An exercise's check: the student's answer `got` must equal the package's `expected` within tolerance
-    (tensors and lists of numbers elementwise, numbers with math.isclose, dicts key by key, anything else with
-    ==). Prints ✓; raises AssertionError saying what is wrong (shape, sign, size, which element or key), never
-    the expected value. An answer not written yet (None, or the student edition's `...`) is skipped with a
-    message, so that Run All goes on: every exercise is a leaf that no later cell needs. `constant`: the answer
-    is a constant of the graph (like the adaptive weight λ), so a tensor that still carries its autograd graph
-    is wrong however right its values."""
+    """An exercise's check: `got` must equal the package's `expected` within tolerance (elementwise, key by key or
+    ==). Prints ✓, or raises AssertionError saying what is wrong, never the expected value. An answer not written
+    yet (None, or the student edition's `...`) is skipped, so that Run All goes on. `constant`: the answer is a
+    constant of the graph (like the adaptive weight λ): a tensor that still carries its graph is wrong."""
     if _unanswered(got):
         print(f"– {name}: skipped, no answer yet (write it in the cell above and run both cells again)")
         return
@@ -179,14 +177,9 @@ def check_answer(name: str, got: Any, expected: Any, atol: float = 1e-5, rtol: f
 
 @contextmanager
 def shows_error(*kinds: type[BaseException]) -> Iterator[None]:
-    """A cell that demonstrates a refusal: run the block, print the error it raises (its type and message, the
-    last line Jupyter would show) and go on, so that Run All continues in every front end (VS Code and Colab
-    ignore JupyterLab's `raises-exception` tag). `kinds`: the exception types the block must raise (default:
-    any Exception). A block that raises nothing, or another type, is a bug in the lesson: AssertionError.
-
-        with shows_error(ValueError):
-            ShapesTokenizer().encode("a hexagon")
-    """
+    """A cell that demonstrates a refusal: print the error the block raises (type and message) and go on, so that
+    Run All continues in every front end (VS Code and Colab ignore JupyterLab's `raises-exception` tag). A block
+    that raises nothing (or not one of `kinds`, default any Exception) is a bug in the lesson: AssertionError."""
     kinds = kinds or (Exception,)
     try:
         yield
@@ -267,9 +260,8 @@ class Course:
 
     # ---------------------------------------------------------------- identities, findings and results
     def identity(self, name: str, value: float, op: str, expected: float) -> None:
-        """What must hold if the code is right (an identity of the math, a property by construction, arithmetic):
-        a plain check, not a finding. Prints it with its value; raises ClaimFailed when it fails, in every
-        profile: a failed identity is a bug, not a result."""
+        """What must hold if the code is right (an identity of the math, a property by construction): prints it
+        with its value; raises ClaimFailed when it fails, in every profile, since then the code is wrong."""
         value = float(value)
         ok = bool(_OPS[op](value, float(expected)))
         print(f"{'holds' if ok else 'FAILS'}: {name} ({value:.4g} {op} {float(expected):.4g})")
@@ -281,13 +273,11 @@ class Course:
 
     def finding(self, name: str, measured: float, op: str, bar: float, noise: float | tuple[float, float],
                 noise_what: str = "95 % interval", bar_from: str = "") -> None:
-        """An outcome that could go either way, with its noise. `noise`: the half-width of a ~95 % interval around
-        `measured` (about two standard errors), or the interval (low, high) itself (e.g. metrics.binomial_interval).
-        The finding holds when the whole interval lies on the bar's side: it clears `bar` by more than its noise.
-        `bar` is set before seeing the model, from the paper or from the noise (`bar_from` says which, e.g.
-        "chance", "the paper's ordering", "no difference"). Prints the value, its interval and the margin; records
-        it (results.json: "findings"); raises ClaimFailed in strict mode when it does not hold. Returns nothing, so
-        that a finding on a cell's last line shows no stray True/False."""
+        """An outcome that could go either way, with its noise: the half-width of a ~95 % interval around `measured`
+        (about two standard errors), or the interval (low, high) itself (e.g. metrics.binomial_interval). It holds
+        when the whole interval lies on the bar's side. `bar` is set before seeing the model (`bar_from` says
+        where from: "chance", "the paper's ordering", …). Prints and records it; raises ClaimFailed in strict mode
+        when it does not hold."""
         measured, bar = float(measured), float(bar)
         low, high = (measured - float(noise), measured + float(noise)) if not isinstance(noise, (tuple, list)) \
             else (float(noise[0]), float(noise[1]))
@@ -319,10 +309,7 @@ class Course:
 
     def save_figure(self, fig, name: str) -> Path:
         """Save a figure as <folder>/figures/<notebook>_<name>.png (and keep it open for the notebook)."""
-        path = self.folder / "figures" / f"{self.notebook}_{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        return path
+        return save_figure(fig, self.folder / "figures" / f"{self.notebook}_{name}.png", close=False)
 
     # ---------------------------------------------------------------- models handed on
     def own(self, what: str) -> Path:
@@ -330,66 +317,61 @@ class Course:
         return self.folder / AE_CHECKPOINT if what == "autoencoder" else self.folder / what / LDM_CHECKPOINT
 
     def _handed_on(self, what: str, label: str, load: Callable[[Path, torch.device], Any],
-                   shipped: Callable[[], Any], steps: int, train: Callable[[], Any], train_minutes: float | None,
-                   verbose: bool, prefer: str = "own", call: str = ""):
+                   shipped: Callable[[], Any], steps: int, train: Callable[[], Any], verbose: bool, prefer: str,
+                   call: str):
         """The student's own `what` (`own(what)`, from an earlier notebook) opened with `load`, else the shipped
         one (Shapes only), else trained now by `train`, after saying so; `label` names it in what is printed.
-        An own model trained for fewer than the profile's `steps` (an interrupted run; not when the caller caps
-        training in `train_minutes`) is used with a warning that says how to take the shipped one instead (`call`
-        with prefer="shipped"), which skips the own one."""
+        An own model trained for fewer than the profile's `steps` (an interrupted run) is used with a warning that
+        says how to take the shipped one instead (`call` with prefer="shipped", which skips the own one)."""
         if prefer not in ("own", "shipped"):
             raise ValueError(f"prefer must be 'own' (the model you trained, else the shipped one) or 'shipped', "
                              f"got {prefer!r}")
         say = print if verbose else (lambda *a: None)
         path = self.own(what)
-        if path.is_file() and prefer == "shipped":
+        if prefer == "shipped" or not path.is_file():
             model = shipped() if self.data == "shapes" else None
             if model is not None:
-                say(f"{label}: the shipped one for the {self.profile.name} profile ({pretrained.DIR}), as asked")
+                say(f"{label}: the shipped one for the {self.profile.name} profile ({pretrained.DIR})"
+                    + (", as asked" if path.is_file() else ""))
                 return model
-            say(f"{label}: no shipped one for the {self.profile.name} profile on {self.data}: your own after all")
+            if path.is_file():
+                say(f"{label}: no shipped one for the {self.profile.name} profile on {self.data}: your own after all")
         if path.is_file():
             done = int(load_checkpoint(path)["step"])
             say(f"{label}: your own, {path} ({done:,} training steps)")
-            if done < steps and not train_minutes:      # a run capped in minutes is short by design
+            if done < steps:
                 say(f"  ⚠ only {done:,} of the {self.profile.name} profile's {steps:,} steps (an interrupted run?): "
                     f"its samples can be far worse than the text expects. The shipped one: {call}prefer=\"shipped\")")
             return load(path, self.device)
-        model = shipped() if self.data == "shapes" else None
-        if model is not None:
-            say(f"{label}: the shipped one for the {self.profile.name} profile ({pretrained.DIR})")
-            return model
-        say(f"no {label} yet: training the {self.profile.name} profile's ({steps} steps"
-            + (f", at most {train_minutes} min" if train_minutes else "") + f") into {path.parent}")
+        say(f"no {label} yet: training the {self.profile.name} profile's ({steps} steps) into {path.parent}")
         train()
         return load(path, self.device)
 
-    def autoencoder(self, train_minutes: float | None = None, verbose: bool = True, prefer: str = "own"):
+    def autoencoder(self, verbose: bool = True, prefer: str = "own"):
         """The course's autoencoder: the student's own (notebook 01), else the shipped one, else trained now
         (after saying so). prefer="shipped" takes the shipped one even where an own one exists."""
         def train() -> None:
             missing = lpips_weights_missing(self.profile.ae_loss.lpips_net, download=self.profile.name != "ci")
             other = self.data != "shapes"                  # the shipped autoencoder knows Shapes only
-            train_autoencoder(self.profile, self.folder, device=self.device, max_minutes=train_minutes,
+            train_autoencoder(self.profile, self.folder, device=self.device,
                               random_lpips=None if missing is None else True, lpips_download=self.profile.name != "ci",
                               progress=verbose, dataset=self.dataset("train") if other else None,
                               val_dataset=self.dataset("val") if other else None)
 
         return self._handed_on("autoencoder", "autoencoder", load_autoencoder,
                                lambda: pretrained.load_autoencoder(self.profile.name, self.device),
-                               self.profile.ae_train.steps, train, train_minutes, verbose, prefer,
-                               "course.autoencoder(")
+                               self.profile.ae_train.steps, train, verbose, prefer, "course.autoencoder(")
 
-    def ldm(self, cond: str = "text", train_minutes: float | None = None, verbose: bool = True,
-            prefer: str = "own") -> LatentDiffusion:
+    def ldm(self, cond: str = "text", verbose: bool = True, prefer: str = "own") -> LatentDiffusion:
         """The course's latent diffusion model for `cond`: the student's own (notebooks 05, 08), else the shipped
         one (Shapes only), else trained now on the course's autoencoder and data (after saying so). "class-token"
         is a class model on the paper's route (the label as one cross-attention token), "class" minildm's;
-        "text-flow" the text model trained by flow matching (LDMConfig.process="flow"). prefer="shipped" takes the shipped one even where an own one exists (e.g. a partly trained one)."""
+        "text-flow" the text model trained by flow matching (LDMConfig.process="flow"). prefer="shipped" takes the
+        shipped one even where an own one exists (e.g. a partly trained one)."""
         base, profile = cond, self.profile
         if cond == "class-token":
             base, profile = "class", self.profile.replace(ldm={"class_route": "crossattn"})
-        elif cond == "text-flow":              # the text model trained by flow matching (notebook 10)
+        elif cond == "text-flow":
             base, profile = "text", self.profile.replace(ldm={"process": "flow"})
         if self.data != "shapes" and base not in self.conditions((base,)):
             raise ValueError(f"there is no {cond} model on {self.data}: text and layout models need Shapes, class "
@@ -400,13 +382,12 @@ class Course:
             if not self.own("autoencoder").is_file():
                 self.autoencoder(verbose=verbose)
             train_ldm(profile, self.own("autoencoder"), self.own(f"ldm-{cond}").parent, cond=base,
-                      device=self.device, max_minutes=train_minutes, seed=self.seed, progress=verbose,
+                      device=self.device, seed=self.seed, progress=verbose,
                       dataset=None if self.data == "shapes" else self.dataset("train"))
 
         return self._handed_on(f"ldm-{cond}", f"{cond} model", LatentDiffusion.from_checkpoint,
                                lambda: pretrained.load_ldm(self.profile.name, cond, self.device),
-                               self.profile.ldm_train.steps, train, train_minutes, verbose, prefer,
-                               f"course.ldm({cond!r}, ")
+                               self.profile.ldm_train.steps, train, verbose, prefer, f"course.ldm({cond!r}, ")
 
     def trained_steps(self, what: str) -> int | None:
         """How many steps the student's own `what` ("autoencoder", "ldm-text", …) was trained for, or None."""

@@ -101,15 +101,16 @@ def _read(profile: str, name: str, root: Path) -> tuple[dict[str, Any], dict[str
     return json.loads(json.loads(data[8:8 + n])["__metadata__"]["minildm"]), load(data)
 
 
+def _autoencoder(meta: dict[str, Any], weights: dict[str, torch.Tensor], device: str | torch.device | None):
+    model = build_autoencoder(config_from_dict(AEConfig, meta["config"]))
+    model.load_state_dict(weights)                  # 16-bit files too: copied into the float32 parameters
+    return model.to(get_device(device)).eval()
+
+
 def load_autoencoder(profile: str, device: str | torch.device | None = None, root: Path = DIR):
     """The shipped autoencoder of `profile` in eval mode, or None when none is shipped."""
     shipped = _read(profile, AE_FILE, Path(root))
-    if shipped is None:
-        return None
-    meta, weights = shipped
-    model = build_autoencoder(config_from_dict(AEConfig, meta["config"]))
-    model.load_state_dict(weights)
-    return model.to(get_device(device)).eval()
+    return None if shipped is None else _autoencoder(*shipped, device)
 
 
 def load_ldm(profile: str, cond: str, device: str | torch.device | None = None,
@@ -145,40 +146,9 @@ def load_comparison(profile: str, device: str | torch.device | None = None, root
         if shipped_file is None:
             return None
         meta, weights = shipped_file
-        model = build_autoencoder(config_from_dict(AEConfig, meta["config"]))
-        model.load_state_dict(weights)                  # 16-bit on disk, float32 in the model
-        out[name] = {"model": model.to(get_device(device)).eval(), "step": meta["step"], "minutes": meta["minutes"],
+        out[name] = {"model": _autoencoder(meta, weights, device), "step": meta["step"], "minutes": meta["minutes"],
                      "history": meta["history"], "loss": meta["loss"]}
     return out
-
-
-def export_comparison(checkpoints: dict[str, str | os.PathLike], profile: str, provenance: dict[str, Any],
-                      root: str | os.PathLike = DIR, every: int = 5) -> dict[str, Any]:
-    """Write notebook 01's three autoencoders from their training checkpoints ({key of COMPARISON: autoencoder.pt}):
-    the weights in 16 bits (`provenance[key]["metrics"]` should hold PSNRs re-measured on the written files), their
-    loss settings and their training curves every `every` steps in the header; provenance: per key, the command,
-    seed and metrics."""
-    root = Path(root)
-    common = _made_here(profile)
-    full = manifest(root)
-    for key, path in checkpoints.items():
-        if key not in COMPARISON:
-            raise ValueError(f"unknown comparison autoencoder {key!r}; expected one of {', '.join(COMPARISON)}")
-        ckpt = load_checkpoint(path, kind="autoencoder")
-        state = ckpt["ema"]["shadow"] if ckpt.get("ema") else ckpt["state_dict"]
-        keys = ("l1", "lpips", "g", "d_loss", "d_weight")
-        history = [{"step": int(r["step"]), **{k: round(float(r[k]), 5) for k in keys if k in r}}
-                   for r in ckpt["history"] if int(r["step"]) % every == 0]
-        minutes = round(float(ckpt.get("elapsed", 0.0)) / 60, 2)
-        meta = {"kind": "autoencoder", "config": ckpt["config"], "loss": ckpt["loss_config"], "step": ckpt["step"],
-                "minutes": minutes, "history": history}
-        name = f"ae-compare-{key}.safetensors"
-        sha = _save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, meta, root / profile / name)
-        full["files"][f"{profile}/{name}"] = {"sha256": sha, "bytes": (root / profile / name).stat().st_size,
-                                              "steps": ckpt["step"], "minutes": minutes, "storage": "float16",
-                                              **common, **provenance.get(key, {})}
-    write_json(full, root / "manifest.json", sort_keys=True)
-    return full
 
 
 def load_f_study(profile: str, root: Path = DIR) -> dict[str, Any] | None:
@@ -193,6 +163,129 @@ def load_f_study(profile: str, root: Path = DIR) -> dict[str, Any] | None:
     return {"rows": meta["rows"], "key": meta["key"], "captions": meta["captions"], "real": images["real"],
             "samples": {int(k[1:]): v for k, v in images.items() if k != "real"}, "seed": meta["seed"],
             "made": manifest(Path(root))["files"][f"{profile}/{F_STUDY_FILE}"]}
+
+
+def _save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> str:
+    """Write one shipped file (EMA weights, `meta` in its header); returns its SHA-256."""
+    bad = unsafe_tensors({"weights": tensors}, ("weights",))
+    if bad:
+        raise ValueError(f"refusing to ship diverged weights: {'; '.join(bad[:3])}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    # the bytes written by Python, not safetensors' save_file (which makes the file 0600): readable by everyone
+    tmp.write_bytes(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                         metadata={"minildm": json.dumps(to_plain(meta))}))
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def _float16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The floating-point tensors of a state dict in float16, the others as they are."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _ema_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A training checkpoint's EMA weights (its raw weights where it kept no EMA)."""
+    return ckpt["ema"]["shadow"] if ckpt.get("ema") else ckpt["state_dict"]
+
+
+def _made_here(profile: str) -> dict[str, str]:
+    """What every manifest entry records about where it was made: commit, torch, machine, profile."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=DIR.parent.parent, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"commit": commit, "torch": torch.__version__, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "profile": profile}
+
+
+def _add_to_manifest(root: Path, profile: str, entries: dict[str, dict[str, Any]],
+                     spot_checks: bool = False) -> dict[str, Any]:
+    """Put `entries` ({file name: entry}) into the manifest with their files' sizes; spot_checks: then measure the
+    written files as a user would load them (`spot_check`, which verifies them against this manifest) and keep
+    the numbers in their entries."""
+    full = manifest(root)
+    for name, entry in entries.items():
+        full["files"][f"{profile}/{name}"] = {**entry, "bytes": (root / profile / name).stat().st_size}
+    write_json(full, root / "manifest.json", sort_keys=True)
+    if spot_checks:
+        checks = spot_check(profile, root)
+        for name in entries:
+            full["files"][f"{profile}/{name}"]["spot_check"] = checks.get(name.removesuffix(".safetensors"), {})
+        write_json(full, root / "manifest.json", sort_keys=True)
+    return full
+
+
+def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, str | os.PathLike], profile: str,
+           provenance: dict[str, Any], root: str | os.PathLike = DIR, half: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the shipped files of `profile` from training checkpoints (EMA weights only, no optimizer state, no
+    history), add them to the manifest and store `spot_check`'s quick numbers, which a test re-measures.
+
+    ae_checkpoint None: the second stages were trained on the autoencoder `profile` already ships; it is kept as
+    it is and the new files name it. ldm_checkpoints: {cond: path}; provenance: per file name ("autoencoder",
+    "ldm-text", …) the command, seed, minutes and metrics measured on it (commit, torch and machine are added
+    here). half: the files to store in 16 bits, by their key in `ldm_checkpoints` ("text-flow") or "autoencoder"
+    (`load_ldm` casts them back into float32 parameters; measure their metrics on the written files).
+    """
+    root, half = Path(root), set(half)
+    unknown = half - set(ldm_checkpoints) - ({"autoencoder"} if ae_checkpoint is not None else set())
+    if unknown:
+        raise ValueError(f"half={sorted(unknown)} names no file of this export; expected keys of the LDM "
+                         f"checkpoints ({', '.join(ldm_checkpoints) or 'none given'})"
+                         + (" or 'autoencoder'" if ae_checkpoint is not None else ""))
+    common, entries = _made_here(profile), {}
+
+    def ship(name: str, state: dict[str, torch.Tensor], meta: dict[str, Any], in_half: bool) -> str:
+        sha = _save(_float16(state) if in_half else state, meta, root / profile / f"{name}.safetensors")
+        entries[f"{name}.safetensors"] = {"sha256": sha, **common, **({"storage": "float16"} if in_half else {}),
+                                          **provenance.get(name, {})}
+        return sha
+
+    if ae_checkpoint is None:
+        shipped_ae = load_autoencoder(profile, "cpu", root)
+        if shipped_ae is None:
+            raise ValueError(f"no shipped autoencoder for the {profile} profile in {root}: pass --autoencoder")
+        ae_state, ae_sha = shipped_ae.state_dict(), manifest(root)["files"][f"{profile}/{AE_FILE}"]["sha256"]
+    else:
+        ae_ckpt = load_checkpoint(ae_checkpoint, kind="autoencoder")
+        ae_state = _ema_state(ae_ckpt)
+        ae_sha = ship("autoencoder", ae_state, {"kind": "autoencoder", "config": ae_ckpt["config"]},
+                      "autoencoder" in half)
+    for cond, path in ldm_checkpoints.items():
+        ckpt = load_checkpoint(path, kind="ldm")
+        if ckpt["autoencoder"]["state_dict"].keys() != ae_state.keys() or not all(
+                torch.equal(ckpt["autoencoder"]["state_dict"][k], v) for k, v in ae_state.items()):
+            raise ValueError(f"{path} was trained on another autoencoder than "
+                             f"{ae_checkpoint or f'the shipped {profile} one'}")
+        meta = {"kind": "ldm", "config": ckpt["config"], "conditioning": ckpt["conditioning"],
+                "resolution": ckpt["resolution"], "scale_factor": ckpt["scale_factor"], "autoencoder_sha256": ae_sha}
+        ship(f"ldm-{cond}", _ema_state(ckpt), meta, cond in half)
+    return _add_to_manifest(root, profile, entries, spot_checks=True)
+
+
+def export_comparison(checkpoints: dict[str, str | os.PathLike], profile: str, provenance: dict[str, Any],
+                      root: str | os.PathLike = DIR) -> dict[str, Any]:
+    """Write notebook 01's three autoencoders from their training checkpoints ({key of COMPARISON: autoencoder.pt}):
+    the weights in 16 bits (`provenance[key]["metrics"]` should hold PSNRs re-measured on the written files), their
+    loss settings and their training curves (every 5th step) in the header; provenance: per key, the command, seed
+    and metrics."""
+    root, common, entries = Path(root), _made_here(profile), {}
+    for key, path in checkpoints.items():
+        if key not in COMPARISON:
+            raise ValueError(f"unknown comparison autoencoder {key!r}; expected one of {', '.join(COMPARISON)}")
+        ckpt = load_checkpoint(path, kind="autoencoder")
+        keys = ("l1", "lpips", "g", "d_loss", "d_weight")
+        history = [{"step": int(r["step"]), **{k: round(float(r[k]), 5) for k in keys if k in r}}
+                   for r in ckpt["history"] if int(r["step"]) % 5 == 0]
+        minutes = round(float(ckpt.get("elapsed", 0.0)) / 60, 2)
+        meta = {"kind": "autoencoder", "config": ckpt["config"], "loss": ckpt["loss_config"], "step": ckpt["step"],
+                "minutes": minutes, "history": history}
+        name = f"ae-compare-{key}.safetensors"
+        entries[name] = {"sha256": _save(_float16(_ema_state(ckpt)), meta, root / profile / name),
+                         "steps": ckpt["step"], "minutes": minutes, "storage": "float16", **common,
+                         **provenance.get(key, {})}
+    return _add_to_manifest(root, profile, entries)
 
 
 @torch.no_grad()
@@ -223,12 +316,8 @@ def export_f_study(study_dir: str | os.PathLike, profile: str, provenance: dict[
                  for r in study["rows"]]
     meta = {"kind": "f-study", "key": key, "rows": rows, "captions": captions, "seed": seed}
     sha = _save(tensors, meta, root / profile / F_STUDY_FILE)
-    full = manifest(root)
-    full["files"][f"{profile}/{F_STUDY_FILE}"] = {
-        "sha256": sha, "bytes": (root / profile / F_STUDY_FILE).stat().st_size, "steps": key["ldm"],
-        **_made_here(profile), "storage": "uint8 samples, no weights", **provenance}
-    write_json(full, root / "manifest.json", sort_keys=True)
-    return full
+    return _add_to_manifest(root, profile, {F_STUDY_FILE: {"sha256": sha, "steps": key["ldm"], **_made_here(profile),
+                                                           "storage": "uint8 samples, no weights", **provenance}})
 
 
 def _to_bytes(images: torch.Tensor) -> torch.Tensor:
@@ -236,115 +325,16 @@ def _to_bytes(images: torch.Tensor) -> torch.Tensor:
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def _made_here(profile: str) -> dict[str, str]:
-    """What every manifest entry records about where it was made: commit, torch, machine, profile."""
-    return {"commit": _git_commit(), "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "profile": profile}
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=DIR.parent.parent, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def _save(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> str:
-    """Write one shipped file (EMA weights, `meta` in its header); returns its SHA-256."""
-    bad = unsafe_tensors({"weights": tensors}, ("weights",))
-    if bad:
-        raise ValueError(f"refusing to ship diverged weights: {'; '.join(bad[:3])}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    # the bytes written by Python, not safetensors' save_file (which makes the file 0600): readable by everyone
-    tmp.write_bytes(save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                         metadata={"minildm": json.dumps(to_plain(meta))}))
-    tmp.replace(path)
-    return file_sha256(path)
-
-
-def _float16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The floating-point tensors of a state dict in float16, the others as they are."""
-    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-
-
-def export(ae_checkpoint: str | os.PathLike | None, ldm_checkpoints: dict[str, str | os.PathLike], profile: str,
-           provenance: dict[str, Any], root: str | os.PathLike = DIR, spot_checks: bool = True,
-           half: Sequence[str] = ()) -> dict[str, Any]:
-    """Write the shipped files of `profile` from training checkpoints and add them to the manifest.
-
-    ae_checkpoint None: the second stages were trained on the autoencoder `profile` already ships (e.g. on
-    `load_autoencoder(profile)`); it is kept as it is and the new files name it.
-
-    ldm_checkpoints: {cond: path}; provenance: per file name ("autoencoder", "ldm-text", …) a dict with the
-    command, seed, minutes and metrics measured on it (commit, torch version and machine are added here).
-    Only EMA weights are kept (raw weights where there is no EMA); no optimizer state, no history.
-    spot_checks: also store `spot_check`'s quick numbers, which a test re-measures on the shipped files.
-    half: the files to store in 16 bits, by their key in `ldm_checkpoints` ("text-flow") or "autoencoder": their
-    floating-point weights as float16 (half the bytes; `load_ldm` casts them back into float32 parameters), their
-    manifest entry "storage": "float16". Measure their metrics on the written files.
-    """
-    root = Path(root)
-    half = set(half)
-    unknown = half - set(ldm_checkpoints) - ({"autoencoder"} if ae_checkpoint is not None else set())
-    if unknown:
-        raise ValueError(f"half={sorted(unknown)} names no file of this export; expected keys of the LDM "
-                         f"checkpoints ({', '.join(ldm_checkpoints) or 'none given'})"
-                         + (" or 'autoencoder'" if ae_checkpoint is not None else ""))
-    out = root / profile
-    common = _made_here(profile)
-    entries = {}
-    if ae_checkpoint is None:
-        shipped_ae = load_autoencoder(profile, "cpu", root)
-        if shipped_ae is None:
-            raise ValueError(f"no shipped autoencoder for the {profile} profile in {root}: pass --autoencoder")
-        ae_state, ae_sha = shipped_ae.state_dict(), manifest(root)["files"][f"{profile}/{AE_FILE}"]["sha256"]
-    else:
-        ae_ckpt = load_checkpoint(ae_checkpoint, kind="autoencoder")
-        ae_state = ae_ckpt["ema"]["shadow"] if ae_ckpt.get("ema") else ae_ckpt["state_dict"]
-        stored = _float16(ae_state) if "autoencoder" in half else ae_state
-        ae_sha = _save(stored, {"kind": "autoencoder", "config": ae_ckpt["config"]}, out / AE_FILE)
-        entries[AE_FILE] = {"sha256": ae_sha, **common, **_storage("autoencoder" in half),
-                            **provenance.get("autoencoder", {})}
-    for cond, path in ldm_checkpoints.items():
-        ckpt = load_checkpoint(path, kind="ldm")
-        if ckpt["autoencoder"]["state_dict"].keys() != ae_state.keys() or not all(
-                torch.equal(ckpt["autoencoder"]["state_dict"][k], v) for k, v in ae_state.items()):
-            raise ValueError(f"{path} was trained on another autoencoder than "
-                             f"{ae_checkpoint or f'the shipped {profile} one'}")
-        state = ckpt["ema"]["shadow"] if ckpt.get("ema") else ckpt["state_dict"]
-        meta = {"kind": "ldm", "config": ckpt["config"], "conditioning": ckpt["conditioning"],
-                "resolution": ckpt["resolution"], "scale_factor": ckpt["scale_factor"], "autoencoder_sha256": ae_sha}
-        name = f"ldm-{cond}.safetensors"
-        sha = _save(_float16(state) if cond in half else state, meta, out / name)
-        entries[name] = {"sha256": sha, **common, **_storage(cond in half), **provenance.get(f"ldm-{cond}", {})}
-    full = manifest(root)
-    for name, entry in entries.items():
-        entry["bytes"] = (out / name).stat().st_size
-        full["files"][f"{profile}/{name}"] = entry
-    write_json(full, root / "manifest.json", sort_keys=True)
-    if spot_checks:                                # measured on the written files, as a user would load them
-        checks = spot_check(profile, root)
-        for name, entry in entries.items():
-            entry["spot_check"] = checks.get(name.removesuffix(".safetensors"), {})
-        write_json(full, root / "manifest.json", sort_keys=True)
-    return full
-
-
-def _storage(half: bool) -> dict[str, str]:
-    return {"storage": "float16"} if half else {}
-
-
-def halve(profile: str, names: Sequence[str], root: str | os.PathLike = DIR, provenance: dict[str, Any] | None = None,
-          spot_checks: bool = True) -> dict[str, Any]:
+def halve(profile: str, names: Sequence[str], root: str | os.PathLike = DIR,
+          provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rewrite shipped second stages of `profile` (by file name: "ldm-sr") with their weights in float16, for a
     smaller kit when the training checkpoint is gone: the same header, the manifest entry kept (command, commit,
-    minutes, machine, metrics) with its new SHA-256 and bytes, "storage": "float16", and "halved": the commit and
-    command that converted it. provenance: per name, keys to set in the entry (re-measured metrics: measure them
-    on the written file). The autoencoder is not converted here: the second stages name its SHA-256."""
+    minutes, machine, metrics) with its new SHA-256 and bytes, "storage": "float16", "halved": the commit and
+    command that converted it, and new spot checks. provenance: per name, keys to set in the entry (re-measured
+    metrics: measure them on the written file). The autoencoder is not converted here: the second stages name
+    its SHA-256."""
     root, provenance = Path(root), provenance or {}
-    full = manifest(root)
+    files, made, entries = manifest(root)["files"], _made_here(profile), {}
     for name in names:
         if not name.startswith("ldm-"):
             raise ValueError(f"halve converts shipped second stages (ldm-<name>), not {name!r}: the second stages "
@@ -353,24 +343,15 @@ def halve(profile: str, names: Sequence[str], root: str | os.PathLike = DIR, pro
         got = _read(profile, f"{name}.safetensors", root)
         if got is None:
             raise FileNotFoundError(f"no shipped {key} in {root} to convert")
-        entry = full["files"][key]
-        if entry.get("storage") == "float16":
+        if files[key].get("storage") == "float16":
             raise ValueError(f"{key} is already stored in float16")
         meta, tensors = got
-        sha = _save(_float16(tensors), meta, root / key)
-        made = _made_here(profile)
-        entry.update(sha256=sha, bytes=(root / key).stat().st_size, storage="float16",
-                     halved={"from": "float32", "commit": made["commit"], "torch": made["torch"],
-                             "command": f"minildm export-pretrained --profile {profile} --halve "
-                                        f"{name.removeprefix('ldm-')}"},
-                     **provenance.get(name, {}))
-    write_json(full, root / "manifest.json", sort_keys=True)
-    if spot_checks:
-        checks = spot_check(profile, root)
-        for name in names:
-            full["files"][f"{profile}/{name}.safetensors"]["spot_check"] = checks.get(name, {})
-        write_json(full, root / "manifest.json", sort_keys=True)
-    return full
+        entries[f"{name}.safetensors"] = {
+            **files[key], "sha256": _save(_float16(tensors), meta, root / key), "storage": "float16",
+            "halved": {"from": "float32", "commit": made["commit"], "torch": made["torch"],
+                       "command": f"minildm export-pretrained --profile {profile} --halve {name.removeprefix('ldm-')}"},
+            **provenance.get(name, {})}
+    return _add_to_manifest(root, profile, entries, spot_checks=True)
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ def to_display(images: torch.Tensor) -> torch.Tensor:
 
 
 def image_grid(images: torch.Tensor, captions: Sequence[str] | None = None, ncols: int = 8,
-               title: str | None = None, cell_inches: float = 1.6, fontsize: float = 6.5):
+               title: str | None = None, cell_inches: float = 1.6):
     """A matplotlib Figure with the images in a grid, each with its caption (wrapped; a newline starts a line)."""
     import matplotlib.pyplot as plt
 
@@ -53,21 +53,23 @@ def image_grid(images: torch.Tensor, captions: Sequence[str] | None = None, ncol
             ax.imshow(x[i].numpy(), interpolation="nearest")
             if captions:
                 ax.set_title("\n".join(line for part in captions[i].split("\n") for line in textwrap.wrap(part, 26)),
-                             fontsize=fontsize)
+                             fontsize=6.5)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Save a figure (creating folders) and close it; returns the path."""
+def save_figure(fig, path: str | Path, close: bool = True) -> Path:
+    """Save a figure (creating folders) and close it (close=False: keep it open for a notebook to show); returns
+    the path."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    if close:
+        plt.close(fig)
     return path
 
 
@@ -113,8 +115,7 @@ def _shown_steps(trajectory: dict, every: int) -> list[int]:
 
 
 @torch.no_grad()
-def denoising_filmstrip(ldm: Any, trajectory: dict, captions: Sequence[str], every: int = 5,
-                        title: str | None = None, cell_inches: float = 1.1):
+def denoising_filmstrip(ldm: Any, trajectory: dict, captions: Sequence[str], every: int = 5, title: str | None = None):
     """The denoising trajectory of `ldm.sample(..., return_intermediates=True)`, two rows per sample:
     the sampler's state x_t decoded (noise at first, the image at the end) and its prediction x̂_0 at that
     step, for every `every`-th step and the last one. Columns are titled with the step and its timestep t."""
@@ -125,12 +126,11 @@ def denoising_filmstrip(ldm: Any, trajectory: dict, captions: Sequence[str], eve
               for j in range(len(steps))]
     rows = [f"{label}: {c}" for c in captions for label in ("x_t", "x̂0")]
     cols = [f"step {s}, t={trajectory['timesteps'][s]}" for s in steps]
-    return filmstrip(frames, cols, rows, cell_inches=cell_inches, title=title)
+    return filmstrip(frames, cols, rows, cell_inches=1.1, title=title)
 
 
 @torch.no_grad()
-def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5, title: str | None = None,
-                      cell_inches: float = 1.0):
+def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5, title: str | None = None):
     """One sample of `ldm.sample(..., return_intermediates=True)` in the space the U-Net denoises: a row per
     channel of the state z_t (one diverging scale for every latent cell, 0 white, with a color bar), then z_t and
     the prediction ẑ₀ decoded, for every `every`-th step and the last."""
@@ -142,8 +142,7 @@ def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5
     images = [to_display(torch.stack([ldm.decode(trajectory[k][s][index:index + 1].to(device))[0].cpu()
                                       for s in steps])) for k in ("x_t", "pred_x0")]
     C, vmax = z.shape[1], float(z.abs().max())
-    fig, axes = plt.subplots(C + 2, len(steps), figsize=(len(steps) * cell_inches + 2.2, (C + 2) * cell_inches + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(C + 2, len(steps), figsize=(len(steps) + 2.2, C + 2.6), squeeze=False)   # 1-inch cells
     for j in range(len(steps)):
         for c in range(C):
             im = axes[c, j].imshow(z[j, c].numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
@@ -182,7 +181,7 @@ def save_sample_grid(ldm: Any, path: str | os.PathLike, n: int = 8, seed: int = 
 
 
 def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title: str | None = None,
-                cell_inches: float = 1.2, vmax: float | None = None, signed: bool = True):
+                signed: bool = True):
     """Latents (B, c, h, w) as images, one column per channel, one scale for the whole figure and a color bar:
     signed values (a mean, a latent) in a diverging map centred on 0 (blue negative, white 0, red positive);
     signed=False for a positive quantity (a standard deviation) in a sequential map from 0."""
@@ -192,9 +191,9 @@ def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title:
         raise ValueError(f"expected latents of shape (B, c, h, w), got {tuple(z.shape)}")
     z = z.detach().float().cpu()
     B, C = z.shape[:2]
-    vmax = float(z.abs().max()) if vmax is None else vmax
+    vmax = float(z.abs().max())
     cmap, vmin = ("RdBu_r", -vmax) if signed else ("viridis", 0.0)
-    fig, axes = plt.subplots(B, C, figsize=(C * cell_inches + 1.2, B * cell_inches + 0.4), squeeze=False)
+    fig, axes = plt.subplots(B, C, figsize=(C * 1.2 + 1.2, B * 1.2 + 0.4), squeeze=False)
     for i in range(B):
         for c in range(C):
             im = axes[i, c].imshow(z[i, c].numpy(), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
@@ -206,7 +205,7 @@ def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title:
 
 
 def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[str], title: str | None = None,
-                      cell_inches: float = 1.6, alpha: float = 0.6, uniform: float | None = None):
+                      uniform: float | None = None):
     """An image (3, H, W) and, next to it, one panel per word: the image in grey with that word's attention
     map (H, W) over it, every panel on one scale from 0 to the largest value of any map (so that a weak map
     looks weak), with its color bar; each title gives its map's maximum. `uniform`: the level of attention
@@ -219,13 +218,12 @@ def attention_overlay(image: torch.Tensor, maps: torch.Tensor, words: Sequence[s
     rgb = to_display(image[None])[0]
     grey = rgb.mean(-1)
     vmax = max(float(maps.max()), uniform or 0.0)
-    fig, axes = plt.subplots(1, len(words) + 1, figsize=((len(words) + 1) * cell_inches + 0.8, cell_inches + 0.6),
-                             layout="constrained")
+    fig, axes = plt.subplots(1, len(words) + 1, figsize=((len(words) + 1) * 1.6 + 0.8, 2.2), layout="constrained")
     axes[0].imshow(rgb.numpy(), interpolation="nearest")
     axes[0].set_title("sample", fontsize=8)
     for ax, m, w in zip(axes[1:], maps, words):
         ax.imshow(grey.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        im = ax.imshow(m.float().numpy(), cmap="inferno", alpha=alpha, vmin=0, vmax=vmax, interpolation="bilinear")
+        im = ax.imshow(m.float().numpy(), cmap="inferno", alpha=0.6, vmin=0, vmax=vmax, interpolation="bilinear")
         ax.set_title(f'"{w}"\nmax {float(m.max()):.2f}', fontsize=7)
     for ax in axes:
         ax.axis("off")
