@@ -25,11 +25,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..nn import EMA
 from ..utils import UnsafeWeightsError, load_checkpoint, save_checkpoint, to_plain
 from .distributed import Dist
+from .speed import SpeedConfig, sync_interval
 
-__all__ = ["Run", "Callback", "NonFiniteLossError", "check_finite", "positive_steps", "fused_optimizer", "linear_decay",
+__all__ = ["Run", "Callback", "NonFiniteLossError", "with_steps", "fused_optimizer", "linear_decay",
            "remove_stale_temporaries", "check_config_matches", "rng_state", "set_rng_state"]
 
 Callback = Callable[[int, dict, "Run"], None]
@@ -41,18 +41,12 @@ class NonFiniteLossError(RuntimeError):
     """A loss became NaN or inf; training stops (before the update when losses are read every step)."""
 
 
-def check_finite(step: int, **losses: torch.Tensor | float) -> None:
-    """Raise NonFiniteLossError naming the step and the offending losses when any is NaN/inf."""
-    values = {k: float(v.detach().float().item() if torch.is_tensor(v) else v) for k, v in losses.items()}
-    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-    if bad:
-        raise NonFiniteLossError(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
-
-
-def positive_steps(steps: Any) -> int:
+def with_steps(train_config: Any, steps: Any) -> Any:
+    """`train_config` with `steps` training steps (None: its own), which must be a positive whole number."""
+    steps = train_config.steps if steps is None else steps
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive number of training steps, got {steps!r}")
-    return steps
+    return dataclasses.replace(train_config, steps=steps)
 
 
 def fused_optimizer(device: torch.device | str) -> dict:
@@ -126,16 +120,20 @@ class Run:
         history, step         one record ({"step", "loss", …}) per step so far; the steps done
         folder, path          where the checkpoint lives
 
-    Only process 0 (`dist.main`) writes and shows progress; every process reads losses back together.
+    `states` names what the checkpoint keeps of the run ({key: module, optimizer, scheduler or EMA; None when
+    absent}): `states()` gives their state dicts, `resume` loads them back. Only process 0 (`dist.main`) writes and
+    shows progress; every process reads losses back together. A callback makes the run read every step's loss.
     """
 
     def __init__(self, folder: str | os.PathLike, name: str, kind: str, model: nn.Module, trained: nn.Module,
-                 ema: EMA | None, *, weights: tuple[str, ...], dist: Dist, device: torch.device, sync_every: int,
-                 label: str, shown: tuple[str, ...] = ("loss",), progress: bool = True):
+                 states: dict[str, Any], *, weights: tuple[str, ...], dist: Dist, device: torch.device,
+                 speed: SpeedConfig, callback: Callback | None, label: str, shown: tuple[str, ...] = ("loss",),
+                 progress: bool = True):
         self.folder, self.kind, self.weights = Path(folder), kind, weights
         self.path = self.folder / name
-        self.model, self.trained, self.ema, self.dist, self.device = model, trained, ema, dist, device
-        self.sync_every, self.label, self.shown, self.progress = max(1, sync_every), label, shown, progress
+        self.model, self.trained, self.holders, self.ema = model, trained, states, states.get("ema")
+        self.dist, self.device, self.label, self.shown, self.progress = dist, device, label, shown, progress
+        self.sync_every = 1 if callback else max(1, sync_interval(device, speed))   # a callback sees every step
         self.step = self.start = 0
         self.history: list[dict] = []
         self.saved_at: int | None = None          # the step of the checkpoint on disk
@@ -143,14 +141,16 @@ class Run:
         if dist.main:
             remove_stale_temporaries(self.folder, name)    # left by writes that a kill interrupted
 
-    def resume(self, load: Callable[[dict], None], configs: Mapping[str, Any], what: str,
-               ignore: tuple[str, ...]) -> bool:
-        """Continue from the folder's checkpoint if there is one: its configs must match `configs` ({checkpoint
-        key: config}; but for the fields in `ignore`), `load` puts its weights and optimizer states back; the
-        random state is restored. The configs are compared field by field, all together: a checkpoint written
-        before the configs were split stores every field under "config", and still resumes."""
+    def states(self) -> dict[str, Any]:
+        return {key: None if h is None else h.state_dict() for key, h in self.holders.items()}
+
+    def resume(self, configs: Mapping[str, Any], what: str, ignore: tuple[str, ...]) -> dict | None:
+        """Continue from the folder's checkpoint if there is one (returned; None if there is none): its configs
+        must match `configs` ({checkpoint key: config}; but for the fields in `ignore`); the states and the random
+        state are put back. The configs are compared field by field, all together: a checkpoint written before
+        the configs were split stores every field under "config", and still resumes."""
         if not self.path.is_file():
-            return False
+            return None
         ckpt = load_checkpoint(self.path, map_location=self.device, kind=self.kind)
         saved = {k: v for key in configs for k, v in to_plain(ckpt.get(key) or {}).items()}
         # a field added to a config after the checkpoint was written counts as its default, which that run used
@@ -159,11 +159,13 @@ class Run:
                     for f in dataclasses.fields(c) if f.default is not dataclasses.MISSING}, **saved}
         current = {k: v for config in configs.values() for k, v in to_plain(config).items()}
         check_config_matches(saved, current, what=what, ignore=ignore)
-        load(ckpt)
+        for key, holder in self.holders.items():
+            if holder is not None and ckpt.get(key) is not None:
+                holder.load_state_dict(ckpt[key])
         set_rng_state(ckpt["rng"])
         self.step = self.start = self.saved_at = int(ckpt["step"])
         self.history, self.elapsed_before = list(ckpt["history"]), float(ckpt.get("elapsed", 0.0))
-        return True
+        return ckpt
 
     def begin(self, steps: int, max_minutes: float | None) -> None:
         """Start the clock (stop after `max_minutes`, None: never) and the progress bar of a run to `steps`."""
@@ -182,15 +184,9 @@ class Run:
     def guard(self, step: int, **losses: torch.Tensor) -> None:
         """When losses are read every step: stop before the update if one is NaN/inf. With several processes it
         checks their average, so all of them stop together (one alone would leave the others waiting for it)."""
-        if self.sync_every != 1:
-            return
-        if self.dist.active:
-            losses = dict(zip(losses, self.dist.mean(torch.stack([v.detach().float().reshape(()) for v in
-                                                                   losses.values()]))))
-        try:
-            check_finite(step, **losses)
-        except NonFiniteLossError as e:
-            raise self._stopped(e) from None
+        if self.sync_every == 1:
+            values = self.dist.mean(torch.stack([v.detach().float().reshape(()) for v in losses.values()]))
+            self._check_finite(step, dict(zip(losses, values.tolist())))
 
     def log(self, step: int, record: dict[str, Any], now: bool = False) -> None:
         """Keep step `step`'s record. Every `sync_every` steps, at the last step and when `now` (a checkpoint or a
@@ -204,10 +200,7 @@ class Run:
         values = iter(self.dist.mean(torch.stack(tensors)).tolist() if tensors else [])
         for k, r in self.pending:
             r = {"step": k, **{n: next(values) if torch.is_tensor(v) else float(v) for n, v in r.items()}}
-            try:
-                check_finite(k - 1, **{n: v for n, v in r.items() if n in GUARDED})
-            except NonFiniteLossError as e:
-                raise self._stopped(e) from None
+            self._check_finite(k - 1, {n: v for n, v in r.items() if n in GUARDED})
             self.history.append(r)
             self.bar.update(1)
             self.bar.set_postfix({n: f"{v:.3g}" for n, v in r.items() if n in self.shown}, refresh=False)
@@ -247,7 +240,9 @@ class Run:
             finally:
                 self.trained.train()
 
-    def _stopped(self, e: NonFiniteLossError) -> NonFiniteLossError:
-        where = (f"the last checkpoint (step {self.saved_at}) at {self.path} is intact" if self.saved_at is not None
-                 else "no checkpoint was written before it")
-        return NonFiniteLossError(f"{e}. Training stopped; {where}. {ADVICE}")
+    def _check_finite(self, step: int, losses: dict[str, float]) -> None:
+        bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v))
+        if bad:
+            where = (f"the last checkpoint (step {self.saved_at}) at {self.path} is intact" if self.saved_at is not None
+                     else "no checkpoint was written before it")
+            raise NonFiniteLossError(f"non-finite loss at step {step}: {bad}. Training stopped; {where}. {ADVICE}")

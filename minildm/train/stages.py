@@ -16,12 +16,11 @@ step runs (bf16, compile, channels-last, how often losses are read back) is the 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,9 +38,9 @@ from ..utils import (get_device, load_checkpoint, save_checkpoint, seed_everythi
                      warmup_cosine)
 from .configs import AETrainConfig, LDMTrainConfig
 from .distributed import Dist, setup_distributed, wrap_ddp
-from .loop import Callback, NonFiniteLossError, Run, fused_optimizer, linear_decay, positive_steps
+from .loop import Callback, NonFiniteLossError, Run, fused_optimizer, linear_decay, with_steps
 from .profiles import Profile, get_profile
-from .speed import SpeedConfig, apply_speed, autocast, precision_dtype, sync_interval
+from .speed import SpeedConfig, apply_speed, autocast, precision_dtype
 
 __all__ = ["train_autoencoder", "train_ldm", "SampleSnapshots", "loss_trend", "NonFiniteLossError", "encode_cache",
            "AE_CHECKPOINT", "LDM_CHECKPOINT"]
@@ -56,18 +55,15 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
                       device: str | torch.device | None = None, max_minutes: float | None = None,
                       resume: bool = True, *, kind: str | None = None, steps: int | None = None,
                       random_lpips: bool | None = None, lpips_download: bool = True, progress: bool = True,
-                      data_config: DataConfig | None = None,
-                      batches: Callable[[int], Iterator[dict]] | None = None,
                       callback: Callback | None = None, dataset: Any = None, val_dataset: Any = None,
                       speed: SpeedConfig | None = None) -> dict[str, Any]:
     """Train (or resume) the first-stage autoencoder in `out_dir` (Sec. 3.1 / App. G); returns
     {"path", "history", "step", "minutes", "stopped_early"}, with one record per step in "history" (`val_psnr` on
     validation steps, every `val_every` steps and at the end, when the checkpoint is written too).
 
-    profile_or_cfg: profile name, Profile or AEConfig (then `data_config` or DataConfig() for the data);
+    profile_or_cfg: profile name, Profile or AEConfig (then DataConfig() for the data);
     kind / steps override the config; max_minutes stops early (a checkpoint is written either way);
     random_lpips opts into a random LPIPS backbone (None: $MINILDM_LPIPS_RANDOM_BACKBONE);
-    batches: optional factory start_step -> iterator of {"image": (B,3,H,W)} batches (default: Shapes);
     dataset / val_dataset: train and validate on these instead (data.make_dataset: MNIST, a folder of images);
     speed: precision, compile, time cap … (default: the profile's; speed.py). Started by torchrun: distributed.py.
 
@@ -84,14 +80,12 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
         cfg, loss_cfg, train_cfg = profile.ae, profile.ae_loss, profile.ae_train
         data, name, speed = profile.data, profile.name, speed or profile.speed
     cfg = dataclasses.replace(cfg, **({"kind": kind} if kind else {}))
-    train_cfg = dataclasses.replace(train_cfg, steps=positive_steps(train_cfg.steps if steps is None else steps))
+    train_cfg = with_steps(train_cfg, steps)
     if cfg.kind == "pixel":
         raise ValueError("kind='pixel' is the identity first stage (f = 1): it has nothing to train; pass "
                          "autoencoder.PixelSpace() to train_ldm directly")
-    data, speed = data_config or data, speed or SpeedConfig()
+    speed = speed or SpeedConfig()
     d, device = setup_distributed(get_device(device))
-    if d.active and batches is not None:
-        raise ValueError("several processes need batches they can split: pass dataset=..., not batches=...")
     seed_everything(train_cfg.seed)
     model = build_autoencoder(cfg).to(device)
     loss_fn = AutoencoderLoss(loss_cfg, lpips_download=lpips_download, random_backbone=random_lpips,
@@ -104,33 +98,21 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
     ema = EMA(model, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
     _announce(d, train_cfg.batch_size, train_cfg.lr, progress)
 
-    def checkpoint() -> dict[str, Any]:          # what autoencoder.pt holds (Run.save adds step, history, RNG)
-        return {"config": cfg, "loss_config": loss_cfg, "train_config": train_cfg, "data_config": data,
-                "profile": name, "state_dict": model.state_dict(), "discriminator": disc.state_dict(),
-                "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None}
-
-    def load(ckpt: dict) -> None:
-        model.load_state_dict(ckpt["state_dict"])
-        disc.load_state_dict(ckpt["discriminator"])
-        opt_ae.load_state_dict(ckpt["opt_ae"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
-
-    run = Run(out_dir, AE_CHECKPOINT, AE_KIND, model, model, ema, weights=("state_dict", "discriminator", "ema"),
-              dist=d, device=device, label=f"AE-{cfg.kind}", progress=progress,
-              sync_every=1 if callback else sync_interval(device, speed),     # a callback sees every step
+    run = Run(out_dir, AE_CHECKPOINT, AE_KIND, model, model, {"state_dict": model, "discriminator": disc,
+              "opt_ae": opt_ae, "opt_d": opt_d, "ema": ema}, weights=("state_dict", "discriminator", "ema"), dist=d,
+              device=device, speed=speed, callback=callback, label=f"AE-{cfg.kind}", progress=progress,
               shown=("loss", "l1", "lpips", "g", "d_loss", "val_psnr"))
     if resume:                # steps and validation may change between a run and its resumption
-        run.resume(load, {"config": cfg, "loss_config": loss_cfg, "train_config": train_cfg}, "autoencoder",
+        run.resume({"config": cfg, "loss_config": loss_cfg, "train_config": train_cfg}, "autoencoder",
                    ignore=("steps", "val_every", "val_images"))
-    if batches is None:       # batch k depends on (seed, k) only: resumable
-        source = dataset if dataset is not None else ShapesDataset("train", config=data)
-        stream = source.random_batches(train_cfg.batch_size, seed=train_cfg.seed, start=run.step, device=device,
-                                       rows=d.rows(train_cfg.batch_size))
-    else:
-        stream = batches(run.step)
+
+    def checkpoint() -> dict[str, Any]:          # what autoencoder.pt holds (Run.save adds step, history, RNG)
+        return {"config": cfg, "loss_config": loss_cfg, "train_config": train_cfg, "data_config": data,
+                "profile": name, **run.states()}
+
+    source = dataset if dataset is not None else ShapesDataset("train", config=data)
+    stream = source.random_batches(train_cfg.batch_size, seed=train_cfg.seed, start=run.step, device=device,
+                                   rows=d.rows(train_cfg.batch_size))          # batch k depends on (seed, k) only
     val = val_dataset if val_dataset is not None else dataset if dataset is not None else ShapesDataset("val", data)
     n = min(train_cfg.val_images, len(val))
     val_images = [val.batch(range(i, min(i + train_cfg.batch_size, n)))["image"]
@@ -138,10 +120,8 @@ def train_autoencoder(profile_or_cfg: str | Profile | AEConfig | None, out_dir: 
 
     def validate() -> dict[str, float]:
         """Validation PSNR (dB) of reconstructions, with the EMA weights when there is an EMA."""
-        if not val_images:
-            return {}
-        with ema.applied_to(model) if ema is not None else contextlib.nullcontext():
-            return {"val_psnr": reconstruction_psnr(model, val_images, device)}
+        with run.ema_weights() as autoencoder:
+            return {"val_psnr": reconstruction_psnr(autoencoder, val_images, device)}
 
     validating = train_cfg.val_every > 0 and train_cfg.val_images > 0     # every val_every steps and at the end
     amp = precision_dtype(device, speed.precision)
@@ -204,8 +184,7 @@ def encode_cache(ldm: LatentDiffusion, dataset: Any, size: int, batch_size: int,
                  progress: bool = True) -> dict[str, torch.Tensor]:
     """Encode samples 0..size-1 once: posterior μ, σ (unscaled) and the raw conditioning inputs, on the CPU.
     Every training step then draws z = μ + σ·ε from the cache instead of running the encoder. An inpainting
-    model's masks are drawn afresh at every step, so for it the cache keeps the image and its segmentation
-    (`_condition_source`)."""
+    model's masks are drawn afresh at every step, so for it the cache keeps [image, segmentation] (B, 4, H, W)."""
     size = min(size, len(dataset))
     means, stds, raws = [], [], []
     for start in tqdm(range(0, size, batch_size), desc="encoding latents", disable=not progress, mininterval=2):
@@ -213,7 +192,10 @@ def encode_cache(ldm: LatentDiffusion, dataset: Any, size: int, batch_size: int,
         mean, std = ldm.latent_moments(b["image"])
         means.append(mean.float().cpu())
         stds.append(std.float().cpu())
-        raw = _condition_source(ldm, b)
+        if ldm.cond_mode == "inpaint":
+            raw = torch.cat([b["image"], b["segmentation"][:, None].to(b["image"].dtype)], dim=1)
+        else:
+            raw = ldm.raw_condition(b)
         raws.append(raw.cpu() if raw is not None else torch.zeros(mean.shape[0]))
     return {"mean": torch.cat(means), "std": torch.cat(stds), "raw": torch.cat(raws)}
 
@@ -237,8 +219,7 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
     """
     profile = get_profile(profile)
     cfg = dataclasses.replace(profile.ldm, **({"cond": cond} if cond is not None else {}))
-    train_cfg = dataclasses.replace(profile.ldm_train,
-                                    steps=positive_steps(profile.ldm_train.steps if steps is None else steps))
+    train_cfg = with_steps(profile.ldm_train, steps)
     speed = speed or profile.speed
     d, device = setup_distributed(get_device(device))
     seed_everything(seed)           # before the autoencoder is built: its init draws from the same RNG
@@ -262,24 +243,18 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
     loss_of = wrap_ddp(_TrainingLoss(ldm, train_cfg), d, device)   # DDP with several processes
     _announce(d, train_cfg.batch_size, train_cfg.lr, progress)
 
+    run = Run(out_dir, LDM_CHECKPOINT, LDM_KIND, ldm, mods, {"state_dict": mods, "ema": ema, "optimizer": opt,
+              "scheduler": sched}, weights=("state_dict", "ema", "autoencoder"), dist=d, device=device, speed=speed,
+              callback=callback, label=f"LDM ({cfg.cond})", progress=progress)
+    resumed = resume and run.resume({"config": cfg, "train_config": train_cfg}, "latent diffusion", ignore=(
+        "steps", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale"))
+    if resumed:
+        ldm.scale_factor.fill_(float(resumed["scale_factor"]))
+
     def checkpoint() -> dict[str, Any]:          # what ldm.pt holds (Run.save adds step, history, RNG)
         return {**ldm.checkpoint_model(), "train_config": train_cfg, "data_config": profile.data,
-                "profile": profile.name, "state_dict": mods.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "seed": seed}
+                "profile": profile.name, **run.states(), "seed": seed}
 
-    def load(ckpt: dict) -> None:
-        mods.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
-        ldm.scale_factor.fill_(float(ckpt["scale_factor"]))
-
-    run = Run(out_dir, LDM_CHECKPOINT, LDM_KIND, ldm, mods, ema, weights=("state_dict", "ema", "autoencoder"),
-              dist=d, device=device, label=f"LDM ({cfg.cond})", progress=progress,
-              sync_every=1 if callback else sync_interval(device, speed))     # a callback sees every step
-    resumed = resume and run.resume(load, {"config": cfg, "train_config": train_cfg}, "latent diffusion", ignore=(
-        "steps", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale"))
     cache = None
     if train_cfg.cache_size > 0 and run.step < train_cfg.steps:     # nothing to encode when the run is already complete
         cache = encode_cache(ldm, ds, train_cfg.cache_size, 256, device, progress and d.main)
@@ -287,7 +262,7 @@ def train_ldm(profile: str | Profile | None, autoencoder: str | os.PathLike | nn
         cache = {k: v.to(device) for k, v in cache.items()}    # on the device: no copies per step
     if not resumed:                                     # the scale factor from the first training batch: 1/std(z)
         if cache is not None:
-            first = cache["mean"][: train_cfg.batch_size].to(device), cache["std"][: train_cfg.batch_size].to(device)
+            first = cache["mean"][: train_cfg.batch_size], cache["std"][: train_cfg.batch_size]
         else:
             first = ldm.latent_moments(ds.batch(range(train_cfg.batch_size), device=device)["image"])
             _check_latents(*first)
@@ -352,14 +327,6 @@ class _TrainingLoss(nn.Module):
         return self.ldm.training_step(z0, raw, generator=generator, rows=rows,
                                       cond_drop_prob=self.config.cond_drop_prob,
                                       loss_weighting=self.config.loss_weighting)
-
-
-def _condition_source(ldm: LatentDiffusion, b: dict) -> torch.Tensor | None:
-    """What the latent cache keeps of a batch for its raw condition: the raw condition itself, or for an
-    inpainting model [image, segmentation] (B, 4, H, W), from which each step draws its own masks."""
-    if ldm.cond_mode == "inpaint":
-        return torch.cat([b["image"], b["segmentation"][:, None].to(b["image"].dtype)], dim=1)
-    return ldm.raw_condition(b)
 
 
 def _check_latents(mean: torch.Tensor, std: torch.Tensor) -> None:
