@@ -151,9 +151,6 @@ def ex_9_1(fa: torch.Tensor, fb: torch.Tensor) -> float:
     return float(fid_from_features(fa, fb))
 
 
-__all__ = sorted(name for name in dir() if name.startswith("ex_"))
-
-
 # ── 10 · Beyond the paper ───────────────────────────────────────────────────────────────────────────────────
 
 def ex_10_2(model, flow, x, t, t_prev) -> torch.Tensor:
@@ -173,3 +170,6 @@ def ex_10_4(diffusion, z_t, t, v_hat) -> torch.Tensor:
     """The flow velocity u = ε̂ − x̂_0 that a v-prediction diffusion model's output v̂ at step t implies."""
     x0_hat, eps_hat = diffusion.predict_x0_and_eps(z_t, t, v_hat)
     return eps_hat - x0_hat
+
+
+__all__ = sorted(name for name in dir() if name.startswith("ex_"))

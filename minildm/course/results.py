@@ -100,27 +100,25 @@ def f_study_verdict(rows: Sequence[Row]) -> str:
     return text
 
 
-# (key, header, format) of the columns each experiment shows by default
+# (key, header, format) of the columns each experiment shows by default, and groups of them that several show
+_FID = [("fid", "Shapes-FID", ".1f"), ("fid_floor", "floor (unpaired)", ".1f")]
+_PRECISION_RECALL = [("precision", "precision", ".3f"), ("recall", "recall", ".3f")]
+_LATENT = [("f", "f", "d"), ("latent_size", "h = w", "d"), ("latent_channels", "c", "d"), ("rate", "rate", ".4f")]
 COLUMNS: dict[str, list[tuple[str, str, str]]] = {
     "f-study": [("f", "f", "d"), ("segment", "segment", "d"), ("minutes", "LDM minutes", ".2f"),
-                ("steps", "steps", "d"), ("fid", "Shapes-FID", ".1f"), ("fid_floor", "floor (unpaired)", ".1f"),
-                ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
+                ("steps", "steps", "d"), *_FID, *_PRECISION_RECALL,
                 ("one_object_accuracy", "1-object acc.", ".1%"), ("two_object_accuracy", "2-object acc.", ".1%")],
-    "f-study-summary": [("f", "f", "d"), ("latent_size", "h = w", "d"), ("latent_channels", "c", "d"),
-                        ("rate", "rate", ".4f"), ("ae_steps", "AE steps", "d"), ("ae_psnr", "AE val PSNR", ".1f"),
+    "f-study-summary": [*_LATENT, ("ae_steps", "AE steps", "d"), ("ae_psnr", "AE val PSNR", ".1f"),
                         ("steps", "LDM steps", "d"), ("train_steps_per_s", "train steps/s", ".2f"),
                         ("minutes", "LDM minutes", ".2f"), ("ddim_images_per_s", "DDIM img/s", ".2f"),
                         ("fid", "Shapes-FID", ".1f"), ("fid_spread", "± (bootstrap s.d.)", ".1f"),
                         ("fid_floor", "floor (unpaired)", ".1f"), ("one_object_accuracy", "1-object acc.", ".1%")],
-    "sampler": [("steps", "DDIM steps", "d"), ("eta", "η", ".1f"), ("fid", "Shapes-FID", ".1f"),
-                ("fid_floor", "floor (unpaired)", ".1f"), ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
+    "sampler": [("steps", "DDIM steps", "d"), ("eta", "η", ".1f"), *_FID, *_PRECISION_RECALL,
                 ("accuracy", "prompt acc.", ".1%"), ("sample_images_per_s", "img/s", ".1f")],
-    "guidance": [("guidance_scale", "s", ".1f"), ("fid", "Shapes-FID", ".1f"), ("fid_floor", "floor (unpaired)", ".1f"),
-                 ("precision", "precision", ".3f"), ("recall", "recall", ".3f"), ("accuracy", "prompt acc.", ".1%"),
+    "guidance": [("guidance_scale", "s", ".1f"), *_FID, *_PRECISION_RECALL, ("accuracy", "prompt acc.", ".1%"),
                  ("one_object_accuracy", "1-object", ".1%"), ("two_object_accuracy", "2-object", ".1%")],
-    "rate-distortion": [("f", "f", "d"), ("latent_size", "h = w", "d"), ("latent_channels", "c", "d"),
-                        ("rate", "rate", ".4f"), ("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".4f"),
-                        ("lpips", "LPIPS", ".4f"), ("rfid", "rFID (paired: perfect = 0)", ".2f")],
+    "rate-distortion": [*_LATENT, ("psnr", "PSNR (dB)", ".2f"), ("ssim", "SSIM", ".4f"), ("lpips", "LPIPS", ".4f"),
+                        ("rfid", "rFID (paired: perfect = 0)", ".2f")],
     "ode-samplers": [("label", "sampler", None), ("steps", "steps", "d"), ("nfe", "NFE (model calls)", "d"),
                      ("accuracy", "prompt acc.", ".1%"), ("accuracy_low", "95 % low", ".1%"),
                      ("accuracy_high", "95 % high", ".1%"), ("fid", "Shapes-FID", ".1f"),

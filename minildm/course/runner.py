@@ -31,9 +31,9 @@ from .results import load_json, write_json
 __all__ = ["run_course", "speed_probe", "self_check"]
 
 
-def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str] | None = None,
-               strict: bool = False, results_dir: str | os.PathLike | None = RESULTS_DIR,
-               cell_timeout: int = 3600, probe_seconds: float = 10.0, log=print) -> dict[str, Any]:
+def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str] | None = None, strict: bool = False,
+               results_dir: str | os.PathLike | None = RESULTS_DIR, probe_seconds: float = 10.0,
+               log=print) -> dict[str, Any]:
     """Execute the notebooks (default: all ten) in order; returns and (when results_dir) writes the record:
     {"profile", "strict", "notebooks": {name: {"minutes", "ok", "error", "identities", "findings", "figures"}},
     "total_minutes"}."""
@@ -54,7 +54,7 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
             log(f"[{name}] running in the {profile} profile ...")
             t0, error = time.perf_counter(), None
             try:
-                NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
+                NotebookClient(nb, timeout=3600, kernel_name="python3",
                                resources={"metadata": {"path": str(path.parent)}}).execute()
             except CellExecutionError as e:
                 error = str(e).strip().splitlines()[-1][:500]
@@ -71,16 +71,15 @@ def run_course(profile: str, course_dir: str | os.PathLike, notebooks: list[str]
             ran.append(name)
             if error and strict:
                 break
-    if results_dir is not None:            # a partial run (--notebooks) updates those notebooks' entries only
-        earlier = load_json(Path(results_dir) / f"{profile}.json") or {}
-        if notebooks and earlier.get("profile") == profile:
-            record["notebooks"] = {**earlier.get("notebooks", {}), **record["notebooks"]}
-            record["notebooks"] = {n: record["notebooks"][n] for n in NOTEBOOKS if n in record["notebooks"]}
-            record["strict"] = strict and earlier.get("strict", False)
-            record["speed"] = earlier.get("speed", record["speed"])   # the full run's machine speed stays the reference
+    out = None if results_dir is None else Path(results_dir)
+    earlier = {} if out is None else load_json(out / f"{profile}.json") or {}
+    if notebooks and earlier.get("profile") == profile:    # a partial run (--notebooks) updates its notebooks only
+        merged = {**earlier.get("notebooks", {}), **record["notebooks"]}
+        record["notebooks"] = {n: merged[n] for n in NOTEBOOKS if n in merged}
+        record["strict"] = strict and earlier.get("strict", False)
+        record["speed"] = earlier.get("speed", record["speed"])   # the full run's machine speed stays the reference
     record["total_minutes"] = round(sum(n["minutes"] for n in record["notebooks"].values()), 2)
-    if results_dir is not None:
-        out = Path(results_dir)
+    if out is not None:
         (out / profile).mkdir(parents=True, exist_ok=True)
         for name in ran:                   # the figures of the notebooks run now (earlier ones are already there)
             for fig in record["notebooks"][name]["figures"]:

@@ -55,8 +55,6 @@ def frame_slider(frames: Sequence[torch.Tensor], titles: Sequence[str], captions
                          f"{len(titles)} titles")
 
     def figure(i: int = 0):
-        if not 0 <= i < len(frames):
-            raise IndexError(f"frame {i} out of range 0..{len(frames) - 1}")
         return image_grid(frames[i], captions, ncols=ncols, title=titles[i])
 
     out = widgets.Output()
