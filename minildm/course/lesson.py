@@ -242,21 +242,23 @@ class Course:
         return data.batch(pick.tolist())["image"].cpu()
 
     @torch.no_grad()
-    def sample(self, ldm: LatentDiffusion, n: int, steps: int | None = None, seed: int | None = None,
-               **sample_kwargs: Any) -> tuple[Any, list[str]]:
+    def sample(self, ldm: LatentDiffusion, n: int, steps: int | None = None, **sample_kwargs: Any
+               ) -> tuple[Any, list[str]]:
         """(ldm.sample(...), captions) for n samples of a class-conditional (classes in turn) or unconditional
-        model: what notebooks show on data without captions. sample_kwargs go to LatentDiffusion.sample."""
-        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        model from the course's seed: what notebooks show on data without captions. sample_kwargs go to
+        LatentDiffusion.sample."""
         if ldm.cond_mode == "none":
-            return ldm.sample(num_samples=n, steps=steps, generator=g, **sample_kwargs), \
-                [f"sample {i + 1}" for i in range(n)]
-        if ldm.cond_mode != "class":
+            raw, names = None, [f"sample {i + 1}" for i in range(n)]
+        elif ldm.cond_mode == "class":
+            labels = [i % ldm.num_classes for i in range(n)]
+            classes = getattr(self.dataset("train"), "classes", None) if self.data != "shapes" else None
+            raw = ldm.prompt_condition(labels=labels)
+            names = [classes[c] if classes and len(classes) == ldm.num_classes else f"class {c}" for c in labels]
+        else:
             raise ValueError(f"Course.sample draws class-conditional or unconditional models, got a {ldm.cond_mode} "
                              f"model; use ldm.sample with its condition")
-        labels = [i % ldm.num_classes for i in range(n)]
-        classes = getattr(self.dataset("train"), "classes", None) if self.data != "shapes" else None
-        names = [classes[c] if classes and len(classes) == ldm.num_classes else f"class {c}" for c in labels]
-        return ldm.sample(ldm.prompt_condition(labels=labels), steps=steps, generator=g, **sample_kwargs), names
+        return ldm.sample(raw, num_samples=n if raw is None else None, steps=steps,
+                          generator=torch.Generator().manual_seed(self.seed), **sample_kwargs), names
 
     # ---------------------------------------------------------------- identities, findings and results
     def identity(self, name: str, value: float, op: str, expected: float) -> None:

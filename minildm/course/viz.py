@@ -106,12 +106,16 @@ def filmstrip(frames: Sequence[torch.Tensor], column_titles: Sequence[str], row_
     return fig
 
 
-def _shown_steps(trajectory: dict, every: int) -> list[int]:
-    """Every `every`-th step of a sampling trajectory and its last one."""
+def _shown_steps(ldm: Any, trajectory: dict, every: int, rows: slice = slice(None)
+                 ) -> tuple[list[int], list[str], dict[str, list[torch.Tensor]]]:
+    """Every `every`-th step of a sampling trajectory and its last one, their column titles, and the sampler's
+    states x_t and predictions x̂_0 there (of the samples `rows`) decoded to images on the CPU."""
     n = len(trajectory["timesteps"])
     if n == 0 or every < 1:
         raise ValueError(f"need a non-empty trajectory and every ≥ 1, got {n} steps and every={every}")
-    return sorted(set(range(0, n, every)) | {n - 1})
+    steps, device = sorted(set(range(0, n, every)) | {n - 1}), ldm.scale_factor.device
+    decoded = {k: [ldm.decode(trajectory[k][s][rows].to(device)).cpu() for s in steps] for k in ("x_t", "pred_x0")}
+    return steps, [f"step {s}, t={trajectory['timesteps'][s]}" for s in steps], decoded
 
 
 @torch.no_grad()
@@ -119,13 +123,10 @@ def denoising_filmstrip(ldm: Any, trajectory: dict, captions: Sequence[str], eve
     """The denoising trajectory of `ldm.sample(..., return_intermediates=True)`, two rows per sample:
     the sampler's state x_t decoded (noise at first, the image at the end) and its prediction x̂_0 at that
     step, for every `every`-th step and the last one. Columns are titled with the step and its timestep t."""
-    steps = _shown_steps(trajectory, every)
-    device = ldm.scale_factor.device
-    decoded = {k: [ldm.decode(trajectory[k][s].to(device)).cpu() for s in steps] for k in ("x_t", "pred_x0")}
+    _, cols, decoded = _shown_steps(ldm, trajectory, every)
     frames = [torch.stack([decoded[k][j][i] for i in range(len(captions)) for k in ("x_t", "pred_x0")])
-              for j in range(len(steps))]
+              for j in range(len(cols))]
     rows = [f"{label}: {c}" for c in captions for label in ("x_t", "x̂0")]
-    cols = [f"step {s}, t={trajectory['timesteps'][s]}" for s in steps]
     return filmstrip(frames, cols, rows, cell_inches=1.1, title=title)
 
 
@@ -136,11 +137,9 @@ def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5
     the prediction ẑ₀ decoded, for every `every`-th step and the last."""
     import matplotlib.pyplot as plt
 
-    steps = _shown_steps(trajectory, every)
-    device = ldm.scale_factor.device
+    steps, cols, decoded = _shown_steps(ldm, trajectory, every, slice(index, index + 1))
     z = torch.stack([trajectory["x_t"][s][index] for s in steps]).float().cpu()          # (steps, c, h, w)
-    images = [to_display(torch.stack([ldm.decode(trajectory[k][s][index:index + 1].to(device))[0].cpu()
-                                      for s in steps])) for k in ("x_t", "pred_x0")]
+    images = [to_display(torch.cat(decoded[k])) for k in ("x_t", "pred_x0")]
     C, vmax = z.shape[1], float(z.abs().max())
     fig, axes = plt.subplots(C + 2, len(steps), figsize=(len(steps) + 2.2, C + 2.6), squeeze=False)   # 1-inch cells
     for j in range(len(steps)):
@@ -150,7 +149,7 @@ def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5
             axes[C + r, j].imshow(frames[j].numpy(), interpolation="nearest")
     h, w = z.shape[-2:]
     rows = [f"z_t channel {c} ({h}×{w})" for c in range(C)] + ["z_t decoded", "ẑ₀ decoded"]
-    _label_cells(axes, [f"step {s}, t={trajectory['timesteps'][s]}" for s in steps], rows, wrap=16)
+    _label_cells(axes, cols, rows, wrap=16)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=C / (C + 2), anchor=(0.0, 1.0), label="latent value (scaled)")
     if title:
         fig.suptitle(title, fontsize=9)
