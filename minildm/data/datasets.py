@@ -1,20 +1,16 @@
 """The datasets that feed training: the built-in captioned Shapes scenes (default), a folder of pictures, and
-MNIST / Fashion-MNIST (torchvision's).
-
-Every dataset gives the same interface, so the training code and the notebooks can swap them:
+MNIST / Fashion-MNIST (torchvision's). Every dataset gives the same interface, so training and the notebooks
+can swap them:
 
     ds[i]                                -> one sample with every annotation it has
     ds.batch(indices, device)            -> {"image": (B, 3, H, W) in [-1, 1], "label": (B,), ...} at once
     ds.random_batches(batch_size, seed)  -> an endless stream; batch k depends only on (seed, k)
 
-and describes the conditions it can give a model: `num_classes` (labels for class conditioning, or None),
-`tokenizer` (captions for text conditioning, or None) and `max_objects` (boxes for layouts, or None).
-
-ShapesDataset: sample i of a split is a pure function of (seed, split, i) (the scene is drawn by
-`shapes.sample_scene`, then rendered). Rendering thousands of images per second on a laptop CPU means the
-data is never the bottleneck and nothing needs to be downloaded or cached. The paper trains on real
-photographs (CelebA-HQ, FFHQ, LSUN, ImageNet; Sec. 4); ImageFolderDataset and MNIST bring real images at the
-profile's resolution. Nothing here touches the network unless you pass `MNIST(download=True)`.
+and says which conditions it can give a model: `num_classes` (labels), `tokenizer` (captions) and
+`max_objects` (boxes for layouts), None for those it lacks. Shapes scenes are rendered on the fly (sample i of a
+split is a pure function of (seed, split, i)), so nothing is downloaded or cached. The paper trains on real
+photographs (Sec. 4); ImageFolderDataset and MNIST bring real images at the profile's resolution. Nothing here
+touches the network unless you pass `MNIST(download=True)`.
 """
 
 from __future__ import annotations
@@ -244,20 +240,18 @@ class ImageFolderDataset(_BatchingDataset):
     and gives the next readable image, so `len(ds)` never changes and an index always gives the same image.
     """
 
-    def __init__(self, root: str | Path, resolution: int = 32, on_error: str = "raise",
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS):
+    def __init__(self, root: str | Path, resolution: int = 32, on_error: str = "raise"):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.root, self.resolution, self.on_error = Path(root), check_resolution(resolution), on_error
         if not self.root.is_dir():
             what = "is a file, not a folder" if self.root.exists() else "does not exist"
             raise FileNotFoundError(f"image folder {str(self.root)!r} {what}; pass the folder that holds your images")
-        exts = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-        candidates = sorted((p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in exts
+        candidates = sorted((p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                              and not p.name.startswith(".")), key=lambda p: p.relative_to(self.root).as_posix())
         if not candidates:
-            raise ValueError(f"no images with extensions {', '.join(exts)} found under {str(self.root)!r}; "
-                             "put some pictures there or pass extensions=(...)")
+            raise ValueError(f"no images with extensions {', '.join(IMAGE_EXTENSIONS)} found under "
+                             f"{str(self.root)!r}; put some pictures there")
         reasons = [(p, _unreadable(p)) for p in candidates]
         self.paths = [p for p, why in reasons if why is None]
         self.skipped = [(str(p), why) for p, why in reasons if why is not None]   # (path, reason)

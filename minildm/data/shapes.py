@@ -424,9 +424,7 @@ def scene_from_caption(caption: str, seed: int = 0) -> Scene:
 
 
 def relation_holds(relation: str, a: tuple[int, int], b: tuple[int, int]) -> bool:
-    """Does "a <relation> b" hold for objects in grid cells a = (row, col) and b? (As sample_scene draws them.)"""
-    if relation not in RELATIONS:
-        raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
+    """Does "a <relation> b" (one of RELATIONS) hold for objects in grid cells a = (row, col) and b?"""
     (ar, ac), (br, bc) = a, b
     return {"to the left of": ac < bc, "to the right of": ac > bc, "above": ar < br, "below": ar > br}[relation]
 

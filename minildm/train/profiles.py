@@ -4,13 +4,10 @@
     cpu  a laptop CPU in minutes: small models that still learn Shapes well.           (measured)
     gpu  larger models sized for one GPU by counted FLOPs.                 (predicted, never run on a GPU)
 
-Each profile carries its `status` (STATUSES): what is known about it. Select one with the MINILDM_PROFILE
-environment variable or pass a name to `get_profile`; the default is `cpu`, the measured recipe, on every
-machine: on a GPU it runs the cpu recipe there (faster), and the larger, predicted `gpu` recipe runs only when
-asked for (MINILDM_PROFILE=gpu, --profile gpu). `explain_profile` says which runs and why. No profile caps
-training time: the step counts decide; a time cap is opt-in (max_minutes, --ae-minutes / --ldm-minutes).
-Every size, step count and learning rate that a notebook might want to change lives here, not in the code
-that uses it. The measurements behind the `cpu` choices are in docs/design-notes.md.
+Select one with $MINILDM_PROFILE or `get_profile(name)`; the default is `cpu` on every machine, a GPU included
+(`default_profile_name`, `explain_profile`). No profile caps training time: the step counts decide. Every size,
+step count and learning rate that a notebook might want to change lives here; the measurements behind the `cpu`
+choices are in docs/design-notes.md. The paper's studies have a budget per profile too (ExperimentBudget).
 """
 
 from __future__ import annotations
@@ -153,9 +150,6 @@ def get_profile(name: str | Profile | None = None) -> Profile:
             f"(via the ${PROFILE_ENV} environment variable or get_profile(name))"
         )
     return PROFILES[name]
-
-
-# The paper's experiments at mini scale (experiments.py) have a budget per profile too.
 
 
 @dataclass(frozen=True)

@@ -96,40 +96,27 @@ def maybe_compile(module: nn.Module, enabled: bool = True, what: str = "model",
     return True
 
 
-def apply_speed(modules: dict[str, nn.Module], speed: SpeedConfig, device: torch.device) -> list[str]:
-    """Apply a SpeedConfig's switches to the named modules (TF32, channels-last, compile); returns what it did."""
-    done = []
+def apply_speed(modules: dict[str, nn.Module], speed: SpeedConfig, device: torch.device) -> None:
+    """Apply a SpeedConfig's switches to the named modules (TF32, channels-last, compile)."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = speed.tf32
         torch.backends.cudnn.allow_tf32 = speed.tf32
-        if speed.tf32:
-            done.append("TF32")
     for what, module in modules.items():
         if speed.channels_last:
             module.to(memory_format=torch.channels_last)
-        if maybe_compile(module, speed.compile, what, device):
-            done.append(f"compiled {what}")
-    if speed.channels_last:
-        done.append("channels-last")
-    return done
+        maybe_compile(module, speed.compile, what, device)
 
 
 class ThreadGovernor:
-    """A training callback that keeps a CPU run on whichever thread count trains faster right now (issue 15).
+    """A training callback that keeps a CPU run on whichever thread count trains faster right now: when another
+    program holds a core, every op of a two-thread run waits for the thread that lost it (docs/design-notes.md,
+    "Threads on a busy CPU", has the measurements).
 
-    PyTorch's CPU kernels split each op over `torch.get_num_threads()` threads that wait for each other. When
-    another program keeps one core busy, a two-thread run on a two-core laptop waits at every op for the
-    thread that lost its core: measured on a 2-core CPU with one single-thread process beside it, the cpu
-    LDM step ran 1.11 steps/s at two threads and 2.86 at one (idle: 3.66 and 2.72). So the governor runs
-    trials: it trains `window` steps at each candidate count (real training steps), keeps the faster one, and
-    records the count in every record ("threads"). Trials start at the first step (of a run or of its
-    resumption) and on multiples of `every` steps; while a trial
-    confirms the previous winner, the gap to the next one doubles, up to `backoff` × `every` (a trial's slow
-    half is what the governor costs). Between trials it watches the winner's own rate over every `window`
-    steps: when it falls below `slowdown` × the rate the trial measured (another program started), a trial
-    starts at once and the gap returns to `every`. The choice depends on timing, so a run is bit-reproducible
-    only with a fixed thread count (`minildm demo --threads N`): 1 and 2 threads agree to float rounding, not
-    bitwise.
+    Trials train `window` steps at each candidate count (1 and `most`), keep the faster and record the count in
+    every record ("threads"). They start at the first step and on multiples of `every` steps; while a trial
+    confirms the winner the gap doubles, up to `backoff` × `every`. Between trials, a winner's rate below
+    `slowdown` × its trial rate starts a trial at once. The choice depends on timing, so a run is
+    bit-reproducible only with a fixed thread count (`minildm demo --threads N`).
     """
 
     def __init__(self, most: int | None = None, window: int = 12, every: int = 300, backoff: int = 4,
