@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from tqdm.auto import tqdm
 
 from ..autoencoder import reconstruct
 from ..conditioning import LowResConcat
@@ -63,10 +62,9 @@ GUIDANCE_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5)     # s = 0: unconditional
 # --- Shapes-FID ---------------------------------------------------------------------------------------------
 
 
-def shapes_features(images: torch.Tensor, evaluator: ShapesEvaluator | None = None,
-                    batch_size: int = 500) -> torch.Tensor:
+def shapes_features(images: torch.Tensor, evaluator: ShapesEvaluator | None = None) -> torch.Tensor:
     """Shapes-FID features: the evaluator's penultimate layer, images (N, 3, H, W) in [-1, 1] -> (N, 256)."""
-    return run_evaluator(images, evaluator, batch_size, features=True)
+    return run_evaluator(images, evaluator, features=True)
 
 
 def shapes_class_logits(images: torch.Tensor, evaluator: ShapesEvaluator | None = None) -> torch.Tensor:
@@ -81,13 +79,13 @@ def shapes_class_logits(images: torch.Tensor, evaluator: ShapesEvaluator | None 
     return rearrange(log_shape[:, :, None] + log_color[:, None, :], "n s c -> n (s c)")
 
 
-def real_images(num_samples: int, split: str = "test", max_objects: int = 2, resolution: int = 32, start: int = 0,
-                batch_size: int = 500, min_objects: int = 1) -> torch.Tensor:
-    """Real images [start, start + num_samples) of a Shapes split (the scenes of ShapesDataset(split))."""
-    ds = ShapesDataset(split, size=start + num_samples, max_objects=max_objects, min_objects=min_objects,
-                       resolution=resolution)
-    return torch.cat([ds.batch(range(i, min(i + batch_size, start + num_samples)))["image"]
-                      for i in range(start, start + num_samples, batch_size)])
+def real_images(num_samples: int, split: str = "test", max_objects: int = 2, resolution: int = 32,
+                start: int = 0) -> torch.Tensor:
+    """Real images [start, start + num_samples) of a Shapes split (the scenes of ShapesDataset(split)), rendered
+    500 at a time."""
+    stop = start + num_samples
+    ds = ShapesDataset(split, size=stop, max_objects=max_objects, resolution=resolution)
+    return torch.cat([ds.batch(range(i, min(i + 500, stop)))["image"] for i in range(start, stop, 500)])
 
 
 def _protocol_sets(n: int, split: str, max_objects: int, resolution: int, protocol: str
@@ -106,10 +104,9 @@ def _protocol_sets(n: int, split: str, max_objects: int, resolution: int, protoc
 
 def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", max_objects: int = 2,
                               protocol: str = "unpaired", evaluator: ShapesEvaluator | None = None,
-                              with_floor: bool = True, k: int = 3, kid_subset_size: int = 1000,
-                              kid_subsets: int = 100, seed: int = 0, spread_boot: int = 50) -> dict[str, Any]:
+                              with_floor: bool = True) -> dict[str, Any]:
     """Shapes-FID, KID, precision, recall of `fake_images`, generated for scenes [0, n) of a split (their
-    captions, classes or layouts), "fid_spread" (the standard deviation of the FID over `spread_boot` bootstrap
+    captions, classes or layouts), "fid_spread" (the standard deviation of the FID over 50 bootstrap
     resamples of the generated images: its sampling noise at this n), and (with_floor) the same metrics for the
     floor of the same protocol:
 
@@ -121,28 +118,24 @@ def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", ma
     n = len(fake_images)
     reference, other = _protocol_sets(n, split, max_objects, fake_images.shape[-1], protocol)
     fr, ff = shapes_features(reference, evaluator), shapes_features(fake_images, evaluator)
-    spread = bootstrap_std(lambda idx: fid_from_features(fr, ff[idx]), n, spread_boot, seed) if spread_boot > 1 \
-        else float("nan")
-    out = {**metrics_from_features(fr, ff, k, kid_subset_size, kid_subsets, seed), "protocol": protocol,
-           "fid_spread": spread}
+    spread = bootstrap_std(lambda idx: fid_from_features(fr, ff[idx]), n, 50)
+    out = {**metrics_from_features(fr, ff), "protocol": protocol, "fid_spread": spread}
     if with_floor:
-        floor = metrics_from_features(fr, shapes_features(other, evaluator), k, kid_subset_size, kid_subsets, seed)
+        floor = metrics_from_features(fr, shapes_features(other, evaluator))
         out.update({f"{key}_floor": floor[key] for key in ("fid", "kid", "precision", "recall")})
     return out
 
 
 def shapes_fid_floor(num_samples: int, split: str = "test", max_objects: int = 2, resolution: int = 32,
-                     evaluator: ShapesEvaluator | None = None, protocol: str = "unpaired",
-                     return_all: bool = False) -> float | dict[str, float]:
+                     evaluator: ShapesEvaluator | None = None, protocol: str = "unpaired") -> float:
     """The real-vs-real Shapes-FID at a sample count: what a perfect model scores under `protocol` (see
-    shapes_generative_metrics), from finite-sample noise alone. return_all adds KID, precision and recall."""
+    shapes_generative_metrics), from finite-sample noise alone."""
     if num_samples < 2:
         raise ValueError(f"the FID floor needs num_samples ≥ 2 per set, got {num_samples}")
     reference, other = _protocol_sets(num_samples, split, max_objects, resolution, protocol)
     if protocol == "paired":                   # here the scenes drawn again are the reference
         reference, other = other, reference
-    fr, fo = shapes_features(reference, evaluator), shapes_features(other, evaluator)
-    return metrics_from_features(fr, fo) if return_all else fid_from_features(fr, fo)
+    return fid_from_features(shapes_features(reference, evaluator), shapes_features(other, evaluator))
 
 
 # --- prompt, class and layout accuracy ----------------------------------------------------------------------
@@ -418,8 +411,7 @@ def evaluate_text_model(ldm: Any, num_samples: int = 200, steps: int = 50, eta: 
 
 @torch.no_grad()
 def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_samples: int = 200, steps: int = 50,
-                      seed: int = 0, batch_size: int = 100, protocol: str = "unpaired",
-                      progress: bool = False) -> list[dict[str, Any]]:
+                      seed: int = 0, batch_size: int = 100, protocol: str = "unpaired") -> list[dict[str, Any]]:
     """`evaluate_text_model` at every classifier-free guidance scale s, ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)), on the same
     captions and seeds (so only s differs): one row per s with "guidance_scale" and evaluate_text_model's keys.
     The floor does not depend on s: it is measured once and repeated in every row."""
@@ -427,7 +419,7 @@ def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_s
         raise ValueError(f"guidance scales must be a non-empty list of numbers ≥ 0, got {scales!r}")
     rows: list[dict[str, Any]] = []
     floor: dict[str, float] = {}
-    for i, s in enumerate(tqdm(scales, desc="guidance scales", disable=not progress, mininterval=1.0)):
+    for i, s in enumerate(scales):
         row = evaluate_text_model(ldm, num_samples, steps, 0.0, float(s), seed, batch_size, with_floor=i == 0,
                                   protocol=protocol)
         floor = floor or {k: v for k, v in row.items() if k.endswith("_floor")}
@@ -591,25 +583,24 @@ def _boot(num: torch.Tensor, den: torch.Tensor | None = None, n_boot: int = 2000
 PALETTE_THRESHOLD = 0.25   # RGB distance in [0, 1] units: nearer to a palette color than this = that color
 
 
-def palette_labels(images: torch.Tensor, threshold: float = PALETTE_THRESHOLD) -> torch.Tensor:
-    """Per pixel, the nearest of the six object colors (0..5, COLOR_NAMES order) when it lies within `threshold`
-    of it, else 6 (background: the muted greys are far from every object color). images (N, 3, H, W) in [-1, 1]
+def palette_labels(images: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the nearest of the six object colors (0..5, COLOR_NAMES order) when it lies within
+    PALETTE_THRESHOLD of it, else 6 (background: the muted greys are far from every object color). images (N, 3, H, W) in [-1, 1]
     -> (N, H, W) int64."""
     rgb = (images.float().clamp(-1, 1) + 1) / 2                                     # (N, 3, H, W) in [0, 1]
     palette = torch.tensor([COLORS[c] for c in COLOR_NAMES])                        # (6, 3)
     d = (rgb[:, None] - palette[None, :, :, None, None].to(rgb)).pow(2).sum(2).sqrt()   # (N, 6, H, W)
     dist, label = d.min(1)
-    return torch.where(dist < threshold, label, torch.full_like(label, len(COLOR_NAMES)))
+    return torch.where(dist < PALETTE_THRESHOLD, label, torch.full_like(label, len(COLOR_NAMES)))
 
 
-def semantic_agreement(images: torch.Tensor, maps: torch.Tensor, threshold: float = PALETTE_THRESHOLD
-                       ) -> dict[str, torch.Tensor]:
+def semantic_agreement(images: torch.Tensor, maps: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per image, the share of pixels whose palette label (`palette_labels`) is the map's: the object's color
     where the map has an object, background where it has none ("pixel", (N,)), and the same over the map's object
     pixels only ("object_pixel", (N,): background is most of a scene, so "pixel" alone is generous)."""
     maps = maps.cpu().long()
     target = torch.where(maps == BACKGROUND_ID, torch.full_like(maps, len(COLOR_NAMES)), maps % len(COLOR_NAMES))
-    agree = (palette_labels(images.cpu(), threshold) == target).float()            # (N, H, W)
+    agree = (palette_labels(images.cpu()) == target).float()            # (N, H, W)
     objects = (maps != BACKGROUND_ID).float()
     return {"pixel": agree.flatten(1).mean(1),
             "object_pixel": (agree * objects).flatten(1).sum(1) / objects.flatten(1).sum(1).clamp(min=1)}

@@ -136,8 +136,7 @@ def _build(name: str, file: Path | None) -> nn.Module:
     return net.features.eval()                                              # the convolutional trunk
 
 
-def offline_features(prefer: str | None = None, device: torch.device | str | None = None, verbose: bool = False
-                     ) -> Features:
+def offline_features(prefer: str | None = None, device: torch.device | str | None = None) -> Features:
     """The best extractor whose weights are on disk (FEATURE_NAMES' order), or `prefer` (an error when its file is
     missing). Nothing is downloaded. Built once per weight file and device."""
     if prefer is not None and prefer not in FEATURE_NAMES:
@@ -156,8 +155,6 @@ def offline_features(prefer: str | None = None, device: torch.device | str | Non
         _built[key] = _build(name, file).to(device)
         for p in _built[key].parameters():
             p.requires_grad_(False)
-    if verbose:
-        print(f"FID features: {_LABELS[name]}")
     return Features(name, _LABELS[name], _built[key], _INPUT_SIZE[name], device)
 
 
@@ -172,15 +169,15 @@ def _real_images(real: Any, count: int, seed: int) -> torch.Tensor:
     return torch.cat([real.batch(order[i:i + 256])["image"].cpu() for i in range(0, len(order), 256)])
 
 
-def fid_with_floor(fake: torch.Tensor, real: Any, features: Features | str | None = None, seed: int = 0,
-                   batch_size: int = 100, spread_boot: int = 50) -> dict[str, Any]:
+def fid_with_floor(fake: torch.Tensor, real: Any, features: Features | str | None = None,
+                   seed: int = 0) -> dict[str, Any]:
     """FID of generated images `fake` (n, C, H, W) against n real images, and the real-vs-real floor at the same
     n with the same features: FID(real A, real B) for two disjoint sets A, B of n real images (B is the reference
     of both). `real` is a dataset (n = len(fake) images drawn from it at random, seeded) or an image tensor
     (its first 2n); with fewer than 2n real images both are measured at n = half of them. `features` is a
     Features, a name of FEATURE_NAMES, or None (the best available offline, run on the device of `fake`).
-    `spread_boot` > 0 also gives "fid_spread": the standard deviation of the FID over that many bootstrap resamples
-    of the generated images, the sampling noise of this n (a difference of two FIDs smaller than it is noise).
+    "fid_spread" is the standard deviation of the FID over 50 bootstrap resamples of the generated images, the
+    sampling noise of this n (a difference of two FIDs smaller than it is noise).
     -> {"fid", "fid_floor", "fid_spread", "n", "features" (name), "features_label" (what they are, in words)}."""
     feats = features if isinstance(features, Features) else offline_features(features, device=fake.device)
     available = int(real.shape[0]) if torch.is_tensor(real) else len(real)
@@ -189,9 +186,8 @@ def fid_with_floor(fake: torch.Tensor, real: Any, features: Features | str | Non
         raise ValueError(f"FID with a floor needs at least 2 generated and 4 real images, got {len(fake)} generated "
                          f"and {available} real; sample more images or use a larger dataset")
     images = _real_images(real, 2 * n, seed)
-    a, reference = extract_features(images[:n], feats, batch_size), extract_features(images[n:], feats, batch_size)
-    generated = extract_features(fake[:n].cpu(), feats, batch_size)
-    spread = bootstrap_std(lambda idx: fid_from_features(reference, generated[idx]), n, spread_boot, seed) \
-        if spread_boot > 1 else float("nan")
+    a, reference = extract_features(images[:n], feats, 100), extract_features(images[n:], feats, 100)
+    generated = extract_features(fake[:n].cpu(), feats, 100)
+    spread = bootstrap_std(lambda idx: fid_from_features(reference, generated[idx]), n, 50, seed)
     return {"fid": fid_from_features(reference, generated), "fid_floor": fid_from_features(reference, a),
             "fid_spread": spread, "n": n, "features": feats.name, "features_label": feats.label}

@@ -275,9 +275,9 @@ def _training_scenes(cfg: EvaluatorConfig, n: int) -> list:
     return [sample_scene(base | i, int(c), int(c)) for i, c in enumerate(counts.tolist())]
 
 
-def render_images(scenes: Sequence, resolution: int, chunk: int = 500) -> torch.Tensor:
-    """Render scenes (N, 3, resolution, resolution) in [-1, 1], `chunk` at a time (bounded memory)."""
-    return torch.cat([render_scenes(scenes[i:i + chunk], resolution)[0] for i in range(0, len(scenes), chunk)])
+def render_images(scenes: Sequence, resolution: int) -> torch.Tensor:
+    """Render scenes (N, 3, resolution, resolution) in [-1, 1], 500 at a time (bounded memory)."""
+    return torch.cat([render_scenes(scenes[i:i + 500], resolution)[0] for i in range(0, len(scenes), 500)])
 
 
 def _render_pool(cfg: EvaluatorConfig, progress: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -292,15 +292,10 @@ def _render_pool(cfg: EvaluatorConfig, progress: bool) -> tuple[torch.Tensor, di
 
 def train_evaluator(out_path: str | os.PathLike = DEFAULT_EVALUATOR_PATH, steps: int | None = None,
                     seed: int | None = None, max_minutes: float | None = None,
-                    config: EvaluatorConfig | None = None, device: str | torch.device | None = None,
-                    progress: bool = True) -> dict[str, Any]:
+                    device: str | torch.device | None = None, progress: bool = True) -> dict[str, Any]:
     """Train the Shapes evaluator on degraded renders and save it (fp16 weights, with its config and
     test accuracy) to `out_path`; returns the checkpoint's "metrics" and "train" records."""
-    cfg = config or EvaluatorConfig()
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=int(steps))
-    if seed is not None:
-        cfg = dataclasses.replace(cfg, seed=int(seed))
+    cfg = EvaluatorConfig(**{k: int(v) for k, v in (("steps", steps), ("seed", seed)) if v is not None})
     device = get_device(device)
     t0 = time.perf_counter()
     g = seed_everything(cfg.seed)
@@ -378,32 +373,30 @@ def load_evaluator(path: str | os.PathLike | None = None, device: str | torch.de
 
 
 @torch.no_grad()
-def run_evaluator(images: torch.Tensor, evaluator: ShapesEvaluator | None = None, batch_size: int = 500,
+def run_evaluator(images: torch.Tensor, evaluator: ShapesEvaluator | None = None,
                   features: bool = False) -> torch.Tensor:
-    """The evaluator (default: the shipped one) over images (N, 3, H, W) in [-1, 1], in batches: per-cell
+    """The evaluator (default: the shipped one) over images (N, 3, H, W) in [-1, 1], 500 at a time: per-cell
     logits (N, 9, 13), or with `features` the Shapes-FID features (N, 256); on the CPU."""
     ev = evaluator if evaluator is not None else load_evaluator()
     dev = next(ev.parameters()).device
     run = ev.features if features else ev
-    return extract_features(images, lambda x: run(ev.prepare(x.to(dev))), batch_size)
+    return extract_features(images, lambda x: run(ev.prepare(x.to(dev))))
 
 
-def predict_cells(images: torch.Tensor, evaluator: ShapesEvaluator | None = None, threshold: float = 0.5,
-                  batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """Read scenes cell by cell: occupied (N, 9) bool, p_occupied (N, 9), shape/color/size (N, 9) indices
-    into data.SHAPES / COLOR_NAMES / SIZE_NAMES (meaningful where occupied), and the raw logits."""
-    logits = run_evaluator(images, evaluator, batch_size)
+def predict_cells(images: torch.Tensor, evaluator: ShapesEvaluator | None = None) -> dict[str, torch.Tensor]:
+    """Read scenes cell by cell: occupied (N, 9) bool (p_occupied > 0.5), p_occupied (N, 9), shape/color/size
+    (N, 9) indices into data.SHAPES / COLOR_NAMES / SIZE_NAMES (meaningful where occupied), and the raw logits."""
+    logits = run_evaluator(images, evaluator)
     parts = split_logits(logits)
     p = parts["occupied"].sigmoid()
-    out = {"occupied": p > threshold, "p_occupied": p, "logits": logits}
+    out = {"occupied": p > 0.5, "p_occupied": p, "logits": logits}
     out.update({name: parts[name].argmax(-1) for name in ATTRIBUTES})
     return out
 
 
-def detect_objects(images: torch.Tensor, evaluator: ShapesEvaluator | None = None,
-                   threshold: float = 0.5) -> list[list[dict]]:
+def detect_objects(images: torch.Tensor, evaluator: ShapesEvaluator | None = None) -> list[list[dict]]:
     """Per image, the objects the evaluator sees: [{"shape", "color", "size", "row", "col", "position", "p"}]."""
-    c = predict_cells(images, evaluator, threshold)
+    c = predict_cells(images, evaluator)
     out = []
     for b in range(len(images)):
         objs = []

@@ -42,14 +42,14 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, what: str) -> None:
                          f"got {tuple(x.shape)} and {tuple(y.shape)}")
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """PSNR = 10·log10(R² / MSE) per image (B,), R = 2 for images in [-1, 1] (same as R = 1 on [0, 1])."""
     _check_pair(x, y, "psnr")
     mse = (x.double() - y.double()).pow(2).mean(dim=(1, 2, 3))
-    return (10.0 * torch.log10(data_range**2 / mse.clamp_min(1e-20))).float()
+    return (10.0 * torch.log10(2.0**2 / mse.clamp_min(1e-20))).float()
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean SSIM per image (B,) (Wang et al. 2004): Gaussian window 11, σ 1.5, K1 0.01, K2 0.03, 'valid' windows.
 
         SSIM = (2·μx·μy + C1)(2·σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)),  C_i = (K_i·R)²
@@ -59,20 +59,20 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW, sigma: flo
     the usual convention.
     """
     _check_pair(x, y, "ssim")
-    if min(x.shape[-2:]) < window:
-        raise ValueError(f"ssim needs images at least {window}×{window} for its window, got {tuple(x.shape[-2:])}")
-    x, y = (x.double() + 1) / 2, (y.double() + 1) / 2             # [-1, 1] -> [0, 1]
-    data_range = 1.0
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"ssim needs images at least {SSIM_WINDOW}×{SSIM_WINDOW} for its window, "
+                         f"got {tuple(x.shape[-2:])}")
+    x, y = (x.double() + 1) / 2, (y.double() + 1) / 2             # [-1, 1] -> [0, 1]: R = 1
     C = x.shape[1]
-    i = torch.arange(window, dtype=x.dtype, device=x.device) - (window - 1) / 2
-    g = torch.exp(-i.pow(2) / (2 * sigma**2))                     # g(i) ∝ exp(−(i − c)² / 2σ²), normalized:
+    i = torch.arange(SSIM_WINDOW, dtype=x.dtype, device=x.device) - (SSIM_WINDOW - 1) / 2
+    g = torch.exp(-i.pow(2) / (2 * SSIM_SIGMA**2))                # g(i) ∝ exp(−(i − c)² / 2σ²), normalized:
     g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).expand(C, 1, window, window)   # separable 2-D Gaussian, per channel
+    kernel = (g[:, None] * g[None, :]).expand(C, 1, SSIM_WINDOW, SSIM_WINDOW)   # separable 2-D Gaussian, per channel
 
     def blur(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, kernel, groups=C)                      # (B, C, H, W) -> (B, C, H−10, W−10)
 
-    c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
+    c1, c2 = SSIM_K1**2, SSIM_K2**2                               # C_i = (K_i·R)², R = 1
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2                                 # σx² = E[x²] − μx²
     var_y = blur(y * y) - mu_y**2
@@ -99,6 +99,11 @@ def lpips(x: torch.Tensor, y: torch.Tensor, net: str = "alex", download: bool = 
         return _lpips_cache[key](x, y)
 
 
+def _luminance(images: torch.Tensor) -> torch.Tensor:
+    x = (images.double() + 1) / 2                                         # [-1, 1] -> [0, 1]
+    return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]            # (B, H, W)
+
+
 @torch.no_grad()
 def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Radially averaged power spectrum of images (B, 3, H, W) in [-1, 1] -> (frequencies, power), both (K,).
@@ -111,8 +116,7 @@ def radial_power_spectrum(images: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
-    x = (images.double() + 1) / 2
-    y = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]              # (B, H, W) luminance
+    y = _luminance(images)
     y = y - y.mean(dim=(1, 2), keepdim=True)                              # the mean (k = 0) is not a frequency
     H, W = y.shape[-2:]
     y = y * (torch.hann_window(H, periodic=False, dtype=y.dtype)[:, None]
@@ -134,11 +138,6 @@ def log_spectrum_distance(images: torch.Tensor, reference: torch.Tensor, min_fre
     _, b = radial_power_spectrum(reference)
     keep = f >= min_frequency
     return float((a[keep].log10() - b[keep].log10()).abs().mean())
-
-
-def _luminance(images: torch.Tensor) -> torch.Tensor:
-    x = (images.double() + 1) / 2                                         # [-1, 1] -> [0, 1]
-    return 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]            # (B, H, W)
 
 
 @torch.no_grad()
@@ -433,11 +432,10 @@ def extract_features(images: torch.Tensor, extractor: Callable[[torch.Tensor], t
     return torch.cat([extractor(images[i:i + batch_size]).float().cpu() for i in range(0, len(images), batch_size)])
 
 
-def metrics_from_features(real: torch.Tensor, fake: torch.Tensor, k: int = 3, kid_subset_size: int = 1000,
-                          kid_subsets: int = 100, seed: int = 0) -> dict[str, float]:
+def metrics_from_features(real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
     """FID, KID (mean, std), precision and recall of two feature sets (N1, D), (N2, D)."""
-    kid, kid_std = kid_from_features(real, fake, kid_subset_size, kid_subsets, seed)
-    return {"fid": fid_from_features(real, fake), "kid": kid, "kid_std": kid_std, **precision_recall(real, fake, k),
+    kid, kid_std = kid_from_features(real, fake)
+    return {"fid": fid_from_features(real, fake), "kid": kid, "kid_std": kid_std, **precision_recall(real, fake),
             "num_real": real.shape[0], "num_fake": fake.shape[0]}
 
 

@@ -115,20 +115,18 @@ def word_attention_maps(ldm: LatentDiffusion, prompt: str, steps: int = 50, guid
     """`record_word_attention` then `token_maps` (over `layers`, default all, and the steps in `step_range`) ->
     {"image": (3, H, W), "words": [w1, …], "maps": (n_words, H, W), "bos": (H, W), "eos": (H, W)}. Each pixel's
     attention over all tokens sums to 1, so the maps of the words, bos and eos add up to 1 at every pixel."""
-    if not 0.0 <= step_range[0] < step_range[1] <= 1.0:
-        raise ValueError(f"step_range must be (start, end) with 0 <= start < end <= 1, got {step_range}")
     r = record_word_attention(ldm, prompt, steps, guidance_scale, seed)
     maps = token_maps(r["recorded"], len(r["words"]) + 2, ldm.resolution, layers, step_range)   # bos, w1…wn, eos
     return {"image": r["image"], "words": r["words"], "maps": maps[1:-1], "bos": maps[0], "eos": maps[-1]}
 
 
-def object_mask(image: torch.Tensor, color: str, tolerance: float = 0.3) -> torch.Tensor:
-    """(H, W) bool: the pixels of a Shapes image (3, H, W) in [-1, 1] within `tolerance` (RGB distance, colors
-    in [0, 1]) of the named object color. The backgrounds are muted greys, the object colors saturated."""
+def object_mask(image: torch.Tensor, color: str) -> torch.Tensor:
+    """(H, W) bool: the pixels of a Shapes image (3, H, W) in [-1, 1] within 0.3 (RGB distance, colors in
+    [0, 1]) of the named object color. The backgrounds are muted greys, the object colors saturated."""
     if color not in COLORS:
         raise ValueError(f"unknown color {color!r}; the Shapes colors are {', '.join(COLOR_NAMES)}")
     rgb = torch.tensor(COLORS[color], dtype=torch.float32).view(3, 1, 1)
-    return ((image.float().cpu() + 1) / 2 - rgb).norm(dim=0) < tolerance
+    return ((image.float().cpu() + 1) / 2 - rgb).norm(dim=0) < 0.3
 
 
 def attention_mass(attention: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
@@ -156,13 +154,12 @@ def _layer_groups(recorded: AttentionMaps) -> dict[str, list[str]]:
 
 @torch.no_grad()
 def attention_mass_study(ldm: LatentDiffusion, prompts: Sequence[str], steps: int = 25, guidance_scale: float = 3.0,
-                         seed: int = 0, step_ranges: dict[str, tuple[float, float]] | None = None,
-                         tolerance: float = 0.3, progress: bool = False) -> list[dict[str, Any]]:
+                         seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
     """Does a word look at its object? For each prompt (one sample, seed + its index) and each object in it,
     the object's pixels in the sample (`object_mask` of its color) and the share of the attention of its
     color word and of its shape word that falls inside them (`attention_mass`), for every layer group (all
     cross-attention layers, and the layers of each latent resolution) and every part of the sampling run in
-    `step_ranges` (default STEP_RANGES). In two-object prompts, role "other color" is the OTHER object's
+    STEP_RANGES. In two-object prompts, role "other color" is the OTHER object's
     color word measured in this object's mask (a word that binds to its own object scores low there).
 
     Returns one row per (prompt, object, role, layers, steps): {"prompt", "object", "word", "role", "layers",
@@ -171,7 +168,6 @@ def attention_mass_study(ldm: LatentDiffusion, prompts: Sequence[str], steps: in
     progress: a bar over the prompts.
     """
     require_mode(ldm, "text", "attention_mass_study")
-    step_ranges = STEP_RANGES if step_ranges is None else step_ranges
     rows = []
     for i, prompt in enumerate(tqdm(prompts, desc="prompts", disable=not progress, mininterval=1.0)):
         objects = parse_caption(prompt)["objects"]
@@ -180,12 +176,12 @@ def attention_mass_study(ldm: LatentDiffusion, prompts: Sequence[str], steps: in
         where = _phrase_word_indices(words, objects)
         colors = [o["color"] for o in objects]
         for layers_name, layers in _layer_groups(r["recorded"]).items():
-            for steps_name, step_range in step_ranges.items():
+            for steps_name, step_range in STEP_RANGES.items():
                 maps = token_maps(r["recorded"], len(words) + 2, ldm.resolution, layers, step_range)[1:-1]
                 for k, obj in enumerate(objects):
                     if colors.count(obj["color"]) > 1:
                         continue
-                    mask = object_mask(r["image"], obj["color"], tolerance)
+                    mask = object_mask(r["image"], obj["color"])
                     roles = {"color": where[k]["color"], "shape": where[k]["shape"]}
                     if len(objects) == 2:
                         roles["other color"] = where[1 - k]["color"]
