@@ -7,8 +7,9 @@ A flow-matching model (diffusion.RectifiedFlow) is sampled by the same two ODE m
 dx/dt = v_θ(x, t), t from 1 to 0: `flow_euler_step` / `flow_heun_step` and their loops, at the very end.
 
 One update of each sampler is a public function, `ddpm_step`, `ddim_step`, `euler_step`, `heun_step` and
-`dpmpp_2m_step` (diffusers calls it `scheduler.step`); the loops call it once per timestep. Every loop has
-the same shape of signature (as in k-diffusion) and calls one per-step callback:
+`dpmpp_2m_step` (diffusers calls it `scheduler.step`). Every loop is the same loop (as in k-diffusion): from
+x_T, one step per pair (t, t_prev) of its list of timesteps, which ends at the clean data (t = −1; a flow's
+t = 0), and one call of the same per-step callback; the samplers differ only in their step and their list:
 
     model_fn(x_t: (B, C, h, w), t: (B,) int64, cond) -> (B, C, h, w)      the network's raw output
     callback(step: int, t: int, x_t: Tensor, pred_x0: Tensor) -> None     once per step, every sampler
@@ -38,7 +39,7 @@ the steps and the coefficient table trust theirs.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -47,12 +48,13 @@ from .diffusion import GaussianDiffusion, ModelFn, RectifiedFlow
 from .utils import randn
 
 __all__ = ["ddpm_step", "ddpm_sample", "ddim_timesteps", "ddim_coefficients", "ddim_step", "ddim_sample",
-           "ddim_invert", "img2img", "ddim_inpaint", "euler_step", "euler_sample", "heun_step", "heun_sample", "dpmpp_2m_step",
-           "dpmpp_2m_sample", "ODE_SAMPLERS", "flow_timesteps", "flow_euler_step", "flow_heun_step",
+           "ddim_invert", "img2img", "ddim_inpaint", "euler_step", "euler_sample", "heun_step", "heun_sample",
+           "dpmpp_2m_step", "dpmpp_2m_sample", "ODE_SAMPLERS", "flow_timesteps", "flow_euler_step", "flow_heun_step",
            "flow_euler_sample", "flow_heun_sample", "FLOW_SAMPLERS", "guided_model_output", "concat_cond", "SPACINGS",
            "Cond", "Callback"]
 Cond = Union[None, torch.Tensor, Mapping[str, Optional[torch.Tensor]]]
 Callback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+_Step = Callable[[torch.Tensor, Any, Any], tuple[torch.Tensor, torch.Tensor]]   # (x_t, t, t_prev) -> (x_prev, x̂_0)
 SPACINGS = ("trailing", "leading", "linspace")
 
 
@@ -67,27 +69,25 @@ def _expand(value: torch.Tensor | None, batch: int, what: str) -> torch.Tensor |
                      f"give one condition per sample (or a batch of 1 for the null condition)")
 
 
-def concat_cond(cond: Cond, uncond: Cond, batch: int) -> Cond:
-    """[cond; uncond] along dim 0 (per key for dicts), the doubled batch of classifier-free guidance."""
-    if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
-        return torch.cat([_expand(cond, batch, "cond"), _expand(uncond, batch, "uncond")])
-    if isinstance(cond, Mapping) and isinstance(uncond, Mapping):
-        out = {}
-        for key in cond:
-            c, u = _expand(cond[key], batch, f"cond[{key!r}]"), _expand(uncond[key], batch, f"uncond[{key!r}]")
-            out[key] = None if c is None else torch.cat([c, u])
-        return out
-    raise TypeError(f"guidance needs `cond` and the null condition `uncond` (empty caption / null class) the model "
-                    f"was trained with, both tensors or both dicts of tensors; got {type(cond).__name__} and "
-                    f"{type(uncond).__name__} (guidance_scale=1.0 needs no uncond)")
-
-
 def _expand_cond(cond: Cond, batch: int, what: str) -> Cond:
+    """`_expand` for a tensor or each tensor of a dict; None stays None."""
     if isinstance(cond, torch.Tensor):
         return _expand(cond, batch, what)
     if isinstance(cond, Mapping):
         return {k: _expand(v, batch, f"{what}[{k!r}]") for k, v in cond.items()}
     return cond
+
+
+def concat_cond(cond: Cond, uncond: Cond, batch: int) -> Cond:
+    """[cond; uncond] along dim 0 (per key for dicts), the doubled batch of classifier-free guidance."""
+    cond, uncond = _expand_cond(cond, batch, "cond"), _expand_cond(uncond, batch, "uncond")
+    if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
+        return torch.cat([cond, uncond])
+    if isinstance(cond, Mapping) and isinstance(uncond, Mapping):
+        return {key: None if c is None else torch.cat([c, uncond[key]]) for key, c in cond.items()}
+    raise TypeError(f"guidance needs `cond` and the null condition `uncond` (empty caption / null class) the model "
+                    f"was trained with, both tensors or both dicts of tensors; got {type(cond).__name__} and "
+                    f"{type(uncond).__name__} (guidance_scale=1.0 needs no uncond)")
 
 
 def guided_model_output(
@@ -108,19 +108,16 @@ def guided_model_output(
     return out_uncond + s * (out_cond - out_uncond)
 
 
-# --- Shared plumbing: device, callback and intermediates ---------------------------------------------------
-def _resolve_device(device: torch.device | str | None, x: torch.Tensor | None, cond: Cond) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if x is not None:
-        return x.device
-    if isinstance(cond, torch.Tensor):
-        return cond.device
-    if isinstance(cond, Mapping):
-        for v in cond.values():
-            if isinstance(v, torch.Tensor):
-                return v.device
-    return torch.device("cpu")
+# --- The loop every sampler shares: x_T, then one step per pair (t, t_prev) -----------------------------------
+def _initial_noise(shape: Sequence[int] | None, generator: torch.Generator | None, x_T: torch.Tensor | None,
+                   device: torch.device | str | None, cond: Cond) -> torch.Tensor:
+    """x_T ~ N(0, I) of `shape` (or the given x_T) on `device`; no device: x_T's, else that of the first tensor
+    in `cond`, else the CPU."""
+    if device is None:
+        tensors = [x_T, cond, *(cond.values() if isinstance(cond, Mapping) else ())]
+        device = next((v.device for v in tensors if isinstance(v, torch.Tensor)), "cpu")
+    device = torch.device(device)
+    return randn(shape, generator, device) if x_T is None else x_T.to(device)
 
 
 class _Trajectory:
@@ -142,8 +139,18 @@ class _Trajectory:
         return (x, self.record) if self.keep else x
 
 
-def _clip(x0: torch.Tensor, clip_x0: tuple[float, float] | None) -> torch.Tensor:
-    return x0 if clip_x0 is None else x0.clamp(*clip_x0)
+def _loop(step_fn: _Step, x: torch.Tensor, times: Sequence, callback: Callback | None, return_intermediates: bool,
+          desc: str, progress: bool) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """x ← step_fn(x, t, t_prev) for each pair of consecutive `times`, calling back after each step with the x_t
+    and x̂_0 of t. Returns the last x, or (x, {"x_t", "pred_x0", "timesteps"}) with `return_intermediates`:
+    x_t[i] is the sampler's state at timesteps[i] and pred_x0[i] the x̂_0 predicted from it."""
+    trajectory = _Trajectory(callback, return_intermediates)
+    pairs = list(zip(times, times[1:]))
+    for step, (t, t_prev) in enumerate(tqdm(pairs, desc=desc, disable=not progress, mininterval=0.5)):
+        x_prev, x0_hat = step_fn(x, t, t_prev)
+        trajectory(step, t, x, x0_hat)
+        x = x_prev
+    return trajectory.result(x)
 
 
 # --- DDPM: ancestral sampling with the posterior variance ---------------------------------------------------
@@ -165,19 +172,16 @@ def ddpm_sample(
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """x_{t−1} = μ̃_t(x_t, x̂_0) + √β̃_t·z for t = T−1 … 0, no noise at the last step (DDPM Alg. 2, Eq. 7).
 
-    Returns x̂_0 (B, C, h, w), or (x̂_0, {"x_t", "pred_x0", "timesteps"}) with `return_intermediates`;
-    x_t[i] is the sampler's state at timesteps[i] and pred_x0[i] the x̂_0 predicted from it.
+    Returns x̂_0 (B, C, h, w), or (x̂_0, {"x_t", "pred_x0", "timesteps"}) with `return_intermediates` (`_loop`).
+    x_T (B, C, h, w) replaces the drawn noise (then `shape` may be None); `device` defaults to x_T's or cond's.
     """
-    device = _resolve_device(device, x_T, cond)
-    x = randn(tuple(shape), generator, device) if x_T is None else x_T.to(device)         # x_T ~ N(0, I)
-    trajectory = _Trajectory(callback, return_intermediates)
-    T = diffusion.num_timesteps
-    for step, t in enumerate(tqdm(range(T - 1, -1, -1), desc="DDPM", disable=not progress, mininterval=0.5)):
+    def step(x: torch.Tensor, t: int, t_prev: int) -> tuple[torch.Tensor, torch.Tensor]:   # t_prev = t − 1
         out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
-        x_prev, x0_hat = ddpm_step(diffusion, out, t, x, generator, clip_x0)
-        trajectory(step, t, x, x0_hat)
-        x = x_prev
-    return trajectory.result(x)
+        return ddpm_step(diffusion, out, t, x, generator, clip_x0)
+
+    x = _initial_noise(shape, generator, x_T, device, cond)                              # x_T ~ N(0, I)
+    times = list(range(diffusion.num_timesteps - 1, -2, -1))                             # T−1 … 0, then the data
+    return _loop(step, x, times, callback, return_intermediates, "DDPM", progress)
 
 
 def ddpm_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
@@ -189,7 +193,8 @@ def ddpm_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, 
     t = 0, where x_{−1} = μ̃_0 = x̂_0 (no noise).
     """
     x0_hat, _ = diffusion.predict_x0_and_eps(x_t, t, model_output)
-    x0_hat = _clip(x0_hat, clip_x0)
+    if clip_x0 is not None:
+        x0_hat = x0_hat.clamp(*clip_x0)
     mean, _, _ = diffusion.posterior_mean_variance(x0_hat, x_t, t)       # μ̃_t(x_t, x̂_0)
     if t == 0:
         return mean, x0_hat                                               # μ̃_0 = x̂_0: no noise at the last step
@@ -201,21 +206,18 @@ def ddpm_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, 
 def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailing") -> list[int]:
     """The S sampling timesteps, strictly decreasing, all in [0, T−1] (DDIM Sec. 4.2, "τ" sub-sequence).
 
-        trailing  t_i = ⌊T·(S−i)/S⌋ − 1         starts at T−1 for every S (default; Lin et al. 2024 show
-                                                 the sampler must start where the noise is pure; they and
+        trailing  t_i = ⌊T·(S−i)/S⌋ − 1         starts at T−1 for every S (default; Lin et al. 2024 and
                                                  diffusers round T·(S−i)/S to nearest instead of down: the
                                                  lists agree whenever S divides T)
         leading   t_i = (S−1−i)·⌊T/S⌋           the classic choice; ends at 0 but starts well below T−1
                                                  when S does not divide T (e.g. T=1000, S=3: 666, 333, 0)
         linspace  t_i = T−1 − round(i·(T−1)/(S−1))   both ends, T−1 … 0
-    (The reference's range(0, T, T//S) + 1 is none of these: it never starts at T−1 and can return more
-    than S steps; minildm does not copy it.)
+    (The reference's range(0, T, T//S) + 1 is none of these: it never starts at T−1.)
 
-    Why trailing by default: the sampler starts from x_T ~ N(0, I), which is only right at t = T−1;
-    leading feeds pure noise to a model told t = 900 (for S = 10), where it expects √ᾱ_900 ≈ 0.03 of
-    signal (0.12 with Stable Diffusion's betas). The price: trailing's last step jumps from t = T/S − 1
-    straight to x̂_0, so with very few steps deterministic DDIM under-disperses a little more (exact
-    Gaussian oracle, LDM betas, s = 0.3: std 0.158 vs 0.186 at S = 10; 0.248 vs 0.262 at S = 50).
+    Why trailing by default: the sampler starts from x_T ~ N(0, I), which is only right at t = T−1; leading
+    feeds pure noise to a model told t = 900 (for S = 10), where it expects √ᾱ_900 ≈ 0.03 of signal (the
+    instructor guide, notebook 06). The price: with very few steps deterministic DDIM under-disperses a little
+    more (exact Gaussian oracle, LDM betas, s = 0.3: std 0.158 vs 0.186 at S = 10; 0.248 vs 0.262 at S = 50).
     """
     T, S = num_train_timesteps, steps
     if not isinstance(S, int) or not 1 <= S <= T:
@@ -262,7 +264,7 @@ def ddim_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, 
     _, alpha_bar_prev, sigma = ddim_coefficients(diffusion, [t, t_prev] if t_prev >= 0 else [t], eta)
     x0_hat, eps_hat = diffusion.predict_x0_and_eps(x_t, t, model_output)
     if clip_x0 is not None:                                       # keep ε̂ consistent with the clipped x̂_0
-        x0_hat = _clip(x0_hat, clip_x0)
+        x0_hat = x0_hat.clamp(*clip_x0)
         eps_hat = diffusion.predict_eps_from_x0(x_t, t, x0_hat)
     a_prev, s = float(alpha_bar_prev[0]), float(sigma[0])         # float64 scalars
     # x_prev = √ᾱ_prev·x̂_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z
@@ -272,22 +274,19 @@ def ddim_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, 
     return x, x0_hat
 
 
-def _ddim_loop(model_fn: ModelFn, diffusion: GaussianDiffusion, x: torch.Tensor, timesteps: list[int], cond: Cond,
-               uncond: Cond, guidance_scale: float, eta: float, generator: torch.Generator | None,
-               trajectory: _Trajectory, clip_x0: tuple[float, float] | None, progress: bool,
-               desc: str = "DDIM") -> torch.Tensor:
-    """`ddim_step` over `timesteps` (each step goes to the next entry, the last one to the clean data),
-    shared by ddim_sample and img2img, which check η here, before the first model call."""
+def _ddim(model_fn: ModelFn, diffusion: GaussianDiffusion, cond: Cond, uncond: Cond, guidance_scale: float,
+          eta: float, generator: torch.Generator | None, clip_x0: tuple[float, float] | None = None) -> _Step:
+    """The step of the three DDIM loops (ddim_sample, img2img, ddim_inpaint): `ddim_step` on the guided output.
+    Each loop builds it before its first model call, so η is checked here, once for all three."""
     if not 0 <= eta <= 1:
         raise ValueError(f"eta must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like; a larger η can push σ² past "
                          f"1 − ᾱ_prev, and √(1 − ᾱ_prev − σ²) must be real), got {eta!r}")
-    for step, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, mininterval=0.5)):
+
+    def step(x: torch.Tensor, t: int, t_prev: int) -> tuple[torch.Tensor, torch.Tensor]:
         out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
-        t_prev = timesteps[step + 1] if step + 1 < len(timesteps) else -1
-        x_prev, x0_hat = ddim_step(diffusion, out, t, x, t_prev, eta, generator, clip_x0)
-        trajectory(step, t, x, x0_hat)
-        x = x_prev
-    return x
+        return ddim_step(diffusion, out, t, x, t_prev, eta, generator, clip_x0)
+
+    return step
 
 
 @torch.no_grad()
@@ -315,16 +314,12 @@ def ddim_sample(
     `ddim_timesteps(T, steps, spacing)`; the last step returns x̂_0 (ᾱ_prev = 1), see `ddim_coefficients`.
     Returns like `ddpm_sample`.
     """
-    device = _resolve_device(device, x_T, cond)
-    x = randn(tuple(shape), generator, device) if x_T is None else x_T.to(device)         # x_T ~ N(0, I)
-    timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
-    trajectory = _Trajectory(callback, return_intermediates)
-    x = _ddim_loop(model_fn, diffusion, x, timesteps, cond, uncond, guidance_scale, eta, generator,
-                   trajectory, clip_x0, progress)
-    return trajectory.result(x)
+    step = _ddim(model_fn, diffusion, cond, uncond, guidance_scale, eta, generator, clip_x0)
+    x = _initial_noise(shape, generator, x_T, device, cond)                              # x_T ~ N(0, I)
+    times = ddim_timesteps(diffusion.num_timesteps, steps, spacing) + [-1]               # …, then the data
+    return _loop(step, x, times, callback, return_intermediates, "DDIM", progress)
 
 
-@torch.no_grad()
 def ddim_invert(
     model_fn: ModelFn,
     diffusion: GaussianDiffusion,
@@ -388,18 +383,16 @@ def img2img(
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must lie in [0, 1] (0 keeps the input, 1 starts from pure noise), got {strength!r}")
-    timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
+    step = _ddim(model_fn, diffusion, cond, uncond, guidance_scale, eta, generator, clip_x0)
     n = int(round(strength * steps))
-    timesteps = timesteps[steps - n:]
-    trajectory = _Trajectory(callback, return_intermediates)
+    timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)[steps - n:]
     if n == 0:
-        return trajectory.result(x0.clone())
-    if noise is None:
-        noise = randn(x0.shape, generator, x0.device, x0.dtype)
-    x = diffusion.add_noise(x0, noise, timesteps[0])             # x_t ~ q(x_t | x_0)
-    x = _ddim_loop(model_fn, diffusion, x, timesteps, cond, uncond, guidance_scale, eta, generator,
-                   trajectory, clip_x0, progress, desc="img2img")
-    return trajectory.result(x)
+        x = x0.clone()                                               # no step to run: x_0 unchanged
+    else:
+        if noise is None:
+            noise = randn(x0.shape, generator, x0.device, x0.dtype)
+        x = diffusion.add_noise(x0, noise, timesteps[0])             # x_t ~ q(x_t | x_0)
+    return _loop(step, x, timesteps + [-1], callback, return_intermediates, "img2img", progress)
 
 
 @torch.no_grad()
@@ -433,21 +426,20 @@ def ddim_inpaint(
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != z0.shape[-2:]:
         raise ValueError(f"the latent mask must be (B, 1, h, w) with (h, w) = {tuple(z0.shape[-2:])}, got "
                          f"{tuple(mask.shape)}")
-    if not 0 <= eta <= 1:
-        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
+    ddim = _ddim(model_fn, diffusion, cond, uncond, guidance_scale, eta, generator)
     hole = mask.to(z0.device) > 0.5
+
+    def blend(x: torch.Tensor, t: int) -> torch.Tensor:       # x_t ← m·x_t + (1 − m)·q(x_t | z0); at t = −1, z0
+        known = z0 if t < 0 else diffusion.add_noise(z0, randn(z0.shape, generator, z0.device, z0.dtype), t)
+        return torch.where(hole, x, known.to(x.dtype))
+
+    def step(x: torch.Tensor, t: int, t_prev: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x_prev, x0_hat = ddim(x, t, t_prev)
+        return blend(x_prev, t_prev), x0_hat                  # blended for the next model call
+
     timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
-    trajectory = _Trajectory(callback, return_intermediates)
-    x = randn(z0.shape, generator, z0.device, z0.dtype)                                  # x_T ~ N(0, I)
-    for step, t in enumerate(tqdm(timesteps, desc="inpaint", disable=not progress, mininterval=0.5)):
-        known = diffusion.add_noise(z0, randn(z0.shape, generator, z0.device, z0.dtype), t)   # q(x_t | z0)
-        x = torch.where(hole, x, known.to(x.dtype))
-        out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
-        t_prev = timesteps[step + 1] if step + 1 < len(timesteps) else -1
-        x_prev, x0_hat = ddim_step(diffusion, out, t, x, t_prev, eta, generator)
-        trajectory(step, t, x, x0_hat)
-        x = x_prev
-    return trajectory.result(torch.where(hole, x, z0))                                    # t = −1: z0 itself
+    x = blend(randn(z0.shape, generator, z0.device, z0.dtype), timesteps[0])              # x_T ~ N(0, I)
+    return _loop(step, x, timesteps + [-1], callback, return_intermediates, "inpaint", progress)
 
 
 # --- Fast ODE solvers: deterministic sampling is solving the probability-flow ODE ----------------------------
@@ -538,104 +530,55 @@ def dpmpp_2m_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: i
     return math.sqrt((1 - a_prev) / (1 - a)) * x_t - math.sqrt(a_prev) * math.expm1(-h) * D, x0_hat
 
 
+@torch.no_grad()
 def _ode_sample(solver: str, model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence[int] | None,
-                cond: Cond, uncond: Cond, guidance_scale: float, steps: int, spacing: str,
-                generator: torch.Generator | None, x_T: torch.Tensor | None, callback: Callback | None,
-                return_intermediates: bool, device: torch.device | str | None, progress: bool
+                cond: Cond = None, uncond: Cond = None, guidance_scale: float = 1.0, steps: int = 50,
+                spacing: str = "trailing", generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
+                callback: Callback | None = None, return_intermediates: bool = False,
+                device: torch.device | str | None = None, progress: bool = False
                 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
-    """The loop the three ODE samplers share: one step per listed timestep, the last one to the clean data."""
+    """The three ODE samplers: `ddim_sample`'s arguments without η and clip_x0, one `solver` step per timestep."""
     timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)      # checks `steps`, `spacing`
-    device = _resolve_device(device, x_T, cond)
-    x = randn(tuple(shape), generator, device) if x_T is None else x_T.to(device)         # x_T ~ N(0, I)
-    trajectory = _Trajectory(callback, return_intermediates)
+    x = _initial_noise(shape, generator, x_T, device, cond)                  # x_T ~ N(0, I)
+    x0_last = t_last = None                            # DPM-Solver++(2M) reuses the x̂_0 of the previous step
 
     def output_fn(x: torch.Tensor, t: int) -> torch.Tensor:
         return guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
 
-    x0_last = t_last = None
-    for step, t in enumerate(tqdm(timesteps, desc=solver, disable=not progress, mininterval=0.5)):
-        t_prev = timesteps[step + 1] if step + 1 < len(timesteps) else -1
-        out = output_fn(x, t)
+    def step(x: torch.Tensor, t: int, t_prev: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal x0_last, t_last
         if solver == "euler":
-            x_prev, x0_hat = euler_step(diffusion, out, t, x, t_prev)
-        elif solver == "heun":
-            x_prev, x0_hat = heun_step(diffusion, out, t, x, t_prev, output_fn)
-        else:
-            x_prev, x0_hat = dpmpp_2m_step(diffusion, out, t, x, t_prev, x0_last, t_last)
-            x0_last, t_last = x0_hat, t
-        trajectory(step, t, x, x0_hat)
-        x = x_prev
-    return trajectory.result(x)
+            return euler_step(diffusion, output_fn(x, t), t, x, t_prev)
+        if solver == "heun":
+            return heun_step(diffusion, output_fn(x, t), t, x, t_prev, output_fn)
+        x_prev, x0_hat = dpmpp_2m_step(diffusion, output_fn(x, t), t, x, t_prev, x0_last, t_last)
+        x0_last, t_last = x0_hat, t
+        return x_prev, x0_hat
+
+    return _loop(step, x, timesteps + [-1], callback, return_intermediates, solver, progress)
 
 
-@torch.no_grad()
-def euler_sample(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    shape: Sequence[int] | None,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    spacing: str = "trailing",
-    generator: torch.Generator | None = None,
-    x_T: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def euler_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence[int] | None, *args: Any,
+                 **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """`euler_step` over `ddim_timesteps(T, steps, spacing)`: first order, one model call per step (Karras
-    et al. 2022, Alg. 1 without churn; the same samples as `ddim_sample` with η = 0). Returns like `ddpm_sample`."""
-    return _ode_sample("euler", model_fn, diffusion, shape, cond, uncond, guidance_scale, steps, spacing,
-                       generator, x_T, callback, return_intermediates, device, progress)
+    et al. 2022, Alg. 1 without churn; the same samples as `ddim_sample` with η = 0). Arguments and result as
+    `ddim_sample`'s, without η and clip_x0."""
+    return _ode_sample("euler", model_fn, diffusion, shape, *args, **kwargs)
 
 
-@torch.no_grad()
-def heun_sample(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    shape: Sequence[int] | None,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    spacing: str = "trailing",
-    generator: torch.Generator | None = None,
-    x_T: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def heun_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence[int] | None, *args: Any,
+                **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """`heun_step` over `ddim_timesteps(T, steps, spacing)`: second order, 2·steps − 1 model calls (two per
-    step, one on the last; Karras et al. 2022, Alg. 2 without churn). Returns like `ddpm_sample`."""
-    return _ode_sample("heun", model_fn, diffusion, shape, cond, uncond, guidance_scale, steps, spacing,
-                       generator, x_T, callback, return_intermediates, device, progress)
+    step, one on the last; Karras et al. 2022, Alg. 2 without churn). Arguments and result as `euler_sample`'s."""
+    return _ode_sample("heun", model_fn, diffusion, shape, *args, **kwargs)
 
 
-@torch.no_grad()
-def dpmpp_2m_sample(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    shape: Sequence[int] | None,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    spacing: str = "trailing",
-    generator: torch.Generator | None = None,
-    x_T: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def dpmpp_2m_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence[int] | None, *args: Any,
+                    **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """`dpmpp_2m_step` over `ddim_timesteps(T, steps, spacing)`, each step reusing the previous x̂_0: second
     order for one model call per step (Lu et al. 2022, DPM-Solver++(2M); first and last step first order).
-    Returns like `ddpm_sample`."""
-    return _ode_sample("dpmpp_2m", model_fn, diffusion, shape, cond, uncond, guidance_scale, steps, spacing,
-                       generator, x_T, callback, return_intermediates, device, progress)
+    Arguments and result as `euler_sample`'s."""
+    return _ode_sample("dpmpp_2m", model_fn, diffusion, shape, *args, **kwargs)
 
 
 ODE_SAMPLERS = {"dpmpp_2m": dpmpp_2m_sample, "euler": euler_sample, "heun": heun_sample}
@@ -680,74 +623,42 @@ def flow_heun_step(flow: RectifiedFlow, velocity: torch.Tensor, t: float, x_t: t
     return x_t + (t_prev - t) * (velocity + velocity_prime) / 2, x0_hat   # x_prev = x_t + (t_prev − t)·(v̂ + v̂')/2
 
 
-def _flow_sample(solver: str, model_fn: ModelFn, flow: RectifiedFlow, shape: Sequence[int] | None, cond: Cond,
-                 uncond: Cond, guidance_scale: float, steps: int, generator: torch.Generator | None,
-                 x_T: torch.Tensor | None, callback: Callback | None, return_intermediates: bool,
-                 device: torch.device | str | None, progress: bool) -> torch.Tensor | tuple[torch.Tensor, dict]:
-    """The loop both flow samplers share: x_1 ~ N(0, I), one step per interval of `flow_timesteps(steps)`."""
-    times = flow_timesteps(steps)                                         # checks `steps`
-    device = _resolve_device(device, x_T, cond)
-    x = randn(tuple(shape), generator, device) if x_T is None else x_T.to(device)          # x_1 ~ N(0, I)
-    trajectory = _Trajectory(callback, return_intermediates)
+@torch.no_grad()
+def _flow_sample(solver: str, model_fn: ModelFn, flow: RectifiedFlow, shape: Sequence[int] | None, cond: Cond = None,
+                 uncond: Cond = None, guidance_scale: float = 1.0, steps: int = 50,
+                 generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
+                 callback: Callback | None = None, return_intermediates: bool = False,
+                 device: torch.device | str | None = None, progress: bool = False
+                 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """Both flow samplers: `euler_sample`'s arguments without spacing (x_T is the starting noise x_1), one
+    `solver` step per interval of `flow_timesteps(steps)`; the recorded timesteps are flow times."""
+    times = flow_timesteps(steps)                                            # checks `steps`
+    x = _initial_noise(shape, generator, x_T, device, cond)                  # x_1 ~ N(0, I)
 
     def output_fn(x: torch.Tensor, t: float) -> torch.Tensor:         # v̂(x, t), guided; the U-Net sees t·(T − 1)
         t_model = flow.model_time(torch.full((x.shape[0],), t, dtype=torch.float32, device=x.device))
         return guided_model_output(model_fn, x, t_model, cond, uncond, guidance_scale)
 
-    for step, (t, t_prev) in enumerate(tqdm(list(zip(times, times[1:])), desc=f"flow {solver}",
-                                            disable=not progress, mininterval=0.5)):
-        velocity = output_fn(x, t)
+    def step(x: torch.Tensor, t: float, t_prev: float) -> tuple[torch.Tensor, torch.Tensor]:
         if solver == "euler":
-            x_prev, x0_hat = flow_euler_step(flow, velocity, t, x, t_prev)
-        else:
-            x_prev, x0_hat = flow_heun_step(flow, velocity, t, x, t_prev, output_fn)
-        trajectory(step, t, x, x0_hat)
-        x = x_prev
-    return trajectory.result(x)
+            return flow_euler_step(flow, output_fn(x, t), t, x, t_prev)
+        return flow_heun_step(flow, output_fn(x, t), t, x, t_prev, output_fn)
+
+    return _loop(step, x, times, callback, return_intermediates, f"flow {solver}", progress)
 
 
-@torch.no_grad()
-def flow_euler_sample(
-    model_fn: ModelFn,
-    flow: RectifiedFlow,
-    shape: Sequence[int] | None,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    generator: torch.Generator | None = None,
-    x_T: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
-    """`flow_euler_step` over `flow_timesteps(steps)`: first order, one model call per step. Returns like
-    `ddpm_sample` (x_T is the starting noise x_1; the recorded timesteps are flow times)."""
-    return _flow_sample("euler", model_fn, flow, shape, cond, uncond, guidance_scale, steps, generator, x_T,
-                        callback, return_intermediates, device, progress)
+def flow_euler_sample(model_fn: ModelFn, flow: RectifiedFlow, shape: Sequence[int] | None, *args: Any,
+                      **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """`flow_euler_step` over `flow_timesteps(steps)`: first order, one model call per step. Arguments and
+    result as `euler_sample`'s without spacing (x_T is the starting noise x_1; the timesteps are flow times)."""
+    return _flow_sample("euler", model_fn, flow, shape, *args, **kwargs)
 
 
-@torch.no_grad()
-def flow_heun_sample(
-    model_fn: ModelFn,
-    flow: RectifiedFlow,
-    shape: Sequence[int] | None,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    generator: torch.Generator | None = None,
-    x_T: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-    device: torch.device | str | None = None,
-    progress: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
-    """`flow_heun_step` over `flow_timesteps(steps)`: second order, 2·steps − 1 model calls. Returns like
-    `flow_euler_sample`."""
-    return _flow_sample("heun", model_fn, flow, shape, cond, uncond, guidance_scale, steps, generator, x_T,
-                        callback, return_intermediates, device, progress)
+def flow_heun_sample(model_fn: ModelFn, flow: RectifiedFlow, shape: Sequence[int] | None, *args: Any,
+                     **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """`flow_heun_step` over `flow_timesteps(steps)`: second order, 2·steps − 1 model calls. Arguments and
+    result as `flow_euler_sample`'s."""
+    return _flow_sample("heun", model_fn, flow, shape, *args, **kwargs)
 
 
 FLOW_SAMPLERS = {"euler": flow_euler_sample, "heun": flow_heun_sample}
