@@ -53,8 +53,10 @@ class AEConfig:
     beta: float = 0.25                     # VQ commitment weight (on ‖z − sg[e]‖², the VQ-VAE form)
 
     def __post_init__(self):
-        if self.kind not in ("kl", "vq", "pixel"):
-            raise ValueError(f"AEConfig.kind must be 'kl', 'vq' or 'pixel', got {self.kind!r}")
+        identity = self.kind != "pixel" or (len(self.ch_mult), self.z_channels) == (1, 3)   # pixel space: f = 1, RGB
+        if self.kind not in ("kl", "vq", "pixel") or not identity:
+            raise ValueError(f"AEConfig.kind must be 'kl', 'vq' or 'pixel' (with ch_mult=(1,), z_channels=3), got "
+                             f"kind={self.kind!r}, ch_mult={self.ch_mult}, z_channels={self.z_channels}")
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
             raise ValueError(f"AEConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
         # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
@@ -378,9 +380,6 @@ class PixelSpace(nn.Module):
     def __init__(self, config: AEConfig | None = None):
         super().__init__()
         self.config = config if config is not None else AEConfig(kind="pixel", ch_mult=(1,), z_channels=3)
-        if self.config.kind != "pixel" or self.config.z_channels != 3 or len(self.config.ch_mult) != 1:
-            raise ValueError("PixelSpace needs AEConfig(kind='pixel', ch_mult=(1,), z_channels=3), got "
-                             f"kind={self.config.kind!r}, ch_mult={self.config.ch_mult}, z={self.config.z_channels}")
 
     z_channels = 3
     downsample_factor = 1
@@ -419,10 +418,7 @@ def load_autoencoder(path: str | os.PathLike, device: str | torch.device | None 
                              "load it without `config` to use its own")
     model = build_autoencoder(saved)
     state = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"the weights in {path} do not fit the autoencoder built from its config: {e}") from e
+    model.load_state_dict(state)
     return model.to(get_device(device)).eval()
 
 

@@ -1,15 +1,10 @@
 """Conditioning encoders τθ(y) of latent diffusion (LDM Sec. 3.3): class, text, layout, low-res image, semantic
 map, masked image.
 
-Every encoder maps a raw condition to a dict of U-Net keyword arguments, so the LDM calls
-
-    cond = encoder(raw)              # {"y": …} or {"context": …, "context_mask": …} or {"concat": …}
-    eps_hat = unet(z_t, t, **cond)
-
-and every encoder knows its "unconditional" input for classifier-free guidance (Ho & Salimans 2021):
-`null_condition(batch_size)` gives raw inputs that mean "no condition" (null class, empty caption,
-empty layout), and `drop(raw, p, generator)` swaps each row for that null input with probability p
-(the ~10% conditioning dropout used while training; the LDM applies it).
+Every encoder maps a raw condition to a dict of U-Net keyword arguments, `eps_hat = unet(z_t, t, **encoder(raw))`,
+and knows its "unconditional" input for classifier-free guidance (Ho & Salimans 2021): `null_condition(raw)` is
+the raw input that means "no condition", shaped like `raw` (null class, empty caption, empty layout), and
+`drop(raw, p, generator)` swaps each row for it with probability p (the ~10 % conditioning dropout of training).
 
     ClassEmbedder  label            -> {"y"}                        (added to the time embedding)
     TextEncoder    token ids        -> {"context", "context_mask"}  (cross-attention; trained with the U-Net)
@@ -31,20 +26,13 @@ from torch import nn
 from .nn import CrossAttention
 from .utils import rand
 
-__all__ = ["Conditioner", "ClassEmbedder", "ClassToken", "TextEncoder", "TextTransformerBlock", "LayoutEncoder", "LowResConcat",
-           "SemanticConcat", "InpaintConcat", "check_class_map", "drop_rows", "WordTokenizer", "MASK_KINDS", "check_mask",
-           "training_masks", "box_mask", "object_mask", "part_mask", "latent_mask", "masked_image"]
+__all__ = ["Conditioner", "ClassEmbedder", "ClassToken", "TextEncoder", "TextTransformerBlock", "LayoutEncoder",
+           "LowResConcat", "SemanticConcat", "InpaintConcat", "check_class_map", "drop_rows", "WordTokenizer",
+           "MASK_KINDS", "check_mask", "training_masks", "box_mask", "object_mask", "part_mask", "latent_mask"]
 
 
-def _batch_size(batch_size_or_like: int | torch.Tensor) -> int:
-    return batch_size_or_like.shape[0] if torch.is_tensor(batch_size_or_like) else batch_size_or_like
-
-
-def _device(like: int | torch.Tensor, default: torch.device | None) -> torch.device | None:
-    return like.device if torch.is_tensor(like) else default
-
-
-def drop_rows(raw: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_rows(raw: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None
+              ) -> torch.Tensor:
     """Replace each row of `raw` by the same row of `null` with probability p (CFG conditioning dropout)."""
     B = raw.shape[0]
     dropped = rand((B,), generator, raw.device) < p                                      # (B,) Bernoulli(p)
@@ -52,9 +40,9 @@ def drop_rows(raw: torch.Tensor, null: torch.Tensor, p: float, generator: torch.
 
 
 class Conditioner(nn.Module):
-    """Common interface: forward(raw) -> U-Net kwargs; null_condition(B) -> raw null input; drop(raw, p, gen)."""
+    """Common interface: forward(raw) -> U-Net kwargs; null_condition(raw) -> raw null input; drop(raw, p, gen)."""
 
-    def null_condition(self, batch_size_or_like: int | torch.Tensor) -> torch.Tensor:
+    def null_condition(self, like: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def drop(self, raw: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -83,10 +71,9 @@ class ClassEmbedder(Conditioner):
         labels = torch.as_tensor(labels).long()
         return {"y": torch.where(labels < 0, torch.full_like(labels, self.null_index), labels)}
 
-    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    def null_condition(self, like: torch.Tensor) -> torch.Tensor:
         """(B,) labels all equal to the null class `num_classes`."""
-        B = _batch_size(batch_size_or_like)
-        return torch.full((B,), self.null_index, dtype=torch.int64, device=_device(batch_size_or_like, device))
+        return torch.full((like.shape[0],), self.null_index, dtype=torch.int64, device=like.device)
 
 
 class ClassToken(ClassEmbedder):
@@ -137,17 +124,8 @@ class TextEncoder(Conditioner):
     position from the first step.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        context_length: int,
-        width: int,
-        layers: int,
-        heads: int,
-        pad_id: int = 0,
-        bos_id: int = 1,
-        eos_id: int = 2,
-    ):
+    def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int, pad_id: int = 0,
+                 bos_id: int = 1, eos_id: int = 2):
         super().__init__()
         self.vocab_size, self.context_length, self.width = vocab_size, context_length, width
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
@@ -180,11 +158,9 @@ class TextEncoder(Conditioner):
             x = block(x, mask)
         return {"context": self.final_norm(x), "context_mask": mask}
 
-    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """Token ids of the empty caption "": [bos, eos, pad, …], shape (B, context_length) (or like's length)."""
-        B = _batch_size(batch_size_or_like)
-        L = batch_size_or_like.shape[1] if torch.is_tensor(batch_size_or_like) else self.context_length
-        null = torch.full((B, L), self.pad_id, dtype=torch.int64, device=_device(batch_size_or_like, device))
+    def null_condition(self, like: torch.Tensor) -> torch.Tensor:
+        """Token ids of the empty caption "": [bos, eos, pad, …], shaped like the (B, L) tokens `like`."""
+        null = torch.full(tuple(like.shape), self.pad_id, dtype=torch.int64, device=like.device)
         null[:, 0], null[:, 1] = self.bos_id, self.eos_id
         return null
 
@@ -216,7 +192,7 @@ class LayoutEncoder(Conditioner):
     @classmethod
     def from_config(cls, cfg, num_classes: int, max_objects: int) -> "LayoutEncoder":
         """width = cfg.context_dim, box_bins = cfg.box_bins (an `LDMConfig`)."""
-        return cls(num_classes, max_objects, cfg.context_dim, getattr(cfg, "box_bins", 16))
+        return cls(num_classes, max_objects, cfg.context_dim, cfg.box_bins)
 
     def quantize(self, coords: torch.Tensor) -> torch.Tensor:
         """Box coordinates in [0, 1] -> bin indices in 0..box_bins−1."""
@@ -238,11 +214,9 @@ class LayoutEncoder(Conditioner):
         mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=layout.device), real], dim=1)
         return {"context": context, "context_mask": mask}
 
-    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """The empty layout: (B, max_objects, 5) filled with −1 (every object is padding)."""
-        B = _batch_size(batch_size_or_like)
-        N = batch_size_or_like.shape[1] if torch.is_tensor(batch_size_or_like) else self.max_objects
-        return torch.full((B, N, 5), -1.0, device=_device(batch_size_or_like, device))
+    def null_condition(self, like: torch.Tensor) -> torch.Tensor:
+        """The empty layout shaped like the (B, N, 5) layouts `like`, all −1 (every object is padding)."""
+        return torch.full(tuple(like.shape), -1.0, device=like.device)
 
 
 # --- Low-resolution image, concatenated to z_t (super-resolution, LDM Sec. 4.4) -----------------------------
@@ -258,9 +232,9 @@ class LowResConcat(Conditioner):
     all-zero image (mid-grey in [−1, 1]); SR models are usually sampled without guidance.
     """
 
-    def __init__(self, factor: float = 1.0, channels: int = 3, mode: str = "bilinear"):
+    def __init__(self, factor: float = 1.0, mode: str = "bilinear"):
         super().__init__()
-        self.factor, self.channels, self.mode = factor, channels, mode
+        self.factor, self.mode = factor, mode
 
     @staticmethod
     def degrade(image: torch.Tensor, sr_factor: int) -> torch.Tensor:
@@ -280,9 +254,9 @@ class LowResConcat(Conditioner):
         kwargs = {"align_corners": False} if self.mode == "bilinear" else {}
         return {"concat": F.interpolate(low_res, size=size, mode=self.mode, **kwargs)}
 
-    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """An all-zero low-res image shaped like the given one (a tensor is required: the size is not fixed)."""
-        return torch.zeros_like(batch_size_or_like)
+    def null_condition(self, like: torch.Tensor) -> torch.Tensor:
+        """An all-zero low-res image shaped like the given one."""
+        return torch.zeros_like(like)
 
 
 # --- Semantic map, concatenated to z_t (semantic synthesis, LDM Sec. 4.3.2) --------------------------------
@@ -290,24 +264,16 @@ class LowResConcat(Conditioner):
 
 def check_class_map(maps: torch.Tensor, num_ids: int, resolution: int | None = None) -> torch.Tensor:
     """A class map as a seg model takes it: (B, H, W) whole numbers in 0..num_ids − 1 (the classes, then
-    background as the last id; H = W = `resolution` when given) -> int64; anything else is an error that says
-    what was expected and how to get it."""
-    how = "e.g. ShapesDataset('test').batch([0])['semantic'], or shapes.semantic_map(segmentation, scenes)"
-    if not torch.is_tensor(maps) or maps.dim() != 3:
-        got = tuple(maps.shape) if torch.is_tensor(maps) else type(maps).__name__
-        raise ValueError(f"a semantic map is a (B, H, W) tensor of class ids (one map per image; add a batch "
-                         f"dimension with map[None] for one), got {got}; {how}")
-    if maps.is_floating_point() and not torch.equal(maps, maps.round()):
-        raise ValueError(f"a semantic map holds whole class ids, got fractional values; {how}")
-    if resolution is not None and tuple(maps.shape[1:]) != (resolution, resolution):
-        raise ValueError(f"the model draws {resolution}x{resolution} images, so its semantic map must be "
-                         f"{resolution}x{resolution} pixels, got {tuple(maps.shape[1:])}")
-    lo, hi = int(maps.min()), int(maps.max())
-    if lo < 0 or hi >= num_ids:
-        raise ValueError(f"semantic map ids must lie in 0..{num_ids - 1} (Shapes: class_id(shape, color) = "
-                         f"shape_index·6 + color_index for objects, {num_ids - 1} for background), got ids {lo}..{hi}")
+    background as the last id; H = W = `resolution` when given) -> int64, else an error that says what was expected."""
+    side = f"{resolution}x{resolution}" if resolution else "H x W"
+    expected = (f"a semantic map is a (B, H, W) tensor of whole class ids in 0..{num_ids - 1} (the last: background), "
+                f"{side} pixels (add a batch dimension with map[None] for one map), e.g. ShapesDataset('test')"
+                f".batch([0])['semantic'] or shapes.semantic_map(segmentation, scenes)")
+    if not torch.is_tensor(maps) or maps.dim() != 3 or (resolution and maps.shape[1:] != (resolution, resolution)):
+        raise ValueError(f"{expected}; got {tuple(maps.shape) if torch.is_tensor(maps) else type(maps).__name__}")
+    if not torch.equal(maps, maps.round()) or maps.min() < 0 or maps.max() >= num_ids:
+        raise ValueError(f"{expected}; got ids {float(maps.min()):g}..{float(maps.max()):g}")
     return maps.long()
-
 
 
 class SemanticConcat(Conditioner):
@@ -332,72 +298,42 @@ class SemanticConcat(Conditioner):
 
     def forward(self, maps: torch.Tensor, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """maps (B, H, W) ids in −1..K−1 -> {"concat": (B, K, h, w)}, each column the class shares of its patch."""
-        if maps.dim() != 3 or maps.is_floating_point() and not torch.equal(maps, maps.round()):
-            raise ValueError(f"a semantic map is (B, H, W) whole class ids, got {tuple(maps.shape)} {maps.dtype}")
         maps = maps.long()
-        if int(maps.min()) < -1 or int(maps.max()) >= self.num_ids:
-            raise ValueError(f"semantic map ids must lie in 0..{self.num_ids - 1}, got {int(maps.min())}.."
-                             f"{int(maps.max())}")
         onehot = F.one_hot(maps.clamp(min=0), self.num_ids).permute(0, 3, 1, 2).float()   # (B, K, H, W)
         onehot = onehot * (maps >= 0)[:, None]                                          # −1: no class
         return {"concat": F.interpolate(onehot, size=tuple(int(s) for s in size), mode="area")}
 
-    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        """The map of "no class anywhere" (all −1), shaped like the given one (a tensor is required)."""
-        return torch.full_like(batch_size_or_like, -1)
+    def null_condition(self, like: torch.Tensor) -> torch.Tensor:
+        """The map of "no class anywhere" (all −1), shaped like the given one."""
+        return torch.full_like(like, -1)
 
 
 # --- Inpainting masks (LDM Sec. 4.5): which pixels to fill ----------------------------------------------------
 # Convention: a mask is (B, 1, H, W) with 1 = the hole (pixels to fill) and 0 = known pixels, as in the paper's
 # inpainting setup (the masked image is x·(1 − m), the hole mid-grey in [−1, 1]).
-#
-#     check_mask          what every public entry point runs first: shape, 0/1 values, something known and to fill
-#     training_masks      random boxes and whole objects (from the segmentation), drawn from the training generator
-#     box_mask            a box in pixels;  object_mask  one object of a segmentation, dilated over its antialiased rim
-#     part_mask           a box over one half of an object's box: the rest of the object stays visible (evaluation)
-#     latent_mask         the mask at the latent's resolution: a latent pixel is hole if any of its pixels is
 
 MASK_KINDS = ("box", "object")      # `minildm sample --mask`: half an object's box, or the whole object
 # a training box's side, as a fraction of the image side (random boxes cover parts of objects, background, or both)
 BOX_SIDES = (0.25, 0.6)
 
 
-def check_mask(mask: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
-    """A mask as the models take it -> (B, 1, H, W) float32 of 0 (known) / 1 (hole); `images` (B, 3, H, W) fixes
-    B, H and W. Errors say what was expected: wrong shape, values other than 0 and 1, a row with no hole (nothing
-    to inpaint) or all hole (nothing known: that is sampling, not inpainting)."""
-    how = "1 marks the hole (pixels to fill), 0 the known pixels"
-    if not torch.is_tensor(mask):
-        raise ValueError(f"the mask must be a tensor (B, 1, H, W) or (B, H, W) ({how}), got {type(mask).__name__}")
-    if mask.dim() == 3:
+def check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """A mask as the models take it -> (B, 1, H, W) float32 of 0 (known) / 1 (hole), one per image of `images`
+    (B, 3, H, W); every row must hold something to fill and something known."""
+    B, _, H, W = images.shape
+    if torch.is_tensor(mask) and mask.dim() == 3:
         mask = mask[:, None]
-    if mask.dim() != 4 or mask.shape[1] != 1:
-        raise ValueError(f"the mask must be (B, 1, H, W) or (B, H, W) ({how}), got shape {tuple(mask.shape)}")
-    if images is not None:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"the images must be (B, 3, H, W) in [-1, 1], got shape {tuple(images.shape)}")
-        if mask.shape[0] != images.shape[0] or mask.shape[2:] != images.shape[2:]:
-            raise ValueError(f"one mask per image, the image's size: expected (B, 1, H, W) = "
-                             f"({images.shape[0]}, 1, {images.shape[2]}, {images.shape[3]}), got {tuple(mask.shape)}")
+    if not torch.is_tensor(mask) or tuple(mask.shape) != (B, 1, H, W):
+        got = f"shape {tuple(mask.shape)}" if torch.is_tensor(mask) else type(mask).__name__
+        raise ValueError(f"the mask must be a tensor (B, 1, H, W) = ({B}, 1, {H}, {W}) or (B, H, W), one per image, "
+                         f"1 marking the hole (pixels to fill), 0 the known pixels; got {got}")
     m = mask.float()
-    if not bool(((m == 0) | (m == 1)).all()):
-        raise ValueError(f"mask values must be 0 or 1 ({how}), got values in [{float(m.min()):g}, {float(m.max()):g}]"
-                         "; threshold a soft mask first, e.g. (mask > 0.5).float()")
-    holes = m.flatten(1).sum(1)
-    empty = (holes == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"mask row(s) {empty[:8]} have no hole (all 0): nothing to inpaint; mark the pixels to fill "
-                         "with 1")
-    full = (holes == m[0].numel()).nonzero().flatten().tolist()
-    if full:
-        raise ValueError(f"mask row(s) {full[:8]} are all hole (all 1): nothing is known, so this is sampling, not "
-                         "inpainting; keep some pixels at 0, or call sample()")
+    holes = m.flatten(1).sum(1)                                                  # hole pixels per row
+    if not bool(((m == 0) | (m == 1)).all() & (holes > 0).all() & (holes < H * W).all()):
+        raise ValueError(f"mask values must be 0 or 1 (threshold a soft mask: (mask > 0.5).float()), each row with "
+                         f"a hole and known pixels (all hole is sampling: call sample()); got values in ["
+                         f"{float(m.min()):g}, {float(m.max()):g}], hole pixels per row {holes[:8].tolist()}/{H * W}")
     return m
-
-
-def masked_image(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x·(1 − m): the hole set to 0, mid-grey in [−1, 1] (what the inpainting model is shown)."""
-    return images * (1 - mask)
 
 
 def box_mask(resolution: int, x0: int, y0: int, x1: int, y1: int, device: torch.device | str | None = None
@@ -428,8 +364,6 @@ def part_mask(bbox: Sequence[float], side: str, resolution: int, device: torch.d
     x0, y0, x1, y1 = int(x0) - 1, int(y0) - 1, int(x1) + 2, int(y1) + 2       # whole pixels, one more around
     cut = {"left": (x0, y0, round(cx), y1), "right": (round(cx), y0, x1, y1), "top": (x0, y0, x1, round(cy)),
            "bottom": (x0, round(cy), x1, y1)}
-    if side not in cut:
-        raise ValueError(f"side must be one of {tuple(cut)}, got {side!r}")
     return box_mask(resolution, *cut[side], device=device)
 
 
@@ -493,15 +427,12 @@ class InpaintConcat(Conditioner):
 
     def forward(self, raw: torch.Tensor, encode) -> dict[str, torch.Tensor]:
         """raw (B, 4, H, W) -> {"concat": (B, c + 1, h, w)}; encode: image -> scaled latent (B, c, h, w)."""
-        if raw.dim() != 4 or raw.shape[1] != 4:
-            raise ValueError(f"an inpainting condition is [masked image, mask], (B, 4, H, W) "
-                             f"(LatentDiffusion.inpaint_condition(images, mask) builds it), got {tuple(raw.shape)}")
         z = encode(raw[:, :3])                                                        # (B, c, h, w)
         m = F.interpolate(raw[:, 3:].float(), size=tuple(z.shape[-2:]), mode="area")  # (B, 1, h, w) hole share
         return {"concat": torch.cat([z.to(m.dtype), m], dim=1)}
 
-    def null_condition(self, batch_size_or_like: int | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-        return torch.zeros_like(batch_size_or_like)
+    def null_condition(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(like)
 
 
 # --- The tokenizer ---------------------------------------------------------------------------------------
@@ -556,8 +487,7 @@ class WordTokenizer:
         words = self.words(text)
         unknown = sorted({w for w in words if w not in self.index or w in (self.PAD, self.BOS, self.EOS)})
         if unknown:
-            examples = "".join(f" Example prompts: {', '.join(repr(e) for e in self.examples)}." if self.examples
-                               else "")
+            examples = f" Example prompts: {', '.join(map(repr, self.examples))}." if self.examples else ""
             raise ValueError(f"unknown word(s) {unknown} in prompt {text!r}. The vocabulary is: "
                              f"{', '.join(self.vocab[3:])}.{examples}")
         if len(words) + 2 > self.context_length:

@@ -5,25 +5,18 @@ The paper's second stage (LDM Sec. 3.2-3.3) in one object:
     training   z = E(x)·scale            (a posterior *sample*, scaled to unit variance)
                L = ‖ε − ε_θ(z_t, t, τθ(y))‖²   with y replaced by the null condition 10 % of the time
     sampling   z ~ DDIM(ε_θ, guidance s) → x = D(z / scale)
-    editing    x_T = DDIM⁻¹(z) (`invert`), SDEdit from a real image (`img2img`), inpainting (`inpaint`: the
-               trained inpainting model, or any diffusion model by blending the known latent in at every step)
+    editing    x_T = DDIM⁻¹(z) (`invert`), SDEdit (`img2img`), inpainting (`inpaint`)
 
 Beyond the paper, `LDMConfig(process="flow")` trains the same U-Net on the same latents by flow matching
 (diffusion.RectifiedFlow: x_t = (1 − t)·z + t·ε, target ε − z) and samples it with Euler or Heun on dx/dt = v_θ.
 
-The autoencoder is frozen (eval mode, no gradients). Its latent statistics differ from N(0, I), so z is
-multiplied by scale_factor = 1/std(z), measured on the first training batch and stored with the model (the
-reference's `scale_by_std`; 0.18215 is that number for one Stable Diffusion autoencoder, not a constant).
-`decode` divides by it again before the decoder.
+scale_factor = 1/std(z), measured on the first training batch and stored with the model (the reference's
+`scale_by_std`; 0.18215 is that number for one Stable Diffusion autoencoder, not a constant).
 
-Conditioning modes (`cond`): "text" (captions → transformer → cross-attention), "class" (label → time
-embedding, ADM's route and minildm's default; `class_route="crossattn"` reads it as one cross-attention token, as
-the paper's class-conditional ImageNet models do), "layout" (one token per object → cross-attention), "sr" (low-res image concatenated to z_t),
-"seg" (a semantic map, class shares per latent pixel concatenated to z_t; LDM Sec. 4.3.2), "inpaint" (the masked
-image's latent and the mask concatenated to z_t; Sec. 4.5), "none" (unconditional). The concatenation modes (sr, seg,
-inpaint) are trained without conditioning dropout and sampled without guidance. What the condition can be comes from the data, not from this file: a text model is
-given the tokenizer of its captions, a class model the number of classes, a layout model the number of
-objects per layout.
+Conditioning modes (`cond`): "text" (captions → transformer → cross-attention), "class" (label → time embedding,
+ADM's route; `class_route="crossattn"`: one cross-attention token, the paper's), "layout" (one token per object),
+"sr" (low-res image), "seg" (semantic map; Sec. 4.3.2) and "inpaint" (masked image and mask; Sec. 4.5), these
+three concatenated to z_t, trained without conditioning dropout and sampled without guidance; "none".
 """
 
 from __future__ import annotations
@@ -64,7 +57,7 @@ class LDMConfig:
     """The second stage's network: U-Net, conditioning encoder τθ and noise schedule, stored with its weights. How
     it is trained (and the sample grids of a run) is train.LDMTrainConfig."""
 
-    cond: str = "text"                                # "text", "class", "layout", "sr", "seg", "inpaint" or "none"
+    cond: str = "text"                                # one of COND_MODES
     model_channels: int = 64
     channel_mult: tuple[int, ...] = (1, 2)
     num_res_blocks: int = 1
@@ -90,21 +83,13 @@ class LDMConfig:
     logit_std: float = 1.0
 
     def __post_init__(self):
-        if self.cond not in COND_MODES:
-            raise ValueError(f"unknown conditioning mode {self.cond!r}; expected one of {COND_MODES}")
-        if self.class_route not in CLASS_ROUTES:
-            raise ValueError(f"LDMConfig.class_route must be one of {CLASS_ROUTES}, got {self.class_route!r}")
-        if self.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"LDMConfig.prediction_type must be one of {PREDICTION_TYPES}, "
-                             f"got {self.prediction_type!r}")
-        if self.process not in PROCESSES:
-            raise ValueError(f"LDMConfig.process must be one of {PROCESSES} (the paper's Gaussian diffusion or flow "
-                             f"matching), got {self.process!r}")
-        if self.process == "diffusion" and (self.logit_mean, self.logit_std) != (0.0, 1.0):
+        for name, allowed in (("cond", COND_MODES), ("class_route", CLASS_ROUTES),
+                              ("prediction_type", PREDICTION_TYPES), ("process", PROCESSES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LDMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.process == "diffusion" and (self.logit_mean, self.logit_std) != (0.0, 1.0) or not self.logit_std > 0:
             raise ValueError(f"logit_mean / logit_std ({self.logit_mean}, {self.logit_std}) set the training times of "
-                             f"a flow model; a diffusion model draws t uniformly: use process='flow' or leave them")
-        if not self.logit_std > 0:
-            raise ValueError(f"LDMConfig.logit_std must be > 0 (SD3: 1.0), got {self.logit_std!r}")
+                             f"a flow model (process='flow'), and logit_std must be > 0 (SD3: 0, 1)")
         # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
@@ -113,10 +98,9 @@ class LDMConfig:
 class LatentDiffusion(nn.Module):
     """ε_θ(z_t, t, τθ(y)) on the latents of a frozen autoencoder (LDM Eq. 2).
 
-    tokenizer (text models): turns captions into token ids (e.g. `ShapesDataset.tokenizer`);
-    num_classes (class, layout and seg models): how many labels there are (e.g. `ShapesDataset.num_classes`; a
-    semantic map has one more id, background);
-    max_objects (layout models): rows per layout; resolution: the image side the model samples by default.
+    What the condition can be comes from the data: `tokenizer` (text models, e.g. `ShapesDataset.tokenizer`),
+    `num_classes` (class, layout and seg models; a semantic map has one more id, background), `max_objects`
+    (layout models: rows per layout); `resolution` is the image side the model samples by default.
     """
 
     def __init__(self, autoencoder: nn.Module, config: LDMConfig, *, tokenizer: WordTokenizer | None = None,
@@ -124,6 +108,8 @@ class LatentDiffusion(nn.Module):
                  scale_factor: float | None = None):
         super().__init__()
         cond = config.cond
+        if cond in ("class", "layout", "seg") and not num_classes:
+            raise ValueError(f"a {cond} model needs num_classes (e.g. ShapesDataset.num_classes)")
         self.config, self.cond_mode, self.resolution = config, cond, int(resolution)
         self.num_classes, self.max_objects = num_classes, max_objects
         self.autoencoder = autoencoder.eval().requires_grad_(False)  # first stage: frozen
@@ -131,25 +117,15 @@ class LatentDiffusion(nn.Module):
         self.diffusion = (RectifiedFlow if config.process == "flow" else GaussianDiffusion).from_config(config)
         c = autoencoder.z_channels
         self.tokenizer = tokenizer if cond == "text" else None
-        if cond == "text":
-            self.cond_encoder: nn.Module | None = TextEncoder.from_config(config, tokenizer)
-        elif cond == "class" and config.class_route == "crossattn":
-            self.cond_encoder = ClassToken(num_classes, config.context_dim)
-        elif cond == "class":
-            self.cond_encoder = ClassEmbedder(num_classes)
-        elif cond == "layout":
-            self.cond_encoder = LayoutEncoder.from_config(config, num_classes, max_objects)
-        elif cond == "sr":
-            self.cond_encoder = LowResConcat(factor=autoencoder.downsample_factor / config.sr_factor)
-        elif cond == "seg":
-            if not num_classes:
-                raise ValueError("a seg model needs num_classes (the semantic map's ids are the classes and background)")
-            self.cond_encoder = SemanticConcat(num_classes + 1)
-        elif cond == "inpaint":
-            self.cond_encoder = InpaintConcat()
-        else:
-            self.cond_encoder = None
         class_token = cond == "class" and config.class_route == "crossattn"
+        self.cond_encoder: nn.Module | None = {
+            "text": lambda: TextEncoder.from_config(config, tokenizer),
+            "class": lambda: ClassToken(num_classes, config.context_dim) if class_token else ClassEmbedder(num_classes),
+            "layout": lambda: LayoutEncoder.from_config(config, num_classes, max_objects),
+            "sr": lambda: LowResConcat(factor=autoencoder.downsample_factor / config.sr_factor),
+            "seg": lambda: SemanticConcat(num_classes + 1),
+            "inpaint": InpaintConcat,
+            "none": lambda: None}[cond]()
         # channels concatenated to z_t: the low-res image (3), the class shares (classes + background), or the
         # masked image's latent and the mask (c + 1)
         concat = {"sr": 3, "seg": (num_classes or 0) + 1, "inpaint": c + 1}.get(cond, 0)
@@ -235,15 +211,9 @@ class LatentDiffusion(nn.Module):
             return None
         if self.cond_mode == "sr":
             return self.cond_encoder(raw, size=latent_hw)
-        if self.cond_mode in ("seg", "inpaint"):
-            side = raw.shape[-1]
-            if latent_hw is not None and side != latent_hw[-1] * self.autoencoder.downsample_factor:
-                what = "semantic map" if self.cond_mode == "seg" else "masked image"
-                raise ValueError(f"the {what} is {side} pixels wide, but the latent of {latent_hw[-1]} pixels "
-                                 f"decodes to {latent_hw[-1] * self.autoencoder.downsample_factor}: give a "
-                                 f"{what} of the image's size (this model's: {self.resolution})")
-            if self.cond_mode == "seg":
-                return self.cond_encoder(raw, size=latent_hw or (self.latent_size(side),) * 2)
+        if self.cond_mode == "seg":
+            return self.cond_encoder(raw, size=latent_hw or (self.latent_size(raw.shape[-1]),) * 2)
+        if self.cond_mode == "inpaint":
             return self.cond_encoder(raw, encode=self._condition_latent)
         return self.cond_encoder(raw)
 
@@ -263,19 +233,12 @@ class LatentDiffusion(nn.Module):
         1 = the hole, checked (conditioning.check_mask) -> [x·(1 − m), m] (B, 4, H, W) on the model's device."""
         self._require("inpaint", "inpaint_condition", "images with holes")
         mask = check_mask(mask, images)
-        self._check_resolution(images)
         device = self.scale_factor.device
         return InpaintConcat.raw(images.to(device).float(), mask.to(device))
 
-    def _check_resolution(self, images: torch.Tensor) -> None:
-        if images.shape[-1] != self.resolution:
-            raise ValueError(f"this model draws {self.resolution}x{self.resolution} images, got {images.shape[-1]}"
-                             f"x{images.shape[-2]}")
-
     def _require(self, mode: str, what: str, takes: str) -> None:
         if self.cond_mode != mode:
-            raise ValueError(f"{what} builds the condition of a {mode} model (it takes {takes}); this is a "
-                             f"{self.cond_mode} model")
+            raise ValueError(f"{what} builds a {mode} model's condition from {takes}; this is a {self.cond_mode} model")
 
     def prompt_condition(self, prompts: list[str] | None = None, labels: list[int] | None = None,
                          layouts: torch.Tensor | None = None) -> torch.Tensor:
@@ -286,28 +249,23 @@ class LatentDiffusion(nn.Module):
         device = self.scale_factor.device
         if self.cond_mode == "text":
             if isinstance(prompts, str) or not prompts or not all(self.tokenizer.words(p) for p in prompts):
-                raise ValueError(f"pass prompts=[...], a list of captions such as {self._example()!r}; one that has no "
+                raise ValueError(f"pass prompts=[...], a list of captions such as "
+                                 f"{(self.tokenizer.examples or ('a caption',))[0]!r}; one that has no "
                                  f"words would mean 'no condition' (the null prompt of guidance), got {prompts!r}")
             return self.tokenizer.encode_batch(prompts).to(device)
         if self.cond_mode == "class":
             if labels is None or not all(0 <= int(y) < self.num_classes for y in labels):
-                raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (pass labels=[...]), got {labels!r}")
+                raise ValueError(f"class labels must be in 0..{self.num_classes - 1} (labels=[...]), got {labels!r}")
             return torch.as_tensor(labels, dtype=torch.int64, device=device)
         if self.cond_mode == "layout":
             return torch.as_tensor(layouts, dtype=torch.float32, device=device)
-        if self.cond_mode == "seg":
-            raise ValueError("a seg model is conditioned on a semantic map, not a prompt: pass "
-                             "ldm.semantic_condition(maps) (maps (B, H, W) of class ids, e.g. "
-                             "ShapesDataset('test').batch([0])['semantic']) to sample(), or on the command line "
-                             "`minildm sample --pretrained seg --scene N`")
-        if self.cond_mode == "inpaint":
-            raise ValueError("an inpainting model is conditioned on an image with a hole, not a prompt: call "
-                             "ldm.inpaint(images, mask) (mask 1 = the hole), or on the command line "
-                             "`minildm sample --pretrained inpaint --scene N --mask box|object`")
-        raise ValueError(f"a {self.cond_mode!r} model takes no prompt")
-
-    def _example(self) -> str:
-        return self.tokenizer.examples[0] if self.tokenizer.examples else "a caption"
+        instead = {"seg": "a seg model is conditioned on a semantic map, not a prompt: pass "
+                          "ldm.semantic_condition(maps) (maps (B, H, W) of class ids, e.g. ShapesDataset('test')"
+                          ".batch([0])['semantic']) to sample(), or `minildm sample --pretrained seg --scene N`",
+                   "inpaint": "an inpainting model is conditioned on an image with a hole, not a prompt: call "
+                              "ldm.inpaint(images, mask) (mask 1 = the hole), or `minildm sample --pretrained "
+                              "inpaint --scene N --mask box|object`"}
+        raise ValueError(instead.get(self.cond_mode, f"a {self.cond_mode!r} model takes no prompt"))
 
     # ------------------------------------------------------------------ the denoiser
     def model_fn(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict | None) -> torch.Tensor:
@@ -335,9 +293,7 @@ class LatentDiffusion(nn.Module):
             t = self.diffusion.draw_timesteps(z0.shape[0], generator, z0.device)[rows]
             noise = randn(z0.shape, generator, z0.device, z0.dtype)[rows]
             z0, raw = z0[rows], raw[rows] if raw is not None else None
-        cond = None
-        if raw is not None and self.cond_mode != "none":
-            cond = self.encode_condition(raw, tuple(z0.shape[-2:]))
+        cond = self.encode_condition(raw, tuple(z0.shape[-2:]))
         return self.diffusion.training_loss(self.model_fn, z0, cond, t=t, noise=noise, generator=generator,
                                             weighting=loss_weighting)
 
@@ -349,23 +305,29 @@ class LatentDiffusion(nn.Module):
                callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
                return_intermediates: bool = False, x_T: torch.Tensor | None = None,
                decode: bool = True, spacing: str = "trailing", precision: str = "fp32") -> Any:
-        """Draw images for conditioning inputs `raw` (or `num_samples` unconditional ones) with DDIM or DDPM
-        (DDIM: `steps` timesteps chosen by `spacing`, samplers.ddim_timesteps; DDPM: all T, `steps` unused), or
-        with an ODE solver on the same timesteps: "dpmpp_2m", "euler" or "heun" (samplers.py; Heun makes
-        2·steps − 1 model calls, the others `steps`). `sampler` None: "ddim".
-        A flow model (`is_flow`) is sampled with "euler" (its default) or "heun" on dx/dt = v_θ, t from 1 to 0 in
-        `steps` even steps (samplers.flow_euler_sample / flow_heun_sample; no η, no spacing).
-        `steps` None: SAMPLE_STEPS (50); `guidance_scale` None: GUIDANCE_SCALE (3), for seg and inpaint models 1
-        (trained without dropping their condition, they have no unconditional prediction to guide against).
+        """Draw images for conditioning inputs `raw` (or `num_samples` unconditional ones).
 
-        Classifier-free guidance: ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)); s = 1 is purely conditional.
+        `sampler` (None: "ddim"; samplers.py): "ddim" (`steps` timesteps chosen by `spacing`, noise η = `eta`),
+        "ddpm" (all T), or the ODE solvers "dpmpp_2m", "euler", "heun" on DDIM's timesteps (Heun makes 2·steps − 1
+        model calls). A flow model (`is_flow`) takes "euler" (its default) or "heun" on dx/dt = v_θ, `steps` even
+        steps of t from 1 to 0 (no η, no spacing). `steps` None: SAMPLE_STEPS (50).
+
+        Classifier-free guidance: ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)); s = 1 is purely conditional; `guidance_scale` None:
+        GUIDANCE_SCALE (3), for seg and inpaint models 1 (they have no unconditional prediction to guide against).
         Returns images in [-1, 1] (or latents with decode=False); with return_intermediates, also the trajectory.
         `precision` "bf16"/"auto" runs the denoiser under autocast (speed.py); the latents and decoding stay fp32.
         """
         amp = precision_dtype(self.scale_factor.device, precision)
         sampler = self.default_sampler if sampler is None else sampler
-        if self.is_flow:
-            self._check_flow_sampler(sampler, eta, spacing)
+        allowed = tuple(FLOW_SAMPLERS) if self.is_flow else ("ddim", "ddpm", *ODE_SAMPLERS)
+        if sampler not in allowed or self.is_flow and spacing != "trailing":
+            raise ValueError(f"this is a flow model (LDMConfig.process='flow'), sampled by solving dx/dt = v_θ, which "
+                             f"steps evenly in t: use sampler='euler' or 'heun' and the default spacing, got sampler="
+                             f"{sampler!r}, spacing={spacing!r}" if self.is_flow
+                             else f"unknown sampler {sampler!r}; expected one of {allowed}")
+        if eta != 0 and sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"eta={eta!r} is DDIM's noise; sampler {sampler!r} is deterministic (leave eta at 0, or "
+                             f"use sampler='ddim' for η > 0)")
         steps = SAMPLE_STEPS if steps is None else steps
         guidance_scale = self._guidance(guidance_scale)
         B = raw.shape[0] if raw is not None else num_samples
@@ -382,15 +344,9 @@ class LatentDiffusion(nn.Module):
                 out = ddim_sample(self.model_fn, self.diffusion, shape, steps=steps, eta=eta, spacing=spacing, **kwargs)
             elif sampler == "ddpm":
                 out = ddpm_sample(self.model_fn, self.diffusion, shape, **kwargs)
-            elif sampler in ODE_SAMPLERS:
-                if eta != 0:
-                    raise ValueError(f"eta={eta!r} is DDIM's noise; the ODE sampler {sampler!r} is deterministic "
-                                     f"(leave eta at 0, or use sampler='ddim' for η > 0)")
+            else:
                 loop = ODE_SAMPLERS[sampler]
                 out = loop(self.model_fn, self.diffusion, shape, steps=steps, spacing=spacing, **kwargs)
-            else:
-                raise ValueError(f"unknown sampler {sampler!r}; expected one of "
-                                 f"{('ddim', 'ddpm', *ODE_SAMPLERS)}")
         z, trajectory = out if return_intermediates else (out, None)
         z = z.float()
         result = self.decode(z) if decode else z
@@ -404,40 +360,33 @@ class LatentDiffusion(nn.Module):
         if self.cond_mode in ("seg", "inpaint"):
             if guidance_scale not in (None, 1, 1.0):
                 raise ValueError(f"a {self.cond_mode} model is trained without dropping its condition, so it has no "
-                                 f"unconditional prediction to guide against: leave guidance_scale out (or 1), got "
-                                 f"{guidance_scale!r}")
+                                 f"unconditional prediction to guide against: leave guidance_scale out (or 1)")
             return 1.0
         return GUIDANCE_SCALE if guidance_scale is None else guidance_scale
 
-    def _check_flow_sampler(self, sampler: str, eta: float, spacing: str) -> None:
-        """A flow model's ODE is dx/dt = v_θ: Euler or Heun in even steps of t; the diffusion samplers do not apply."""
-        if sampler not in FLOW_SAMPLERS:
-            raise ValueError(f"sampler {sampler!r} is written for a diffusion model's ε̂ / x̂_0; this is a flow model "
-                             f"(LDMConfig.process='flow'), sampled by solving dx/dt = v_θ: use sampler='euler' or "
-                             f"'heun'")
-        if eta != 0:
-            raise ValueError(f"eta={eta!r} is DDIM's noise; a flow model's samplers are deterministic (leave eta at 0)")
-        if spacing != "trailing":
-            raise ValueError(f"spacing={spacing!r} picks a diffusion model's integer timesteps; a flow model steps "
-                             f"evenly in t ∈ [0, 1] (samplers.flow_timesteps): leave spacing at its default")
-
-    def _only_diffusion(self, what: str) -> None:
-        if self.is_flow:
-            raise ValueError(f"{what} runs DDIM on a diffusion model's timesteps; this is a flow model "
-                             f"(LDMConfig.process='flow'), for which minildm has no {what}")
-
     def _conditions(self, raw: torch.Tensor | None, latent_hw: tuple[int, int], guidance_scale: float
                     ) -> tuple[dict | None, dict | None]:
-        """(τθ(y), τθ(∅)) for a sampler; the null condition only when guidance needs it (s ≠ 1)."""
+        """(τθ(y), τθ(∅)) for a sampler; the null condition only when guidance needs it (s ≠ 1). A seg or inpaint
+        condition must be an image of the latent's size."""
+        f = self.autoencoder.downsample_factor
+        if self.cond_mode in ("seg", "inpaint") and raw is not None and raw.shape[-1] != latent_hw[-1] * f:
+            raise ValueError(f"the condition is {raw.shape[-1]} pixels wide, but the latent of {latent_hw[-1]} pixels "
+                             f"decodes to {latent_hw[-1] * f}: give a condition of the image's size")
         cond = self.encode_condition(raw, latent_hw)
         uncond = None
         if cond is not None and guidance_scale != 1.0:
             uncond = self.encode_condition(self.null_condition(raw), latent_hw)
         return cond, uncond
 
-    def _check_conditions(self, z: torch.Tensor, raw: torch.Tensor | None, what: str) -> None:
-        if self.cond_mode != "none" and (raw is None or raw.shape[0] != z.shape[0]):
+    def _edit(self, what: str, z0: torch.Tensor, raw: torch.Tensor | None, guidance_scale: float
+              ) -> tuple[dict | None, dict | None]:
+        """The conditions of an edit (invert, img2img, inpaint) of latents z0: DDIM only, one condition per latent."""
+        if self.is_flow:
+            raise ValueError(f"{what} runs DDIM on a diffusion model's timesteps; this is a flow model "
+                             f"(LDMConfig.process='flow'), for which minildm has no {what}")
+        if self.cond_mode != "none" and (raw is None or raw.shape[0] != z0.shape[0]):
             raise ValueError(f"{what}: a {self.cond_mode} model needs one condition per latent (ldm.prompt_condition)")
+        return self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
 
     @torch.no_grad()
     def invert(self, z0: torch.Tensor, raw: torch.Tensor | None = None, steps: int = 50,
@@ -446,9 +395,7 @@ class LatentDiffusion(nn.Module):
 
         `sample(raw, x_T=x_T, steps=steps, guidance_scale=guidance_scale)` maps x_T back to (about) z0; the error
         shrinks with the step size. Guidance s = 1 (none) inverts best: s > 1 makes the ODE stiffer."""
-        self._only_diffusion("invert")
-        self._check_conditions(z0, raw, "invert")
-        cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
+        cond, uncond = self._edit("invert", z0, raw, guidance_scale)
         return ddim_invert(self.model_fn, self.diffusion, z0, steps=steps, cond=cond, uncond=uncond,
                            guidance_scale=guidance_scale, return_intermediates=return_intermediates)
 
@@ -459,12 +406,10 @@ class LatentDiffusion(nn.Module):
         """SDEdit on images (B, 3, H, W) in [-1, 1]: encode, noise to the timestep picked by `strength`, run the
         rest of DDIM towards the condition `raw`, decode (samplers.img2img). strength 0 keeps the image
         (up to the autoencoder's reconstruction), 1 starts from (almost) pure noise."""
-        self._only_diffusion("img2img")
         steps = SAMPLE_STEPS if steps is None else steps
         guidance_scale = self._guidance(guidance_scale)          # seg, inpaint and unconditional models: none
         z0 = self.encode(images, generator)
-        self._check_conditions(z0, raw, "img2img")
-        cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
+        cond, uncond = self._edit("img2img", z0, raw, guidance_scale)
         z = ddim_img2img(self.model_fn, self.diffusion, z0, strength=strength, steps=steps, eta=eta, cond=cond,
                          uncond=uncond, guidance_scale=guidance_scale, generator=generator)
         return self.decode(z) if decode else z
@@ -487,20 +432,17 @@ class LatentDiffusion(nn.Module):
 
         The decoded image is not pasted into the original: outside the hole it is the autoencoder's rendering of
         the latent (what the evaluation's PSNR outside the hole measures). decode=False returns the latent."""
-        self._only_diffusion("inpaint")
-        mask = check_mask(mask, images)
         if self.cond_mode == "inpaint":
             if raw is not None:
                 raise ValueError("an inpainting model reads the image and the mask only: leave raw out")
             return self.sample(self.inpaint_condition(images, mask), steps=steps, eta=eta,
                                guidance_scale=guidance_scale, generator=generator, decode=decode)
-        self._check_resolution(images)
+        mask = check_mask(mask, images)
         steps = SAMPLE_STEPS if steps is None else steps
         guidance_scale = self._guidance(guidance_scale)
         device = self.scale_factor.device
         z0 = self._condition_latent(images.to(device).float())
-        self._check_conditions(z0, raw, "inpaint")
-        cond, uncond = self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)
+        cond, uncond = self._edit("inpaint", z0, raw, guidance_scale)
         m = latent_mask(mask.to(device), tuple(z0.shape[-2:]), "max")
         z = ddim_inpaint(self.model_fn, self.diffusion, z0, m, steps=steps, eta=eta, cond=cond, uncond=uncond,
                          guidance_scale=guidance_scale, generator=generator)

@@ -30,7 +30,6 @@ __all__ = ["LossConfig", "NLayerDiscriminator", "hinge_d_loss", "vanilla_d_loss"
            "AutoencoderLoss"]
 
 
-
 @dataclass(frozen=True)
 class LossConfig:
     """The first stage's objective L_AE: its terms and weights, and the discriminator of its GAN term."""
@@ -47,12 +46,10 @@ class LossConfig:
     disc_layers: int = 3
 
     def __post_init__(self):
-        if self.pixel_loss not in ("l1", "l2"):
-            raise ValueError(f"LossConfig.pixel_loss must be 'l1' or 'l2', got {self.pixel_loss!r}")
-        if self.lpips_net not in ("vgg", "alex", "squeeze"):
-            raise ValueError(f"LossConfig.lpips_net must be 'vgg', 'alex' or 'squeeze', got {self.lpips_net!r}")
-        if self.disc_loss not in ("hinge", "vanilla"):
-            raise ValueError(f"LossConfig.disc_loss must be 'hinge' or 'vanilla', got {self.disc_loss!r}")
+        for name, allowed in (("pixel_loss", ("l1", "l2")), ("lpips_net", ("vgg", "alex", "squeeze")),
+                              ("disc_loss", ("hinge", "vanilla"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"LossConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 # --- Patch discriminator (pix2pix, Isola et al. 2017) -------------------------------------------------------

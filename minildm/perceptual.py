@@ -79,13 +79,11 @@ def _backbone_file(net: str, download: bool) -> Path:
         except Exception as e:  # URLError, timeouts, HTTP errors, read-only folders ...
             reason = f"the download failed: {type(e).__name__}: {e}"
     if not path.is_file():
-        name, url = BACKBONE_FILES[net]
         raise LPIPSWeightsMissingError(
-            f"LPIPS needs the pretrained {net} backbone file {name}, which is not in {path.parent} ({reason}).\n"
-            f"  Fix: download {url} and put it in {path.parent} (that is $TORCH_HOME/hub/checkpoints), or\n"
-            f"  opt into a RANDOM backbone with random_backbone=True (CLI: --random-lpips, or set "
-            f"{RANDOM_BACKBONE_ENV}=1); the perceptual loss still trains but is not a meaningful metric then."
-        )
+            f"LPIPS needs the pretrained {net} backbone file {path.name}, which is not in {path.parent} ({reason}).\n"
+            f"  Fix: download {BACKBONE_FILES[net][1]} into that folder ($TORCH_HOME/hub/checkpoints), or opt into a "
+            f"RANDOM backbone with random_backbone=True (CLI: --random-lpips, or {RANDOM_BACKBONE_ENV}=1): the "
+            f"perceptual loss still trains, but is not a meaningful metric then.")
     return path
 
 

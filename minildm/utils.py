@@ -13,9 +13,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
-__all__ = ["PRECISIONS", "precision_dtype", "autocast", "get_device", "mps_available", "seed_everything", "randn", "rand", "randint", "warmup_cosine", "count_parameters", "slerp", "DEVICE_ENV", "save_checkpoint", "load_checkpoint", "CheckpointError", "UnsafeWeightsError", "checkpoint_digest", "unsafe_tensors", "to_plain", "config_from_dict", "MAX_WEIGHT"]
+__all__ = ["PRECISIONS", "precision_dtype", "autocast", "get_device", "mps_available", "seed_everything", "randn",
+           "rand", "randint", "warmup_cosine", "count_parameters", "slerp", "DEVICE_ENV", "save_checkpoint",
+           "load_checkpoint", "CheckpointError", "UnsafeWeightsError", "checkpoint_digest", "unsafe_tensors",
+           "to_plain", "config_from_dict", "MAX_WEIGHT"]
 
 DEVICE_ENV = "MINILDM_DEVICE"
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -80,18 +84,13 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextli
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy (if installed) and torch (CPU and all GPUs); return a CPU generator with that seed.
+    """Seed Python, NumPy and torch (CPU and all GPUs); return a CPU generator with that seed.
 
     On CPU this makes every minildm run bit-for-bit repeatable. On GPUs some kernels stay
     non-deterministic unless `torch.use_deterministic_algorithms(True)` is also set.
     """
     random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover - numpy is a dependency, but seeding should not need it
-        pass
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
     return torch.Generator().manual_seed(seed)
 
@@ -254,11 +253,9 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike, weights: Se
     plain = to_plain(dict(obj))
     bad = unsafe_tensors(plain, weights)
     if bad:
-        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-        kept = (f"{path} still holds the previous checkpoint" if path.is_file()
-                else f"no checkpoint exists at {path} yet")
-        raise UnsafeWeightsError(f"refusing to write a checkpoint whose tensors diverged: {shown}. Nothing was "
-                                 f"written; {kept}.")
+        kept = f"{path} still holds the previous checkpoint" if path.is_file() else f"no checkpoint is at {path} yet"
+        raise UnsafeWeightsError(f"refusing to write a checkpoint whose tensors diverged: {'; '.join(bad[:5])}"
+                                 f"{'; …' if len(bad) > 5 else ''}. Nothing was written; {kept}.")
     plain["checksum"] = checkpoint_digest(plain)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -292,16 +289,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # empty, truncated, not a torch file, damaged or foreign pickle: all one failure for the user
         ckpt = None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path} is damaged or not a minildm checkpoint (it cannot be read as a dict "
-                              f"with 'config' and 'state_dict'). {_WHAT_TO_DO}")
-    stored = ckpt.pop("checksum", None)
-    if stored is None:
+    readable = isinstance(ckpt, dict) and "state_dict" in ckpt
+    stored = ckpt.pop("checksum", None) if readable else None
+    if readable and stored is None:
         warnings.warn(f"{path} has no checksum (written by an older minildm), so damage to it cannot be detected; "
                       "it is loaded as it is", stacklevel=2)
-    elif stored != checkpoint_digest(ckpt):
-        raise CheckpointError(f"checkpoint {path} is damaged: its contents no longer match the checksum written "
-                              f"with it (some bytes changed after it was saved). {_WHAT_TO_DO}")
+    if not readable or stored not in (None, checkpoint_digest(ckpt)):
+        raise CheckpointError(f"checkpoint {path} is damaged or not a minildm checkpoint (it cannot be read as a dict "
+                              f"with 'config' and 'state_dict' matching the checksum written with it). {_WHAT_TO_DO}")
     if kind is not None and ckpt.get("kind") != kind:
         raise ValueError(f"{path} holds a {ckpt.get('kind')!r} checkpoint, expected {kind!r}")
     return _to_device(ckpt, torch.device(map_location)) if torch.device(map_location).type != "cpu" else ckpt

@@ -26,7 +26,7 @@ def test_class_embedder_null_class():
     enc = ClassEmbedder(num_classes=6)
     y = enc(torch.tensor([0, 5, -1, 6]))["y"]
     assert y.tolist() == [0, 5, 6, 6]                 # -1 ("no single class") and 6 both mean the null class
-    assert enc.null_condition(3).tolist() == [6, 6, 6]
+    assert enc.null_condition(y[:3]).tolist() == [6, 6, 6]
 
 
 def test_class_token_is_one_learned_token_per_label_with_a_null_row():
@@ -38,7 +38,7 @@ def test_class_token_is_one_learned_token_per_label_with_a_null_row():
     assert table.shape == (7, 8)                                    # 6 classes + the null class
     assert torch.equal(ctx[:, 0], table[torch.tensor([0, 5, 6, 6, 0])])   # −1 and 6 both read the null row
     assert not torch.equal(ctx[0], ctx[1])
-    assert torch.equal(enc.null_condition(2), torch.tensor([6, 6]))
+    assert torch.equal(enc.null_condition(torch.zeros(2)), torch.tensor([6, 6]))
 
 
 def test_drop_rate_and_determinism():
@@ -111,12 +111,12 @@ def test_text_encoder_keeps_each_word_at_its_position_at_initialization():
 
 def test_text_null_condition_is_the_empty_caption():
     enc = text_encoder()
-    null = enc.null_condition(3)
+    null = enc.null_condition(torch.zeros(3, 8, dtype=torch.int64))
     assert null.shape == (3, 8) and null[:, :2].tolist() == [[1, 2]] * 3 and torch.all(null[:, 2:] == 0)
     if ShapesTokenizer is not None:
         tok = ShapesTokenizer()
         enc = TextEncoder.from_tokenizer(tok, width=16, layers=1, heads=2)
-        assert torch.equal(enc.null_condition(2), tok.encode_batch(["", ""]))
+        assert torch.equal(enc.null_condition(tok.encode_batch(["a red circle", "a star"])), tok.encode_batch(["", ""]))
         tokens = tok.encode_batch(["a red circle", "a small blue square in the top left"])
         assert enc(tokens)["context"].shape == (2, tok.context_length, 16)
         dropped = enc.drop(tokens, 1.0)
@@ -172,7 +172,7 @@ def test_layout_padding_values_and_object_order_do_not_matter():
 
 def test_layout_null_condition():
     enc = LayoutEncoder(num_classes=4, max_objects=3, width=16)
-    null = enc.null_condition(2)
+    null = enc.null_condition(layout_batch())
     assert null.shape == (2, 3, 5) and torch.all(null == -1)
     assert enc(null)["context_mask"].tolist() == [[True, False, False, False]] * 2   # only the null token
     dropped = enc.drop(layout_batch(), 1.0)
@@ -202,7 +202,7 @@ def test_low_res_degrade_and_null():
     torch.testing.assert_close(low, torch.full_like(low, 0.3))      # a constant image stays constant
     ramp = torch.linspace(-1, 1, 16).expand(1, 3, 16, 16)
     torch.testing.assert_close(LowResConcat.degrade(ramp, 4).mean(), ramp.mean(), atol=1e-3, rtol=0)
-    assert torch.all(LowResConcat(channels=3).null_condition(low) == 0)
+    assert torch.all(LowResConcat().null_condition(low) == 0)
 
 
 def test_low_res_bilinear_matches_torch_interpolate():
