@@ -140,12 +140,6 @@ class GaussianDiffusion:
         return self._cache[key][t].reshape(-1, *([1] * (like.ndim - 1)))
 
     # ---- q(x_t | x_0) ------------------------------------------------------------------------------
-    def q_mean_variance(self, x0: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean √ᾱ_t·x_0 and variance (1−ᾱ_t) of q(x_t | x_0) (DDPM Eq. 4)."""
-        mean = self.coefficient("sqrt_alpha_bar", t, x0) * x0
-        var = self.coefficient("one_minus_alpha_bar", t, x0).expand_as(x0)
-        return mean, var
-
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """Sample q(x_t | x_0): x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (DDPM Eq. 4; diffusers' `add_noise`)."""
         a, b = self.coefficient("sqrt_alpha_bar", t, x0), self.coefficient("sqrt_one_minus_alpha_bar", t, x0)
@@ -163,11 +157,6 @@ class GaussianDiffusion:
         return mean, var, log_var
 
     # ---- the three parameterizations -------------------------------------------------------------
-    def predict_x0_from_eps(self, x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor) -> torch.Tensor:
-        """x̂_0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t (DDPM Eq. 15)."""
-        a, b = self.coefficient("sqrt_alpha_bar", t, x_t), self.coefficient("sqrt_one_minus_alpha_bar", t, x_t)
-        return (x_t - b * eps) / a
-
     def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
         """ε̂ = (x_t − √ᾱ_t·x̂_0) / √(1−ᾱ_t) (DDPM Eq. 4 solved for ε)."""
         a, b = self.coefficient("sqrt_alpha_bar", t, x_t), self.coefficient("sqrt_one_minus_alpha_bar", t, x_t)
@@ -185,7 +174,7 @@ class GaussianDiffusion:
         a, b = self.coefficient("sqrt_alpha_bar", t, x_t), self.coefficient("sqrt_one_minus_alpha_bar", t, x_t)
         if self.prediction_type == "epsilon":
             eps = model_output
-            return (x_t - b * eps) / a, eps                  # x̂_0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t
+            return (x_t - b * eps) / a, eps                  # x̂_0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t (DDPM Eq. 15)
         if self.prediction_type == "sample":
             x0 = model_output
             return x0, (x_t - a * x0) / b                    # ε̂ = (x_t − √ᾱ_t·x̂_0) / √(1−ᾱ_t)
@@ -206,11 +195,6 @@ class GaussianDiffusion:
         like t."""
         t = torch.as_tensor(t).cpu()
         return self.alpha_bar[t] / self.one_minus_alpha_bar[t]
-
-    # ---- the chain q(x_t | x_{t−1}) that the closed form summarizes -------------------------------
-    def q_step(self, x_prev: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
-        """One step of the forward chain: x_t = √(1−β_t)·x_{t−1} + √β_t·ε (DDPM Eq. 2; x_{−1} is x_0)."""
-        return self.coefficient("sqrt_alphas", t, x_prev) * x_prev + self.coefficient("sqrt_betas", t, x_prev) * noise
 
     # ---- training ----------------------------------------------------------------------------------
     def draw_timesteps(self, batch: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
