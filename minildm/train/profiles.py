@@ -62,10 +62,9 @@ class Profile:
         return dataclasses.replace(self, **changes)
 
 
-PROFILES: dict[str, Profile] = {
-    "ci": Profile(
-        name="ci",
-        status=STATUSES["ci"],
+# the presets' sections by name; the name and its STATUSES entry complete each Profile
+PROFILES: dict[str, Profile] = {name: Profile(name, status=STATUSES[name], **sections) for name, sections in {
+    "ci": dict(
         data=DataConfig(resolution=32, train_size=512, val_size=64, test_size=64),
         ae=AEConfig(ch=8, ch_mult=(1, 2, 2), z_channels=4, n_embed=32),
         ae_loss=LossConfig(disc_start=10, disc_ndf=8),
@@ -75,9 +74,7 @@ PROFILES: dict[str, Profile] = {
         ldm_train=LDMTrainConfig(steps=20, batch_size=8, sample_steps=5, cache_size=64, warmup_steps=5,
                                  sample_every=0, checkpoint_every=10),
     ),
-    "cpu": Profile(
-        name="cpu",
-        status=STATUSES["cpu"],
+    "cpu": dict(
         # lr 1e-3 learns fastest per CPU-minute; width 16 with ch_mult (1, 2, 4) beats 32 with (1, 2, 2);
         # the GAN starts after the short budget, as the reference starts it late; lr falls to 0 over the last 30 %
         # of the steps: +1.0 / +1.9 dB validation PSNR over a constant lr on two seeds (docs/design-notes.md)
@@ -92,13 +89,9 @@ PROFILES: dict[str, Profile] = {
         ldm_train=LDMTrainConfig(lr=1e-3, batch_size=64, steps=3_200, ema_decay=0.99, checkpoint_every=200,
                                  sample_every=0),
     ),
-    "gpu": Profile(
-        name="gpu",
-        status=STATUSES["gpu"],
+    "gpu": dict(
         # Runs only when asked for ($MINILDM_PROFILE=gpu, --profile gpu): a GPU alone selects the measured cpu
         # recipe. bf16 autocast, compiled U-Net and autoencoder, NHWC, TF32 (speed.py); never run on a GPU yet.
-        # No time caps: the steps decide, as in every profile (a lab with a hard limit passes max_minutes /
-        # --ae-minutes / --ldm-minutes, and the run says at which step it stopped).
         speed=SpeedConfig(precision="auto", compile=True, channels_last=True, tf32=True),
         data=DataConfig(resolution=32, train_size=200_000),
         # Sized by counted FLOPs, not yet measured (`minildm bench --plan gpu`, flops.py): one H100, an ASSUMED
@@ -112,7 +105,7 @@ PROFILES: dict[str, Profile] = {
                       text_layers=4, prediction_type="v_prediction", coord_channels=True),
         ldm_train=LDMTrainConfig(steps=14_000, batch_size=256, cache_size=50_000, ema_decay=0.999),
     ),
-}
+}.items()}
 
 
 def default_profile_name() -> str:
