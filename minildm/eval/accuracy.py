@@ -260,6 +260,18 @@ def layout_accuracy(images: torch.Tensor, layout: torch.Tensor, evaluator: Shape
             "object_correct": obj_ok & valid, "objects": valid}
 
 
+def _read_in_cell(images: torch.Tensor, objects: Sequence[Any], evaluator: ShapesEvaluator | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the evaluator reads in the grid cell of one object per image: (N,) bool each, an object there, an
+    object of that object's shape there, one of its color there."""
+    c = predict_cells(images, evaluator)
+    pick, cell = torch.arange(len(objects)), torch.tensor([3 * o.row + o.col for o in objects])
+    occupied = c["occupied"][pick, cell]
+    shape = occupied & (c["shape"][pick, cell] == torch.tensor([SHAPES.index(o.shape) for o in objects]))
+    color = occupied & (c["color"][pick, cell] == torch.tensor([COLOR_NAMES.index(o.color) for o in objects]))
+    return occupied, shape, color
+
+
 # --- by shape and size (issue 15: small stars come out as blobs) -------------------------------------------
 
 
@@ -585,8 +597,8 @@ PALETTE_THRESHOLD = 0.25   # RGB distance in [0, 1] units: nearer to a palette c
 
 def palette_labels(images: torch.Tensor) -> torch.Tensor:
     """Per pixel, the nearest of the six object colors (0..5, COLOR_NAMES order) when it lies within
-    PALETTE_THRESHOLD of it, else 6 (background: the muted greys are far from every object color). images (N, 3, H, W) in [-1, 1]
-    -> (N, H, W) int64."""
+    PALETTE_THRESHOLD of it, else 6 (background: the muted greys are far from every object color).
+    images (N, 3, H, W) in [-1, 1] -> (N, H, W) int64."""
     rgb = (images.float().clamp(-1, 1) + 1) / 2                                     # (N, 3, H, W) in [0, 1]
     palette = torch.tensor([COLORS[c] for c in COLOR_NAMES])                        # (6, 3)
     d = (rgb[:, None] - palette[None, :, :, None, None].to(rgb)).pow(2).sum(2).sqrt()   # (N, 6, H, W)
@@ -723,13 +735,8 @@ def inpaint_scores(filled: torch.Tensor, tasks: dict[str, Any], kind: str, recon
     out = {"psnr_known": _known_psnr(filled, tasks["images"], known)}
     if reconstruction is not None:
         out["psnr_known_recon"] = _known_psnr(filled, reconstruction, known)
-    c = predict_cells(filled, evaluator)
-    objs = [s.objects[int(j)] for s, j in zip(tasks["scenes"], tasks["object"])]
-    pick = torch.arange(len(objs))
-    cell = torch.tensor([3 * o.row + o.col for o in objs])
-    occupied = c["occupied"][pick, cell]
-    shape = occupied & (c["shape"][pick, cell] == torch.tensor([SHAPES.index(o.shape) for o in objs]))
-    color = occupied & (c["color"][pick, cell] == torch.tensor([COLOR_NAMES.index(o.color) for o in objs]))
+    objects = [s.objects[int(j)] for s, j in zip(tasks["scenes"], tasks["object"])]
+    occupied, shape, color = _read_in_cell(filled, objects, evaluator)
     same = shape & color
     out.update(read=same, shape=shape, color=color, empty=~occupied, same_class=same, other_object=occupied & ~same)
     return out
@@ -777,17 +784,14 @@ def evaluate_inpainting(ldm: Any, baseline: Any = None, n: int = 200, steps: int
         scores["unfilled"] = inpaint_scores(tasks["images"] * (1 - tasks["masks"][kind]), tasks, kind)
         scores["reconstruction"] = inpaint_scores(recon, tasks, kind)
         outcomes = ("read", "shape", "color") if kind == "box" else ("empty", "same_class", "other_object")
-        row: dict[str, Any] = {}
-        for name, sc in scores.items():
-            row[name] = {o: _rate(sc[o]) for o in outcomes}
-            if name in models or name == "reconstruction":
-                row[name]["psnr_known"] = _boot(sc["psnr_known"], seed=seed)
-            if name in models:
-                row[name]["psnr_known_recon"] = _boot(sc["psnr_known_recon"], seed=seed)
+        row = {name: {o: _rate(sc[o]) for o in outcomes} for name, sc in scores.items()}
+        for name in (*models, "reconstruction"):                # PSNR outside the hole of what was decoded
+            row[name]["psnr_known"] = _boot(scores[name]["psnr_known"], seed=seed)
+        for name in models:
+            row[name]["psnr_known_recon"] = _boot(scores[name]["psnr_known_recon"], seed=seed)
         if "baseline" in scores:
             a, b = scores["model"], scores["baseline"]
-            row["difference"] = {o: _boot(a[o].float() - b[o].float(), seed=seed) for o in outcomes}
-            row["difference"]["psnr_known"] = _boot(a["psnr_known"] - b["psnr_known"], seed=seed)
+            row["difference"] = {o: _boot(a[o].float() - b[o].float(), seed=seed) for o in (*outcomes, "psnr_known")}
         out[kind] = row
         images[kind] = {"masks": tasks["masks"][kind], **filled}
     return out | ({"images": {"original": tasks["images"], "reconstruction": recon, **images}}
@@ -831,17 +835,6 @@ def fidelity_scenes(n: int = 25, seed: int = 0) -> list[Scene]:
     return scenes
 
 
-def _shape_seen(images: torch.Tensor, scenes: Sequence[Scene], evaluator: ShapesEvaluator | None) -> list[bool]:
-    """Per one-object scene: the evaluator sees an object in the object's grid cell and reads its shape right."""
-    c = predict_cells(images, evaluator)
-    out = []
-    for b, s in enumerate(scenes):
-        o = s.objects[0]
-        cell = 3 * o.row + o.col
-        out.append(bool(c["occupied"][b, cell]) and SHAPES[int(c["shape"][b, cell])] == o.shape)
-    return out
-
-
 @torch.no_grad()
 def _reconstructions(autoencoder: torch.nn.Module | Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
                      batch_size: int) -> torch.Tensor:
@@ -873,8 +866,9 @@ def autoencoder_shape_fidelity(autoencoder: torch.nn.Module | Callable[[torch.Te
         "by_size": {size: {"reconstruction", "original", "n"}}, "n", "seed", "resolution"}."""
     scenes = fidelity_scenes(n, seed)
     images = render_images(scenes, resolution)
-    seen = {"original": _shape_seen(images, scenes, evaluator),
-            "reconstruction": _shape_seen(_reconstructions(autoencoder, images, batch_size), scenes, evaluator)}
+    recon, objects = _reconstructions(autoencoder, images, batch_size), [s.objects[0] for s in scenes]
+    seen = {which: _read_in_cell(x, objects, evaluator)[1].tolist()     # the object's shape read in its cell
+            for which, x in (("original", images), ("reconstruction", recon))}
     out: dict[str, Any] = {"n": n, "seed": seed, "resolution": resolution, "by_size": {}}
     for which, ok in seen.items():
         groups: dict[tuple[str, str], dict[str, list[bool]]] = defaultdict(lambda: {"shape": []})
