@@ -14,10 +14,8 @@ leave nothing behind); else outputs/course/<profile>/ under the repository. A no
 (what the student trained in an earlier notebook), then among the shipped checkpoints (pretrained.py,
 data/pretrained/<profile>/, checksum-verified), and only then trains, after saying so.
 
-Two kinds of checks. An identity is what must hold if the code is right (attention rows sum to 1, a step by
-hand equals the package's): it raises in every profile. A finding is an outcome that could go either way: it
-holds when its ~95 % interval clears a bar set before seeing the model (from the paper or from the noise). Strict
-mode ($MINILDM_STRICT=1, what `minildm course --strict` sets) turns a finding that does not hold into an error.
+Identities and findings: Course.identity and Course.finding (docs/instructor-guide.md, "Checks, identities,
+findings and grading"); strict mode ($MINILDM_STRICT=1, `minildm course --strict`) makes a ✗ finding an error.
 """
 
 from __future__ import annotations

@@ -76,15 +76,10 @@ def student_notebook(path: str | Path) -> nbformat.NotebookNode:
     return nb
 
 
-def write_student_edition(source_dir: str | Path | None = None, out_dir: str | Path | None = None) -> list[Path]:
-    """Write the student edition of every NN_*.ipynb in source_dir (default notebooks/) into out_dir
-    (default notebooks/student/); returns the paths written."""
-    source_dir = Path(source_dir) if source_dir is not None else STUDENT_DIR.parent
-    out_dir = Path(out_dir) if out_dir is not None else STUDENT_DIR
+def write_student_edition(source_dir: str | Path = STUDENT_DIR.parent, out_dir: str | Path = STUDENT_DIR) -> list[Path]:
+    """Write the student edition of every NN_*.ipynb in source_dir into out_dir; returns the paths written."""
+    sources, out_dir = sorted(Path(source_dir).glob("[0-9][0-9]_*.ipynb")), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in sorted(source_dir.glob("[0-9][0-9]_*.ipynb")):
-        target = out_dir / path.name
-        nbformat.write(student_notebook(path), target)
-        written.append(target)
-    return written
+    for path in sources:
+        nbformat.write(student_notebook(path), out_dir / path.name)
+    return [out_dir / path.name for path in sources]

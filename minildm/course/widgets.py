@@ -1,13 +1,8 @@
-"""The course's interactive views: a static figure first, then core ipywidgets that move through tensors
-computed beforehand (so a slider never runs a model), and plain callbacks a test can call without a browser.
-
-    frame_slider(frames, titles)     one image grid per position of an integer slider (the noising of 03 over t,
-                                     the denoising steps of 06)
-    prompt_explorer(ldm)             a text box, a guidance slider and a Generate button (07)
-
-Each returns a `View`: `.widget` to display, `.show(i)` / `.generate(prompt, s)` the callback, `.figure()` the
-static picture. Only core widgets (IntSlider, FloatSlider, Text, Button, Output, VBox, HBox): they render in
-JupyterLab, VS Code and Colab; where widgets do not render, the static figure is still there.
+"""The course's interactive views (frame_slider: 03's noising, 06's denoising; prompt_explorer: 07). Each returns
+a `View`: `.widget` to display, its plain callbacks (`.show(i)` / `.generate(prompt, s)`, which a test calls
+without a browser) and `.figure()`, the static picture. Sliders move through tensors computed beforehand, so
+they never run a model. Only core widgets: they render in JupyterLab, VS Code and Colab; where widgets do not
+render, the static figure is still there.
 """
 
 from __future__ import annotations
