@@ -544,7 +544,6 @@ def evaluate_sr_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, ba
     """Super-resolve test images [0, n) (`super_resolve`, batch i seeded with seed·7919 + i): mean PSNR of the
     LDM's output and of bicubic upsampling of the same low-res input. return_images adds every tensor of
     `super_resolve` ("images")."""
-    require_mode(ldm, "sr", "evaluate_sr_model")
     x = real_images(n, "test", ldm.max_objects or 2, ldm.resolution)
     parts = [super_resolve(ldm, x[a:b], steps, batch_seed) for a, b, batch_seed in _seeded_batches(n, batch_size, seed)]
     every = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

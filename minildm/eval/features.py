@@ -1,18 +1,12 @@
 """FID on real images without a network connection: the best feature extractor this machine already has, named.
 
 Which network makes the features decides what an FID means. On Shapes the course uses the Shapes judge
-(accuracy.py); on other data (MNIST, a folder of pictures) this module picks, without ever downloading:
-
-    inception-v3   torchvision's ImageNet Inception-v3, pool features (2048), if its weight file is already in
-                   $TORCH_HOME/hub/checkpoints: the usual FID network, though not the TensorFlow weights of
-                   published FIDs, so the numbers are not comparable to papers
-    vgg16, alexnet the LPIPS trunks (the files the instructor's guide has labs download beforehand), their last
-                   convolution's features averaged over positions (512 / 256)
-    random         a fixed-seed random AlexNet trunk: always there, the same in every process, but it measures
-                   only what random filters see, so compare only numbers made the same way
+(accuracy.py); on other data (MNIST, a folder of pictures) this module takes, never downloading, the first of
+FEATURE_NAMES whose weights are on disk: torchvision's Inception-v3 (not the TensorFlow weights of published
+FIDs), the LPIPS trunks VGG16 and AlexNet, or a fixed-seed random trunk (_LABELS says what each measures).
 
     feats = offline_features()            # Features(name="alexnet", label="alexnet: torchvision's ImageNet ...")
-    r = fid_with_floor(samples, dataset)  # {"fid", "fid_floor", "n", "features", "features_label"}
+    r = fid_with_floor(samples, dataset)  # {"fid", "fid_floor", "fid_spread", "n", "features", "features_label"}
 
 Every FID comes with its floor: the FID between two disjoint sets of n real images with the same features,
 what a perfect model would score at that n (finite-sample noise alone). Images of any size and 1 or 3 channels

@@ -307,11 +307,6 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     """
     mu1, mu2 = mu1.double().flatten(), mu2.double().flatten()
     sigma1, sigma2 = sigma1.double(), sigma2.double()
-    d = mu1.numel()
-    if mu2.numel() != d or sigma1.shape != (d, d) or sigma2.shape != (d, d):
-        raise ValueError(f"frechet_distance expects μ of shape (D,) and Σ of shape (D, D) for the same D; got "
-                         f"μ1 {tuple(mu1.shape)}, Σ1 {tuple(sigma1.shape)}, μ2 {tuple(mu2.shape)}, "
-                         f"Σ2 {tuple(sigma2.shape)}")
     s1 = _sqrt_psd(sigma1)
     m = s1 @ sigma2 @ s1                                           # √Σ1·Σ2·√Σ1, symmetric PSD
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()   # Tr((Σ1Σ2)^½)

@@ -1,19 +1,10 @@
-"""Looking inside a trained text-conditional LDM: how does the condition get in? (LDM Sec. 3.3)
+"""Looking inside a trained LDM: how does the condition get in? (LDM Sec. 3.3)
 
-    word_attention_maps   where in the image each word of the prompt is attended to, averaged over the
-                          cross-attention layers, heads and sampling steps (softmax(QKᵀ/√d) with Q from the
-                          U-Net's pixels and K from the text encoder's tokens)
-    record_word_attention one sample and every cross-attention probability on the way; token_maps averages
-                          them over chosen layers and steps (word_attention_maps = the two together)
-    object_mask           the pixels of a Shapes image that have a given color (where a named object is)
-    attention_mass        the share of a word's attention that falls inside a mask
-    attention_mass_study  that share for the color and shape words of many prompts, by layer group and by
-                          noisy / clean half of the sampling run; summarize_attention_mass tabulates it
-    word_influence        how far swapping one word of the prompt moves the denoiser's prediction x̂_0
-    first_conv_input      what the U-Net's first convolution sees: z_t, concatenated conditions, coordinates
-    autoencoder_fingerprint  a short hash of a first stage's weights: models that share it share one autoencoder
-    layer_shapes, parameters_by_block / _by_kind / _with_gradient   inside any network (notebook 04): each
-                          block's output shape, where the parameters sit, what a backward pass reaches
+Cross-attention softmax(QKᵀ/√d), Q from the U-Net's pixels and K from the text encoder's tokens: where each word
+of a prompt looks (word_attention_maps), how much of it falls on its object (attention_mass_study), how far one
+word moves the denoiser's prediction x̂_0 (word_influence). Inside any network (notebook 04): each block's output
+shape, where the parameters sit, what a backward pass reaches; what the U-Net's first convolution sees; a
+fingerprint of a first stage's weights (models that share it share one autoencoder).
 """
 
 from __future__ import annotations
