@@ -73,9 +73,10 @@ def save_figure(fig, path: str | Path, close: bool = True) -> Path:
     return path
 
 
-def _label_cells(axes: Any, column_titles: Sequence[str], row_titles: Sequence[str] | None, wrap: int) -> None:
+def _label_cells(axes: Any, column_titles: Sequence[str], row_titles: Sequence[str] | None, wrap: int,
+                 title: str | None) -> None:
     """A grid of axes without ticks: column titles over the first row, (wrapped) row titles left of the first
-    column."""
+    column, the figure's title over all."""
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -83,6 +84,8 @@ def _label_cells(axes: Any, column_titles: Sequence[str], row_titles: Sequence[s
         ax.set_title(text, fontsize=7)
     for ax, text in zip(axes[:, 0], row_titles or ()):
         ax.set_ylabel("\n".join(textwrap.wrap(text, wrap)), fontsize=6.5, rotation=0, ha="right", va="center")
+    if title:
+        axes.flat[0].figure.suptitle(title, fontsize=9)
 
 
 def filmstrip(frames: Sequence[torch.Tensor], column_titles: Sequence[str], row_titles: Sequence[str] | None = None,
@@ -99,9 +102,7 @@ def filmstrip(frames: Sequence[torch.Tensor], column_titles: Sequence[str], row_
     for i in range(nrows):
         for j in range(ncols):
             axes[i, j].imshow(cols[j][i].numpy(), interpolation="nearest")
-    _label_cells(axes, column_titles, row_titles, wrap=22)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    _label_cells(axes, column_titles, row_titles, 22, title)
     fig.tight_layout()
     return fig
 
@@ -149,10 +150,8 @@ def latent_trajectory(ldm: Any, trajectory: dict, index: int = 0, every: int = 5
             axes[C + r, j].imshow(frames[j].numpy(), interpolation="nearest")
     h, w = z.shape[-2:]
     rows = [f"z_t channel {c} ({h}×{w})" for c in range(C)] + ["z_t decoded", "ẑ₀ decoded"]
-    _label_cells(axes, cols, rows, wrap=16)
+    _label_cells(axes, cols, rows, 16, title)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=C / (C + 2), anchor=(0.0, 1.0), label="latent value (scaled)")
-    if title:
-        fig.suptitle(title, fontsize=9)
     return fig
 
 
@@ -196,10 +195,8 @@ def latent_grid(z: torch.Tensor, row_titles: Sequence[str] | None = None, title:
     for i in range(B):
         for c in range(C):
             im = axes[i, c].imshow(z[i, c].numpy(), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
-    _label_cells(axes, [f"channel {c}" for c in range(C)], row_titles, wrap=18)
+    _label_cells(axes, [f"channel {c}" for c in range(C)], row_titles, 18, title)
     fig.colorbar(im, ax=axes, shrink=0.8)
-    if title:
-        fig.suptitle(title, fontsize=9)
     return fig
 
 
