@@ -27,88 +27,28 @@ data, eval, train, course, tools. A notebook needs only `import minildm` (or `fr
 
 __version__ = "0.3.0"
 
-from . import autoencoder, conditioning, course, data, diffusion, eval, ldm, losses, nn, samplers, train, unet, utils  # noqa: E402  # noqa: E402
-from .autoencoder import (  # noqa: E402
-                          AEConfig,
-                          AutoencoderKL,
-                          AutoencoderVQ,
-                          DiagonalGaussian,
-                          PixelSpace,
-                          build_autoencoder,
-                          load_autoencoder,
-                          reconstruct,
-)
-from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer  # noqa: E402
-from .course import attention_overlay, check_answer, denoising_filmstrip, image_grid, latent_grid, save_figure, setup  # noqa: E402
-from .data import (  # noqa: E402
-                          MNIST,
-                          NUM_CLASSES,
-                          DataConfig,
-                          ImageFolderDataset,
-                          ShapesDataset,
-                          ShapesTokenizer,
-                          class_id,
-                          class_name,
-                          parse_caption,
-                          parse_layout,
-                          render_scenes,
-                          sample_scene,
-                          scene_from_caption,
-)
-from .diffusion import GaussianDiffusion, RectifiedFlow, make_beta_schedule  # noqa: E402
-from .eval import (  # noqa: E402
-                          attention_mass,
-                          class_accuracy,
-                          fid_from_features,
-                          latent_statistics,
-                          layer_shapes,
-                          layout_accuracy,
-                          load_evaluator,
-                          log_spectrum_distance,
-                          lpips,
-                          object_mask,
-                          precision_recall,
-                          prompt_accuracy,
-                          psnr,
-                          radial_power_spectrum,
-                          shapes_features,
-                          shapes_generative_metrics,
-                          ssim,
-                          word_attention_maps,
-                          word_influence,
-)
-from .ldm import LatentDiffusion, LDMConfig  # noqa: E402
+from . import autoencoder, conditioning, course, data, diffusion, eval, ldm, losses, nn, samplers, train, unet, utils
+from .autoencoder import (AEConfig, AutoencoderKL, AutoencoderVQ, DiagonalGaussian, PixelSpace, build_autoencoder,
+                          load_autoencoder, reconstruct)
+from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
+from .course import attention_overlay, check_answer, denoising_filmstrip, image_grid, latent_grid, save_figure, setup
+from .data import (MNIST, NUM_CLASSES, DataConfig, ImageFolderDataset, ShapesDataset, ShapesTokenizer, class_id,
+                   class_name, parse_caption, parse_layout, render_scenes, sample_scene, scene_from_caption)
+from .diffusion import GaussianDiffusion, RectifiedFlow, make_beta_schedule
+from .eval import (attention_mass, class_accuracy, fid_from_features, latent_statistics, layer_shapes,
+                   layout_accuracy, load_evaluator, log_spectrum_distance, lpips, object_mask, precision_recall,
+                   prompt_accuracy, psnr, radial_power_spectrum, shapes_features, shapes_generative_metrics, ssim,
+                   word_attention_maps, word_influence)
+from .ldm import LatentDiffusion, LDMConfig
 from .losses import AutoencoderLoss, LossConfig, NLayerDiscriminator, adaptive_weight, hinge_d_loss
-from .nn import (  # noqa: E402
-                          EMA,
-                          CrossAttention,
-                          attention_explicit,
-                          attention_sdpa,
-                          record_attention,
-                          timestep_embedding,
-)
-from .perceptual import LPIPS  # noqa: E402
-from .samplers import (  # noqa: E402
-                          ddim_invert,
-                          ddim_sample,
-                          ddim_step,
-                          ddim_timesteps,
-                          ddpm_sample,
-                          ddpm_step,
-                          dpmpp_2m_sample,
-                          dpmpp_2m_step,
-                          euler_sample,
-                          euler_step,
-                          flow_euler_sample,
-                          flow_heun_sample,
-                          guided_model_output,
-                          heun_sample,
-                          heun_step,
-                          img2img,
-)
-from .train import PROFILES, Profile, get_profile, train_autoencoder, train_ldm  # noqa: E402
-from .unet import UNet  # noqa: E402
-from .utils import count_parameters, get_device, load_checkpoint, save_checkpoint, seed_everything, slerp  # noqa: E402
+from .nn import EMA, CrossAttention, attention_explicit, attention_sdpa, record_attention, timestep_embedding
+from .perceptual import LPIPS
+from .samplers import (ddim_invert, ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step, dpmpp_2m_sample,
+                       dpmpp_2m_step, euler_sample, euler_step, flow_euler_sample, flow_heun_sample,
+                       guided_model_output, heun_sample, heun_step, img2img)
+from .train import PROFILES, Profile, get_profile, train_autoencoder, train_ldm
+from .unet import UNet
+from .utils import count_parameters, get_device, load_checkpoint, save_checkpoint, seed_everything, slerp
 
 __all__ = [
     # modules

@@ -113,15 +113,11 @@ class TextEncoder(Conditioner):
     """τθ for captions: token + learned position embeddings → pre-LN transformer → LN (LDM Sec. 3.3, 4.3).
 
     Bidirectional (no causal mask, like the reference's BERT-style text model); padding tokens are never
-    attended to, inside the encoder nor (via context_mask) by the U-Net. Outputs at padding positions are
-    computed but meaningless. Token ids follow `tokenizer.WordTokenizer`: pad 0, bos 1, eos 2.
+    attended to, inside the encoder nor (via context_mask) by the U-Net. Token ids follow `WordTokenizer`.
 
-    Initialization: token and position embeddings start at unit variance (nn.Embedding's default), not at the
-    0.02 of BERT, GPT-2 and CLIP. The blocks' output layers start at PyTorch's default scale, with outputs of a
-    norm of a few units; 0.02-std embeddings (norm ≈ 0.16 at width 64) drown in them, attention mixes every
-    word into every position, and a one-word change hardly reaches the U-Net (measured: "circle" and "square"
-    came out as the same rounded square; docs/design-notes.md). At unit variance each word dominates its own
-    position from the first step.
+    Token and position embeddings start at unit variance, not at the 0.02 of BERT, GPT-2 and CLIP: 0.02-std
+    embeddings drown in the blocks' outputs and a one-word change hardly reaches the U-Net ("circle" and "square"
+    came out as the same rounded square; docs/design-notes.md).
     """
 
     def __init__(self, vocab_size: int, context_length: int, width: int, layers: int, heads: int, pad_id: int = 0,
@@ -189,11 +185,6 @@ class LayoutEncoder(Conditioner):
         nn.init.normal_(self.null_token, std=0.02)
         self.norm = nn.LayerNorm(width)
 
-    @classmethod
-    def from_config(cls, cfg, num_classes: int, max_objects: int) -> "LayoutEncoder":
-        """width = cfg.context_dim, box_bins = cfg.box_bins (an `LDMConfig`)."""
-        return cls(num_classes, max_objects, cfg.context_dim, cfg.box_bins)
-
     def quantize(self, coords: torch.Tensor) -> torch.Tensor:
         """Box coordinates in [0, 1] -> bin indices in 0..box_bins−1."""
         return (coords * self.box_bins).floor().long().clamp(0, self.box_bins - 1)
@@ -225,11 +216,8 @@ class LayoutEncoder(Conditioner):
 class LowResConcat(Conditioner):
     """τθ for super-resolution: the low-res image y is resized to the latent grid and concatenated to z_t.
 
-    `factor` = latent size / low-res size (1 when the low-res image already has the latent's size, as in
-    the paper's ×4 SR on an f = 4 autoencoder; 2 when it is half the latent's size, …). Resizing is
-    bilinear (align_corners=False) — smooth, no blocky artefacts the U-Net must undo; `mode="nearest"` is
-    the alternative. Passing `size=(h, w)` resizes to that latent grid instead. The null condition is an
-    all-zero image (mid-grey in [−1, 1]); SR models are usually sampled without guidance.
+    `factor` = latent size / low-res size (1 in the paper's ×4 SR on an f = 4 autoencoder), or `size=(h, w)`:
+    the latent grid. Bilinear (align_corners=False): smooth, no blocky artefacts the U-Net must undo.
     """
 
     def __init__(self, factor: float = 1.0, mode: str = "bilinear"):
@@ -281,15 +269,10 @@ class SemanticConcat(Conditioner):
     f×f patch, (B, K, h, w) on the latent grid -> concatenated to z_t (LDM Sec. 4.3.2: "downsampled maps
     concatenated to the latent"). K = the number of ids (Shapes: 24 classes + background).
 
-    Downsampling: area averaging (mode="area"). The reference's `semantic_synthesis` config uses a SpatialRescaler,
-    bilinear halving n_stages times; with align_corners=False each halving averages 2×2 pixels, so two stages are
-    exactly this 4×4 average at f = 4. Averaging keeps a small object's thin parts (a star's tips) as small
-    shares; point sampling would drop them.
-    No learned 1×1 reduction (the SpatialRescaler's `remap_output`, 182 → 3 channels for COCO-Stuff): with
-    K = 25 the U-Net's first 3×3 convolution reads the 25 channels directly, and a 1×1 convolution in front of
-    it would only factor that linear map (a lower rank, fewer weights), not add anything it could not learn.
-    So this encoder has no parameters. Id −1 (the null map) is "no class": an all-zero column.
-    Trained without conditioning dropout and sampled without guidance, like super-resolution.
+    Area averaging: the reference's SpatialRescaler halves bilinearly (align_corners=False: a 2×2 average) twice,
+    exactly this 4×4 average at f = 4; it keeps a star's thin tips as small shares, point sampling would drop them.
+    No learned 1×1 reduction (the reference's `remap_output`): the U-Net's first convolution reads the K channels
+    directly, and a 1×1 convolution in front would only factor that linear map. Id −1 (the null map): no class.
     """
 
     def __init__(self, num_ids: int):
@@ -411,13 +394,9 @@ class InpaintConcat(Conditioner):
     """τθ for inpainting: raw y = [x·(1 − m), m] (B, 4, H, W), m = 1 in the hole -> {"concat": [E(x·(1 − m))·scale,
     m↓]} (B, c + 1, h, w), concatenated to z_t (LDM Sec. 4.5: the masked image's latent and the mask).
 
-    The masked image is encoded by the model's own frozen autoencoder into the scaled latent space of z (the
-    posterior mean times the scale factor: deterministic, no draw; the reference's inpainting model uses a VQ
-    autoencoder, deterministic too). The encoder is passed in as `encode` by the LDM, which owns it: it is not a
-    submodule here, so it is neither trained nor stored twice. m↓ is the share of hole pixels in each f×f patch
-    (area averaging, latent_mask(mode="area")): the hole's outline within a patch, not just a yes/no.
-    No parameters; no conditioning dropout, no guidance (as super-resolution). The null condition (unused
-    without guidance) is all zeros: a grey image with no hole.
+    The masked image is encoded by the LDM's own frozen autoencoder (`encode`, passed in, so neither trained nor
+    stored twice) to the posterior mean × scale: deterministic, as the reference's VQ autoencoder. m↓ is the
+    share of hole pixels in each f×f patch (latent_mask(mode="area")): the hole's outline, not just a yes/no.
     """
 
     @staticmethod
@@ -435,19 +414,15 @@ class InpaintConcat(Conditioner):
         return torch.zeros_like(like)
 
 
-# --- The tokenizer ---------------------------------------------------------------------------------------
-# Text to token ids: the word-level tokenizer in front of the text encoder τθ (LDM Sec. 3.3, 4.3.1).
-# 
-# A caption becomes a fixed-length row of integers, [<bos>, w1, …, wn, <eos>, <pad>, …]. The vocabulary is a
-# plain list of words, so a tokenizer is stored in a checkpoint as that list (`to_dict`) and rebuilt from it
-# (`from_dict`) without knowing which dataset it came from. The Shapes dataset builds one from its caption
-# grammar (`shapes.ShapesTokenizer`); the paper's text model uses a BERT tokenizer instead, which would plug in
-# through the same four attributes the encoder reads: vocab_size, context_length, pad_id / bos_id / eos_id.
-class WordTokenizer:
-    """Word-level tokenizer: <pad> = 0, <bos> = 1, <eos> = 2, then `words` in the given order.
+# --- The tokenizer in front of the text encoder τθ (LDM Sec. 3.3, 4.3.1) ----------------------------------
 
-    `encode` gives a (context_length,) int64 row; punctuation is dropped and case ignored. An unknown word or a
-    caption that is too long is an error naming it. `examples` are shown in those errors.
+
+class WordTokenizer:
+    """Word-level tokenizer: a caption -> [<bos>, w1, …, wn, <eos>, <pad>, …] with <pad> = 0, <bos> = 1, <eos> = 2,
+    then `words` in the given order; punctuation dropped, case ignored. An unknown word or a caption that is too
+    long is an error naming it (showing `examples`). Stored in a checkpoint as its word list (`to_dict`). The
+    paper's BERT tokenizer would plug in through the attributes the encoder reads: vocab_size, context_length,
+    pad_id / bos_id / eos_id.
     """
 
     PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"

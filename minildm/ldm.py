@@ -121,7 +121,7 @@ class LatentDiffusion(nn.Module):
         self.cond_encoder: nn.Module | None = {
             "text": lambda: TextEncoder.from_config(config, tokenizer),
             "class": lambda: ClassToken(num_classes, config.context_dim) if class_token else ClassEmbedder(num_classes),
-            "layout": lambda: LayoutEncoder.from_config(config, num_classes, max_objects),
+            "layout": lambda: LayoutEncoder(num_classes, max_objects, config.context_dim, config.box_bins),
             "sr": lambda: LowResConcat(factor=autoencoder.downsample_factor / config.sr_factor),
             "seg": lambda: SemanticConcat(num_classes + 1),
             "inpaint": InpaintConcat,
@@ -276,16 +276,12 @@ class LatentDiffusion(nn.Module):
     def training_step(self, z0: torch.Tensor, raw: torch.Tensor | None,
                       generator: torch.Generator | None = None, rows: slice | None = None, *,
                       cond_drop_prob: float = 0.1, loss_weighting: str = "simple") -> torch.Tensor:
-        """One L_simple evaluation on scaled latents z0, with conditioning dropout for classifier-free guidance:
-        y is replaced by the null condition with probability `cond_drop_prob`; `loss_weighting` is "simple" or
-        "min_snr" (diffusion.py). The training run's values are train.LDMTrainConfig's.
+        """One L_simple evaluation on scaled latents z0, y replaced by the null condition with probability
+        `cond_drop_prob` (classifier-free guidance); `loss_weighting` "simple" or "min_snr" (diffusion.py). A flow
+        model takes ‖(ε − z0) − v_θ(z_t, t, y)‖², t logit-normal (RectifiedFlow), and only "simple".
 
         `rows` (data parallelism): draw the dropout, t and ε for the whole batch, as one process would, then
-        compute the loss of these rows only; the mean of the processes' losses (and gradients) over equal shares
-        of the batch is the one-process loss (and gradient).
-
-        A flow model (`is_flow`) takes ‖(ε − z0) − v_θ(z_t, t, y)‖² instead, t logit-normal (RectifiedFlow), with
-        the same dropout; its time sampling already weights the noise levels, so `loss_weighting` must be "simple"."""
+        compute the loss of these rows only, so the processes' mean loss (and gradient) is the one-process one."""
         if raw is not None and self.cond_mode != "none" and cond_drop_prob > 0 and self.cond_mode not in CONCAT_MODES:
             raw = self.cond_encoder.drop(raw, cond_drop_prob, generator)
         t = noise = None
@@ -421,17 +417,11 @@ class LatentDiffusion(nn.Module):
         """Fill the hole (mask = 1) of images (B, 3, H, W) in [-1, 1]; mask (B, 1, H, W) or (B, H, W) of 0/1.
 
         An inpainting model (cond "inpaint", LDM Sec. 4.5) samples with the masked image's latent and the mask
-        concatenated to z_t (`inpaint_condition`; no guidance, `raw` must be None).
-
-        Any other diffusion model does it without training (the baseline): DDIM under its own condition `raw`
-        (e.g. the scene's caption for a text model), and at every step the known region of z_t is replaced by a
-        fresh draw of q(z_t | z_0) of the known latent z_0 (RePaint's blending, Lugmayr et al. 2022, without
-        its resampling), at the mask's latent resolution (conditioning.latent_mask, "max": a latent pixel with any hole
-        pixel is generated): z_t ← m·z_t + (1 − m)·q(z_t | z_0); the final latent keeps z_0 exactly where m = 0
-        (samplers.ddim_inpaint). z_0 is the posterior mean × scale, as the inpainting model's condition.
-
-        The decoded image is not pasted into the original: outside the hole it is the autoencoder's rendering of
-        the latent (what the evaluation's PSNR outside the hole measures). decode=False returns the latent."""
+        concatenated to z_t (`inpaint_condition`; no guidance, `raw` must be None). Any other diffusion model
+        inpaints without training: DDIM under its own condition `raw`, the known region blended in at every step,
+        z_t ← m·z_t + (1 − m)·q(z_t | z_0) (RePaint without resampling; samplers.ddim_inpaint), with z_0 the
+        posterior mean × scale and m the mask on the latent grid ("max": a latent pixel with any hole pixel).
+        The result is not pasted into the original: outside the hole it is the autoencoder's rendering."""
         if self.cond_mode == "inpaint":
             if raw is not None:
                 raise ValueError("an inpainting model reads the image and the mask only: leave raw out")

@@ -1,9 +1,6 @@
-"""Small building blocks shared by the autoencoder and the U-Net.
-
-Kept deliberately tiny: normalization with a documented group rule, zero-initialization, an EMA, the
-nearest-neighbour upsampling block, the sinusoidal timestep embedding, and attention softmax(QKᵀ/√d)·V
-(LDM Sec. 3.3) written out once by hand and once through PyTorch's fused kernel, plus a switch to record
-the attention maps of every attention layer (autoencoder, U-Net, text encoder) for visualization.
+"""Small building blocks shared by the autoencoder and the U-Net: group normalization, zero-initialization, an EMA,
+upsampling, the sinusoidal timestep embedding, and attention softmax(QKᵀ/√d)·V (LDM Sec. 3.3) written out and
+through PyTorch's fused kernel, with a switch that records every attention layer's maps for visualization.
 """
 
 from __future__ import annotations
@@ -68,13 +65,10 @@ class EMA:
         self.decay, self.warmup, self.num_updates = decay, warmup, 0
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def current_decay(self) -> float:
-        n = self.num_updates
-        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
-
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
+        n = self.num_updates
+        d = min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
         floats, targets = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
@@ -159,9 +153,8 @@ def timestep_embedding(t: torch.Tensor | float | int, dim: int, max_period: floa
 # --- Attention(Q, K, V) = softmax(QKᵀ/√d)·V   (LDM Sec. 3.3, Vaswani et al. 2017) ---------------------------
 
 
-def attention_explicit(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(QKᵀ/√d)·V written out (LDM Sec. 3.3); returns (output (B,h,N_q,d), probabilities (B,h,N_q,N_k)).
 
     mask: (B, N_k) bool, True = real key; masked keys get probability exactly 0. Every row needs one real key.
@@ -176,9 +169,7 @@ def attention_explicit(
     return out, probs
 
 
-def attention_sdpa(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
+def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The same softmax(QKᵀ/√d)·V through torch's fused `scaled_dot_product_attention` (fast; no probabilities)."""
     attn_mask = None if mask is None else mask[:, None, None, :]        # (B, 1, 1, N_k), True = attend
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -213,8 +204,7 @@ class CrossAttention(RecordableAttention):
     """Multi-head attention with Q = W_Q·φ(z), K = W_K·τθ(y), V = W_V·τθ(y) (LDM Sec. 3.3, Eq. for cross-attention).
 
     With `context=None` it is self-attention (K, V from x itself). q/k/v projections have no bias and the
-    scale is d_head^(−½), as in the reference. Normally runs the fused SDPA kernel; while an attention
-    recorder is attached (see `record_attention`) it runs `attention_explicit` and reports the probabilities.
+    scale is d_head^(−½), as in the reference.
     """
 
     def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4, dim_head: int | None = None):
@@ -228,17 +218,10 @@ class CrossAttention(RecordableAttention):
         self.to_v = nn.Linear(self.context_dim, inner, bias=False)
         self.to_out = nn.Linear(inner, query_dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        hw: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
-        """x (B, N_q, query_dim), context (B, N_k, context_dim) or None, mask (B, N_k) bool -> (B, N_q, query_dim).
-
-        `hw` is the query grid (h, w) with N_q = h·w; it is only passed on to an attention recorder.
-        """
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """x (B, N_q, query_dim), context (B, N_k, context_dim) or None, mask (B, N_k) bool -> (B, N_q, query_dim);
+        `hw`: the query grid (h, w), N_q = h·w, for an attention recorder."""
         kind = "self" if context is None else "cross"
         ctx = x if context is None else context
         h = self.heads

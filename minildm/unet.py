@@ -86,13 +86,8 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(GEGLU(dim, ff_mult * dim), nn.Dropout(dropout), nn.Linear(ff_mult * dim, dim))
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-        hw: tuple[int, int] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+                hw: tuple[int, int] | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.norm1(x), hw=hw)                                   # (B, N, D)
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.norm2(x), context, context_mask, hw=hw)       # queries: pixels, keys: tokens
@@ -109,9 +104,8 @@ class SpatialTransformer(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(channels, heads, context_dim, dropout) for _ in range(depth))
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
 
-    def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None
+                ) -> torch.Tensor:
         _, _, h, w = x.shape
         z = self.proj_in(self.norm(x))                                  # (B, C, h, w)
         z = rearrange(z, "b c h w -> b (h w) c")                        # (B, C, h, w) -> (B, h·w, C)
@@ -124,13 +118,8 @@ class SpatialTransformer(nn.Module):
 class UNetStage(nn.ModuleList):
     """A sequence of U-Net layers; each gets what it needs (ResBlock: emb, SpatialTransformer: context)."""
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        emb: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
@@ -157,21 +146,10 @@ class UNet(nn.Module):
     the cross-attention queries know where they are from the first step.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        model_channels: int,
-        channel_mult: tuple[int, ...] = (1, 2),
-        num_res_blocks: int = 1,
-        attention_resolutions: tuple[int, ...] = (1, 2),
-        num_heads: int = 4,
-        context_dim: int | None = None,
-        num_classes: int | None = None,
-        concat_channels: int = 0,
-        dropout: float = 0.0,
-        coord_channels: bool = False,
-    ):
+    def __init__(self, in_channels: int, out_channels: int, model_channels: int, channel_mult: tuple[int, ...] = (1, 2),
+                 num_res_blocks: int = 1, attention_resolutions: tuple[int, ...] = (1, 2), num_heads: int = 4,
+                 context_dim: int | None = None, num_classes: int | None = None, concat_channels: int = 0,
+                 dropout: float = 0.0, coord_channels: bool = False):
         super().__init__()
         channel_mult, attention_resolutions = tuple(channel_mult), tuple(attention_resolutions)
         check_attention_factors(len(channel_mult), attention_resolutions, "attention_resolutions")
@@ -206,7 +184,8 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
                 ds *= 2
 
-        self.middle_block = UNetStage([ResBlock(ch, emb_dim, ch, dropout), attention(ch), ResBlock(ch, emb_dim, ch, dropout)])
+        self.middle_block = UNetStage([ResBlock(ch, emb_dim, ch, dropout), attention(ch),
+                                       ResBlock(ch, emb_dim, ch, dropout)])
 
         # Up path: num_res_blocks + 1 ResBlocks per level, each eating one skip connection.
         self.output_blocks = nn.ModuleList()
@@ -224,40 +203,17 @@ class UNet(nn.Module):
         self.out = nn.Sequential(group_norm32(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, out_channels, 3, padding=1)))
 
     @classmethod
-    def from_config(
-        cls,
-        cfg,
-        in_channels: int,
-        out_channels: int | None = None,
-        cross_attention: bool = False,
-        num_classes: int | None = None,
-        concat_channels: int = 0,
-    ) -> "UNet":
+    def from_config(cls, cfg, in_channels: int, out_channels: int | None = None, cross_attention: bool = False,
+                    num_classes: int | None = None, concat_channels: int = 0) -> "UNet":
         """Build from an `LDMConfig`; cross_attention=True uses cfg.context_dim as the context width."""
-        return cls(
-            in_channels=in_channels,
-            out_channels=in_channels if out_channels is None else out_channels,
-            model_channels=cfg.model_channels,
-            channel_mult=cfg.channel_mult,
-            num_res_blocks=cfg.num_res_blocks,
-            attention_resolutions=cfg.attention_resolutions,
-            num_heads=cfg.num_heads,
-            context_dim=cfg.context_dim if cross_attention else None,
-            num_classes=num_classes,
-            concat_channels=concat_channels,
-            dropout=getattr(cfg, "dropout", 0.0),
-            coord_channels=getattr(cfg, "coord_channels", False),
-        )
+        return cls(in_channels, in_channels if out_channels is None else out_channels, cfg.model_channels,
+                   cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions, cfg.num_heads,
+                   cfg.context_dim if cross_attention else None, num_classes, concat_channels, cfg.dropout,
+                   cfg.coord_channels)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        context: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
-        y: torch.Tensor | None = None,
-        concat: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None, y: torch.Tensor | None = None,
+                concat: torch.Tensor | None = None) -> torch.Tensor:
         """ε̂ = ε_θ(z_t, t, τθ(y)): (B, c, h, w) -> (B, out_channels, h, w).
 
         t (B,) or one step for the whole batch; y (B,) in 0..num_classes; context (B, L, context_dim) with
