@@ -6,15 +6,8 @@ maps it back, x̃ = D(z). The latent is regularized in one of two ways:
     KL-reg   E predicts a diagonal Gaussian q(z|x) = N(μ, σ²); a tiny KL(q ‖ N(0, I)) penalty.
     VQ-reg   z is snapped to the nearest entry of a learned codebook (VQ-VAE), here inside the decoder.
 
-Both autoencoders expose what the latent diffusion model needs:
-    encode_latent(x, generator=None) -> z      z_channels, downsample_factor, config
-    decode(z) -> x̃
-
-Differences from the reference implementation, on purpose:
-  * `attn_resolutions` are *downsampling factors* (1, 2, 4, ...) like the U-Net's, not pixel sizes, so the
-    same config works at any image size.
-  * The vector quantizer puts β on the commitment term (the VQ-VAE paper's form); the reference puts it on
-    the codebook term. See `VectorQuantizer`.
+Unlike the reference, `attn_resolutions` are downsampling factors (1, 2, 4, ...) like the U-Net's, not pixel
+sizes, so one config works at any image size; and β sits on VQ's commitment term (see `VectorQuantizer`).
 """
 
 from __future__ import annotations
@@ -57,8 +50,6 @@ class AEConfig:
         if self.kind not in ("kl", "vq", "pixel") or not identity:
             raise ValueError(f"AEConfig.kind must be 'kl', 'vq' or 'pixel' (with ch_mult=(1,), z_channels=3), got "
                              f"kind={self.kind!r}, ch_mult={self.ch_mult}, z_channels={self.z_channels}")
-        if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
-            raise ValueError(f"AEConfig.ch_mult must be a non-empty tuple of positive ints, got {self.ch_mult!r}")
         # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
@@ -241,8 +232,7 @@ class _AutoencoderBase(nn.Module):
 
     @property
     def downsample_factor(self) -> int:
-        """f = H/h = 2^(len(ch_mult) − 1)."""
-        return 2 ** (len(self.config.ch_mult) - 1)
+        return self.config.downsample_factor
 
     @property
     def last_layer(self) -> torch.Tensor:
@@ -338,10 +328,7 @@ class VectorQuantizer(nn.Module):
 
 class AutoencoderVQ(_AutoencoderBase):
     """VQ-regularized autoencoder: x → E → quant_conv → h (pre-quantization); h → VQ → post_quant_conv → D → x̃.
-
-    As in the reference LDM, the diffusion model runs on the *pre-quantization* latent h (`encode`), and the
-    quantizer is applied at decode time (`decode(h)`), so it acts as part of the decoder.
-    """
+    As in the reference, diffusion runs on h and the quantizer is part of the decoder."""
 
     def __init__(self, config: AEConfig):
         super().__init__(config, encoder_out=config.z_channels)
@@ -371,11 +358,8 @@ class AutoencoderVQ(_AutoencoderBase):
 
 
 class PixelSpace(nn.Module):
-    """The identity "first stage" (f = 1): diffusion directly on pixels, the paper's LDM-1 baseline (Sec. 4.1).
-
-    It has no parameters and nothing to train; with it, the same LatentDiffusion code runs a pixel-space
-    DDPM, so the downsampling-factor study compares f = 1, 2, 4, 8 with one training loop.
-    """
+    """The identity "first stage" (f = 1): diffusion directly on pixels, the paper's LDM-1 baseline (Sec. 4.1),
+    so the downsampling-factor study compares f = 1, 2, 4, 8 with one LatentDiffusion and one training loop."""
 
     def __init__(self, config: AEConfig | None = None):
         super().__init__()
@@ -403,11 +387,8 @@ def build_autoencoder(config: AEConfig) -> AutoencoderKL | AutoencoderVQ | Pixel
 
 def load_autoencoder(path: str | os.PathLike, device: str | torch.device | None = None,
                      config: AEConfig | None = None, use_ema: bool = True) -> AutoencoderKL | AutoencoderVQ:
-    """Rebuild the autoencoder from a checkpoint's own config (EMA weights if stored), in eval mode.
-
-    Passing `config` checks that it is the checkpoint's; a mismatch is a clear error. (Older checkpoints store the
-    loss and training fields with the architecture: config_from_dict leaves them out.)
-    """
+    """Rebuild the autoencoder from a checkpoint's own config (EMA weights if stored), in eval mode; a `config`
+    passed too must be the checkpoint's."""
     ckpt = load_checkpoint(path, kind=CHECKPOINT_KIND)
     saved = config_from_dict(AEConfig, ckpt["config"])
     if config is not None:

@@ -255,8 +255,7 @@ def check_class_map(maps: torch.Tensor, num_ids: int, resolution: int | None = N
     background as the last id; H = W = `resolution` when given) -> int64, else an error that says what was expected."""
     side = f"{resolution}x{resolution}" if resolution else "H x W"
     expected = (f"a semantic map is a (B, H, W) tensor of whole class ids in 0..{num_ids - 1} (the last: background), "
-                f"{side} pixels (add a batch dimension with map[None] for one map), e.g. ShapesDataset('test')"
-                f".batch([0])['semantic'] or shapes.semantic_map(segmentation, scenes)")
+                f"{side} pixels (map[None] for one), e.g. ShapesDataset('test').batch([0])['semantic']")
     if not torch.is_tensor(maps) or maps.dim() != 3 or (resolution and maps.shape[1:] != (resolution, resolution)):
         raise ValueError(f"{expected}; got {tuple(maps.shape) if torch.is_tensor(maps) else type(maps).__name__}")
     if not torch.equal(maps, maps.round()) or maps.min() < 0 or maps.max() >= num_ids:
@@ -304,12 +303,11 @@ def check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """A mask as the models take it -> (B, 1, H, W) float32 of 0 (known) / 1 (hole), one per image of `images`
     (B, 3, H, W); every row must hold something to fill and something known."""
     B, _, H, W = images.shape
-    if torch.is_tensor(mask) and mask.dim() == 3:
-        mask = mask[:, None]
-    if not torch.is_tensor(mask) or tuple(mask.shape) != (B, 1, H, W):
-        got = f"shape {tuple(mask.shape)}" if torch.is_tensor(mask) else type(mask).__name__
-        raise ValueError(f"the mask must be a tensor (B, 1, H, W) = ({B}, 1, {H}, {W}) or (B, H, W), one per image, "
-                         f"1 marking the hole (pixels to fill), 0 the known pixels; got {got}")
+    mask = torch.as_tensor(mask)
+    mask = mask[:, None] if mask.dim() == 3 else mask                           # (B, H, W) -> (B, 1, H, W)
+    if tuple(mask.shape) != (B, 1, H, W):
+        raise ValueError(f"the mask must be (B, 1, H, W) = ({B}, 1, {H}, {W}) or (B, H, W), one per image, 1 marking "
+                         f"the hole (pixels to fill), 0 the known pixels; got shape {tuple(mask.shape)}")
     m = mask.float()
     holes = m.flatten(1).sum(1)                                                  # hole pixels per row
     if not bool(((m == 0) | (m == 1)).all() & (holes > 0).all() & (holes < H * W).all()):
@@ -462,12 +460,11 @@ class WordTokenizer:
         words = self.words(text)
         unknown = sorted({w for w in words if w not in self.index or w in (self.PAD, self.BOS, self.EOS)})
         if unknown:
-            examples = f" Example prompts: {', '.join(map(repr, self.examples))}." if self.examples else ""
+            hint = f" Example prompts: {', '.join(map(repr, self.examples))}." if self.examples else ""
             raise ValueError(f"unknown word(s) {unknown} in prompt {text!r}. The vocabulary is: "
-                             f"{', '.join(self.vocab[3:])}.{examples}")
+                             f"{', '.join(self.vocab[3:])}.{hint}")
         if len(words) + 2 > self.context_length:
-            raise ValueError(f"prompt {text!r} has {len(words)} words; at most {self.context_length - 2} fit "
-                             f"(context_length={self.context_length} incl. <bos>/<eos>)")
+            raise ValueError(f"prompt {text!r} has {len(words)} words; at most {self.context_length - 2} fit")
         ids = [self.bos_id] + [self.index[w] for w in words] + [self.eos_id]
         ids += [self.pad_id] * (self.context_length - len(ids))
         if len(self._cache) < 100_000:

@@ -157,11 +157,6 @@ class GaussianDiffusion:
         return mean, var, log_var
 
     # ---- the three parameterizations -------------------------------------------------------------
-    def predict_eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
-        """ε̂ = (x_t − √ᾱ_t·x̂_0) / √(1−ᾱ_t) (DDPM Eq. 4 solved for ε)."""
-        a, b = self.coefficient("sqrt_alpha_bar", t, x_t), self.coefficient("sqrt_one_minus_alpha_bar", t, x_t)
-        return (x_t - a * x0) / b
-
     def get_velocity(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """v = √ᾱ_t·ε − √(1−ᾱ_t)·x_0 (Salimans & Ho 2022, progressive distillation, Sec. 4)."""
         a, b = self.coefficient("sqrt_alpha_bar", t, x0), self.coefficient("sqrt_one_minus_alpha_bar", t, x0)
@@ -177,7 +172,7 @@ class GaussianDiffusion:
             return (x_t - b * eps) / a, eps                  # x̂_0 = (x_t − √(1−ᾱ_t)·ε̂) / √ᾱ_t (DDPM Eq. 15)
         if self.prediction_type == "sample":
             x0 = model_output
-            return x0, (x_t - a * x0) / b                    # ε̂ = (x_t − √ᾱ_t·x̂_0) / √(1−ᾱ_t)
+            return x0, (x_t - a * x0) / b                    # ε̂ = (x_t − √ᾱ_t·x̂_0) / √(1−ᾱ_t) (Eq. 4 for ε)
         # x̂_0 = √ᾱ_t·x_t − √(1−ᾱ_t)·v̂,   ε̂ = √(1−ᾱ_t)·x_t + √ᾱ_t·v̂
         v = model_output
         return a * x_t - b * v, b * x_t + a * v

@@ -250,8 +250,8 @@ class LatentDiffusion(nn.Module):
         if self.cond_mode == "text":
             if isinstance(prompts, str) or not prompts or not all(self.tokenizer.words(p) for p in prompts):
                 raise ValueError(f"pass prompts=[...], a list of captions such as "
-                                 f"{(self.tokenizer.examples or ('a caption',))[0]!r}; one that has no "
-                                 f"words would mean 'no condition' (the null prompt of guidance), got {prompts!r}")
+                                 f"{(self.tokenizer.examples or ('a caption',))[0]!r}; one that has no words would "
+                                 f"mean 'no condition' (the null prompt of guidance), got {prompts!r}")
             return self.tokenizer.encode_batch(prompts).to(device)
         if self.cond_mode == "class":
             if labels is None or not all(0 <= int(y) < self.num_classes for y in labels):
@@ -317,10 +317,9 @@ class LatentDiffusion(nn.Module):
         sampler = self.default_sampler if sampler is None else sampler
         allowed = tuple(FLOW_SAMPLERS) if self.is_flow else ("ddim", "ddpm", *ODE_SAMPLERS)
         if sampler not in allowed or self.is_flow and spacing != "trailing":
-            raise ValueError(f"this is a flow model (LDMConfig.process='flow'), sampled by solving dx/dt = v_θ, which "
-                             f"steps evenly in t: use sampler='euler' or 'heun' and the default spacing, got sampler="
-                             f"{sampler!r}, spacing={spacing!r}" if self.is_flow
-                             else f"unknown sampler {sampler!r}; expected one of {allowed}")
+            raise ValueError(f"this is a flow model (process='flow'): it steps evenly in t with sampler='euler' or "
+                             f"'heun' and default spacing; got {sampler!r}, spacing={spacing!r}" if self.is_flow else
+                             f"unknown sampler {sampler!r}; expected one of {allowed}")
         if eta != 0 and sampler not in ("ddim", "ddpm"):
             raise ValueError(f"eta={eta!r} is DDIM's noise; sampler {sampler!r} is deterministic (leave eta at 0, or "
                              f"use sampler='ddim' for η > 0)")
@@ -378,8 +377,7 @@ class LatentDiffusion(nn.Module):
               ) -> tuple[dict | None, dict | None]:
         """The conditions of an edit (invert, img2img, inpaint) of latents z0: DDIM only, one condition per latent."""
         if self.is_flow:
-            raise ValueError(f"{what} runs DDIM on a diffusion model's timesteps; this is a flow model "
-                             f"(LDMConfig.process='flow'), for which minildm has no {what}")
+            raise ValueError(f"{what} runs DDIM; this is a flow model (process='flow'), and minildm has no {what}")
         if self.cond_mode != "none" and (raw is None or raw.shape[0] != z0.shape[0]):
             raise ValueError(f"{what}: a {self.cond_mode} model needs one condition per latent (ldm.prompt_condition)")
         return self._conditions(raw, tuple(z0.shape[-2:]), guidance_scale)

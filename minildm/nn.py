@@ -35,10 +35,8 @@ def check_attention_factors(levels: int, factors: tuple[int, ...], name: str) ->
     """Attention resolutions are downsampling factors (1, 2, 4, ...) of a network with `levels` levels,
     not pixel sizes (the reference's are pixel sizes); anything else is a clear error."""
     valid = [2**i for i in range(levels)]
-    bad = [f for f in factors if f not in valid]
-    if bad:
-        raise ValueError(f"{name} {tuple(factors)} contains {bad}, but this network's levels sit at downsampling "
-                         f"factors {valid} (1 = full resolution); {name} are factors, not pixel sizes")
+    if not set(factors) <= set(valid):
+        raise ValueError(f"{name} {tuple(factors)} are downsampling factors, not pixel sizes: the levels' are {valid}")
 
 
 def group_norm(channels: int, eps: float = 1e-6) -> nn.GroupNorm:

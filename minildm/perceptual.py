@@ -80,10 +80,9 @@ def _backbone_file(net: str, download: bool) -> Path:
             reason = f"the download failed: {type(e).__name__}: {e}"
     if not path.is_file():
         raise LPIPSWeightsMissingError(
-            f"LPIPS needs the pretrained {net} backbone file {path.name}, which is not in {path.parent} ({reason}).\n"
-            f"  Fix: download {BACKBONE_FILES[net][1]} into that folder ($TORCH_HOME/hub/checkpoints), or opt into a "
-            f"RANDOM backbone with random_backbone=True (CLI: --random-lpips, or {RANDOM_BACKBONE_ENV}=1): the "
-            f"perceptual loss still trains, but is not a meaningful metric then.")
+            f"LPIPS needs the pretrained {net} backbone {path.name}, which is not in {path.parent} ({reason}).\n  Fix: "
+            f"download {BACKBONE_FILES[net][1]} into that folder ($TORCH_HOME/hub/checkpoints), or opt into a RANDOM "
+            f"backbone (random_backbone=True, --random-lpips or {RANDOM_BACKBONE_ENV}=1): no perceptual metric then.")
     return path
 
 
@@ -101,13 +100,8 @@ def lpips_weights_missing(net: str, download: bool = True) -> str | None:
 
 class LPIPS(nn.Module):
     """LPIPS(x, y) per image (B,): unit-normalized trunk features, squared difference, learned 1×1 heads,
-    spatial mean, summed over layers. Frozen, always fp32 and eval; gradients flow to the inputs.
-
-    The learned heads ship with the `lpips` package. The trunk (VGG16 as in the paper, AlexNet or SqueezeNet,
-    much cheaper on CPU) uses torchvision's ImageNet weights, loaded here from $TORCH_HOME/hub/checkpoints;
-    missing weights are downloaded if `download`, else an error explains the fix. With
-    `random_backbone=True` (or $MINILDM_LPIPS_RANDOM_BACKBONE=1) a fixed random trunk (seed 0) is used instead.
-    """
+    spatial mean, summed over layers. Frozen, always fp32 and eval; gradients flow to the inputs. The trunk's
+    weights: see the module docstring (`download`, `random_backbone`)."""
 
     def __init__(self, net: str = "vgg", download: bool = True, random_backbone: bool | None = None):
         super().__init__()

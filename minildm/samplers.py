@@ -29,8 +29,7 @@ draws on the CPU) and then moved to `device`, so a seed gives the same samples o
 samplers draw z only at steps whose noise scale is non-zero, so DDPM and DDIM(η = 1, all steps) consume
 the same random stream.
 
-x̂_0 is never clipped unless asked (`clip_x0=(lo, hi)` of DDPM / DDIM, for pixel-space models; the ODE
-solvers never clip): latents are unbounded.
+x̂_0 is never clipped: latents are unbounded.
 
 The loops check their arguments once, before the first model call (`steps` in `ddim_timesteps`, η, strength);
 the steps and the coefficient table trust theirs.
@@ -42,7 +41,6 @@ import math
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion, ModelFn, RectifiedFlow
 from .utils import randn
@@ -139,14 +137,13 @@ class _Trajectory:
         return (x, self.record) if self.keep else x
 
 
-def _loop(step_fn: _Step, x: torch.Tensor, times: Sequence, callback: Callback | None, return_intermediates: bool,
-          desc: str, progress: bool) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def _loop(step_fn: _Step, x: torch.Tensor, times: Sequence, callback: Callback | None, return_intermediates: bool
+          ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """x ← step_fn(x, t, t_prev) for each pair of consecutive `times`, calling back after each step with the x_t
     and x̂_0 of t. Returns the last x, or (x, {"x_t", "pred_x0", "timesteps"}) with `return_intermediates`:
     x_t[i] is the sampler's state at timesteps[i] and pred_x0[i] the x̂_0 predicted from it."""
     trajectory = _Trajectory(callback, return_intermediates)
-    pairs = list(zip(times, times[1:]))
-    for step, (t, t_prev) in enumerate(tqdm(pairs, desc=desc, disable=not progress, mininterval=0.5)):
+    for step, (t, t_prev) in enumerate(zip(times, times[1:])):
         x_prev, x0_hat = step_fn(x, t, t_prev)
         trajectory(step, t, x, x0_hat)
         x = x_prev
@@ -167,8 +164,6 @@ def ddpm_sample(
     callback: Callback | None = None,
     return_intermediates: bool = False,
     device: torch.device | str | None = None,
-    clip_x0: tuple[float, float] | None = None,
-    progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """x_{t−1} = μ̃_t(x_t, x̂_0) + √β̃_t·z for t = T−1 … 0, no noise at the last step (DDPM Alg. 2, Eq. 7).
 
@@ -177,24 +172,21 @@ def ddpm_sample(
     """
     def step(x: torch.Tensor, t: int, t_prev: int) -> tuple[torch.Tensor, torch.Tensor]:   # t_prev = t − 1
         out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
-        return ddpm_step(diffusion, out, t, x, generator, clip_x0)
+        return ddpm_step(diffusion, out, t, x, generator)
 
     x = _initial_noise(shape, generator, x_T, device, cond)                              # x_T ~ N(0, I)
     times = list(range(diffusion.num_timesteps - 1, -2, -1))                             # T−1 … 0, then the data
-    return _loop(step, x, times, callback, return_intermediates, "DDPM", progress)
+    return _loop(step, x, times, callback, return_intermediates)
 
 
 def ddpm_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
-              generator: torch.Generator | None = None, clip_x0: tuple[float, float] | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One ancestral step x_t -> x_{t−1} ~ q(x_{t−1} | x_t, x_0 = x̂_0) (DDPM Alg. 2, Eq. 6–7) -> (x_{t−1}, x̂_0).
 
     x̂_0 is read from the model output under the diffusion's prediction_type; the step adds √β̃_t·z, except at
     t = 0, where x_{−1} = μ̃_0 = x̂_0 (no noise).
     """
     x0_hat, _ = diffusion.predict_x0_and_eps(x_t, t, model_output)
-    if clip_x0 is not None:
-        x0_hat = x0_hat.clamp(*clip_x0)
     mean, _, _ = diffusion.posterior_mean_variance(x0_hat, x_t, t)       # μ̃_t(x_t, x̂_0)
     if t == 0:
         return mean, x0_hat                                               # μ̃_0 = x̂_0: no noise at the last step
@@ -250,8 +242,8 @@ def ddim_coefficients(
 
 
 def ddim_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, x_t: torch.Tensor,
-              t_prev: int, eta: float = 0.0, generator: torch.Generator | None = None,
-              clip_x0: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              t_prev: int, eta: float = 0.0, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM update from timestep t to t_prev < t (DDIM Eq. 12) -> (x_{t_prev}, x̂_0).
 
         x̂_0, ε̂ from the model output (prediction_type),   σ = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev)
@@ -263,9 +255,6 @@ def ddim_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, 
     # ᾱ_prev and σ: the first row of the table for the list [t, t_prev] ([t] alone when t_prev = −1)
     _, alpha_bar_prev, sigma = ddim_coefficients(diffusion, [t, t_prev] if t_prev >= 0 else [t], eta)
     x0_hat, eps_hat = diffusion.predict_x0_and_eps(x_t, t, model_output)
-    if clip_x0 is not None:                                       # keep ε̂ consistent with the clipped x̂_0
-        x0_hat = x0_hat.clamp(*clip_x0)
-        eps_hat = diffusion.predict_eps_from_x0(x_t, t, x0_hat)
     a_prev, s = float(alpha_bar_prev[0]), float(sigma[0])         # float64 scalars
     # x_prev = √ᾱ_prev·x̂_0 + √(1 − ᾱ_prev − σ²)·ε̂ + σ·z
     x = math.sqrt(a_prev) * x0_hat + math.sqrt(1.0 - a_prev - s * s) * eps_hat
@@ -275,7 +264,7 @@ def ddim_step(diffusion: GaussianDiffusion, model_output: torch.Tensor, t: int, 
 
 
 def _ddim(model_fn: ModelFn, diffusion: GaussianDiffusion, cond: Cond, uncond: Cond, guidance_scale: float,
-          eta: float, generator: torch.Generator | None, clip_x0: tuple[float, float] | None = None) -> _Step:
+          eta: float, generator: torch.Generator | None) -> _Step:
     """The step of the three DDIM loops (ddim_sample, img2img, ddim_inpaint): `ddim_step` on the guided output.
     Each loop builds it before its first model call, so η is checked here, once for all three."""
     if not 0 <= eta <= 1:
@@ -284,7 +273,7 @@ def _ddim(model_fn: ModelFn, diffusion: GaussianDiffusion, cond: Cond, uncond: C
 
     def step(x: torch.Tensor, t: int, t_prev: int) -> tuple[torch.Tensor, torch.Tensor]:
         out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
-        return ddim_step(diffusion, out, t, x, t_prev, eta, generator, clip_x0)
+        return ddim_step(diffusion, out, t, x, t_prev, eta, generator)
 
     return step
 
@@ -305,8 +294,6 @@ def ddim_sample(
     callback: Callback | None = None,
     return_intermediates: bool = False,
     device: torch.device | str | None = None,
-    clip_x0: tuple[float, float] | None = None,
-    progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """x_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z over S = `steps` timesteps (DDIM Eq. 12).
 
@@ -314,10 +301,10 @@ def ddim_sample(
     `ddim_timesteps(T, steps, spacing)`; the last step returns x̂_0 (ᾱ_prev = 1), see `ddim_coefficients`.
     Returns like `ddpm_sample`.
     """
-    step = _ddim(model_fn, diffusion, cond, uncond, guidance_scale, eta, generator, clip_x0)
+    step = _ddim(model_fn, diffusion, cond, uncond, guidance_scale, eta, generator)
     x = _initial_noise(shape, generator, x_T, device, cond)                              # x_T ~ N(0, I)
     times = ddim_timesteps(diffusion.num_timesteps, steps, spacing) + [-1]               # …, then the data
-    return _loop(step, x, times, callback, return_intermediates, "DDIM", progress)
+    return _loop(step, x, times, callback, return_intermediates)
 
 
 def ddim_invert(
@@ -331,7 +318,6 @@ def ddim_invert(
     spacing: str = "trailing",
     callback: Callback | None = None,
     return_intermediates: bool = False,
-    progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Run deterministic DDIM backwards, x_0 → x_T, through the same timesteps (DDIM Sec. 4.3, Eq. 13).
 
@@ -346,7 +332,7 @@ def ddim_invert(
     timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)[::-1]        # increasing
     trajectory = _Trajectory(callback, return_intermediates)
     x, a_cur = x0, 1.0
-    for step, t in enumerate(tqdm(timesteps, desc="DDIM inversion", disable=not progress, mininterval=0.5)):
+    for step, t in enumerate(timesteps):
         out = guided_model_output(model_fn, x, t, cond, uncond, guidance_scale)
         _, eps_hat = diffusion.predict_x0_and_eps(x, t, out)
         x0_hat = (x - math.sqrt(1.0 - a_cur) * eps_hat) / math.sqrt(a_cur)   # x̂_0 = (x_cur − √(1−ᾱ_cur)·ε̂)/√ᾱ_cur
@@ -369,11 +355,8 @@ def img2img(
     guidance_scale: float = 1.0,
     spacing: str = "trailing",
     generator: torch.Generator | None = None,
-    noise: torch.Tensor | None = None,
     callback: Callback | None = None,
     return_intermediates: bool = False,
-    clip_x0: tuple[float, float] | None = None,
-    progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """SDEdit (Meng et al. 2022): noise x_0 to the timestep picked by `strength`, then run DDIM from there.
 
@@ -383,16 +366,14 @@ def img2img(
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must lie in [0, 1] (0 keeps the input, 1 starts from pure noise), got {strength!r}")
-    step = _ddim(model_fn, diffusion, cond, uncond, guidance_scale, eta, generator, clip_x0)
+    step = _ddim(model_fn, diffusion, cond, uncond, guidance_scale, eta, generator)
     n = int(round(strength * steps))
     timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)[steps - n:]
     if n == 0:
         x = x0.clone()                                               # no step to run: x_0 unchanged
-    else:
-        if noise is None:
-            noise = randn(x0.shape, generator, x0.device, x0.dtype)
-        x = diffusion.add_noise(x0, noise, timesteps[0])             # x_t ~ q(x_t | x_0)
-    return _loop(step, x, timesteps + [-1], callback, return_intermediates, "img2img", progress)
+    else:                                                            # x_t ~ q(x_t | x_0)
+        x = diffusion.add_noise(x0, randn(x0.shape, generator, x0.device, x0.dtype), timesteps[0])
+    return _loop(step, x, timesteps + [-1], callback, return_intermediates)
 
 
 @torch.no_grad()
@@ -410,7 +391,6 @@ def ddim_inpaint(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     return_intermediates: bool = False,
-    progress: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Training-free inpainting by blending (RePaint, Lugmayr et al. 2022, without its resampling): DDIM from
     x_T ~ N(0, I), where before every model call the known region is replaced by a fresh draw of the forward
@@ -439,7 +419,7 @@ def ddim_inpaint(
 
     timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)
     x = blend(randn(z0.shape, generator, z0.device, z0.dtype), timesteps[0])              # x_T ~ N(0, I)
-    return _loop(step, x, timesteps + [-1], callback, return_intermediates, "inpaint", progress)
+    return _loop(step, x, timesteps + [-1], callback, return_intermediates)
 
 
 # --- Fast ODE solvers: deterministic sampling is solving the probability-flow ODE ----------------------------
@@ -535,9 +515,8 @@ def _ode_sample(solver: str, model_fn: ModelFn, diffusion: GaussianDiffusion, sh
                 cond: Cond = None, uncond: Cond = None, guidance_scale: float = 1.0, steps: int = 50,
                 spacing: str = "trailing", generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
                 callback: Callback | None = None, return_intermediates: bool = False,
-                device: torch.device | str | None = None, progress: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, dict]:
-    """The three ODE samplers: `ddim_sample`'s arguments without η and clip_x0, one `solver` step per timestep."""
+                device: torch.device | str | None = None) -> torch.Tensor | tuple[torch.Tensor, dict]:
+    """The three ODE samplers: `ddim_sample`'s arguments without η, one `solver` step per timestep."""
     timesteps = ddim_timesteps(diffusion.num_timesteps, steps, spacing)      # checks `steps`, `spacing`
     x = _initial_noise(shape, generator, x_T, device, cond)                  # x_T ~ N(0, I)
     x0_last = t_last = None                            # DPM-Solver++(2M) reuses the x̂_0 of the previous step
@@ -555,14 +534,14 @@ def _ode_sample(solver: str, model_fn: ModelFn, diffusion: GaussianDiffusion, sh
         x0_last, t_last = x0_hat, t
         return x_prev, x0_hat
 
-    return _loop(step, x, timesteps + [-1], callback, return_intermediates, solver, progress)
+    return _loop(step, x, timesteps + [-1], callback, return_intermediates)
 
 
 def euler_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence[int] | None, *args: Any,
                  **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """`euler_step` over `ddim_timesteps(T, steps, spacing)`: first order, one model call per step (Karras
     et al. 2022, Alg. 1 without churn; the same samples as `ddim_sample` with η = 0). Arguments and result as
-    `ddim_sample`'s, without η and clip_x0."""
+    `ddim_sample`'s, without η."""
     return _ode_sample("euler", model_fn, diffusion, shape, *args, **kwargs)
 
 
@@ -628,8 +607,7 @@ def _flow_sample(solver: str, model_fn: ModelFn, flow: RectifiedFlow, shape: Seq
                  uncond: Cond = None, guidance_scale: float = 1.0, steps: int = 50,
                  generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
                  callback: Callback | None = None, return_intermediates: bool = False,
-                 device: torch.device | str | None = None, progress: bool = False
-                 ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+                 device: torch.device | str | None = None) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Both flow samplers: `euler_sample`'s arguments without spacing (x_T is the starting noise x_1), one
     `solver` step per interval of `flow_timesteps(steps)`; the recorded timesteps are flow times."""
     times = flow_timesteps(steps)                                            # checks `steps`
@@ -644,7 +622,7 @@ def _flow_sample(solver: str, model_fn: ModelFn, flow: RectifiedFlow, shape: Seq
             return flow_euler_step(flow, output_fn(x, t), t, x, t_prev)
         return flow_heun_step(flow, output_fn(x, t), t, x, t_prev, output_fn)
 
-    return _loop(step, x, times, callback, return_intermediates, f"flow {solver}", progress)
+    return _loop(step, x, times, callback, return_intermediates)
 
 
 def flow_euler_sample(model_fn: ModelFn, flow: RectifiedFlow, shape: Sequence[int] | None, *args: Any,

@@ -10,11 +10,8 @@ each SpatialTransformer; image-like conditions (low-res images, maps) are concat
 input channels. Every residual branch ends in a zero-initialized layer and so does the output conv, so at
 initialization the U-Net outputs exactly zero and each block starts as the identity.
 
-Class labels take one of two routes (LDMConfig.class_route). minildm's default, ADM's: the U-Net owns a
-class-embedding table with `num_classes + 1` rows, added to the time embedding; the last row (index
-`num_classes`) is the *null* class used for classifier-free guidance (conditioning.ClassEmbedder produces these
-indices). The paper's class-conditional models instead read the label as one token through cross-attention
-(conditioning.ClassToken gives the context; this U-Net then has no class table).
+A class label (LDMConfig.class_route "time", ADM's) indexes a table of `num_classes + 1` rows, the last the
+null class of classifier-free guidance; the paper's route ("crossattn", conditioning.ClassToken) is a context token.
 """
 
 from __future__ import annotations
@@ -133,8 +130,8 @@ class UNetStage(nn.ModuleList):
 class UNet(nn.Module):
     """ε_θ(z_t, t, y): the LDM denoising U-Net with ResBlocks and SpatialTransformers (LDM Sec. 3.3, App. E).
 
-    attention_resolutions are *downsampling factors* (1 = full latent resolution, 2 = after one Downsample,
-    …), not pixel sizes. The middle block always has attention. Conditioning, any combination:
+    attention_resolutions are downsampling factors, not pixel sizes; the middle block always has attention.
+    Conditioning, any combination:
       num_classes     class label y ∈ {0..num_classes} (num_classes = null class), added to the time embedding;
       context_dim     cross-attention on context (B, L, context_dim) with context_mask (B, L), True = real token;
       concat_channels extra input channels concatenated to z_t (low-res image, segmentation map, …).

@@ -16,19 +16,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["PRECISIONS", "precision_dtype", "autocast", "get_device", "mps_available", "seed_everything", "randn",
+__all__ = ["PRECISIONS", "precision_dtype", "autocast", "get_device", "seed_everything", "randn",
            "rand", "randint", "warmup_cosine", "count_parameters", "slerp", "DEVICE_ENV", "save_checkpoint",
            "load_checkpoint", "CheckpointError", "UnsafeWeightsError", "checkpoint_digest", "unsafe_tensors",
            "to_plain", "config_from_dict", "MAX_WEIGHT"]
 
 DEVICE_ENV = "MINILDM_DEVICE"
 PRECISIONS = ("auto", "fp32", "bf16")
-
-
-def mps_available() -> bool:
-    """True when Apple's Metal backend is built into torch and usable."""
-    backend = getattr(torch.backends, "mps", None)
-    return bool(backend is not None and backend.is_available())
 
 
 def get_device(preference: str | torch.device | None = None) -> torch.device:
@@ -45,18 +39,17 @@ def get_device(preference: str | torch.device | None = None) -> torch.device:
     if pref == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if mps_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     kind = pref.split(":")[0]
-    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": mps_available()}
+    present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if kind not in present:
         raise ValueError(f"unknown device {preference!r}; expected one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' "
                          f"(set by argument or by ${DEVICE_ENV})")
     if not present[kind]:
-        what = f"CUDA GPU (torch {torch.__version__}, built for CUDA {torch.version.cuda})" if kind == "cuda" else "MPS"
-        raise RuntimeError(f"device {preference!r} was requested but torch sees no {what}; "
-                           f"use 'cpu' or unset ${DEVICE_ENV}")
+        raise RuntimeError(f"device {preference!r} was requested but torch {torch.__version__} (built for CUDA "
+                           f"{torch.version.cuda}) sees no {kind.upper()}; use 'cpu' or unset ${DEVICE_ENV}")
     return torch.device(pref)
 
 
@@ -71,8 +64,7 @@ def precision_dtype(device: torch.device | str, precision: str = "auto") -> torc
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" and bf16_ok else None
     if not bf16_ok:
-        raise ValueError(f"precision 'bf16' is not supported on {device} (it needs a CPU or a CUDA GPU of the "
-                         "Ampere generation or newer); use precision 'auto' or 'fp32'")
+        raise ValueError(f"bf16 needs a CPU or an Ampere+ CUDA GPU, not {device}; use precision 'auto' or 'fp32'")
     return torch.bfloat16
 
 
@@ -159,18 +151,10 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Te
 
 
 # --- Checkpoints -----------------------------------------------------------------------------------------
-# Checkpoints that carry their config, are written atomically, cannot hold NaN weights, and are verified on load.
-# 
-# A checkpoint is a plain dict of tensors and Python primitives:
+# A checkpoint is a plain dict of tensors and Python primitives, read with weights_only=True (no pickled code runs):
 #     {"kind": "autoencoder" | "ldm" | ..., "config": {...}, "state_dict": {...}, ..., "checksum": "<sha256>"}
-# 
-#   * `torch.load(path, weights_only=True)` reads it: no pickled code runs.
-#   * `save_checkpoint` writes a temporary file in the same folder, fsyncs it and renames it over the old one,
-#     so a crash mid-write leaves the previous checkpoint untouched. It refuses to write a checkpoint with a NaN
-#     or infinite tensor (or model weights of absurd size): a diverged run never replaces the last good one.
-#   * the checksum is a SHA-256 over every value; `load_checkpoint` recomputes it, so a flipped byte is a clear
-#     error instead of a silently wrong weight. Every failure to read says which file, what is wrong, and what
-#     to do about it.
+# It is written atomically (a crash mid-write leaves the previous one), never with a NaN or absurd weight (a
+# diverged run never replaces the last good one), and its checksum is verified on load (a flipped byte is an error).
 MAX_WEIGHT = 1e6        # |w| above this in a model's weights means training diverged (trained weights are O(1))
 _WHAT_TO_DO = ("Delete it and train again from the previous checkpoint (or from scratch), or download the "
                "pretrained checkpoint again.")
@@ -182,9 +166,6 @@ class CheckpointError(ValueError):
 
 class UnsafeWeightsError(RuntimeError):
     """A checkpoint was not written because some of its tensors are NaN/inf or its weights absurdly large."""
-
-
-# --- What a checkpoint holds --------------------------------------------------------------------------------
 
 
 def to_plain(obj: Any) -> Any:
@@ -240,9 +221,6 @@ def unsafe_tensors(obj: Any, weights: Sequence[str] = (), max_weight: float = MA
     return bad
 
 
-# --- Writing and reading ------------------------------------------------------------------------------------
-
-
 def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike, weights: Sequence[str] = ()) -> Path:
     """Check, checksum and atomically write `obj` to `path`; returns the path.
 
@@ -286,7 +264,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one first or check the path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception:  # empty, truncated, not a torch file, damaged or foreign pickle: all one failure for the user
         ckpt = None
     readable = isinstance(ckpt, dict) and "state_dict" in ckpt
@@ -299,17 +277,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                               f"with 'config' and 'state_dict' matching the checksum written with it). {_WHAT_TO_DO}")
     if kind is not None and ckpt.get("kind") != kind:
         raise ValueError(f"{path} holds a {ckpt.get('kind')!r} checkpoint, expected {kind!r}")
-    return _to_device(ckpt, torch.device(map_location)) if torch.device(map_location).type != "cpu" else ckpt
-
-
-def _to_device(obj: Any, device: torch.device) -> Any:
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(v, device) for v in obj)
-    return obj
+    return ckpt
 
 
 # --- Configs -------------------------------------------------------------------------------------------

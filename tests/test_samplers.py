@@ -269,13 +269,14 @@ def test_img2img_noises_to_the_strength_timestep_then_runs_the_tail_of_ddim():
     x0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
     ab = np_alpha_bar(0.0015, 0.0195)
-    out, inter = img2img(smooth_model, d, x0, strength=0.5, steps=10, noise=noise, return_intermediates=True)
+    out, inter = img2img(smooth_model, d, x0, strength=0.5, steps=10, generator=torch.Generator().manual_seed(1),
+                         return_intermediates=True)                     # draws the same noise
     assert inter["timesteps"] == ddim_timesteps(T, 10)[5:]
     t0 = inter["timesteps"][0]
     torch.testing.assert_close(inter["x_t"][0], math.sqrt(ab[t0]) * x0 + math.sqrt(1 - ab[t0]) * noise)
     torch.testing.assert_close(out, inter["pred_x0"][-1], rtol=0, atol=1e-6)
     assert torch.equal(img2img(smooth_model, d, x0, strength=0.0, steps=10), x0)
-    _, full = img2img(smooth_model, d, x0, strength=1.0, steps=10, noise=noise, return_intermediates=True)
+    _, full = img2img(smooth_model, d, x0, strength=1.0, steps=10, return_intermediates=True)
     assert full["timesteps"][0] == T - 1
     with pytest.raises(ValueError, match="strength"):
         img2img(smooth_model, d, x0, strength=1.5)
@@ -359,15 +360,13 @@ def test_callback_once_per_step_with_the_right_t_and_shapes():
         assert out.shape == shape
 
 
-def test_intermediates_start_at_x_T_and_x0_is_not_clipped_unless_asked():
+def test_intermediates_start_at_x_T_and_x0_is_not_clipped():
     d = GaussianDiffusion(**LDM)
     x_T = 3 * torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     wild = lambda x, t, c: -x  # ε̂ = −x_t makes x̂_0 far outside [−1, 1]
     _, inter = ddim_sample(wild, d, None, x_T=x_T, steps=5, return_intermediates=True)
     assert torch.equal(inter["x_t"][0], x_T)
     assert inter["pred_x0"][0].abs().max() > 1
-    _, clipped = ddim_sample(wild, d, None, x_T=x_T, steps=5, clip_x0=(-1.0, 1.0), return_intermediates=True)
-    assert all(p.abs().max() <= 1 for p in clipped["pred_x0"])
 
 
 # ------------------------------------------------------------------------------ one step, by hand

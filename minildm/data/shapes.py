@@ -295,13 +295,11 @@ def render_scenes(scenes: Sequence[Scene], resolution: int,
 
 
 def low_res(image: torch.Tensor, factor: int) -> torch.Tensor:
-    """Downsample by an integer factor with area averaging (the super-resolution task's input)."""
+    """(B, 3, H, W) or (3, H, W) -> H/factor × W/factor by area averaging (the super-resolution task's input)."""
     if factor < 1 or image.shape[-1] % factor or image.shape[-2] % factor:
         raise ValueError(f"factor must be a positive divisor of the image size {tuple(image.shape[-2:])}, "
                          f"got {factor}")
-    squeeze = image.dim() == 3
-    out = F.avg_pool2d(image[None] if squeeze else image, factor)
-    return out[0] if squeeze else out
+    return F.avg_pool2d(image, factor)
 
 
 # --- Semantic maps: the class of the object covering each pixel (semantic synthesis, LDM Sec. 4.3.2) -------

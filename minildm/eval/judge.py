@@ -30,8 +30,8 @@ from .metrics import extract_features
 
 __all__ = ["EvaluatorConfig", "ShapesEvaluator", "train_evaluator", "load_evaluator", "run_evaluator", "predict_cells",
            "detect_objects", "attribute_accuracy", "scene_targets", "split_logits", "evaluator_loss", "degrade",
-           "calibrate_feature_scale", "readable_scenes", "render_images", "ATTRIBUTES", "NUM_CELLS", "HEAD_WIDTH", "EVALUATOR_KIND",
-           "DEFAULT_EVALUATOR_PATH"]
+           "calibrate_feature_scale", "readable_scenes", "render_images", "ATTRIBUTES", "NUM_CELLS", "HEAD_WIDTH",
+           "EVALUATOR_KIND", "DEFAULT_EVALUATOR_PATH"]
 
 NUM_CELLS = 9                                                  # the 3×3 grid of data.py
 ATTRIBUTES = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES}

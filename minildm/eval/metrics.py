@@ -261,7 +261,7 @@ def reconstruction_psnr(model: torch.nn.Module, images: list[torch.Tensor], devi
 
 @torch.no_grad()
 def reconstruction_metrics(model: torch.nn.Module, dataset, batch_size: int = 100, lpips_net: str = "alex",
-                           random_lpips: bool | None = None, lpips_download: bool = True) -> dict[str, float]:
+                           random_lpips: bool | None = None) -> dict[str, float]:
     """Mean PSNR (dB), SSIM and LPIPS of an autoencoder's reconstructions over every image of `dataset`."""
     device = next(model.parameters()).device
     model.eval()
@@ -271,7 +271,7 @@ def reconstruction_metrics(model: torch.nn.Module, dataset, batch_size: int = 10
         xr = reconstruct(model, x).clamp(-1, 1)
         p.append(psnr(x, xr))
         s.append(ssim(x, xr))
-        lp.append(lpips(x, xr, net=lpips_net, download=lpips_download, random_backbone=random_lpips))
+        lp.append(lpips(x, xr, net=lpips_net, random_backbone=random_lpips))
     return {"psnr": float(torch.cat(p).mean()), "ssim": float(torch.cat(s).mean()),
             "lpips": float(torch.cat(lp).mean()), "images": len(dataset)}
 
@@ -388,7 +388,6 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
     sample's k-th nearest neighbour in its own set (k = 3 as in the paper).
         precision = fraction of generated samples inside the real manifold     (fidelity)
         recall    = fraction of real samples inside the generated manifold     (coverage)
-    Distances are computed in row chunks of at most `max_bytes`, so 10k × 10k runs in bounded memory.
     """
     _check_features(real, fake, what="precision_recall", min_n=k + 1)
 

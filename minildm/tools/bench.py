@@ -101,10 +101,6 @@ def _train_step(loss: Callable[[], torch.Tensor], model: torch.nn.Module, cfg: A
     return step
 
 
-def _params(model: torch.nn.Module | None) -> int | None:
-    return None if model is None else count_parameters(model)
-
-
 def _measure(what: str, unit: str, ours: Callable[[], Any], theirs: Callable[[], Any] | None,
              models: tuple[torch.nn.Module | None, torch.nn.Module | None], seconds: float, device: torch.device,
              rounds: int, warmup: int = 2, per_call: int = 1, flops: bool = True, **extra: Any) -> dict[str, Any]:
@@ -120,8 +116,9 @@ def _measure(what: str, unit: str, ours: Callable[[], Any], theirs: Callable[[],
         if theirs is not None:
             b = max(b, throughput(theirs, seconds / rounds, w, device)["per_s"])
     row = {"what": what, "unit": unit, "ours": a * per_call, "diffusers": None if b is None else b * per_call,
-           "ratio": None if b is None else a / b, "params_ours": _params(models[0]),
-           "params_diffusers": _params(models[1]), **extra}
+           "ratio": None if b is None else a / b, **extra}
+    for side, model in zip(("ours", "diffusers"), models):
+        row[f"params_{side}"] = None if model is None else count_parameters(model)
     for side, fn, rate in (("", ours, a), ("_diffusers", theirs, b)):
         n = count_flops(fn, device) if flops and fn is not None else {"flops": None, "peak_mem": None}
         row.update({f"flops{side}": n["flops"], f"calls_per_s{side}": rate, f"peak_mem{side}": n["peak_mem"],
@@ -210,14 +207,15 @@ def bench_autoencoder_matched(profile: str | Profile | None = None, seconds: flo
                     batch_size=B)
 
 
-def _ldm_and_batch(p: Profile, device: torch.device):
-    """A LatentDiffusion on a random (frozen) autoencoder, a scaled latent batch z0 and its caption tokens."""
+def _ldm_and_batch(p: Profile, device: torch.device, batch: int | None = None):
+    """A LatentDiffusion on a random (frozen) first stage built from p.ae, a scaled latent batch z0 of `batch`
+    (default: p.ldm_train.batch_size) training images and their caption tokens."""
     seed_everything(0)
     ae = build_autoencoder(p.ae).to(device).eval()
     ds = ShapesDataset("train", p.data)
     ldm = LatentDiffusion(ae, p.ldm, tokenizer=ds.tokenizer, num_classes=ds.num_classes, max_objects=ds.max_objects,
                           resolution=p.data.resolution).to(device)
-    data = ds.batch(range(p.ldm_train.batch_size), device=device)
+    data = ds.batch(range(batch or p.ldm_train.batch_size), device=device)
     image = data["image"].to(device)
     ldm.set_scale_factor(image)
     return ldm, ldm.encode(image), data["tokens"].to(device)

@@ -352,13 +352,18 @@ def _dataset(args: argparse.Namespace, profile, split: str):
     return make_dataset(args.data, split, profile.data, root=args.data_root, download=args.download)
 
 
-def cmd_train_ae(args: argparse.Namespace) -> int | None:
+def _training_profile(args: argparse.Namespace, section: str, *options: str):
+    """The --profile, told (by the main process only, under DDP), with the given options that are set overriding
+    the same-named fields of its `section`."""
     profile = get_profile(args.profile)
     if main_process():
         print(explain_profile(args.profile))
-    loss = {k: v for k, v in (("pixel_loss", args.pixel_loss), ("perceptual_weight", args.perceptual_weight),
-                              ("disc_start", args.disc_start)) if v is not None}
-    profile = profile.replace(ae_loss=loss) if loss else profile
+    return profile.replace(**{section: {name: getattr(args, name) for name in options
+                                        if getattr(args, name) is not None}})
+
+
+def cmd_train_ae(args: argparse.Namespace) -> int | None:
+    profile = _training_profile(args, "ae_loss", "pixel_loss", "perceptual_weight", "disc_start")
     out = args.out or os.path.join("runs", f"ae-{profile.name}-{args.kind or profile.ae.kind}")
     train, val = (_dataset(args, profile, split) for split in ("train", "val"))
     r = train_autoencoder(profile, out, device=args.device, max_minutes=args.minutes, kind=args.kind,
@@ -377,13 +382,7 @@ def cmd_bench_ae(args: argparse.Namespace) -> int | None:
 
 
 def cmd_train_ldm(args: argparse.Namespace) -> int | None:
-    profile = get_profile(args.profile)
-    if main_process():
-        print(explain_profile(args.profile))
-    if args.class_route is not None:
-        profile = profile.replace(ldm={"class_route": args.class_route})
-    if args.process is not None:
-        profile = profile.replace(ldm={"process": args.process})
+    profile = _training_profile(args, "ldm", "class_route", "process")
     data, cond = _dataset(args, profile, "train"), args.cond
     if data is not None and cond is None:           # text and layouts are Shapes features; labels when there are
         cond = "class" if data.num_classes else "none"
@@ -423,61 +422,67 @@ def _load_model(args: argparse.Namespace) -> tuple[LatentDiffusion, str]:
     return ldm, f"shipped {args.pretrained} model"
 
 
-def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace) -> tuple[torch.Tensor | None, list | None]:
-    """The raw condition for `minildm sample`, with errors in the command line's words."""
+# the models that sample from an input (concatenated to their latents, trained without dropping it: no guidance),
+# by what they are called and which picture of a Shapes test scene they take
+_INPUT_MODELS = {"sr": ("super-resolution", "downsampled rendering"), "seg": ("semantic-synthesis", "semantic map"),
+                 "inpaint": ("inpainting", "image with a hole")}
+
+
+def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace
+                      ) -> tuple[torch.Tensor | None, list[str] | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The raw condition for `minildm sample`, the grid's captions and, for the models of _INPUT_MODELS, the
+    pictures shown before and after the samples (the input, the original); errors in the command line's words."""
     n, mode = args.n, ldm.cond_mode
     flags = {"text": "--prompt", "class": "--class", "layout": "--layout", "sr": "--scene"}
     given = next((f for f, v in zip(flags.values(), (args.prompt, args.label, args.layout, args.scene))
                   if v is not None), None)
     if args.mask is not None and mode != "inpaint":
         raise ValueError(f"--mask chooses the hole of an inpainting model's input; this is a {mode} model")
-    if mode in ("seg", "inpaint"):
-        what = "semantic-synthesis" if mode == "seg" else "inpainting"
+    if mode in _INPUT_MODELS:
+        what, picture = _INPUT_MODELS[mode]
         if given not in (None, "--scene"):
             raise ValueError(f"this is a {what} model: it takes no prompt; give --scene N (the Shapes test scene "
-                             f"whose {'semantic map' if mode == 'seg' else 'image'} is the input; default 0)"
+                             f"whose {picture} is the input; default 0)"
                              + (" and --mask box|object" if mode == "inpaint" else "") + f", not {given}")
         if args.guidance not in (None, 1.0):
-            raise ValueError(f"a {what} model samples without guidance (it is trained without dropping its "
+            raise ValueError(f"this {what} model samples without guidance (it is trained without dropping its "
                              "condition): leave --guidance out")
         scene = args.scene or 0
-        if mode == "seg":
+        if mode == "sr":                                 # shown: the low-resolution input, blocky as it is
+            truth = real_images(1, "test", ldm.max_objects or 2, ldm.resolution, start=scene)
+            low = LowResConcat.degrade(truth, ldm.config.sr_factor)
+            raw = low.expand(n, -1, -1, -1).to(ldm.scale_factor.device)
+            shown, picture = F.interpolate(low, size=truth.shape[-2:], mode="nearest"), f"{low.shape[-1]}x{low.shape[-1]}"
+        elif mode == "seg":                              # shown: the semantic map in color
             b = ShapesDataset("test", size=max(1000, scene + 1), resolution=ldm.resolution,
                               max_objects=ldm.max_objects or 2).batch([scene])
             raw = ldm.semantic_condition(b["semantic"].expand(n, -1, -1))
-            return raw, [b["image"], render_semantic(b["semantic"])]
-        tasks = inpainting_tasks(scene + 1, ldm.resolution, ldm.max_objects or 2)
-        x, m = tasks["images"][scene:scene + 1], tasks["masks"][args.mask or "box"][scene:scene + 1]
-        checker = ((torch.arange(x.shape[-1])[:, None] // 2 + torch.arange(x.shape[-1])[None] // 2) % 2) * 0.6 - 0.3
-        shown = x * (1 - m) + checker.expand_as(x) * m                  # the hole as a grey checkerboard
-        return ldm.inpaint_condition(x.expand(n, -1, -1, -1), m.expand(n, -1, -1, -1)), [x, shown]
-    if mode == "sr":
-        if given not in (None, "--scene"):
-            raise ValueError(f"this is a super-resolution model: give --scene N (a Shapes test scene; default 0), "
-                             f"not {given}")
-        if args.guidance not in (None, 1.0):
-            raise ValueError("a super-resolution model samples without guidance (it is trained without dropping its "
-                             "condition): leave --guidance out")
-        truth = real_images(1, "test", ldm.max_objects or 2, ldm.resolution, start=args.scene or 0)
-        low = LowResConcat.degrade(truth, ldm.config.sr_factor)
-        return low.expand(n, -1, -1, -1).to(ldm.scale_factor.device), [truth, low]
+            truth, shown = b["image"], render_semantic(b["semantic"])
+        else:                                            # shown: the image with the hole as a grey checkerboard
+            tasks = inpainting_tasks(scene + 1, ldm.resolution, ldm.max_objects or 2)
+            truth, m = tasks["images"][scene:scene + 1], tasks["masks"][args.mask or "box"][scene:scene + 1]
+            raw = ldm.inpaint_condition(truth.expand(n, -1, -1, -1), m.expand(n, -1, -1, -1))
+            checker = ((torch.arange(truth.shape[-1])[:, None] // 2 + torch.arange(truth.shape[-1])[None] // 2) % 2)
+            shown, picture = truth * (1 - m) + (checker * 0.6 - 0.3).expand_as(truth) * m, f"hole ({args.mask or 'box'})"
+        samples = [f"×{ldm.config.sr_factor} sample {i + 1}" if mode == "sr" else f"sample {i + 1}" for i in range(n)]
+        return raw, [f"input: test scene {scene}, {picture}", *samples, "the original"], (shown, truth)
     if mode == "none":
         if given:
             raise ValueError(f"this is an unconditional model: it takes no {given}")
-        return None, None
+        return None, None, None
     if given != flags[mode]:
         wanted = {"text": '--prompt "a large red circle in the top left"', "class": f"--class N (0..{NUM_CLASSES - 1})",
                   "layout": '--layout "red circle@0.1,0.1,0.45,0.45"'}[mode]
         raise ValueError(f"this is a {mode}-conditional model: give {wanted}" + (f" (not {given})" if given else ""))
     if mode == "text":
-        return ldm.prompt_condition(prompts=[args.prompt] * n), [args.prompt] * n
+        return ldm.prompt_condition(prompts=[args.prompt] * n), [args.prompt] * n, None
     if mode == "class":
         if not 0 <= args.label < ldm.num_classes:
             raise ValueError(f"--class must be between 0 and {ldm.num_classes - 1}, got {args.label}")
         names = [class_name(args.label) if ldm.num_classes == NUM_CLASSES else f"class {args.label}"] * n
-        return ldm.prompt_condition(labels=[args.label] * n), names
+        return ldm.prompt_condition(labels=[args.label] * n), names, None
     layout = parse_layout(args.layout, ldm.max_objects)
-    return ldm.prompt_condition(layouts=layout.expand(n, -1, -1)), [args.layout] * n
+    return ldm.prompt_condition(layouts=layout.expand(n, -1, -1)), [args.layout] * n, None
 
 
 _SAMPLER_NAMES = {"ddim": "DDIM", "ddpm": "DDPM", "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPM-Solver++(2M)"}
@@ -512,11 +517,9 @@ def _sampler(ldm: LatentDiffusion, args: argparse.Namespace, ddim_eta: float) ->
 def cmd_sample(args: argparse.Namespace) -> int | None:
     ldm, what = _load_model(args)
     sampler, eta, label = _sampler(ldm, args, SAMPLE_ETA)
-    raw, captions = _sample_condition(ldm, args)
-    sr = ldm.cond_mode == "sr"
+    raw, captions, frame = _sample_condition(ldm, args)
     default = SAMPLE_GUIDANCE if sampler == "ddim" else GUIDANCE_SCALE   # the demo's with DDIM, else sample()'s
-    unguided = ("sr", "seg", "inpaint", "none")                         # concatenation models: trained without dropout
-    guidance = 1.0 if ldm.cond_mode in unguided else (default if args.guidance is None else args.guidance)
+    guidance = 1.0 if ldm.cond_mode in (*_INPUT_MODELS, "none") else (default if args.guidance is None else args.guidance)
     settings = f"{label}, guidance {guidance:g}, seed {args.seed}"
     print(f"sampling {args.n} image{'s' * (args.n > 1)} from the {what}: {settings}")
     g, before = torch.Generator().manual_seed(args.seed), torch.get_num_threads()
@@ -527,17 +530,8 @@ def cmd_sample(args: argparse.Namespace) -> int | None:
                             guidance_scale=guidance, sampler=sampler, generator=g).cpu()
     finally:
         torch.set_num_threads(before)
-    if sr:                                  # the low-res input (shown blocky, as it is), the samples, the original
-        truth, low = captions
-        images = torch.cat([F.interpolate(low, size=truth.shape[-2:], mode="nearest"), images, truth])
-        captions = ([f"input: test scene {args.scene or 0}, {low.shape[-1]}x{low.shape[-1]}"]
-                    + [f"×{ldm.config.sr_factor} sample {i + 1}" for i in range(args.n)] + ["the original"])
-    elif ldm.cond_mode in ("seg", "inpaint"):       # the input (map in color / image with the hole), samples, original
-        truth, shown = captions
-        images = torch.cat([shown, images, truth])
-        what_in = "semantic map" if ldm.cond_mode == "seg" else f"hole ({args.mask or 'box'})"
-        captions = ([f"input: test scene {args.scene or 0}, {what_in}"]
-                    + [f"sample {i + 1}" for i in range(args.n)] + ["the original"])
+    if frame:                                           # the input, the samples, the original
+        images = torch.cat([frame[0], images, frame[1]])
     title = f"minildm, {what}: {settings}"
     print(f"wrote {save_figure(image_grid(images, captions, ncols=min(8, len(images)), title=title), args.out)}")
 
@@ -558,13 +552,9 @@ def cmd_evaluate_ldm(args: argparse.Namespace) -> int | None:
     seconds = time.time() - t0
     print(f"  ({seconds:.0f} s)")
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
         settings = {"model": what, "sampler": sampler, "steps": args.steps, "eta": eta, "guidance": args.guidance,
                     "n": args.n, "seed": args.seed, "threads": torch.get_num_threads(), "seconds": round(seconds, 1)}
-        path.write_text(json.dumps({**settings, **r, "autoencoder_shape_fidelity": fidelity}, indent=1,
-                                   default=float))
-        print(f"wrote {path}")
+        _write_json(args.json, {**settings, **r, "autoencoder_shape_fidelity": fidelity}, indent=1, default=float)
 
 
 def cmd_bench_ldm(args: argparse.Namespace) -> int | None:
@@ -587,10 +577,15 @@ def cmd_bench(args: argparse.Namespace) -> int | None:
                        peak=args.peak_tflops, compile=args.compile)
     print(format_table(result))
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=str))
-        print(f"wrote {path}")
+        _write_json(args.json, result, indent=2, default=str)
+
+
+def _write_json(path: str, data: dict, **dumps) -> None:
+    """--json PATH: the numbers a command printed, as json.dumps(data, **dumps) writes them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, **dumps))
+    print(f"wrote {path}")
 
 
 def cmd_train_evaluator(args: argparse.Namespace) -> int | None:

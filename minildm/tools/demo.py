@@ -39,10 +39,9 @@ PAIR_PROMPTS = (
     "a small yellow star above a large green triangle",
 )
 
-# No time caps by default: the profile's step counts, not the clock, decide what the demo shows (issue 15). With
-# the old caps (3.5 and 9.5 minutes) a slower or busy laptop stopped the LDM hundreds of steps early and its
-# samples were visibly worse: 2,000 of the 3,200 steps give 92.5 % one-object and 45.5 % two-object prompts
-# right, against 99 % and 80 % (docs/design-notes.md; docs/results.md, fresh clones). A lab with a hard limit can pass
+# No time caps by default: the profile's step counts, not the clock, decide what the demo shows. A cap stops a
+# slow or busy laptop early, and visibly worse: 2,000 of the 3,200 LDM steps get 92.5 % one-object and 45.5 %
+# two-object prompts right, against 99 % and 80 % (docs/design-notes.md). A lab with a hard limit passes
 # `--ae-minutes` / `--ldm-minutes`; the demo then says at which step each stage stopped.
 AE_MINUTES: float | None = None
 LDM_MINUTES: float | None = None

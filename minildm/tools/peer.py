@@ -49,18 +49,14 @@ def _groups_for(widths: tuple[int, ...]) -> int:
 
 
 def peer_unet(cfg, in_channels: int = 4) -> torch.nn.Module:
-    """diffusers' UNet2DConditionModel matched to `UNet.from_config(cfg, in_channels, cross_attention=True)`.
-
-    block_out_channels = model_channels·channel_mult, layers_per_block = num_res_blocks (the up path gets one
-    more, as ours), cross-attention blocks at the levels in attention_resolutions (mid block always),
-    num_heads heads (diffusers' legacy name for that is `attention_head_dim`), cross_attention_dim =
-    context_dim, GroupNorm eps 1e-6, 2 extra input channels when cfg.coord_channels (see module docstring).
-    """
+    """diffusers' UNet2DConditionModel matched to `UNet.from_config(cfg, in_channels, cross_attention=True)`
+    (diffusers' up path, like ours, has one more ResBlock per level than layers_per_block; its mid block always
+    attends)."""
     diffusers = _diffusers()
     widths = tuple(cfg.model_channels * m for m in cfg.channel_mult)
     attn = [2**i in cfg.attention_resolutions for i in range(len(widths))]
     return diffusers.UNet2DConditionModel(
-        in_channels=in_channels + (2 if getattr(cfg, "coord_channels", False) else 0),
+        in_channels=in_channels + (2 if cfg.coord_channels else 0),
         out_channels=in_channels,
         block_out_channels=widths,
         layers_per_block=cfg.num_res_blocks,
@@ -70,14 +66,13 @@ def peer_unet(cfg, in_channels: int = 4) -> torch.nn.Module:
         attention_head_dim=cfg.num_heads,          # diffusers' legacy name: this is the number of heads
         norm_num_groups=_groups_for(widths),
         norm_eps=1e-6,
-        dropout=getattr(cfg, "dropout", 0.0),
+        dropout=cfg.dropout,
     )
 
 
 def peer_autoencoder(ae_cfg) -> torch.nn.Module:
-    """diffusers' AutoencoderKL matched to our `AutoencoderKL(ae_cfg)` (a KL autoencoder without attention
-    between levels): block_out_channels = ch·ch_mult, layers_per_block = num_res_blocks (decoder: +1, as ours),
-    latent_channels = z_channels, mid-block attention."""
+    """diffusers' AutoencoderKL matched to our `AutoencoderKL(ae_cfg)` (a KL autoencoder with attention in the mid
+    block only; the decoder, in both, has one more ResBlock per level)."""
     diffusers = _diffusers()
     widths = tuple(ae_cfg.ch * m for m in ae_cfg.ch_mult)
     return diffusers.AutoencoderKL(

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..autoencoder import CHECKPOINT_KIND as AE_KIND
-from ..autoencoder import AEConfig, PixelSpace, build_autoencoder, load_autoencoder, reconstruct
+from ..autoencoder import AEConfig, PixelSpace, load_autoencoder, reconstruct
 from ..course import pretrained
 from ..course.results import Row, load_json, write_json, write_results
 from ..course.viz import save_figure
@@ -47,7 +47,7 @@ from ..perceptual import lpips_weights_missing
 from ..train.profiles import ExperimentBudget, Profile, get_profile
 from ..train.stages import AE_CHECKPOINT, LDM_CHECKPOINT, train_autoencoder, train_ldm
 from ..utils import count_parameters, get_device, load_checkpoint, to_plain
-from .bench import _train_step, throughput
+from .bench import _ldm_and_batch, _train_step, throughput
 
 __all__ = ["f_study", "sampler_sweep", "guidance_sweep", "rate_distortion", "ode_sampler_sweep", "ode_sampler_figure",
            "run_experiment", "train_first_stage", "autoencoder_config", "latent_rate", "sampling_throughput",
@@ -186,28 +186,19 @@ def step_speeds(profile: str | Profile | None = None, factors: Sequence[int] = (
     _check_factors(factors, profile, unet=True)
     device = get_device(device)
     batch = batch_size or profile.ldm_train.batch_size
-    ds = ShapesDataset("train", profile.data)
-    data = ds.batch(range(batch), device=device)
     rows: list[Row] = []
     for f in factors:
-        torch.manual_seed(0)
-        first = PixelSpace() if f == 1 else build_autoencoder(autoencoder_config(profile.ae, f))
-        ldm = LatentDiffusion(first.to(device).eval(), dataclasses.replace(profile.ldm, cond="text"),
-                              tokenizer=ds.tokenizer, num_classes=ds.num_classes, max_objects=ds.max_objects,
-                              resolution=profile.data.resolution).to(device)
-        ldm.set_scale_factor(data["image"])
-        z0 = ldm.encode(data["image"])
+        p = profile.replace(ae=dataclasses.asdict(autoencoder_config(profile.ae, f)), ldm={"cond": "text"})
+        ldm, z0, tokens = _ldm_and_batch(p, device, batch)
         mods = ldm.denoiser_modules().train()
         g = torch.Generator().manual_seed(0)
-        train = throughput(_train_step(lambda: ldm.training_step(z0, data["tokens"], generator=g), mods,
-                                       profile.ldm_train, device), seconds, device=device)
+        train = throughput(_train_step(lambda: ldm.training_step(z0, tokens, generator=g), mods, p.ldm_train, device),
+                           seconds, device=device)
         ldm.eval()
         with torch.no_grad():
-            sample = throughput(lambda: ldm.sample(data["tokens"], steps=ddim_steps,
-                                                   guidance_scale=profile.ldm_train.guidance_scale),
+            sample = throughput(lambda: ldm.sample(tokens, steps=ddim_steps, guidance_scale=p.ldm_train.guidance_scale),
                                 seconds, device=device)
-        res = profile.data.resolution
-        rows.append({"f": f, "latent_size": res // f, "batch": batch, "train_steps_per_s": train["per_s"],
+        rows.append({"f": f, "latent_size": p.data.resolution // f, "batch": batch, "train_steps_per_s": train["per_s"],
                      "ddim_image_steps_per_s": sample["per_s"] * batch * ddim_steps,
                      "unet_parameters": count_parameters(ldm.unet)})
     return rows
@@ -314,18 +305,14 @@ def _f_study_one(profile: Profile, ldm_profile: Profile, f: int, folder: Path, k
 # --- (b) DDIM steps × η and (c) guidance scale, on one trained text LDM -------------------------------------
 
 
-def _name(checkpoint: str | Path | LatentDiffusion) -> str:
-    """How the sweeps name their model in what they print: its file, or its kind (not a module's repr)."""
-    return f"a {checkpoint.cond_mode} LDM" if isinstance(checkpoint, LatentDiffusion) else str(checkpoint)
-
-
-def _sweep(checkpoint: str | Path | LatentDiffusion, device: str | torch.device | None, title: str,
+def _sweep(checkpoint: str | Path | LatentDiffusion, device: str | torch.device | None, title: tuple[str, str],
            settings: Sequence[dict[str, Any]], num_samples: int, b: ExperimentBudget, seed: int,
            verbose: bool) -> list[Row]:
     """evaluate_text_model of the text LDM `checkpoint` (a file or the model) once per setting ({"steps", "eta",
     "guidance_scale"}, optionally "sampler": LatentDiffusion.sample's, default DDIM), each on the same prompts
     and starting noise; every row adds the 95 % Wilson interval of its prompt accuracy (accuracy_low/high). The
-    floor (the same for every setting: it does not depend on the model) is measured once and copied into every row."""
+    floor (the same for every setting: it does not depend on the model) is measured once and copied into every row.
+    `title`: what to print before and after the model's name (its file, or its kind: not a module's repr)."""
     ldm = checkpoint
     if not isinstance(ldm, LatentDiffusion):
         if not Path(ldm).is_file():
@@ -334,7 +321,7 @@ def _sweep(checkpoint: str | Path | LatentDiffusion, device: str | torch.device 
         ldm = LatentDiffusion.from_checkpoint(ldm, device)
     if ldm.cond_mode != "text":
         raise ValueError(f"the sweeps need a text-conditional LDM, got a {ldm.cond_mode!r} one")
-    _say(verbose, title)
+    _say(verbose, f"{title[0]}: {'a text LDM' if ldm is checkpoint else checkpoint}, {title[1]}")
     rows, floor = [], None
     for s in settings:
         sampler = s.get("sampler", "ddim")
@@ -360,8 +347,8 @@ def sampler_sweep(profile: str | Profile | None = None, checkpoint: str | Path |
     b = _budget(get_profile(profile), budget, overrides)
     settings = [{"steps": s, "eta": float(eta), "guidance_scale": b.guidance_scale}
                 for eta in b.sampler_etas for s in b.sampler_steps]
-    return _sweep(checkpoint, device, f"sampler sweep: {_name(checkpoint)}, guidance {b.guidance_scale}, "
-                  f"{b.sampler_samples} samples each", settings, b.sampler_samples, b, seed, verbose)
+    title = ("sampler sweep", f"guidance {b.guidance_scale}, {b.sampler_samples} samples each")
+    return _sweep(checkpoint, device, title, settings, b.sampler_samples, b, seed, verbose)
 
 
 def guidance_sweep(profile: str | Profile | None = None, checkpoint: str | Path | LatentDiffusion = DEFAULT_CHECKPOINT,
@@ -372,8 +359,8 @@ def guidance_sweep(profile: str | Profile | None = None, checkpoint: str | Path 
     `overrides`: ExperimentBudget fields (guidance_scales, guidance_samples, guidance_steps)."""
     b = _budget(get_profile(profile), budget, overrides)
     settings = [{"steps": b.guidance_steps, "eta": 0.0, "guidance_scale": float(s)} for s in b.guidance_scales]
-    return _sweep(checkpoint, device, f"guidance sweep: {_name(checkpoint)}, DDIM-{b.guidance_steps}, "
-                  f"{b.guidance_samples} samples each", settings, b.guidance_samples, b, seed, verbose)
+    return _sweep(checkpoint, device, ("guidance sweep", f"DDIM-{b.guidance_steps}, {b.guidance_samples} samples each"),
+                  settings, b.guidance_samples, b, seed, verbose)
 
 
 # --- (e) Samplers against model evaluations (NFE), on one trained text LDM ---------------------------------
@@ -421,9 +408,8 @@ def ode_sampler_sweep(profile: str | Profile | None = None,
             steps = _steps_within(sampler, target)
             settings.append({"label": label, "sampler": sampler, "eta": eta, "steps": steps, "nfe_target": target,
                              "nfe": model_calls(sampler, steps), "guidance_scale": b.guidance_scale})
-    return _sweep(checkpoint, device, f"samplers against model evaluations: {_name(checkpoint)}, guidance "
-                  f"{b.guidance_scale}, {b.nfe_samples} prompts each, NFE {list(b.nfe)}", settings, b.nfe_samples, b,
-                  seed, verbose)
+    return _sweep(checkpoint, device, ("samplers against model evaluations", f"guidance {b.guidance_scale}, "
+                  f"{b.nfe_samples} prompts each, NFE {list(b.nfe)}"), settings, b.nfe_samples, b, seed, verbose)
 
 
 def ode_sampler_figure(rows: Sequence[Row]) -> Any:

@@ -32,7 +32,6 @@ class Dist:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -91,7 +90,7 @@ def setup_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise RuntimeError(f"the process group ({dist.get_rank()} of {dist.get_world_size()}) does not match "
                            f"torchrun's environment ({rank} of {world})")
-    return Dist(rank, world, local), device
+    return Dist(rank, world), device
 
 
 def main_process() -> bool:

@@ -83,8 +83,8 @@ def compile_unsupported(device: torch.device | str | None = None) -> str | None:
 
 
 def maybe_compile(module: nn.Module, enabled: bool = True, what: str = "model",
-                  device: torch.device | str | None = None, **options) -> bool:
-    """`module.compile(**options)` in place (state_dict keys unchanged) when enabled and supported; otherwise
+                  device: torch.device | str | None = None) -> bool:
+    """`module.compile()` in place (state_dict keys unchanged) when enabled and supported; otherwise
     print why it was skipped and leave the module eager (same results). Returns whether it was compiled."""
     if not enabled:
         return False
@@ -92,7 +92,7 @@ def maybe_compile(module: nn.Module, enabled: bool = True, what: str = "model",
     if reason is not None:
         print(f"torch.compile skipped for the {what}: {reason}; running eagerly (same results, slower)")
         return False
-    module.compile(**options)
+    module.compile()
     return True
 
 
