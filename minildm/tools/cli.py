@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..conditioning import LowResConcat
+from ..conditioning import MASK_KINDS, LowResConcat
 from ..course import pretrained
 from ..course.lesson import REPO_ROOT, RESULTS_DIR
 from ..course.results import EXPERIMENTS, experiment_markdown
@@ -31,7 +31,6 @@ from ..eval.accuracy import (autoencoder_shape_fidelity, evaluate_text_ldm, fide
                              real_images, text_report)
 from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
 from ..ldm import CLASS_ROUTES, COND_MODES, GUIDANCE_SCALE, SAMPLERS, LatentDiffusion
-from ..conditioning import MASK_KINDS
 from ..train.distributed import main_process
 from ..train.profiles import PROFILES, default_profile_name, explain_profile, get_profile
 from ..train.stages import train_autoencoder, train_ldm
@@ -185,10 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("sample", cmd_sample, "sample images from a shipped model (--pretrained) or a trained checkpoint",
             description="Sample a grid of images with classifier-free guidance, from a model shipped with minildm "
                         "(--pretrained text|class|class-token|layout|sr|text-flow|seg|inpaint: no training, under a "
-                        "minute on a "
-                        "laptop CPU) or from a checkpoint you trained (--checkpoint PATH). A diffusion model's "
-                        "defaults, DDIM-50 with η = 1 and guidance 2.5, are the demo's sampler, the best measured on "
-                        "the shipped text model; a flow model (text-flow) samples with Euler-50 and guidance 3. "
+                        "minute on a laptop CPU) or from a checkpoint you trained (--checkpoint PATH). A diffusion "
+                        "model's defaults, DDIM-50 with η = 1 and guidance 2.5, are the demo's sampler, the best "
+                        "measured on the shipped text model; a flow model (text-flow) samples with Euler-50 and "
+                        "guidance 3. "
                         'Example: minildm sample --pretrained text --prompt "a large red circle in the top left" '
                         "--out x.png")
     _model(p, required=True)
@@ -452,7 +451,8 @@ def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace
             truth = real_images(1, "test", ldm.max_objects or 2, ldm.resolution, start=scene)
             low = LowResConcat.degrade(truth, ldm.config.sr_factor)
             raw = low.expand(n, -1, -1, -1).to(ldm.scale_factor.device)
-            shown, picture = F.interpolate(low, size=truth.shape[-2:], mode="nearest"), f"{low.shape[-1]}x{low.shape[-1]}"
+            shown = F.interpolate(low, size=truth.shape[-2:], mode="nearest")
+            picture = f"{low.shape[-1]}x{low.shape[-1]}"
         elif mode == "seg":                              # shown: the semantic map in color
             b = ShapesDataset("test", size=max(1000, scene + 1), resolution=ldm.resolution,
                               max_objects=ldm.max_objects or 2).batch([scene])
@@ -463,7 +463,8 @@ def _sample_condition(ldm: LatentDiffusion, args: argparse.Namespace
             truth, m = tasks["images"][scene:scene + 1], tasks["masks"][args.mask or "box"][scene:scene + 1]
             raw = ldm.inpaint_condition(truth.expand(n, -1, -1, -1), m.expand(n, -1, -1, -1))
             checker = ((torch.arange(truth.shape[-1])[:, None] // 2 + torch.arange(truth.shape[-1])[None] // 2) % 2)
-            shown, picture = truth * (1 - m) + (checker * 0.6 - 0.3).expand_as(truth) * m, f"hole ({args.mask or 'box'})"
+            shown = truth * (1 - m) + (checker * 0.6 - 0.3).expand_as(truth) * m
+            picture = f"hole ({args.mask or 'box'})"
         samples = [f"×{ldm.config.sr_factor} sample {i + 1}" if mode == "sr" else f"sample {i + 1}" for i in range(n)]
         return raw, [f"input: test scene {scene}, {picture}", *samples, "the original"], (shown, truth)
     if mode == "none":
@@ -519,7 +520,8 @@ def cmd_sample(args: argparse.Namespace) -> int | None:
     sampler, eta, label = _sampler(ldm, args, SAMPLE_ETA)
     raw, captions, frame = _sample_condition(ldm, args)
     default = SAMPLE_GUIDANCE if sampler == "ddim" else GUIDANCE_SCALE   # the demo's with DDIM, else sample()'s
-    guidance = 1.0 if ldm.cond_mode in (*_INPUT_MODELS, "none") else (default if args.guidance is None else args.guidance)
+    unguided = ldm.cond_mode in (*_INPUT_MODELS, "none")         # trained without dropping a condition, or none
+    guidance = 1.0 if unguided else (default if args.guidance is None else args.guidance)
     settings = f"{label}, guidance {guidance:g}, seed {args.seed}"
     print(f"sampling {args.n} image{'s' * (args.n > 1)} from the {what}: {settings}")
     g, before = torch.Generator().manual_seed(args.seed), torch.get_num_threads()
