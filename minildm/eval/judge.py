@@ -30,8 +30,8 @@ from .metrics import extract_features
 
 __all__ = ["EvaluatorConfig", "ShapesEvaluator", "train_evaluator", "load_evaluator", "run_evaluator", "predict_cells",
            "detect_objects", "attribute_accuracy", "scene_targets", "split_logits", "evaluator_loss", "degrade",
-           "calibrate_feature_scale", "readable_scenes", "render_images", "ATTRIBUTES", "NUM_CELLS", "HEAD_WIDTH",
-           "EVALUATOR_KIND", "DEFAULT_EVALUATOR_PATH"]
+           "readable_scenes", "render_images", "ATTRIBUTES", "NUM_CELLS", "HEAD_WIDTH", "EVALUATOR_KIND",
+           "DEFAULT_EVALUATOR_PATH"]
 
 NUM_CELLS = 9                                                  # the 3×3 grid of data.py
 ATTRIBUTES = {"shape": SHAPES, "color": COLOR_NAMES, "size": SIZE_NAMES}
@@ -123,15 +123,6 @@ class ShapesEvaluator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(self.trunk(x))                             # (B, 3, 32, 32) -> (B, 256)
         return rearrange(self.head(h), "b (cell k) -> b cell k", cell=NUM_CELLS)
-
-
-@torch.no_grad()
-def calibrate_feature_scale(model: ShapesEvaluator, images: torch.Tensor) -> float:
-    """Set model.feature_scale = 1/√(mean over dimensions of Var[feature]) on real images; returns it."""
-    model.feature_scale.fill_(1.0)
-    scale = float(run_evaluator(images, model, features=True).double().var(0).mean().rsqrt())
-    model.feature_scale.fill_(scale)
-    return scale
 
 
 def split_logits(logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -343,7 +334,9 @@ def _finalize(model: ShapesEvaluator, clean_images: torch.Tensor) -> tuple[dict,
     model.eval()
     state = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     model.load_state_dict(state)                                   # copied into the fp32 parameters
-    calibrate_feature_scale(model, clean_images)
+    model.feature_scale.fill_(1.0)
+    features = run_evaluator(clean_images, model, features=True).double()
+    model.feature_scale.fill_(float(features.var(0).mean().rsqrt()))   # 1/√(mean over dimensions of Var[feature])
     state["feature_scale"] = model.feature_scale.detach().clone()          # kept in fp32
     cfg = model.config
     test = ShapesDataset("test", max_objects=2, resolution=cfg.resolution)
