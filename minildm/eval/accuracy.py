@@ -670,9 +670,8 @@ def seg_report(r: dict[str, Any]) -> list[str]:
     names = {"objects": "objects right (class in its cell)", "scenes": "scenes all right", "pixel": "pixels agree",
              "object_pixel": "object pixels agree"}
     for key, name in names.items():
-        d = r[key]
-        lines.append(f"  {name:34s} {_ci(d['model'])} | {_ci(d['baseline'])} | {_ci(d['real'])};  "
-                     f"difference {_ci(d['difference'])}")
+        cells = " | ".join(_ci(r[key][k]) for k in ("model", "baseline", "real"))
+        lines.append(f"  {name:34s} {cells};  difference {_ci(r[key]['difference'])}")
     return lines
 
 
@@ -802,9 +801,7 @@ def inpaint_report(r: dict[str, Any]) -> list[str]:
     names = [k for k in ("model", "baseline") if k in r["methods"]]
     lines = [f"inpainting, {r['n']} test scenes, DDIM-{r['steps']}, seed {r['seed']}: "
              + " | ".join(f"{k} = {r['methods'][k]}" for k in names) + " (95 % intervals)"]
-    for kind in ("box", "object"):
-        if kind not in r:
-            continue
+    for kind in [k for k in ("box", "object") if k in r]:
         row = r[kind]
         title = "half an object hidden" if kind == "box" else "the whole object hidden"
         lines.append(f"  {kind} ({title}):")
