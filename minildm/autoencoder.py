@@ -238,12 +238,14 @@ class _AutoencoderBase(nn.Module):
     def last_layer(self) -> torch.Tensor:
         return self.decoder.last_layer
 
-    def _check_size(self, x: torch.Tensor) -> None:
-        """Students call encode on their own images: a side that f does not divide would come back cropped."""
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """quant_conv(E(x)): (B, 3, H, W) -> (B, 2c (KL: μ, log σ²) or c (VQ), H/f, W/f). Students encode their own
+        images: a side that f does not divide would come back cropped, so it is an error."""
         f = self.downsample_factor
         if x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(f"image size {tuple(x.shape[-2:])} is not divisible by the autoencoder's downsampling "
                              f"factor f={f}; resize or crop it to a multiple of {f}, e.g. {x.shape[-1] // f * f}")
+        return self.quant_conv(self.encoder(x))
 
 
 class AutoencoderKL(_AutoencoderBase):
@@ -257,9 +259,7 @@ class AutoencoderKL(_AutoencoderBase):
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:
         """q(z|x): the posterior over latents."""
-        self._check_size(x)
-        moments = self.quant_conv(self.encoder(x))                # (B, 3, H, W) -> (B, 2c, H/f, W/f)
-        return DiagonalGaussian(moments)
+        return DiagonalGaussian(self._encode(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """x̃ = D(z)."""
@@ -339,8 +339,7 @@ class AutoencoderVQ(_AutoencoderBase):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The pre-quantization latent h = quant_conv(E(x))."""
-        self._check_size(x)
-        return self.quant_conv(self.encoder(x))                   # (B, 3, H, W) -> (B, c, H/f, W/f)
+        return self._encode(x)
 
     def decode(self, h: torch.Tensor, force_not_quantize: bool = False) -> torch.Tensor:
         """x̃ = D(VQ(h)); `force_not_quantize=True` skips the codebook (decodes h directly)."""

@@ -321,8 +321,7 @@ class LatentDiffusion(nn.Module):
                              f"'heun' and default spacing; got {sampler!r}, spacing={spacing!r}" if self.is_flow else
                              f"unknown sampler {sampler!r}; expected one of {allowed}")
         if eta != 0 and sampler not in ("ddim", "ddpm"):
-            raise ValueError(f"eta={eta!r} is DDIM's noise; sampler {sampler!r} is deterministic (leave eta at 0, or "
-                             f"use sampler='ddim' for η > 0)")
+            raise ValueError(f"eta={eta!r} is DDIM's noise (sampler='ddim'); {sampler!r} is deterministic: eta=0")
         steps = SAMPLE_STEPS if steps is None else steps
         guidance_scale = self._guidance(guidance_scale)
         B = raw.shape[0] if raw is not None else num_samples

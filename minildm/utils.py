@@ -231,9 +231,9 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike, weights: Se
     plain = to_plain(dict(obj))
     bad = unsafe_tensors(plain, weights)
     if bad:
-        kept = f"{path} still holds the previous checkpoint" if path.is_file() else f"no checkpoint is at {path} yet"
         raise UnsafeWeightsError(f"refusing to write a checkpoint whose tensors diverged: {'; '.join(bad[:5])}"
-                                 f"{'; …' if len(bad) > 5 else ''}. Nothing was written; {kept}.")
+                                 f"{'; …' if len(bad) > 5 else ''}. Nothing was written: {path} still holds what it "
+                                 f"held (the previous checkpoint, if any).")
     plain["checksum"] = checkpoint_digest(plain)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
