@@ -359,9 +359,10 @@ def first_evaluation_samples(ldm: Any, n: int = 8, steps: int = 50, guidance_sca
             "samples": sample_prompts(ldm, captions, steps, 0.0, guidance_scale, seed, n).cpu()}
 
 
-def _fid_row(images: torch.Tensor, protocol: str = "unpaired", with_floor: bool = True) -> dict[str, float]:
-    """Shapes-FID, KID, precision, recall (and their floors) of samples for test scenes [0, n), 1-2 objects."""
-    m = shapes_generative_metrics(images, split="test", max_objects=2, protocol=protocol, with_floor=with_floor)
+def _fid_row(images: torch.Tensor, with_floor: bool = True) -> dict[str, float]:
+    """Shapes-FID, KID, precision, recall (and their unpaired floors) of samples for test scenes [0, n), 1-2
+    objects."""
+    m = shapes_generative_metrics(images, split="test", max_objects=2, with_floor=with_floor)
     return {k: float(v) for k, v in m.items() if k.startswith(("fid", "kid", "precision", "recall"))}
 
 
@@ -386,9 +387,9 @@ def _test_captions(n: int, resolution: int, min_objects: int, max_objects: int) 
 @torch.no_grad()
 def evaluate_text_model(ldm: Any, num_samples: int = 200, steps: int = 50, eta: float = 0.0,
                         guidance_scale: float = 3.0, seed: int = 0, batch_size: int = 100,
-                        with_floor: bool = True, protocol: str = "unpaired", sampler: str = "ddim") -> dict[str, Any]:
+                        with_floor: bool = True, sampler: str = "ddim") -> dict[str, Any]:
     """Sample the captions of test scenes [0, n) (1-2 objects) with DDIM(steps, η) (or another `sampler` of
-    LatentDiffusion.sample) and guidance s; -> Shapes-FID, KID, precision, recall with the floor of `protocol`,
+    LatentDiffusion.sample) and guidance s; -> Shapes-FID, KID, precision, recall with the unpaired floor,
     prompt accuracy (all, one-object, two-object prompts) and sampling images/s, all from one set of samples."""
     require_mode(ldm, "text", "evaluate_text_model")
     n = int(num_samples)
@@ -403,15 +404,15 @@ def evaluate_text_model(ldm: Any, num_samples: int = 200, steps: int = 50, eta: 
     def mean_or_none(mask: torch.Tensor) -> float | None:
         return float(correct[mask].mean()) if mask.any() else None
 
-    row = _fid_row(images, protocol, with_floor)
-    row.update(protocol=protocol, accuracy=float(acc["accuracy"]), one_object_accuracy=mean_or_none(counts == 1),
+    row = _fid_row(images, with_floor)
+    row.update(protocol="unpaired", accuracy=float(acc["accuracy"]), one_object_accuracy=mean_or_none(counts == 1),
                two_object_accuracy=mean_or_none(counts == 2), samples=n, sample_images_per_s=n / seconds)
     return row
 
 
 @torch.no_grad()
 def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_samples: int = 200, steps: int = 50,
-                      seed: int = 0, batch_size: int = 100, protocol: str = "unpaired") -> list[dict[str, Any]]:
+                      seed: int = 0, batch_size: int = 100) -> list[dict[str, Any]]:
     """`evaluate_text_model` at every classifier-free guidance scale s, ε̂ = ε̂(∅) + s·(ε̂(y) − ε̂(∅)), on the same
     captions and seeds (so only s differs): one row per s with "guidance_scale" and evaluate_text_model's keys.
     The floor does not depend on s: it is measured once and repeated in every row."""
@@ -420,8 +421,7 @@ def evaluate_guidance(ldm: Any, scales: Sequence[float] = GUIDANCE_SCALES, num_s
     rows: list[dict[str, Any]] = []
     floor: dict[str, float] = {}
     for i, s in enumerate(scales):
-        row = evaluate_text_model(ldm, num_samples, steps, 0.0, float(s), seed, batch_size, with_floor=i == 0,
-                                  protocol=protocol)
+        row = evaluate_text_model(ldm, num_samples, steps, 0.0, float(s), seed, batch_size, with_floor=i == 0)
         floor = floor or {k: v for k, v in row.items() if k.endswith("_floor")}
         rows.append({"guidance_scale": float(s), **row, **floor})
     return rows

@@ -177,13 +177,12 @@ def object_color_error(recon: torch.Tensor, original: torch.Tensor, segmentation
 
 
 @torch.no_grad()
-def latent_statistics(autoencoder: torch.nn.Module, batches: Iterable, generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None) -> dict[str, torch.Tensor | float]:
+def latent_statistics(autoencoder: torch.nn.Module, batches: Iterable, generator: torch.Generator | None = None
+                      ) -> dict[str, torch.Tensor | float]:
     """Per-channel mean/std of z = encode_latent(x) over `batches`, and scale_factor = 1/std(z) over all
     elements (the reference's `scale_by_std`, Sec. 4.3.2 / App. G). `batches` yields image tensors or dicts
     with an "image" key."""
-    if device is None:
-        device = next(autoencoder.parameters()).device
+    device = next(autoencoder.parameters()).device
     was_training = autoencoder.training
     autoencoder.eval()
     n, s1, s2 = 0, None, None
@@ -260,14 +259,15 @@ def reconstruction_psnr(model: torch.nn.Module, images: list[torch.Tensor], devi
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: torch.nn.Module, dataset, batch_size: int = 100, lpips_net: str = "alex",
-                           random_lpips: bool | None = None) -> dict[str, float]:
-    """Mean PSNR (dB), SSIM and LPIPS of an autoencoder's reconstructions over every image of `dataset`."""
+def reconstruction_metrics(model: torch.nn.Module, dataset, lpips_net: str = "alex", random_lpips: bool | None = None
+                           ) -> dict[str, float]:
+    """Mean PSNR (dB), SSIM and LPIPS of an autoencoder's reconstructions over every image of `dataset`, 100 at a
+    time."""
     device = next(model.parameters()).device
     model.eval()
     p, s, lp = [], [], []
-    for i in range(0, len(dataset), batch_size):
-        x = dataset.batch(range(i, min(i + batch_size, len(dataset))), device=device)["image"].to(device)
+    for i in range(0, len(dataset), 100):
+        x = dataset.batch(range(i, min(i + 100, len(dataset))), device=device)["image"].to(device)
         xr = reconstruct(model, x).clamp(-1, 1)
         p.append(psnr(x, xr))
         s.append(ssim(x, xr))
