@@ -152,8 +152,8 @@ def count_ae_step(profile: str | Profile | None, batch: int = 4, gan: bool = Fal
     """count_flops of one step of train_autoencoder, on the CPU: the generator step (autoencoder, L1 + LPIPS + KL,
     Adam) and, with gan=True (the GAN on from the start), the discriminator's terms, the adaptive weight's two
     gradients and the discriminator's step. LPIPS runs with a random backbone (the same FLOPs as the pretrained one)."""
-    p = get_profile(profile)
-    p = p.replace(ae_train={"batch_size": batch, "val_images": 0}, ae_loss={"disc_start": 0 if gan else 10**9})
+    p = get_profile(profile).replace(ae_train={"batch_size": batch, "val_images": 0},
+                                     ae_loss={"disc_start": 0 if gan else 10**9})
     return _second_step(lambda folder, count: train_autoencoder(
         p, folder, "cpu", steps=2, random_lpips=True, lpips_download=False, progress=False, callback=count,
         speed=SpeedConfig()))
@@ -162,8 +162,7 @@ def count_ae_step(profile: str | Profile | None, batch: int = 4, gan: bool = Fal
 def count_ldm_step(profile: str | Profile | None, cond: str = "text", batch: int = 4) -> dict[str, int]:
     """count_flops of one step of train_ldm (τθ, U-Net, L_simple, AdamW, EMA), on the CPU, on a random
     autoencoder (the FLOPs do not depend on the weights)."""
-    p = get_profile(profile)
-    p = p.replace(ldm={"cond": cond}, ldm_train={"batch_size": batch, "cache_size": batch})
+    p = get_profile(profile).replace(ldm={"cond": cond}, ldm_train={"batch_size": batch, "cache_size": batch})
     return _second_step(lambda folder, count: train_ldm(
         p, build_autoencoder(p.ae), folder, device="cpu", steps=2, progress=False, callback=count,
         speed=SpeedConfig()))
