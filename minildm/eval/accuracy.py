@@ -599,7 +599,7 @@ def semantic_agreement(images: torch.Tensor, maps: torch.Tensor) -> dict[str, to
     pixels only ("object_pixel", (N,): background is most of a scene, so "pixel" alone is generous)."""
     maps = maps.cpu().long()
     target = torch.where(maps == BACKGROUND_ID, torch.full_like(maps, len(COLOR_NAMES)), maps % len(COLOR_NAMES))
-    agree = (palette_labels(images.cpu()) == target).float()            # (N, H, W)
+    agree = (palette_labels(images.cpu()) == target).float()                       # (N, H, W)
     objects = (maps != BACKGROUND_ID).float()
     return {"pixel": agree.flatten(1).mean(1),
             "object_pixel": (agree * objects).flatten(1).sum(1) / objects.flatten(1).sum(1).clamp(min=1)}
