@@ -27,8 +27,8 @@ from einops import rearrange
 from ..autoencoder import reconstruct
 from ..conditioning import LowResConcat, object_mask, part_mask
 from ..data.datasets import ShapesDataset
-from ..data.shapes import (BACKGROUND_ID, COLOR_NAMES, COLORS, GRID, POSITIONS, SHAPES, SIZE_NAMES, Scene, parse_caption,
-                           relation_holds, scene_from_caption)
+from ..data.shapes import (BACKGROUND_ID, COLOR_NAMES, COLORS, GRID, POSITIONS, SHAPES, SIZE_NAMES, Scene,
+                           parse_caption, relation_holds, scene_from_caption)
 from .judge import (ATTRIBUTES, ShapesEvaluator, detect_objects, predict_cells, render_images, run_evaluator,
                     split_logits)
 from .metrics import binomial_interval, bootstrap_std, fid_from_features, metrics_from_features, psnr
