@@ -394,8 +394,7 @@ def load_autoencoder(path: str | os.PathLike, device: str | torch.device | None 
         diffs = [f"{f.name}: checkpoint={getattr(saved, f.name)!r} current={getattr(config, f.name)!r}"
                  for f in fields(AEConfig) if getattr(saved, f.name) != getattr(config, f.name)]
         if diffs:
-            raise ValueError(f"{path} holds another autoencoder architecture than `config` ({'; '.join(diffs)}); "
-                             "load it without `config` to use its own")
+            raise ValueError(f"{path} holds another autoencoder than `config` ({'; '.join(diffs)}): drop `config`")
     model = build_autoencoder(saved)
     state = ckpt["ema"]["shadow"] if use_ema and ckpt.get("ema") else ckpt["state_dict"]
     model.load_state_dict(state)

@@ -253,9 +253,8 @@ class LowResConcat(Conditioner):
 def check_class_map(maps: torch.Tensor, num_ids: int, resolution: int | None = None) -> torch.Tensor:
     """A class map as a seg model takes it: (B, H, W) whole numbers in 0..num_ids − 1 (the classes, then
     background as the last id; H = W = `resolution` when given) -> int64, else an error that says what was expected."""
-    expected = (f"a semantic map is a (B, H, W) tensor (map[None] for one) of class ids 0..{num_ids - 1} (the last: "
-                f"background), {resolution or 'H'}x{resolution or 'W'}, e.g. ShapesDataset('test').batch([0])"
-                "['semantic']")
+    expected = (f"a semantic map is (B, H, W) class ids 0..{num_ids - 1} (the last: background), {resolution or 'H'}x"
+                f"{resolution or 'W'}, e.g. map[None] or ShapesDataset('test').batch([0])['semantic']")
     if not torch.is_tensor(maps) or maps.dim() != 3 or (resolution and maps.shape[1:] != (resolution, resolution)):
         raise ValueError(f"{expected}; got {tuple(maps.shape) if torch.is_tensor(maps) else type(maps).__name__}")
     if not torch.equal(maps, maps.round()) or maps.min() < 0 or maps.max() >= num_ids:

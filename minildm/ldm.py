@@ -249,9 +249,8 @@ class LatentDiffusion(nn.Module):
         device = self.scale_factor.device
         if self.cond_mode == "text":
             if isinstance(prompts, str) or not prompts or not all(self.tokenizer.words(p) for p in prompts):
-                raise ValueError(f"pass prompts=[...], a list of captions such as "
-                                 f"{(self.tokenizer.examples or ('a caption',))[0]!r}; one that has no words would "
-                                 f"mean 'no condition' (the null prompt of guidance), got {prompts!r}")
+                raise ValueError(f"pass prompts=[...], a list of captions; one that has no words would mean 'no "
+                                 f"condition' (the null prompt of guidance), got {prompts!r}")
             return self.tokenizer.encode_batch(prompts).to(device)
         if self.cond_mode == "class":
             if labels is None or not all(0 <= int(y) < self.num_classes for y in labels):
@@ -364,8 +363,7 @@ class LatentDiffusion(nn.Module):
         condition must be an image of the latent's size."""
         f = self.autoencoder.downsample_factor
         if self.cond_mode in ("seg", "inpaint") and raw is not None and raw.shape[-1] != latent_hw[-1] * f:
-            raise ValueError(f"the condition is {raw.shape[-1]} pixels wide, but the latent of {latent_hw[-1]} pixels "
-                             f"decodes to {latent_hw[-1] * f}: give a condition of the image's size")
+            raise ValueError(f"a condition must be {latent_hw[-1] * f} pixels wide as the image, got {raw.shape[-1]}")
         cond = self.encode_condition(raw, latent_hw)
         uncond = None
         if cond is not None and guidance_scale != 1.0:

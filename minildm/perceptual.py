@@ -80,9 +80,9 @@ def _backbone_file(net: str, download: bool) -> Path:
             reason = f"the download failed: {type(e).__name__}: {e}"
     if not path.is_file():
         raise LPIPSWeightsMissingError(
-            f"LPIPS needs the pretrained {net} backbone {path.name}, which is not in {path.parent} ({reason}).\n  Fix: "
-            f"download {BACKBONE_FILES[net][1]} into that folder ($TORCH_HOME/hub/checkpoints), or opt into a RANDOM "
-            f"backbone (random_backbone=True, --random-lpips or {RANDOM_BACKBONE_ENV}=1): no perceptual metric then.")
+            f"LPIPS needs the pretrained {net} backbone {path.name} in {path.parent} ({reason}).\n  Fix: download "
+            f"{BACKBONE_FILES[net][1]} there, or opt into a RANDOM backbone (random_backbone=True, --random-lpips or "
+            f"{RANDOM_BACKBONE_ENV}=1): not a perceptual metric then.")
     return path
 
 

@@ -45,8 +45,7 @@ def get_device(preference: str | torch.device | None = None) -> torch.device:
     kind = pref.split(":")[0]
     present = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     if kind not in present:
-        raise ValueError(f"unknown device {preference!r}; expected one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps' "
-                         f"(set by argument or by ${DEVICE_ENV})")
+        raise ValueError(f"unknown device {preference!r}; expected auto, cpu, cuda, cuda:N or mps (${DEVICE_ENV} too)")
     if not present[kind]:
         raise RuntimeError(f"device {preference!r} was requested but torch {torch.__version__} (built for CUDA "
                            f"{torch.version.cuda}) sees no {kind.upper()}; use 'cpu' or unset ${DEVICE_ENV}")
@@ -231,9 +230,8 @@ def save_checkpoint(obj: Mapping[str, Any], path: str | os.PathLike, weights: Se
     plain = to_plain(dict(obj))
     bad = unsafe_tensors(plain, weights)
     if bad:
-        raise UnsafeWeightsError(f"refusing to write a checkpoint whose tensors diverged: {'; '.join(bad[:5])}"
-                                 f"{'; …' if len(bad) > 5 else ''}. Nothing was written: {path} still holds what it "
-                                 f"held (the previous checkpoint, if any).")
+        raise UnsafeWeightsError(f"refusing to write a checkpoint whose tensors diverged: {'; '.join(bad)}. Nothing "
+                                 f"was written: {path} holds the previous checkpoint, if any.")
     plain["checksum"] = checkpoint_digest(plain)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
