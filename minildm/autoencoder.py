@@ -25,7 +25,7 @@ from .utils import config_from_dict, get_device, load_checkpoint, randn
 
 __all__ = ["AEConfig", "ResnetBlock", "AttnBlock", "Downsample", "Encoder", "Decoder", "DiagonalGaussian",
            "AutoencoderKL", "VectorQuantizer", "AutoencoderVQ", "PixelSpace", "build_autoencoder",
-           "load_autoencoder", "reconstruct", "CHECKPOINT_KIND"]
+           "load_autoencoder", "reconstruct", "sample_latent", "CHECKPOINT_KIND"]
 
 CHECKPOINT_KIND = "autoencoder"
 
@@ -188,6 +188,11 @@ class Decoder(nn.Module):
 # --- KL-regularized autoencoder -----------------------------------------------------------------------------
 
 
+def sample_latent(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The posterior sample z = μ + σ·ε, ε ~ N(0, I) drawn with `generator` on its device (utils.randn)."""
+    return mean + std * randn(mean.shape, generator, mean.device, mean.dtype)
+
+
 class DiagonalGaussian:
     """q(z|x) = N(μ, diag σ²) from the encoder's moments (B, 2c, h, w) = [μ, log σ²]; log σ² ∈ [−30, 20]."""
 
@@ -202,8 +207,8 @@ class DiagonalGaussian:
         self.var = torch.exp(self.logvar)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z = μ + σ·ε, ε ~ N(0, I) (reparameterization); seeded by `generator` when given (any device)."""
-        return self.mean + self.std * randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
+        """z = μ + σ·ε (reparameterization), `sample_latent`."""
+        return sample_latent(self.mean, self.std, generator)
 
     def mode(self) -> torch.Tensor:
         """The most likely latent, μ."""

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .autoencoder import AEConfig, build_autoencoder
+from .autoencoder import AEConfig, build_autoencoder, sample_latent
 from .conditioning import (ClassEmbedder, ClassToken, InpaintConcat, LayoutEncoder, LowResConcat, SemanticConcat,
                            TextEncoder, WordTokenizer, check_class_map, check_mask, latent_mask, training_masks)
 from .diffusion import PREDICTION_TYPES, PROCESSES, GaussianDiffusion, RectifiedFlow
@@ -470,8 +470,3 @@ class LatentDiffusion(nn.Module):
     def extra_repr(self) -> str:
         flow = ", process='flow'" if self.is_flow else ""
         return f"cond={self.cond_mode!r}, resolution={self.resolution}{flow}"
-
-
-def sample_latent(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z = μ + σ·ε, ε ~ N(0, I) drawn with `generator` (on its device) — the posterior sample."""
-    return mean + std * randn(mean.shape, generator, mean.device, mean.dtype)
