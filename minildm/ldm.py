@@ -87,9 +87,8 @@ class LDMConfig:
                               ("prediction_type", PREDICTION_TYPES), ("process", PROCESSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"LDMConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.process == "diffusion" and (self.logit_mean, self.logit_std) != (0.0, 1.0) or not self.logit_std > 0:
-            raise ValueError(f"logit_mean / logit_std ({self.logit_mean}, {self.logit_std}) set the training times of "
-                             f"a flow model (process='flow'), and logit_std must be > 0 (SD3: 0, 1)")
+        if (self.process == "diffusion" and (self.logit_mean, self.logit_std) != (0.0, 1.0)) or not self.logit_std > 0:
+            raise ValueError("logit_mean / logit_std set the training times of a flow model; logit_std must be > 0")
         # checkpoints store tuples as lists; normalize so configs compare equal after a round trip
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))

@@ -79,10 +79,9 @@ def _backbone_file(net: str, download: bool) -> Path:
         except Exception as e:  # URLError, timeouts, HTTP errors, read-only folders ...
             reason = f"the download failed: {type(e).__name__}: {e}"
     if not path.is_file():
-        raise LPIPSWeightsMissingError(
-            f"LPIPS needs the pretrained {net} backbone {path.name} in {path.parent} ({reason}).\n  Fix: download "
-            f"{BACKBONE_FILES[net][1]} there, or opt into a RANDOM backbone (random_backbone=True, --random-lpips or "
-            f"{RANDOM_BACKBONE_ENV}=1): not a perceptual metric then.")
+        raise LPIPSWeightsMissingError(f"LPIPS needs the pretrained {net} backbone {path.name} in {path.parent} "
+                                       f"({reason}).\n  Fix: download {BACKBONE_FILES[net][1]} there, or opt into a "
+                                       f"RANDOM one (random_backbone=True, --random-lpips, {RANDOM_BACKBONE_ENV}=1).")
     return path
 
 
