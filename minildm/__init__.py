@@ -9,9 +9,10 @@ The paper's model sits at the top of the package, one part per file, data flowin
     diffusion.py     stage 2: noise schedules, q(x_t|x_0), the posterior, targets, L_simple; beyond the paper,
                      flow matching's straight path (RectifiedFlow)
     unet.py          the denoiser: ResBlocks, SpatialTransformer (self + cross attention), down / up path
-    conditioning.py  τθ: class, text (with its tokenizer), layout and low-resolution encoders
-    samplers.py      DDPM, DDIM and ODE-solver (Euler, Heun, DPM-Solver++) steps and loops, inversion,
-                     img2img, classifier-free guidance
+    conditioning.py  τθ: class, text (with its tokenizer), layout, low-resolution, semantic-map and masked-image
+                     encoders; inpainting masks
+    samplers.py      DDPM, DDIM and ODE-solver (Euler, Heun, DPM-Solver++) steps and loops, the flow samplers,
+                     inversion, img2img, inpainting by blending, classifier-free guidance
     ldm.py           LatentDiffusion: frozen autoencoder + scale factor + U-Net + τθ
     utils.py         devices, seeding, seeded noise, the checkpoint file format
 
@@ -31,7 +32,8 @@ from . import autoencoder, conditioning, course, data, diffusion, eval, ldm, los
 from .autoencoder import (AEConfig, AutoencoderKL, AutoencoderVQ, DiagonalGaussian, PixelSpace, build_autoencoder,
                           load_autoencoder, reconstruct)
 from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer
-from .course import attention_overlay, check_answer, denoising_filmstrip, image_grid, latent_grid, save_figure, setup
+from .course import (attention_overlay, check_answer, denoising_filmstrip, image_grid, latent_grid, save_figure,
+                     setup, slerp)
 from .data import (MNIST, NUM_CLASSES, DataConfig, ImageFolderDataset, ShapesDataset, ShapesTokenizer, class_id,
                    class_name, parse_caption, parse_layout, render_scenes, sample_scene, scene_from_caption)
 from .diffusion import GaussianDiffusion, RectifiedFlow, make_beta_schedule
@@ -48,28 +50,7 @@ from .samplers import (ddim_invert, ddim_sample, ddim_step, ddim_timesteps, ddpm
                        guided_model_output, heun_sample, heun_step, img2img)
 from .train import PROFILES, Profile, get_profile, train_autoencoder, train_ldm
 from .unet import UNet
-from .utils import count_parameters, get_device, load_checkpoint, save_checkpoint, seed_everything, slerp
+from .utils import count_parameters, get_device, load_checkpoint, save_checkpoint, seed_everything
 
-__all__ = [
-    # modules
-    "autoencoder", "conditioning", "diffusion", "ldm", "losses", "nn", "samplers", "unet", "utils", "course", "data",
-    "eval", "train",
-    # the names a notebook reaches for first
-    "AEConfig", "AutoencoderKL", "AutoencoderVQ", "DiagonalGaussian", "PixelSpace", "build_autoencoder",
-    "load_autoencoder", "reconstruct", "load_checkpoint", "save_checkpoint", "ClassEmbedder", "LayoutEncoder",
-    "LowResConcat", "TextEncoder", "DataConfig", "ShapesDataset", "GaussianDiffusion", "make_beta_schedule",
-    "load_evaluator", "LatentDiffusion", "LDMConfig", "LPIPS", "AutoencoderLoss", "LossConfig", "NLayerDiscriminator",
-    "adaptive_weight", "hinge_d_loss", "fid_from_features", "latent_statistics", "lpips", "precision_recall",
-    "psnr", "ssim", "CrossAttention", "EMA", "attention_explicit", "attention_sdpa", "record_attention",
-    "timestep_embedding", "PROFILES", "Profile", "get_profile", "MNIST", "ImageFolderDataset", "ddim_invert",
-    "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "guided_model_output", "img2img",
-    "euler_step", "euler_sample", "heun_step", "heun_sample", "dpmpp_2m_step", "dpmpp_2m_sample",
-    "RectifiedFlow", "flow_euler_sample", "flow_heun_sample",
-    "NUM_CLASSES", "ShapesTokenizer", "class_id", "class_name", "parse_caption", "parse_layout", "render_scenes",
-    "sample_scene", "scene_from_caption", "class_accuracy", "layout_accuracy", "prompt_accuracy",
-    "shapes_features", "shapes_generative_metrics", "word_influence", "WordTokenizer", "train_autoencoder",
-    "train_ldm", "UNet", "count_parameters", "get_device", "seed_everything", "denoising_filmstrip", "image_grid",
-    "save_figure", "__version__", "setup", "check_answer", "radial_power_spectrum", "log_spectrum_distance",
-    "layer_shapes", "slerp", "latent_grid", "attention_overlay", "attention_mass", "object_mask",
-    "word_attention_maps",
-]
+# the public API is exactly what this file imports: the modules and the names a notebook reaches for first
+__all__ = sorted(name for name in dir() if not name.startswith("_")) + ["__version__"]

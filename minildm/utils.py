@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["PRECISIONS", "precision_dtype", "autocast", "get_device", "seed_everything", "randn",
-           "rand", "randint", "warmup_cosine", "count_parameters", "slerp", "DEVICE_ENV", "save_checkpoint",
+           "rand", "randint", "warmup_cosine", "count_parameters", "DEVICE_ENV", "save_checkpoint",
            "load_checkpoint", "CheckpointError", "UnsafeWeightsError", "checkpoint_digest", "unsafe_tensors",
            "to_plain", "config_from_dict", "MAX_WEIGHT"]
 
@@ -125,28 +125,6 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, cosine: bool =
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (optionally only those with requires_grad)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between a and b (batch-first; each row is one vector) at fraction t ∈ [0, 1]:
-
-        slerp(a, b, t) = sin((1 − t)·ω)/sin ω · a + sin(t·ω)/sin ω · b,   cos ω = ⟨a, b⟩ / (‖a‖·‖b‖)
-
-    It follows the great circle instead of the chord, so the midpoint of two Gaussian noise vectors keeps the
-    norm a Gaussian sample has (a straight average shrinks it by ~√2). Rows with ω ≈ 0 fall back to lerp.
-    """
-    if a.shape != b.shape:
-        raise ValueError(f"slerp needs two tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    t = torch.as_tensor(t, dtype=torch.float64, device=a.device)
-    fa, fb = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
-    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp_min(1e-12)
-    omega = torch.acos(cos.clamp(-1.0, 1.0))                            # angle between the rows, (B,)
-    so = torch.sin(omega)
-    close = so.abs() < 1e-6
-    wa = torch.where(close, 1 - t, torch.sin((1 - t) * omega) / torch.where(close, 1.0, so))
-    wb = torch.where(close, t, torch.sin(t * omega) / torch.where(close, 1.0, so))
-    out = wa[:, None] * fa + wb[:, None] * fb
-    return out.reshape(a.shape).to(a.dtype)
 
 
 # --- Checkpoints -----------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from minildm.ldm import LatentDiffusion
 from minildm.losses import AutoencoderLoss, LossConfig
 from minildm.train.profiles import get_profile
 from minildm.unet import UNet
-from minildm.utils import load_checkpoint, save_checkpoint, slerp
+from minildm.course.viz import slerp
+from minildm.utils import load_checkpoint, save_checkpoint
 
 CI = get_profile("ci")
 

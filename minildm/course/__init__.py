@@ -5,7 +5,7 @@ runner (runner.py)."""
 
 from . import answers
 from .lesson import Course, check_answer, setup
-from .viz import attention_overlay, denoising_filmstrip, image_grid, latent_grid, save_figure
+from .viz import attention_overlay, denoising_filmstrip, image_grid, latent_grid, save_figure, slerp
 
-__all__ = ["answers", "Course", "check_answer", "setup", "attention_overlay", "denoising_filmstrip", "image_grid", "latent_grid",
-           "save_figure"]
+__all__ = ["answers", "Course", "check_answer", "setup", "attention_overlay", "denoising_filmstrip", "image_grid",
+           "latent_grid", "save_figure", "slerp"]

@@ -19,8 +19,8 @@ from minildm.eval.process import timestep_at_snr
 from minildm.losses import adaptive_weight, hinge_d_loss
 from minildm.nn import EMA, attention_explicit, timestep_embedding
 from minildm.course.toy2d import straightness
+from minildm.course.viz import slerp
 from minildm.samplers import ddim_timesteps, flow_euler_step, guided_model_output
-from minildm.utils import slerp
 
 # ── 00 · Setup and shapes ───────────────────────────────────────────────────────────────────────────────────
 

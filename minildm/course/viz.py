@@ -1,5 +1,5 @@
 """Pictures: image grids, sample grids of a model, denoising filmstrips (x_t and x̂_0), latents as images,
-and attention maps over images."""
+attention maps over images, and the spherical interpolation between two latents that notebook 02 draws."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from ..data.datasets import ShapesDataset
 from ..data.shapes import class_name
 
 __all__ = ["to_display", "image_grid", "save_figure", "filmstrip", "denoising_filmstrip", "latent_trajectory",
-           "save_sample_grid",
-           "SampleGrids", "latent_grid", "attention_overlay", "DEFAULT_PROMPTS", "training_view", "LiveTraining"]
+           "save_sample_grid", "SampleGrids", "latent_grid", "attention_overlay", "DEFAULT_PROMPTS", "training_view",
+           "LiveTraining", "slerp"]
 
 DEFAULT_PROMPTS = (
     "a large red circle in the top left", "a small blue square in the center",
@@ -319,3 +319,25 @@ class LiveTraining:
             self.handle.update(fig)
         plt.close(fig)
         return fig
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between a and b (batch-first; each row is one vector) at fraction t ∈ [0, 1]:
+
+        slerp(a, b, t) = sin((1 − t)·ω)/sin ω · a + sin(t·ω)/sin ω · b,   cos ω = ⟨a, b⟩ / (‖a‖·‖b‖)
+
+    It follows the great circle instead of the chord, so the midpoint of two Gaussian noise vectors keeps the
+    norm a Gaussian sample has (a straight average shrinks it by ~√2). Rows with ω ≈ 0 fall back to lerp.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"slerp needs two tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    t = torch.as_tensor(t, dtype=torch.float64, device=a.device)
+    fa, fb = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp_min(1e-12)
+    omega = torch.acos(cos.clamp(-1.0, 1.0))                            # angle between the rows, (B,)
+    so = torch.sin(omega)
+    close = so.abs() < 1e-6
+    wa = torch.where(close, 1 - t, torch.sin((1 - t) * omega) / torch.where(close, 1.0, so))
+    wb = torch.where(close, t, torch.sin(t * omega) / torch.where(close, 1.0, so))
+    out = wa[:, None] * fa + wb[:, None] * fb
+    return out.reshape(a.shape).to(a.dtype)
