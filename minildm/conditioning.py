@@ -28,7 +28,7 @@ from .utils import rand
 
 __all__ = ["Conditioner", "ClassEmbedder", "ClassToken", "TextEncoder", "TextTransformerBlock", "LayoutEncoder",
            "LowResConcat", "SemanticConcat", "InpaintConcat", "check_class_map", "drop_rows", "WordTokenizer",
-           "MASK_KINDS", "check_mask", "training_masks", "box_mask", "object_mask", "part_mask", "latent_mask"]
+           "MASK_KINDS", "check_mask", "training_masks", "object_mask", "latent_mask"]
 
 
 def drop_rows(raw: torch.Tensor, null: torch.Tensor, p: float, generator: torch.Generator | None = None
@@ -316,15 +316,6 @@ def check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return m
 
 
-def box_mask(resolution: int, x0: int, y0: int, x1: int, y1: int, device: torch.device | str | None = None
-             ) -> torch.Tensor:
-    """(1, 1, R, R) mask of the pixels [y0, y1) × [x0, x1) (clipped to the image)."""
-    r = torch.arange(resolution, device=device)
-    rows = (r >= y0) & (r < y1)
-    cols = (r >= x0) & (r < x1)
-    return (rows[:, None] & cols[None, :]).float()[None, None]
-
-
 def object_mask(segmentation: torch.Tensor, k: torch.Tensor | Sequence[int], dilate: int = 1) -> torch.Tensor:
     """(B, H, W) segmentation, object index k per row (0-based: pixels where segmentation == k + 1) -> (B, 1, H, W)
     masks, grown by `dilate` pixels: the renderer gives a pixel to an object only when it covers half of it, so the
@@ -332,19 +323,6 @@ def object_mask(segmentation: torch.Tensor, k: torch.Tensor | Sequence[int], dil
     k = torch.as_tensor(k, device=segmentation.device).long().view(-1, 1, 1)
     m = (segmentation == k + 1).float()[:, None]
     return F.max_pool2d(m, 2 * dilate + 1, 1, dilate) if dilate else m
-
-
-def part_mask(bbox: Sequence[float], side: str, resolution: int, device: torch.device | str | None = None
-              ) -> torch.Tensor:
-    """(1, 1, R, R): the `side` half ("left", "right", "top", "bottom") of an object's box (x0, y0, x1, y1 in pixels),
-    grown by one pixel on its three outer sides; the other half of the object stays visible, the context that
-    says what the object is."""
-    x0, y0, x1, y1 = bbox
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    x0, y0, x1, y1 = int(x0) - 1, int(y0) - 1, int(x1) + 2, int(y1) + 2       # whole pixels, one more around
-    cut = {"left": (x0, y0, round(cx), y1), "right": (round(cx), y0, x1, y1), "top": (x0, y0, x1, round(cy)),
-           "bottom": (x0, round(cy), x1, y1)}
-    return box_mask(resolution, *cut[side], device=device)
 
 
 def training_masks(segmentation: torch.Tensor, generator: torch.Generator | None = None,

@@ -14,9 +14,9 @@ from minildm.data.datasets import ShapesDataset
 from minildm.data.shapes import (BACKGROUND_ID, NUM_SEMANTIC_IDS, Scene, ShapeObject, check_semantic_map, class_id,
                                  render_scenes, render_semantic, semantic_map)
 from minildm.eval.accuracy import (evaluate_inpainting, evaluate_seg_model, inpaint_report, inpainting_tasks,
-                                   palette_labels, seg_report, semantic_agreement)
+                                   palette_labels, part_mask, seg_report, semantic_agreement)
 from minildm.ldm import LatentDiffusion
-from minildm.conditioning import check_mask, latent_mask, object_mask, part_mask, training_masks
+from minildm.conditioning import check_mask, latent_mask, object_mask, training_masks
 from minildm.tools.cli import main
 from minildm.train.profiles import get_profile
 from minildm.train.stages import train_autoencoder, train_ldm

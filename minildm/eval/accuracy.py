@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..autoencoder import reconstruct
-from ..conditioning import LowResConcat, object_mask, part_mask
+from ..conditioning import LowResConcat, object_mask
 from ..data.datasets import ShapesDataset
 from ..data.shapes import (BACKGROUND_ID, COLOR_NAMES, COLORS, GRID, POSITIONS, SHAPES, SIZE_NAMES, Scene,
                            parse_caption, relation_holds, scene_from_caption)
@@ -40,7 +40,7 @@ __all__ = ["shapes_features", "shapes_class_logits", "shapes_generative_metrics"
            "evaluate_guidance", "evaluate_text_ldm", "text_report", "evaluate_class_model", "evaluate_layout_model",
            "super_resolve", "evaluate_sr_model", "evaluate_unconditional", "palette_labels", "semantic_agreement",
            "evaluate_seg_model", "seg_report", "inpainting_tasks", "inpaint_images", "inpaint_scores",
-           "evaluate_inpainting", "inpaint_report", "PALETTE_THRESHOLD", "fidelity_scenes",
+           "evaluate_inpainting", "inpaint_report", "box_mask", "part_mask", "PALETTE_THRESHOLD", "fidelity_scenes",
            "autoencoder_shape_fidelity", "fidelity_lines", "PROTOCOLS", "GUIDANCE_SCALES"]
 
 PROTOCOLS = ("unpaired", "paired")
@@ -668,9 +668,31 @@ def seg_report(r: dict[str, Any]) -> list[str]:
 MASK_SIDES = ("left", "right", "top", "bottom")
 
 
+def box_mask(resolution: int, x0: int, y0: int, x1: int, y1: int, device: torch.device | str | None = None
+             ) -> torch.Tensor:
+    """(1, 1, R, R) mask of the pixels [y0, y1) × [x0, x1) (clipped to the image)."""
+    r = torch.arange(resolution, device=device)
+    rows = (r >= y0) & (r < y1)
+    cols = (r >= x0) & (r < x1)
+    return (rows[:, None] & cols[None, :]).float()[None, None]
+
+
+def part_mask(bbox: Sequence[float], side: str, resolution: int, device: torch.device | str | None = None
+              ) -> torch.Tensor:
+    """(1, 1, R, R): the `side` half ("left", "right", "top", "bottom") of an object's box (x0, y0, x1, y1 in pixels),
+    grown by one pixel on its three outer sides; the other half of the object stays visible, the context that
+    says what the object is."""
+    x0, y0, x1, y1 = bbox
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    x0, y0, x1, y1 = int(x0) - 1, int(y0) - 1, int(x1) + 2, int(y1) + 2       # whole pixels, one more around
+    cut = {"left": (x0, y0, round(cx), y1), "right": (round(cx), y0, x1, y1), "top": (x0, y0, x1, round(cy)),
+           "bottom": (x0, round(cy), x1, y1)}
+    return box_mask(resolution, *cut[side], device=device)
+
+
 def inpainting_tasks(n: int = 200, resolution: int = 32, max_objects: int = 2, seed: int = 0) -> dict[str, Any]:
     """Test scenes [0, n) with two holes each, both on one object k (drawn from `seed`):
-    "box" a box over one half of k's box (`conditioning.part_mask`, the half drawn from `seed`): part of the object
+    "box" a box over one half of k's box (`part_mask`, the half drawn from `seed`): part of the object
     stays visible; "object" the whole of k (`conditioning.object_mask`, one pixel wider). -> {"images", "segmentation",
     "captions", "scenes", "object" (n,), "side", "masks": {"box", "object"} each (n, 1, H, W)}."""
     ds = _test_split(n, resolution, max_objects)
