@@ -48,9 +48,8 @@ ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 
 # --- Noise schedules β_t ------------------------------------------------------------------------------------
-def make_beta_schedule(
-    schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, cosine_s: float = 0.008
-) -> torch.Tensor:
+def make_beta_schedule(schedule: str, timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
+                       cosine_s: float = 0.008) -> torch.Tensor:
     """β_1 … β_T as a float64 tensor (DDPM Sec. 4 linear; LDM "scaled_linear"; Nichol & Dhariwal 2021 cosine).
 
     Naming trap: the LDM reference code calls `scaled_linear` "linear" (it is linear in √β) and calls the
@@ -74,10 +73,8 @@ def make_beta_schedule(
         alpha_bar = f / f[0]
         betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
     else:
-        raise ValueError(
-            f"unknown noise schedule {schedule!r}; expected one of {SCHEDULES} "
-            f"(the LDM reference's 'linear' is minildm's 'scaled_linear')"
-        )
+        raise ValueError(f"unknown noise schedule {schedule!r}; expected one of {SCHEDULES} "
+                         f"(the LDM reference's 'linear' is minildm's 'scaled_linear')")
     return betas
 
 
@@ -85,14 +82,8 @@ def make_beta_schedule(
 class GaussianDiffusion:
     """Schedule tables plus the closed-form maps of a Gaussian diffusion (DDPM Sec. 2; LDM Sec. 3.2)."""
 
-    def __init__(
-        self,
-        schedule: str = "scaled_linear",
-        timesteps: int = 1000,
-        beta_start: float = 0.0015,
-        beta_end: float = 0.0195,
-        prediction_type: str = "epsilon",
-    ) -> None:
+    def __init__(self, schedule: str = "scaled_linear", timesteps: int = 1000, beta_start: float = 0.0015,
+                 beta_end: float = 0.0195, prediction_type: str = "epsilon") -> None:
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
         self.schedule, self.prediction_type = schedule, prediction_type
@@ -146,9 +137,8 @@ class GaussianDiffusion:
         return a * x0 + b * noise
 
     # ---- q(x_{t−1} | x_t, x_0) ---------------------------------------------------------------------
-    def posterior_mean_variance(
-        self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def posterior_mean_variance(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean μ̃_t, variance β̃_t and clipped log β̃_t of q(x_{t−1} | x_t, x_0) (DDPM Eq. 6–7)."""
         c1, c2 = self.coefficient("posterior_mean_coef1", t, x_t), self.coefficient("posterior_mean_coef2", t, x_t)
         mean = c1 * x0 + c2 * x_t              # μ̃_t = β_t √ᾱ_{t−1}/(1−ᾱ_t)·x_0 + (1−ᾱ_{t−1}) √α_t/(1−ᾱ_t)·x_t
@@ -162,9 +152,8 @@ class GaussianDiffusion:
         a, b = self.coefficient("sqrt_alpha_bar", t, x0), self.coefficient("sqrt_one_minus_alpha_bar", t, x0)
         return a * noise - b * x0
 
-    def predict_x0_and_eps(
-        self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x̂_0, ε̂) from the model output under this `prediction_type` (ε, x_0 or v)."""
         a, b = self.coefficient("sqrt_alpha_bar", t, x_t), self.coefficient("sqrt_one_minus_alpha_bar", t, x_t)
         if self.prediction_type == "epsilon":
@@ -196,18 +185,9 @@ class GaussianDiffusion:
         """t ~ Uniform{0, …, T−1} for a batch: in range by construction, drawn on the generator's device."""
         return randint(self.num_timesteps, (batch,), generator, device)
 
-    def training_loss(
-        self,
-        model_fn: ModelFn,
-        x0: torch.Tensor,
-        cond: Any = None,
-        t: torch.Tensor | int | None = None,
-        noise: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        reduction: str = "mean",
-        weighting: str = "simple",
-        min_snr_gamma: float = 5.0,
-    ) -> torch.Tensor:
+    def training_loss(self, model_fn: ModelFn, x0: torch.Tensor, cond: Any = None, t: torch.Tensor | int | None = None,
+                      noise: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                      reduction: str = "mean", weighting: str = "simple", min_snr_gamma: float = 5.0) -> torch.Tensor:
         """L_simple = ‖target − model(x_t, t, y)‖², t ~ U{0 … T−1}, ε ~ N(0, I) (DDPM Eq. 14; LDM Eq. 2).
 
         `reduction="mean"` gives the scalar loss; `"none"` the per-sample loss (B,) (mean over C, h, w),
@@ -236,7 +216,6 @@ class GaussianDiffusion:
         return loss.mean() if reduction == "mean" else loss
 
 
-
 # --- Beyond the paper: flow matching on the straight path (rectified flow) ---------------------------------
 class RectifiedFlow:
     """The straight path from data to noise and its velocity (Liu et al. 2023, rectified flow; Lipman et al. 2023,
@@ -252,15 +231,13 @@ class RectifiedFlow:
     The logit-normal puts most training on the middle times, where the velocity is hardest to guess
     (m = 0, s = 1 is SD3's choice). Times are floats: the U-Net sees `model_time(t)` = t·(T − 1), so that its
     sinusoidal embedding covers the same range 0 … T − 1 as a diffusion model's integer steps (pure noise is
-    T − 1 for both); `timesteps` is T. t trusts its callers: a float or a (B,) float tensor in [0, 1].
+    T − 1 for both); `timesteps` is T. t trusts its callers: a float or a (B,) float tensor in [0, 1]. The
+    constructor trusts its logit_std > 0 (LDMConfig checks it).
     """
 
     def __init__(self, timesteps: int = 1000, logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
         if not isinstance(timesteps, int) or timesteps < 2:
-            raise ValueError(f"timesteps must be an int ≥ 2 (the U-Net sees t·(T − 1); minildm uses T = 1000), "
-                             f"got {timesteps!r}")
-        if not logit_std > 0:
-            raise ValueError(f"logit_std must be > 0 (t = sigmoid(n), n ~ N(m, s²); SD3: s = 1), got {logit_std!r}")
+            raise ValueError(f"timesteps must be an int ≥ 2 (the U-Net sees t·(T − 1); minildm: 1000); got {timesteps}")
         self.num_timesteps, self.logit_mean, self.logit_std = timesteps, float(logit_mean), float(logit_std)
 
     @classmethod

@@ -124,8 +124,6 @@ class AutoencoderLoss(nn.Module):
     def __init__(self, config: LossConfig, lpips_download: bool = True, random_backbone: bool | None = None, *,
                  kind: str = "kl"):
         super().__init__()
-        if kind not in ("kl", "vq"):
-            raise ValueError(f"AutoencoderLoss needs the autoencoder's kind, 'kl' or 'vq', got {kind!r}")
         self.config, self.kind = config, kind
         self.perceptual = (LPIPS(config.lpips_net, lpips_download, random_backbone)
                            if config.perceptual_weight > 0 else None)

@@ -88,10 +88,8 @@ def concat_cond(cond: Cond, uncond: Cond, batch: int) -> Cond:
                     f"{type(uncond).__name__} (guidance_scale=1.0 needs no uncond)")
 
 
-def guided_model_output(
-    model_fn: ModelFn, x_t: torch.Tensor, t: int | torch.Tensor, cond: Cond = None, uncond: Cond = None,
-    guidance_scale: float = 1.0,
-) -> torch.Tensor:
+def guided_model_output(model_fn: ModelFn, x_t: torch.Tensor, t: int | torch.Tensor, cond: Cond = None,
+                        uncond: Cond = None, guidance_scale: float = 1.0) -> torch.Tensor:
     """out = out_uncond + s·(out_cond − out_uncond) from one doubled batch (classifier-free guidance, Ho & Salimans)."""
     batch = x_t.shape[0]
     if isinstance(t, int):
@@ -152,19 +150,10 @@ def _loop(step_fn: _Step, x: torch.Tensor, times: Sequence, callback: Callback |
 
 # --- DDPM: ancestral sampling with the posterior variance ---------------------------------------------------
 @torch.no_grad()
-def ddpm_sample(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    shape: Sequence[int] | None,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    generator: torch.Generator | None = None,
-    x_T: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-    device: torch.device | str | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def ddpm_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence[int] | None, cond: Cond = None,
+                uncond: Cond = None, guidance_scale: float = 1.0, generator: torch.Generator | None = None,
+                x_T: torch.Tensor | None = None, callback: Callback | None = None, return_intermediates: bool = False,
+                device: torch.device | str | None = None) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """x_{t−1} = μ̃_t(x_t, x̂_0) + √β̃_t·z for t = T−1 … 0, no noise at the last step (DDPM Alg. 2, Eq. 7).
 
     Returns x̂_0 (B, C, h, w), or (x̂_0, {"x_t", "pred_x0", "timesteps"}) with `return_intermediates` (`_loop`).
@@ -226,9 +215,8 @@ def ddim_timesteps(num_train_timesteps: int, steps: int, spacing: str = "trailin
     raise ValueError(f"unknown timestep spacing {spacing!r}; expected one of {SPACINGS}")
 
 
-def ddim_coefficients(
-    diffusion: GaussianDiffusion, timesteps: Sequence[int], eta: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ddim_coefficients(diffusion: GaussianDiffusion, timesteps: Sequence[int], eta: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(ᾱ_t, ᾱ_prev, σ) per step of a decreasing list of timesteps, in float64 (DDIM Eq. 16).
 
     ᾱ_prev is ᾱ of the *next entry of the list* (not t − T/S); after the last entry it is 1, the clean
@@ -279,22 +267,11 @@ def _ddim(model_fn: ModelFn, diffusion: GaussianDiffusion, cond: Cond, uncond: C
 
 
 @torch.no_grad()
-def ddim_sample(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    shape: Sequence[int] | None,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    steps: int = 50,
-    eta: float = 0.0,
-    spacing: str = "trailing",
-    generator: torch.Generator | None = None,
-    x_T: torch.Tensor | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-    device: torch.device | str | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def ddim_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence[int] | None, cond: Cond = None,
+                uncond: Cond = None, guidance_scale: float = 1.0, steps: int = 50, eta: float = 0.0,
+                spacing: str = "trailing", generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
+                callback: Callback | None = None, return_intermediates: bool = False,
+                device: torch.device | str | None = None) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """x_prev = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z over S = `steps` timesteps (DDIM Eq. 12).
 
     η = 0 is deterministic (what LDM samples with), η = 1 with all T steps is DDPM. The timesteps are
@@ -307,18 +284,10 @@ def ddim_sample(
     return _loop(step, x, times, callback, return_intermediates)
 
 
-def ddim_invert(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    x0: torch.Tensor,
-    steps: int = 50,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    spacing: str = "trailing",
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def ddim_invert(model_fn: ModelFn, diffusion: GaussianDiffusion, x0: torch.Tensor, steps: int = 50, cond: Cond = None,
+                uncond: Cond = None, guidance_scale: float = 1.0, spacing: str = "trailing",
+                callback: Callback | None = None, return_intermediates: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Run deterministic DDIM backwards, x_0 → x_T, through the same timesteps (DDIM Sec. 4.3, Eq. 13).
 
     Each step moves from ᾱ_cur (1 for the clean start) up to ᾱ_t of the next timestep t:
@@ -343,21 +312,10 @@ def ddim_invert(
 
 
 @torch.no_grad()
-def img2img(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    x0: torch.Tensor,
-    strength: float = 0.75,
-    steps: int = 50,
-    eta: float = 0.0,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    spacing: str = "trailing",
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def img2img(model_fn: ModelFn, diffusion: GaussianDiffusion, x0: torch.Tensor, strength: float = 0.75, steps: int = 50,
+            eta: float = 0.0, cond: Cond = None, uncond: Cond = None, guidance_scale: float = 1.0,
+            spacing: str = "trailing", generator: torch.Generator | None = None, callback: Callback | None = None,
+            return_intermediates: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """SDEdit (Meng et al. 2022): noise x_0 to the timestep picked by `strength`, then run DDIM from there.
 
     Of the S = `steps` DDIM timesteps the last n = round(strength·S) are run, starting from
@@ -377,21 +335,10 @@ def img2img(
 
 
 @torch.no_grad()
-def ddim_inpaint(
-    model_fn: ModelFn,
-    diffusion: GaussianDiffusion,
-    z0: torch.Tensor,
-    mask: torch.Tensor,
-    steps: int = 50,
-    eta: float = 0.0,
-    cond: Cond = None,
-    uncond: Cond = None,
-    guidance_scale: float = 1.0,
-    spacing: str = "trailing",
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-    return_intermediates: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, dict]:
+def ddim_inpaint(model_fn: ModelFn, diffusion: GaussianDiffusion, z0: torch.Tensor, mask: torch.Tensor, steps: int = 50,
+                 eta: float = 0.0, cond: Cond = None, uncond: Cond = None, guidance_scale: float = 1.0,
+                 spacing: str = "trailing", generator: torch.Generator | None = None, callback: Callback | None = None,
+                 return_intermediates: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict]:
     """Training-free inpainting by blending (RePaint, Lugmayr et al. 2022, without its resampling): DDIM from
     x_T ~ N(0, I), where before every model call the known region is replaced by a fresh draw of the forward
     process of the known latent,
@@ -404,8 +351,7 @@ def ddim_inpaint(
     is; it only sees the blend, so the seam and the content are only as coherent as its denoising makes them.
     """
     if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != z0.shape[-2:]:
-        raise ValueError(f"the latent mask must be (B, 1, h, w) with (h, w) = {tuple(z0.shape[-2:])}, got "
-                         f"{tuple(mask.shape)}")
+        raise ValueError(f"the latent mask {tuple(mask.shape)} must be (B, 1, h, w), (h, w) = {tuple(z0.shape[-2:])}")
     ddim = _ddim(model_fn, diffusion, cond, uncond, guidance_scale, eta, generator)
     hole = mask.to(z0.device) > 0.5
 
