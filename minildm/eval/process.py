@@ -39,13 +39,14 @@ def chain_moments(diffusion: GaussianDiffusion, t: int) -> tuple[float, float]:
 
 def iterate_chain(diffusion: GaussianDiffusion, x0: torch.Tensor, t: int,
                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """x_t drawn the slow way: t + 1 steps of `q_step` from x_0 with fresh noise each (steps 0 … t).
+    """x_t drawn the slow way: t + 1 steps of the forward chain q(x_s | x_{s−1}) (DDPM Eq. 2) from x_0, with fresh
+    noise each (steps 0 … t).
 
     In distribution it equals `diffusion.add_noise(x0, ε, t)` (the closed form, DDPM Eq. 4): notebook 03 checks
     that on many samples. Costs t + 1 noise draws instead of one.
     """
     x = x0.clone()
-    for s in range(t + 1):   # x_s = √(1−β_s)·x_{s−1} + √β_s·ε, as q_step, with scalar factors and in place
+    for s in range(t + 1):   # x_s = √(1−β_s)·x_{s−1} + √β_s·ε, with scalar factors and in place
         noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x.mul_(float(diffusion.sqrt_alphas[s])).add_(noise, alpha=float(diffusion.sqrt_betas[s]))
     return x
