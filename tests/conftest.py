@@ -47,6 +47,19 @@ def ae_path(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def ae():
+    """An untrained ci autoencoder (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    return build_autoencoder(get_profile("ci").ae).eval()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Eight training scenes of the ci Shapes world (a test file may define its own `batch`)."""
+    return ShapesDataset("train", get_profile("ci").data).batch(range(8))
+
+
 def _untrained_ldm(cond: str) -> LatentDiffusion:
     """An untrained ci-profile model for `cond`, with a measured scale factor, in eval mode (seed 0: two models
     built by it share their weights)."""

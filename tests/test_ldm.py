@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import torch
 
-from minildm.autoencoder import build_autoencoder
 from minildm.data.datasets import ShapesDataset
 from minildm.ldm import LatentDiffusion
 from minildm.train.profiles import get_profile
@@ -17,17 +16,6 @@ from minildm.utils import load_checkpoint
 load_ldm = LatentDiffusion.from_checkpoint
 
 CI = get_profile("ci")
-
-
-@pytest.fixture(scope="module")
-def ae():
-    torch.manual_seed(0)
-    return build_autoencoder(CI.ae).eval()
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return ShapesDataset("train", CI.data).batch(range(8))
 
 
 def make(ae, **changes):

@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 import torch
 
-from minildm.autoencoder import build_autoencoder
 from minildm.data.datasets import ShapesDataset
 from minildm.eval.process import inversion_error, loss_by_timestep
 from minildm.ldm import GUIDANCE_SCALE, LatentDiffusion
@@ -15,12 +14,6 @@ from minildm.train.profiles import get_profile
 
 CI = get_profile("ci")
 PROMPTS = ["a large red circle in the top left", "a small blue square in the center"]
-
-
-@pytest.fixture(scope="module")
-def ae():
-    torch.manual_seed(0)
-    return build_autoencoder(CI.ae).eval()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minildm.autoencoder import build_autoencoder
 from minildm.conditioning import InpaintConcat, SemanticConcat
 from minildm.course import pretrained
 from minildm.data.datasets import ShapesDataset
@@ -22,17 +21,6 @@ from minildm.train.profiles import get_profile
 from minildm.train.stages import train_autoencoder, train_ldm
 
 CI = get_profile("ci")
-
-
-@pytest.fixture(scope="module")
-def ae():
-    torch.manual_seed(0)
-    return build_autoencoder(CI.ae).eval()
-
-
-@pytest.fixture(scope="module")
-def batch():
-    return ShapesDataset("train", CI.data).batch(range(8))
 
 
 def make(ae, batch, cond, scramble=False):
