@@ -232,6 +232,7 @@ def test_check_answer_says_what_is_wrong_and_never_the_answer(capsys):
         (torch.tensor([0.625, 1.25, 1.875]), torch.tensor([1.25, 2.5, 3.75]), "same factor, about 0.5"),  # a stray ½
         (0.1, 4 * 8 * 8 / (3 * 32 * 32), "too large by about 20 %"),
         (-0.0625, 0.0625, "the sign is flipped"),
+        (0.0, 0.047, "yours is 0, and the answer is not"),                  # not "too small by a factor of 0"
         ([999, 856, 713], [999, 856, 714], r"worst by 1 at index \(2,\)"),                         # off by one
         ({"objects": [], "relation": "above"}, {"objects": [], "relation": "below"}, r"\['relation'\] differ"),
         ("cat", "circle", "'cat' is not it"),

@@ -35,9 +35,9 @@ WRONG = {
     "2.1": ("with torch.no_grad():\n"
             "    z_first = ae.encode(first).mean                 # the posterior mean, not a sample\n"
             "my_scale = 1.0 / float(z_first.std())"),
-    "2.2": ("with torch.no_grad():\n"
-            "    forgot = ae.decode((zs / scale).to(course.device)).clamp(-1, 1)   # decoded right, not the slip\n"
-            "my_forgot = float(readable_scenes(predict_cells(forgot)).float().mean())"),
+    # (not "decoded right": in the ci profile the scale is about 1, so D(scale·z) and D(z) are read alike, and
+    # whether they differ by one scene depends on the CPU's rounding)
+    "2.2": ("my_forgot = float(readable_scenes(predict_cells(x)).float().mean())   # the test images, not their decodes"),
     "2.3": ("cells = predict_cells(from_noise)\n"
             "p, occ = cells['p_occupied'], cells['occupied']\n"
             "ok = ((p >= 0.9) | (p <= 0.1)).all(1) & (occ.sum(1) >= 1) & (occ.sum(1) <= 2)\n"

@@ -93,6 +93,8 @@ def _how_far(got: float, expected: float) -> str:
         return "the sign is flipped"
     if expected == 0:
         return f"it should be 0 (yours is {abs(got):.3g} away)"
+    if got == 0:
+        return "yours is 0, and the answer is not"
     rel = abs(got - expected) / abs(expected)
     way = "too large" if got > expected else "too small"
     if expected * got < 0:
