@@ -28,7 +28,8 @@ data, eval, train, course, tools. A notebook needs only `import minildm` (or `fr
 
 __version__ = "0.3.0"
 
-from . import autoencoder, conditioning, course, data, diffusion, eval, ldm, losses, nn, samplers, train, unet, utils
+from . import (autoencoder, conditioning, course, data, diffusion, eval, ldm, losses, nn, perceptual, samplers, train,
+               unet, utils)
 from .autoencoder import (AEConfig, AutoencoderKL, AutoencoderVQ, DiagonalGaussian, PixelSpace, build_autoencoder,
                           load_autoencoder, reconstruct)
 from .conditioning import ClassEmbedder, LayoutEncoder, LowResConcat, TextEncoder, WordTokenizer

@@ -382,7 +382,7 @@ class InpaintConcat(Conditioner):
     def forward(self, raw: torch.Tensor, encode) -> dict[str, torch.Tensor]:
         """raw (B, 4, H, W) -> {"concat": (B, c + 1, h, w)}; encode: image -> scaled latent (B, c, h, w)."""
         z = encode(raw[:, :3])                                                        # (B, c, h, w)
-        m = F.interpolate(raw[:, 3:].float(), size=tuple(z.shape[-2:]), mode="area")  # (B, 1, h, w) hole share
+        m = latent_mask(raw[:, 3:].float(), tuple(z.shape[-2:]), "area")                # (B, 1, h, w) hole share
         return {"concat": torch.cat([z.to(m.dtype), m], dim=1)}
 
     def null_condition(self, like: torch.Tensor) -> torch.Tensor:

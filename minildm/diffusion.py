@@ -231,13 +231,14 @@ class RectifiedFlow:
     The logit-normal puts most training on the middle times, where the velocity is hardest to guess
     (m = 0, s = 1 is SD3's choice). Times are floats: the U-Net sees `model_time(t)` = t·(T − 1), so that its
     sinusoidal embedding covers the same range 0 … T − 1 as a diffusion model's integer steps (pure noise is
-    T − 1 for both); `timesteps` is T. t trusts its callers: a float or a (B,) float tensor in [0, 1]. The
-    constructor trusts its logit_std > 0 (LDMConfig checks it).
+    T − 1 for both); `timesteps` is T. t trusts its callers: a float or a (B,) float tensor in [0, 1].
     """
 
     def __init__(self, timesteps: int = 1000, logit_mean: float = 0.0, logit_std: float = 1.0) -> None:
         if not isinstance(timesteps, int) or timesteps < 2:
             raise ValueError(f"timesteps must be an int ≥ 2 (the U-Net sees t·(T − 1); minildm: 1000); got {timesteps}")
+        if not logit_std > 0:
+            raise ValueError(f"logit_std must be > 0 (t = sigmoid(n), n ~ N(m, s²); SD3: s = 1), got {logit_std!r}")
         self.num_timesteps, self.logit_mean, self.logit_std = timesteps, float(logit_mean), float(logit_std)
 
     @classmethod

@@ -121,7 +121,7 @@ class LatentDiffusion(nn.Module):
             "text": lambda: TextEncoder.from_config(config, tokenizer),
             "class": lambda: ClassToken(num_classes, config.context_dim) if class_token else ClassEmbedder(num_classes),
             "layout": lambda: LayoutEncoder(num_classes, max_objects, config.context_dim, config.box_bins),
-            "sr": lambda: LowResConcat(factor=autoencoder.downsample_factor / config.sr_factor),
+            "sr": lambda: LowResConcat(factor=config.sr_factor / autoencoder.downsample_factor),
             "seg": lambda: SemanticConcat(num_classes + 1),
             "inpaint": InpaintConcat,
             "none": lambda: None}[cond]()
@@ -362,7 +362,8 @@ class LatentDiffusion(nn.Module):
         condition must be an image of the latent's size."""
         f = self.autoencoder.downsample_factor
         if self.cond_mode in ("seg", "inpaint") and raw is not None and raw.shape[-1] != latent_hw[-1] * f:
-            raise ValueError(f"a condition must be {latent_hw[-1] * f} pixels wide as the image, got {raw.shape[-1]}")
+            raise ValueError(f"a {self.cond_mode} condition must be {latent_hw[-1] * f} pixels wide, as wide as the "
+                             f"image, got {raw.shape[-1]}")
         cond = self.encode_condition(raw, latent_hw)
         uncond = None
         if cond is not None and guidance_scale != 1.0:

@@ -99,7 +99,8 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.warmup, self.num_updates = state["decay"], state["warmup"], state["num_updates"]
-        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+        device = {k: v.device for k, v in self.shadow.items()}                  # stay beside the model's weights
+        self.shadow = {k: v.to(device.get(k, v.device), copy=True) for k, v in state["shadow"].items()}
 
 
 # --- Normalization in fp32 (the U-Net's ResBlocks): under bf16/fp16 autocast the statistics are still fp32. ---

@@ -7,9 +7,10 @@ A flow-matching model (diffusion.RectifiedFlow) is sampled by the same two ODE m
 dx/dt = v_θ(x, t), t from 1 to 0: `flow_euler_step` / `flow_heun_step` and their loops, at the very end.
 
 One update of each sampler is a public function, `ddpm_step`, `ddim_step`, `euler_step`, `heun_step` and
-`dpmpp_2m_step` (diffusers calls it `scheduler.step`). Every loop is the same loop (as in k-diffusion): from
-x_T, one step per pair (t, t_prev) of its list of timesteps, which ends at the clean data (t = −1; a flow's
-t = 0), and one call of the same per-step callback; the samplers differ only in their step and their list:
+`dpmpp_2m_step` (diffusers calls it `scheduler.step`). Every sampling loop is the same loop (as in
+k-diffusion): from x_T, one step per pair (t, t_prev) of its list of timesteps, which ends at the clean data
+(t = −1; a flow's t = 0), and one call of the same per-step callback; the samplers differ only in their step
+and their list (`ddim_invert`, which runs the other way, from x_0 to x_T, has its own):
 
     model_fn(x_t: (B, C, h, w), t: (B,) int64, cond) -> (B, C, h, w)      the network's raw output
     callback(step: int, t: int, x_t: Tensor, pred_x0: Tensor) -> None     once per step, every sampler
@@ -284,6 +285,7 @@ def ddim_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape: Sequence
     return _loop(step, x, times, callback, return_intermediates)
 
 
+@torch.no_grad()
 def ddim_invert(model_fn: ModelFn, diffusion: GaussianDiffusion, x0: torch.Tensor, steps: int = 50, cond: Cond = None,
                 uncond: Cond = None, guidance_scale: float = 1.0, spacing: str = "trailing",
                 callback: Callback | None = None, return_intermediates: bool = False

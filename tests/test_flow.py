@@ -258,6 +258,8 @@ def test_the_wrong_sampler_or_option_is_a_clear_error(untrained_ldm):
         LDMConfig(process="flow", logit_std=0.0)
     with pytest.raises(ValueError, match="timesteps must be an int ≥ 2"):
         RectifiedFlow(timesteps=1)
+    with pytest.raises(ValueError, match="logit_std must be > 0"):                # built directly, as toy2d does
+        RectifiedFlow(logit_std=0.0)
     assert diffusion.sample(raw, steps=2, decode=False).shape == (1, 4, 8, 8)     # the diffusion default: DDIM
 
 

@@ -136,6 +136,19 @@ def test_ema_updates_every_float_tensor_and_copies_integer_buffers():
             assert torch.equal(ema.shadow[k], v), k
 
 
+def test_ema_loads_a_cpu_state_beside_the_models_weights():
+    """A resumed run loads its checkpoint on the CPU; the shadow must stay on the model's device (here "meta",
+    the one non-CPU device every machine has), with the saved values and its own storage."""
+    saved = EMA(torch.nn.Linear(2, 1), decay=0.9).state_dict()
+    on_meta = EMA(torch.nn.Linear(2, 1, device="meta"), decay=0.9)
+    on_meta.load_state_dict(saved)
+    assert all(v.device.type == "meta" for v in on_meta.shadow.values())
+    on_cpu = EMA(torch.nn.Linear(2, 1), decay=0.9)
+    on_cpu.load_state_dict(saved)
+    assert all(torch.equal(on_cpu.shadow[k], v) and on_cpu.shadow[k].data_ptr() != v.data_ptr()
+               for k, v in saved["shadow"].items())
+
+
 def test_fused_optimizer_is_the_same_adamw_update():
     from minildm.train.loop import fused_optimizer
 

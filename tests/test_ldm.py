@@ -245,3 +245,16 @@ def test_word_influence_errors(ae, batch):
     ldm.unet.train()
     word_influence(ldm, n=2, timesteps=(5,))
     assert ldm.unet.training                        # the probe leaves the model in the mode it found it
+
+
+def test_an_sr_condition_lands_on_the_latent_grid_whatever_f_and_the_sr_factor():
+    """latent side = H/f, low-res side = H/sr: LowResConcat resizes by sr/f when no grid is given (f = 2, ×4 SR:
+    an 8×8 input onto a 16×16 latent; the shipped f = sr = 4 cannot tell sr/f from f/sr)."""
+    from minildm.autoencoder import build_autoencoder
+    ae = build_autoencoder(dataclasses.replace(CI.ae, ch_mult=(1, 2))).eval()
+    assert ae.downsample_factor == 2
+    ldm = LatentDiffusion(ae, dataclasses.replace(CI.ldm, cond="sr", sr_factor=4))
+    low = ldm.raw_condition({"image": ShapesDataset("train", CI.data).batch(range(2))["image"]},
+                            torch.Generator().manual_seed(0))
+    assert low.shape[-1] == 32 // 4
+    assert ldm.encode_condition(low)["concat"].shape == (2, 3, 16, 16) and ldm.latent_size(32) == 16

@@ -76,15 +76,18 @@ def real_images(num_samples: int, split: str = "test", max_objects: int = 2, res
     return torch.cat([ds.batch(range(i, min(i + 500, stop)))["image"] for i in range(start, stop, 500)])
 
 
-def _protocol_sets(n: int, split: str, max_objects: int, resolution: int, protocol: str
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _protocol_sets(n: int, split: str, max_objects: int, resolution: int, protocol: str, floor: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(reference, floor set) for samples of scenes [0, n) of a split: "unpaired" (real [n, 2n), real [0, n)),
-    "paired" (real [0, n), the captions of [0, n) drawn again with fresh randomness: scene_from_caption)."""
+    "paired" (real [0, n), the captions of [0, n) drawn again with fresh randomness: scene_from_caption; None
+    when not `floor`)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS} (see eval/accuracy.py's docstring), got {protocol!r}")
     if protocol == "unpaired":
         real = real_images(2 * n, split, max_objects, resolution)
         return real[n:], real[:n]
+    if not floor:
+        return real_images(n, split, max_objects, resolution), None
     ds = ShapesDataset(split, size=max(n, 1), max_objects=max_objects, resolution=resolution)
     redrawn = [scene_from_caption(ds.scene(i).caption, seed=1_000_003 + i) for i in range(n)]
     return real_images(n, split, max_objects, resolution), render_images(redrawn, resolution)
@@ -104,7 +107,7 @@ def shapes_generative_metrics(fake_images: torch.Tensor, split: str = "test", ma
     The keys ending in "_floor" hold the floor; "protocol" says which one was used.
     """
     n = len(fake_images)
-    reference, other = _protocol_sets(n, split, max_objects, fake_images.shape[-1], protocol)
+    reference, other = _protocol_sets(n, split, max_objects, fake_images.shape[-1], protocol, with_floor)
     fr, ff = shapes_features(reference, evaluator), shapes_features(fake_images, evaluator)
     spread = bootstrap_std(lambda idx: fid_from_features(fr, ff[idx]), n, 50)
     out = {**metrics_from_features(fr, ff), "protocol": protocol, "fid_spread": spread}
@@ -532,6 +535,7 @@ def evaluate_sr_model(ldm: Any, n: int = 200, steps: int = 50, seed: int = 0, ba
     """Super-resolve test images [0, n) (`super_resolve`, batch i seeded with seed·7919 + i): mean PSNR of the
     LDM's output and of bicubic upsampling of the same low-res input. return_images adds every tensor of
     `super_resolve` ("images")."""
+    require_mode(ldm, "sr", "evaluate_sr_model")
     x = real_images(n, "test", ldm.max_objects or 2, ldm.resolution)
     parts = [super_resolve(ldm, x[a:b], steps, batch_seed) for a, b, batch_seed in _seeded_batches(n, batch_size, seed)]
     every = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -79,8 +79,7 @@ def token_maps(recorded: AttentionMaps, n_tokens: int, resolution: int, layers: 
     latent pixel, for row 0 of the batch, averaged over heads, then each layer's (h, w) map upsampled
     (bilinear) to the image size, then averaged over `layers` (default: every cross-attention layer) and the
     sampling steps in `step_range` (fractions of the run: (0, 0.5) is the noisier first half)."""
-    if not 0.0 <= step_range[0] < step_range[1] <= 1.0:
-        raise ValueError(f"step_range must be (start, end) with 0 <= start < end <= 1, got {step_range}")
+    _check_step_range(step_range)
     spatial = cross_attention_layers(recorded)
     layers = list(spatial) if layers is None else list(layers)
     unknown = [name for name in layers if name not in spatial]
@@ -99,6 +98,11 @@ def token_maps(recorded: AttentionMaps, n_tokens: int, resolution: int, layers: 
     return total / max(count, 1)
 
 
+def _check_step_range(step_range: tuple[float, float]) -> None:
+    if not 0.0 <= step_range[0] < step_range[1] <= 1.0:
+        raise ValueError(f"step_range must be (start, end) with 0 <= start < end <= 1, got {step_range}")
+
+
 @torch.no_grad()
 def word_attention_maps(ldm: LatentDiffusion, prompt: str, steps: int = 50, guidance_scale: float = 3.0,
                         seed: int = 0, step_range: tuple[float, float] = (0.0, 1.0),
@@ -106,6 +110,7 @@ def word_attention_maps(ldm: LatentDiffusion, prompt: str, steps: int = 50, guid
     """`record_word_attention` then `token_maps` (over `layers`, default all, and the steps in `step_range`) ->
     {"image": (3, H, W), "words": [w1, …], "maps": (n_words, H, W), "bos": (H, W), "eos": (H, W)}. Each pixel's
     attention over all tokens sums to 1, so the maps of the words, bos and eos add up to 1 at every pixel."""
+    _check_step_range(step_range)                                         # before sampling, not after
     r = record_word_attention(ldm, prompt, steps, guidance_scale, seed)
     maps = token_maps(r["recorded"], len(r["words"]) + 2, ldm.resolution, layers, step_range)   # bos, w1…wn, eos
     return {"image": r["image"], "words": r["words"], "maps": maps[1:-1], "bos": maps[0], "eos": maps[-1]}

@@ -30,7 +30,7 @@ from ..diffusion import PROCESSES
 from ..eval.accuracy import (autoencoder_shape_fidelity, evaluate_text_ldm, fidelity_lines, inpainting_tasks,
                              real_images, text_report)
 from ..eval.judge import DEFAULT_EVALUATOR_PATH, EvaluatorConfig, train_evaluator
-from ..ldm import CLASS_ROUTES, COND_MODES, GUIDANCE_SCALE, SAMPLERS, LatentDiffusion
+from ..ldm import CLASS_ROUTES, COND_MODES, CONCAT_MODES, GUIDANCE_SCALE, SAMPLERS, LatentDiffusion
 from ..train.distributed import main_process
 from ..train.profiles import PROFILES, default_profile_name, explain_profile, get_profile
 from ..train.stages import train_autoencoder, train_ldm
@@ -520,7 +520,7 @@ def cmd_sample(args: argparse.Namespace) -> int | None:
     sampler, eta, label = _sampler(ldm, args, SAMPLE_ETA)
     raw, captions, frame = _sample_condition(ldm, args)
     default = SAMPLE_GUIDANCE if sampler == "ddim" else GUIDANCE_SCALE   # the demo's with DDIM, else sample()'s
-    unguided = ldm.cond_mode in (*_INPUT_MODELS, "none")         # trained without dropping a condition, or none
+    unguided = ldm.cond_mode in (*CONCAT_MODES, "none")          # trained without dropping a condition, or none
     guidance = 1.0 if unguided else (default if args.guidance is None else args.guidance)
     settings = f"{label}, guidance {guidance:g}, seed {args.seed}"
     print(f"sampling {args.n} image{'s' * (args.n > 1)} from the {what}: {settings}")

@@ -458,7 +458,8 @@ def rate_distortion(profile: str | Profile | None = None, out_dir: str | Path = 
                     **overrides: Any) -> list[Row]:
     """Tab. 8 in miniature: for each f (the f-study's autoencoders as they are, trained here if missing) the rate
     (h·w·c)/(H·W·3) against PSNR, SSIM, LPIPS (None without pretrained weights) and reconstruction
-    Shapes-FID of test images, with the unpaired real-vs-real floor. f = 1 is lossless and skipped.
+    Shapes-FID of test images (paired with the originals: a perfect autoencoder scores 0; no floor). f = 1 is
+    lossless and skipped.
     `overrides`: ExperimentBudget fields (factors, ae_minutes, rd_images)."""
     profile = get_profile(profile)
     b = _budget(profile, budget, overrides)

@@ -146,7 +146,8 @@ class Run:
         the configs were split stores every field under "config", and still resumes."""
         if not self.path.is_file():
             return None
-        ckpt = load_checkpoint(self.path, map_location=self.device, kind=self.kind)
+        # on the CPU: each holder moves what it loads to its own device, and torch.set_rng_state takes CPU tensors
+        ckpt = load_checkpoint(self.path, kind=self.kind)
         saved = {k: v for key in configs for k, v in to_plain(ckpt.get(key) or {}).items()}
         # a field added to a config after the checkpoint was written counts as its default, which that run used
         # (LDMConfig.process: a run from before flow matching is a diffusion run)
